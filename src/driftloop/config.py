@@ -1,0 +1,187 @@
+"""All tunable thresholds in one place: typed, frozen, with the documented defaults.
+
+Pipeline parameters and CLI flags override single fields with :func:`dataclasses.replace`;
+nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from driftloop.errors import ConfigError
+
+
+def _check(cond: bool, name: str, rule: str) -> None:
+    if not cond:
+        raise ConfigError(f"config {name}: {rule}")
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Drift detection thresholds.
+
+    Attributes:
+        p_value: Significance level of the per-feature tests, before correction.
+        correction: Multiple-testing correction across features: ``bonferroni`` or ``fdr``.
+        min_samples: Below this many current rows the report says "insufficient data".
+        bins: Number of quantile bins (fixed from the reference) for PSI and JS distance.
+        psi_threshold: PSI above which a feature is flagged as shifted in the report text.
+        oov_threshold: Out-of-vocabulary rate increase (absolute) that counts as drift for text.
+        max_reference_rows: Rows of the reference kept for the stored detector (sampled).
+        seed: Seed for sampling the reference.
+    """
+
+    p_value: float = 0.05
+    correction: str = "bonferroni"
+    min_samples: int = 100
+    bins: int = 10
+    psi_threshold: float = 0.2
+    oov_threshold: float = 0.10
+    max_reference_rows: int = 5000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0 < self.p_value < 1, "drift.p_value", "must be in (0, 1)")
+        _check(self.correction in ("bonferroni", "fdr"), "drift.correction",
+               "must be bonferroni or fdr")
+        _check(self.min_samples >= 1, "drift.min_samples", "must be >= 1")
+        _check(self.bins >= 2, "drift.bins", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """When to retrain.
+
+    Attributes:
+        min_new_labels: Labelled records since the champion's training cutoff that trigger.
+        perf_drop: Relative drop of the champion's primary metric that triggers (0.10 = 10%).
+        perf_min_samples: Labelled records needed before the performance rule may decide.
+        max_age_days: A champion older than this is retrained on schedule.
+        cooldown_hours: No retrain (except forced) this soon after the last one.
+    """
+
+    min_new_labels: int = 500
+    perf_drop: float = 0.10
+    perf_min_samples: int = 100
+    max_age_days: float = 7.0
+    cooldown_hours: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.min_new_labels >= 1, "trigger.min_new_labels", "must be >= 1")
+        _check(0 < self.perf_drop < 1, "trigger.perf_drop", "must be in (0, 1)")
+        _check(self.max_age_days > 0, "trigger.max_age_days", "must be > 0")
+        _check(self.cooldown_hours >= 0, "trigger.cooldown_hours", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How challengers are trained.
+
+    Attributes:
+        seed: Seed for the estimator and every split.
+        window_days: Labelled production records from this many days back are used
+            (``None``: all since the reference).
+        max_rows: Keep at most this many most recent training rows.
+        eval_fraction: Share of labelled production records held out for evaluation.
+        validation_fraction: Share of the training set used for the metadata's validation metrics.
+        max_iter: Boosting iterations (tabular) or solver iterations (text).
+        learning_rate: Learning rate of the tabular model.
+        max_features: TF-IDF vocabulary size (text).
+        c: Inverse regularisation strength of the text model.
+    """
+
+    seed: int = 0
+    window_days: float | None = None
+    max_rows: int = 50_000
+    eval_fraction: float = 0.3
+    validation_fraction: float = 0.2
+    max_iter: int = 200
+    learning_rate: float = 0.1
+    max_features: int = 20_000
+    c: float = 4.0
+
+    def __post_init__(self) -> None:
+        _check(0 < self.eval_fraction < 1, "train.eval_fraction", "must be in (0, 1)")
+        _check(0 < self.validation_fraction < 1, "train.validation_fraction",
+               "must be in (0, 1)")
+        _check(self.max_rows >= 10, "train.max_rows", "must be >= 10")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The promotion gate.
+
+    Attributes:
+        primary_metric: Metric compared between champion and challenger.
+        auto_threshold: Relative improvement needed to promote without a person (0.05 = 5%).
+        latency_ratio: Challenger p95 latency must be within this multiple of the champion's.
+        slice_tolerance: Largest allowed drop (absolute) of the primary metric on any slice.
+        min_slice_size: Slices with fewer rows are reported but not judged.
+        bootstrap: Paired bootstrap resamples for the confidence interval.
+        confidence: Confidence level of the interval.
+        seed: Seed of the bootstrap.
+    """
+
+    primary_metric: str = "f1_macro"
+    auto_threshold: float = 0.05
+    latency_ratio: float = 1.10
+    slice_tolerance: float = 0.05
+    min_slice_size: int = 30
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.primary_metric in PRIMARY_METRICS, "gate.primary_metric",
+               f"must be one of {', '.join(PRIMARY_METRICS)}")
+        _check(self.auto_threshold >= 0, "gate.auto_threshold", "must be >= 0")
+        _check(self.latency_ratio >= 1, "gate.latency_ratio", "must be >= 1")
+        _check(0 < self.confidence < 1, "gate.confidence", "must be in (0, 1)")
+        _check(self.bootstrap >= 100, "gate.bootstrap", "must be >= 100")
+
+
+PRIMARY_METRICS: tuple[str, ...] = (
+    "accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc",
+)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Where notifications go.
+
+    Attributes:
+        backend: ``none``, ``log``, ``webhook`` or ``smtp``.
+        webhook_url: Target of the JSON POST (webhook backend).
+        smtp_host: SMTP server host (smtp backend).
+        smtp_port: SMTP server port.
+        sender: From address.
+        recipients: To addresses.
+        timeout_s: Network timeout of one delivery.
+    """
+
+    backend: str = "log"
+    webhook_url: str | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    sender: str = "driftloop@localhost"
+    recipients: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("none", "log", "webhook", "smtp"), "notify.backend",
+               "must be none, log, webhook or smtp")
+        _check(self.backend != "webhook" or bool(self.webhook_url), "notify.webhook_url",
+               "is required for the webhook backend")
+        _check(self.backend != "smtp" or bool(self.recipients), "notify.recipients",
+               "at least one is required for the smtp backend")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every step's configuration."""
+
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
