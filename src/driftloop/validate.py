@@ -1,0 +1,185 @@
+"""Row-level validation of records and labels against a :class:`~driftloop.schema.Schema`.
+
+Raw rows arrive as object columns (straight from JSONL, CSV or Parquet). Valid rows come
+out typed; every invalid row comes out with a reason naming each field and rule it broke.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from driftloop.schema import ColumnSpec, Schema
+
+#: Columns the reader adds to every raw row so a quarantined row can be traced back.
+SOURCE, LINE, REASON, RAW = "_source", "_line", "_reason", "_raw"
+
+
+def _missing(col: pd.Series) -> pd.Series:
+    is_blank = col.map(lambda v: isinstance(v, str) and v.strip() == "")
+    return col.isna() | is_blank.astype(bool)
+
+
+def _add_reason(reasons: pd.Series, mask: pd.Series, text: str | pd.Series) -> pd.Series:
+    if not mask.any():
+        return reasons
+    addition = text if isinstance(text, pd.Series) else pd.Series(text, index=reasons.index)
+    joined = reasons.where(reasons == "", reasons + "; ") + addition
+    return reasons.where(~mask, joined)
+
+
+def _check_numeric(
+    spec: ColumnSpec, col: pd.Series, missing: pd.Series, reasons: pd.Series
+) -> tuple[pd.Series, pd.Series]:
+    as_bool = col.map(lambda v: isinstance(v, bool))
+    values = pd.to_numeric(col.where(~as_bool.astype(bool)), errors="coerce").astype("float64")
+    bad = ~missing & values.isna()
+    reasons = _add_reason(reasons, bad, f"{spec.name}: not a number")
+    if spec.dtype == "int":
+        frac = ~bad & ~missing & (values % 1 != 0)
+        reasons = _add_reason(reasons, frac, f"{spec.name}: not an integer")
+    if spec.min is not None:
+        low = ~missing & (values < spec.min)
+        reasons = _add_reason(
+            reasons, low, values.map(lambda v: f"{spec.name}: {v:g} below min {spec.min:g}")
+        )
+    if spec.max is not None:
+        high = ~missing & (values > spec.max)
+        reasons = _add_reason(
+            reasons, high, values.map(lambda v: f"{spec.name}: {v:g} above max {spec.max:g}")
+        )
+    return values, reasons
+
+
+def _as_text(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if value is None else str(value)
+
+
+def _check_categorical(
+    spec: ColumnSpec, col: pd.Series, missing: pd.Series, reasons: pd.Series
+) -> tuple[pd.Series, pd.Series]:
+    values = col.where(missing, col.map(_as_text)).astype(object)
+    if spec.allowed is not None:
+        allowed = set(spec.allowed)
+        bad = ~missing & ~values.isin(allowed)
+        reasons = _add_reason(
+            reasons, bad, values.map(lambda v: f"{spec.name}: {v!r} not in allowed values")
+        )
+    return values.where(~missing, None), reasons
+
+
+def _check_text(
+    spec: ColumnSpec, col: pd.Series, missing: pd.Series, reasons: pd.Series
+) -> tuple[pd.Series, pd.Series]:
+    not_str = ~missing & ~col.map(lambda v: isinstance(v, str)).astype(bool)
+    reasons = _add_reason(reasons, not_str, f"{spec.name}: not a string")
+    if spec.max_length is not None:
+        long = ~missing & ~not_str & (col.map(lambda v: len(str(v))) > spec.max_length)
+        reasons = _add_reason(reasons, long, f"{spec.name}: longer than {spec.max_length} chars")
+    return col.where(~missing, None).astype(object), reasons
+
+
+_CHECKS = {"numeric": _check_numeric, "categorical": _check_categorical, "text": _check_text}
+
+
+def _check_label(
+    schema: Schema, col: pd.Series, missing: pd.Series, reasons: pd.Series
+) -> tuple[pd.Series, pd.Series]:
+    values = col.where(missing, col.map(_as_text)).astype(object)
+    if schema.labels is not None:
+        bad = ~missing & ~values.isin(set(schema.labels))
+        reasons = _add_reason(
+            reasons,
+            bad,
+            values.map(lambda v: f"{schema.label_column}: {v!r} is not one of the schema labels"),
+        )
+    return values.where(~missing, None), reasons
+
+
+def _id_and_time(
+    schema: Schema, raw: pd.DataFrame, reasons: pd.Series
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    ids = raw[schema.id_column] if schema.id_column in raw else pd.Series(None, index=raw.index)
+    id_missing = _missing(ids)
+    reasons = _add_reason(reasons, id_missing, f"{schema.id_column}: required value missing")
+    ids = ids.map(_as_text).astype(object)
+    ts_raw = (
+        raw[schema.timestamp_column]
+        if schema.timestamp_column in raw
+        else pd.Series(None, index=raw.index)
+    )
+    ts_missing = _missing(ts_raw)
+    reasons = _add_reason(
+        reasons, ts_missing, f"{schema.timestamp_column}: required value missing"
+    )
+    ts = pd.to_datetime(ts_raw.where(~ts_missing), utc=True, errors="coerce", format="ISO8601")
+    reasons = _add_reason(
+        reasons, ~ts_missing & ts.isna(), f"{schema.timestamp_column}: not an ISO-8601 time"
+    )
+    return ids, ts, reasons
+
+
+def _split(
+    typed: pd.DataFrame, raw: pd.DataFrame, reasons: pd.Series
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    bad = reasons != ""
+    good = typed.loc[~bad].reset_index(drop=True)
+    rejected = raw.loc[bad, [SOURCE, LINE, RAW]].copy()
+    rejected[REASON] = reasons[bad]
+    return good, rejected.reset_index(drop=True)
+
+
+def validate_records(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate raw request records.
+
+    Args:
+        raw: Object-typed rows with the reader's ``_source``, ``_line`` and ``_raw`` columns.
+        schema: The declared schema.
+
+    Returns:
+        ``(valid, rejected)``: valid rows typed (``id``, ``timestamp`` in UTC, features,
+        ``label``/``label_timestamp`` when the rows carry labels, serving columns kept), and
+        rejected rows with ``_source``, ``_line``, ``_raw`` and ``_reason``.
+    """
+    reasons = pd.Series("", index=raw.index, dtype=object)
+    ids, ts, reasons = _id_and_time(schema, raw, reasons)
+    typed = pd.DataFrame({"id": ids, "timestamp": ts}, index=raw.index)
+    for spec in schema.columns:
+        col = raw[spec.name] if spec.name in raw else pd.Series(None, index=raw.index)
+        missing = _missing(col)
+        if spec.required:
+            reasons = _add_reason(reasons, missing, f"{spec.name}: required value missing")
+        typed[spec.name], reasons = _CHECKS[spec.kind](spec, col, missing, reasons)
+    if schema.label_column in raw:
+        col = raw[schema.label_column]
+        labels, reasons = _check_label(schema, col, _missing(col), reasons)
+        typed["label"] = labels
+        typed["label_timestamp"] = ts.where(labels.notna())
+    for extra in ("prediction", "score", "model_version"):
+        if extra in raw:
+            typed[extra] = raw[extra]
+    return _split(typed, raw, reasons)
+
+
+def validate_labels(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate raw feedback rows (``id``, label, ``timestamp``).
+
+    Returns:
+        ``(valid, rejected)``: valid rows with ``id``, ``label`` and ``label_timestamp``;
+        rejected rows with ``_source``, ``_line``, ``_raw`` and ``_reason``.
+    """
+    reasons = pd.Series("", index=raw.index, dtype=object)
+    ids, ts, reasons = _id_and_time(schema, raw, reasons)
+    col = (
+        raw[schema.label_column]
+        if schema.label_column in raw
+        else pd.Series(None, index=raw.index)
+    )
+    missing = _missing(col)
+    reasons = _add_reason(reasons, missing, f"{schema.label_column}: required value missing")
+    labels, reasons = _check_label(schema, col, missing, reasons)
+    typed = pd.DataFrame({"id": ids, "label": labels, "label_timestamp": ts}, index=raw.index)
+    return _split(typed, raw, reasons)

@@ -1,0 +1,126 @@
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from driftloop.errors import SchemaError, StoreError
+from driftloop.ingest import ingest
+from driftloop.sample import sample_schema, write_sample_store
+from driftloop.schema import load_schema
+from driftloop.storage import LocalStore, open_store
+
+DAY = dt.date(2026, 3, 1)
+
+
+def _jsonl(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _rec(i, x0=0.5, segment="north", ts="2026-03-01T10:00:00+00:00"):
+    return {"id": f"r{i}", "timestamp": ts, "x0": x0, "x1": 0.1, "segment": segment}
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store", create=True)
+
+
+def test_sample_store_accounts_for_every_row(tmp_path: Path):
+    info = write_sample_store(tmp_path / "s", days=2, rows_per_day=300, seed=1)
+    result = ingest(open_store(info.root), load_schema(info.schema_path), info.first_day,
+                    info.first_day + dt.timedelta(days=1))
+    c = result.report.counts
+    assert c.rows_in == 2 * 300 + 4
+    assert (c.accepted, c.quarantined, c.duplicates) == (600, 3, 1)
+    assert c.balanced()
+    assert len(result.records) == 600 and result.records["id"].is_unique
+    assert len(result.quarantine) == 3
+    reasons = " | ".join(result.quarantine["_reason"])
+    assert "x0: not a number" in reasons
+    assert "timestamp: not an ISO-8601 time" in reasons
+    assert "x1: 999 above max 50" in reasons and "segment: 'mars' not in allowed values" in reasons
+    assert result.report.quarantine_reasons["x1: <value> above max <value>"] == 1
+    assert c.labelled == result.records["label"].notna().sum() > 0
+    assert str(result.records["timestamp"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_latest_feedback_wins_and_orphans_are_quarantined(store: LocalStore):
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1), _rec(2)]))
+    # The later label sits in the earlier-sorted file: order of reading must not decide.
+    store.write_text(f"feedback/dt={DAY}/a.jsonl", _jsonl([
+        {"id": "r1", "label": "yes", "timestamp": "2026-03-01T12:00:00+00:00"},
+        {"id": "r9", "label": "no", "timestamp": "2026-03-01T12:00:00+00:00"},
+    ]))
+    store.write_text(f"feedback/dt={DAY}/b.jsonl", _jsonl([
+        {"id": "r1", "label": "no", "timestamp": "2026-03-01T11:00:00+00:00"},
+        {"id": "r2", "label": "maybe", "timestamp": "2026-03-01T11:00:00+00:00"},
+    ]))
+    result = ingest(store, sample_schema(), DAY, DAY)
+    labels = dict(zip(result.records["id"], result.records["label"], strict=True))
+    assert labels["r1"] == "yes"
+    assert pd.isna(labels["r2"])
+    c = result.report.counts
+    assert (c.labels_in, c.labels_joined, c.labels_superseded) == (4, 1, 1)
+    assert (c.labels_orphaned, c.labels_quarantined) == (1, 1)
+    assert c.balanced()
+    q = result.quarantine.set_index("_kind")
+    assert "no record with this id" in " ".join(q.loc[["label"], "_reason"])
+    assert "label: 'maybe' is not one of the schema labels" in " ".join(result.quarantine["_reason"])
+
+
+def test_empty_window_is_no_data_not_an_error(store: LocalStore):
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1)]))
+    result = ingest(store, sample_schema(), DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=3))
+    assert result.report.status == "no_data"
+    assert result.records.empty and "x0" in result.records.columns
+    assert result.report.counts.rows_in == 0
+
+
+def test_csv_parquet_and_jsonl_read_alike(store: LocalStore):
+    rows = [_rec(i, x0=float(i)) for i in range(3)]
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl(rows[:1]))
+    store.write_text(f"requests/dt={DAY}/b.csv", pd.DataFrame(rows[1:2]).to_csv(index=False))
+    store.write_bytes(f"requests/dt={DAY}/c.parquet", pd.DataFrame(rows[2:]).to_parquet())
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert sorted(result.records["x0"]) == [0.0, 1.0, 2.0]
+    assert result.records["x0"].dtype == "float64"
+
+
+def test_malformed_json_line_is_quarantined_with_its_line(store: LocalStore):
+    text = _jsonl([_rec(1)]) + "{not json\n" + _jsonl([_rec(2)])
+    store.write_text(f"requests/dt={DAY}/a.jsonl", text)
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert result.report.counts.accepted == 2
+    row = result.quarantine.iloc[0]
+    assert row["_line"] == 2 and "not valid JSON" in row["_reason"] and row["_raw"] == "{not json"
+    assert result.report.counts.balanced()
+
+
+def test_file_missing_a_required_column_names_file_and_column(store: LocalStore):
+    rows = [{"id": "r1", "timestamp": "2026-03-01T00:00:00Z", "x0": 1.0, "segment": "north"}]
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl(rows))
+    with pytest.raises(SchemaError, match=r"a\.jsonl: missing required column\(s\) \['x1'\]"):
+        ingest(store, sample_schema(), DAY, DAY)
+
+
+def test_unreadable_file_is_one_line_error_naming_it(store: LocalStore):
+    store.write_bytes(f"requests/dt={DAY}/broken.parquet", b"PAR1 not really")
+    with pytest.raises(StoreError, match=r"broken\.parquet: unreadable") as err:
+        ingest(store, sample_schema(), DAY, DAY)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_store_is_an_error(tmp_path: Path):
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(tmp_path / "nope")
+
+
+def test_record_with_inline_label_keeps_it_unless_feedback_overrides(store: LocalStore):
+    rows = [dict(_rec(1), label="no"), dict(_rec(2), label="no")]
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl(rows))
+    store.write_text(f"feedback/dt={DAY}/a.jsonl", _jsonl(
+        [{"id": "r2", "label": "yes", "timestamp": "2026-03-01T12:00:00Z"}]))
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert list(result.records.sort_values("id")["label"]) == ["no", "yes"]
