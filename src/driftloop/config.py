@@ -185,3 +185,36 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+
+_SECTIONS: dict[str, type] = {
+    "drift": DriftConfig,
+    "trigger": TriggerConfig,
+    "train": TrainConfig,
+    "gate": GateConfig,
+    "notify": NotifyConfig,
+}
+
+
+def config_from_dict(raw: dict[str, object], source: str = "<config>") -> Config:
+    """Build a :class:`Config` from ``{"drift": {...}, "trigger": {...}, ...}``.
+
+    Missing sections and fields keep their defaults; unknown ones are an error naming them.
+    """
+    import dataclasses
+
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
+    sections: dict[str, object] = {}
+    for name, cls in _SECTIONS.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {name!r} must be an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = set(values) - known
+        if bad:
+            raise ConfigError(f"{source}: {name}: unknown field(s) {sorted(bad)}")
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        sections[name] = cls(**fixed)
+    return Config(**sections)  # type: ignore[arg-type]

@@ -120,7 +120,8 @@ def _parse_jsonl(data: bytes, url: str) -> tuple[list[dict[str, Any]], list[dict
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            bad.append({SOURCE: url, LINE: lineno, RAW: line, REASON: f"not valid JSON ({exc.msg})"})
+            reason = f"not valid JSON ({exc.msg})"
+            bad.append({SOURCE: url, LINE: lineno, RAW: line, REASON: reason})
             continue
         if not isinstance(obj, dict):
             bad.append({SOURCE: url, LINE: lineno, RAW: line, REASON: "not a JSON object"})
@@ -152,7 +153,7 @@ def read_file(store: Store, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             frame = frame.astype(object)
         else:
             frame = pd.read_parquet(io.BytesIO(data)).astype(object)
-    except Exception as exc:  # noqa: BLE001 - any parser failure is one message naming the file
+    except Exception as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise StoreError(f"{url}: unreadable ({first})") from exc
     if not key.endswith((".jsonl", ".json")) and len(frame):

@@ -49,8 +49,9 @@ class Store(ABC):
         """Delete the object if it exists."""
 
     def url(self, key: str) -> str:
-        """Return the full URI of ``key``."""
-        return f"{self.uri.rstrip('/')}/{_clean_key(key)}"
+        """Return the full URI of ``key`` (the root itself for an empty key)."""
+        clean = _clean_key(key)
+        return f"{self.uri.rstrip('/')}/{clean}" if clean else self.uri
 
     def read_text(self, key: str) -> str:
         """Return the object decoded as UTF-8."""
@@ -178,19 +179,38 @@ class GCSStore(Store):
             raise StoreError(f"{self.url(key)}: cannot read ({exc})") from exc
 
     def write_bytes(self, key: str, data: bytes) -> None:  # noqa: D102
+        from google.api_core import exceptions
+
         # A GCS upload is atomic per object: readers see the old or the new version.
-        self.bucket.blob(self._name(key)).upload_from_string(data)
+        try:
+            self.bucket.blob(self._name(key)).upload_from_string(data)
+        except exceptions.GoogleAPIError as exc:
+            raise StoreError(f"{self.url(key)}: cannot write ({exc})") from exc
 
     def exists(self, key: str) -> bool:  # noqa: D102
-        return bool(self.bucket.blob(self._name(key)).exists())
+        from google.api_core import exceptions
+
+        try:
+            return bool(self.bucket.blob(self._name(key)).exists())
+        except exceptions.GoogleAPIError as exc:
+            raise StoreError(f"{self.url(key)}: cannot check ({exc})") from exc
 
     def list(self, prefix: str = "") -> list[str]:  # noqa: D102
+        from google.api_core import exceptions
+
         full = self._name(prefix) if prefix else self.prefix
-        if full:
-            full += "/"
         strip = f"{self.prefix}/" if self.prefix else ""
-        names = [b.name for b in self.client.list_blobs(self.bucket, prefix=full or None)]
-        return sorted(n.removeprefix(strip) for n in names if not n.endswith("/"))
+        try:
+            # No trailing "/" in the query so a prefix naming one object lists that
+            # object, as LocalStore does; the filter keeps "a/b" from matching "a/bc".
+            names = [b.name for b in self.client.list_blobs(self.bucket, prefix=full or None)]
+        except exceptions.GoogleAPIError as exc:
+            raise StoreError(f"{self.url(prefix)}: cannot list ({exc})") from exc
+        keep = [
+            n for n in names
+            if not full or n.startswith(f"{full}/") or (prefix and n == full)
+        ]
+        return sorted(n.removeprefix(strip) for n in keep if not n.endswith("/"))
 
     def delete(self, key: str) -> None:  # noqa: D102
         from google.api_core import exceptions
@@ -199,6 +219,8 @@ class GCSStore(Store):
             self.bucket.blob(self._name(key)).delete()
         except exceptions.NotFound:
             pass
+        except exceptions.GoogleAPIError as exc:
+            raise StoreError(f"{self.url(key)}: cannot delete ({exc})") from exc
 
 
 def open_store(uri: str | Path, *, create: bool = False, client: Any | None = None) -> Store:

@@ -136,7 +136,8 @@ def decide_retrain(
     """
     stamp = now.isoformat()
     if champion is None:
-        rule = TriggerRule("no_champion", True, None, None, "no champion yet: train the first model")
+        first = "no champion yet: train the first model"
+        rule = TriggerRule("no_champion", True, None, None, first)
         return RetrainDecision(True, [rule.detail], [rule], None, stamp, ["no_champion"])
 
     rules = [TriggerRule("force", force, None, None,
