@@ -1,0 +1,340 @@
+"""The ``driftloop`` command: one subcommand per step over store paths/URIs.
+
+Results go to stdout as JSON (or to ``--output FILE``); errors are one line on stderr
+with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from driftloop import __version__
+from driftloop.errors import DriftloopError
+
+
+def _now(text: str | None) -> dt.datetime:
+    if not text:
+        return dt.datetime.now(dt.UTC)
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise DriftloopError(f"--now {text!r}: not an ISO-8601 date or time") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    if len(text) == 10:  # a bare date means the end of that day
+        value += dt.timedelta(hours=23, minutes=59, seconds=59)
+    return value
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise DriftloopError(f"date {text!r}: expected YYYY-MM-DD") from None
+
+
+def _emit(args: argparse.Namespace, result: Any) -> None:
+    from driftloop.serde import dumps
+
+    text = dumps(result) + "\n"
+    if getattr(args, "output", None):
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from driftloop.config import Config, config_from_dict
+
+    if not getattr(args, "config", None):
+        return Config()
+    path = Path(args.config)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DriftloopError(f"{path}: config file does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise DriftloopError(f"{path}: not valid JSON ({exc.msg})") from None
+    return config_from_dict(raw, source=str(path))
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    from driftloop.schema import load_schema
+    from driftloop.storage import open_store
+
+    return open_store(args.store), load_schema(args.schema)
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from driftloop.registry import Registry
+    from driftloop.storage import open_store
+
+    return Registry(open_store(args.store), args.model)
+
+
+def _read_frame(path: str) -> Any:
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DriftloopError(f"{path}: file does not exist") from None
+    except Exception as exc:
+        raise DriftloopError(f"{path}: not a readable Parquet file ({exc})") from None
+
+
+# --- subcommands ------------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Write the generated sample store."""
+    from driftloop.sample import write_sample_store
+
+    info = write_sample_store(Path(args.out), days=args.days, drift_day=args.drift_day,
+                              seed=args.seed)
+    _emit(args, {"store": info.root, "schema": info.schema_path,
+                 "first_day": info.first_day.isoformat(), "days": info.days})
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Ingest a window of days and write records and quarantine as Parquet."""
+    from driftloop.ingest import ingest
+
+    store, schema = _open(args)
+    result = ingest(store, schema, _date(args.start), _date(args.end))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.records.to_parquet(out / "records.parquet", index=False)
+        result.quarantine.to_parquet(out / "quarantine.parquet", index=False)
+        (out / "ingest.json").write_text(result.report.to_json() + "\n")
+    _emit(args, result.report)
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Compare a Parquet file of current records with the champion's reference."""
+    from driftloop.loop import load_champion, run_drift
+
+    store, schema = _open(args)
+    from driftloop.registry import Registry
+
+    champion = load_champion(Registry(store, args.model))
+    if champion is None:
+        raise DriftloopError(f"model {args.model}: no champion to compare with (train first)")
+    report = run_drift(champion, _read_frame(args.current), schema, _config(args))
+    if args.markdown and report is not None:
+        sys.stdout.write(report.to_markdown())
+        return 0
+    _emit(args, report)
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    """Ingest, check drift and decide whether to retrain (nothing is trained)."""
+    from driftloop.loop import load_champion, run_decide, run_drift, run_ingest
+    from driftloop.registry import Registry
+
+    store, schema = _open(args)
+    config, now = _config(args), _now(args.now)
+    registry = Registry(store, args.model)
+    window = run_ingest(store, schema, now=now, window_days=args.window_days,
+                        lookback_days=args.lookback_days)
+    champion = load_champion(registry)
+    drift = run_drift(champion, window.current, schema, config)
+    decision = run_decide(registry, champion, window, drift, schema, now=now, config=config,
+                          force=args.force)
+    _emit(args, decision)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train and register a challenger; write its evaluation set to --eval-out."""
+    from driftloop.loop import load_champion, run_ingest, run_train
+    from driftloop.registry import Registry
+
+    store, schema = _open(args)
+    config, now = _config(args), _now(args.now)
+    registry = Registry(store, args.model)
+    window = run_ingest(store, schema, now=now, lookback_days=args.lookback_days)
+    outcome = run_train(store, registry, load_champion(registry), window, schema, now=now,
+                        config=config, model_name=args.model)
+    if args.eval_out:
+        outcome.eval_set.to_parquet(args.eval_out, index=False)
+    _emit(args, {"version": outcome.version, "train_rows": outcome.train_rows,
+                 "eval_rows": len(outcome.eval_set), "eval_source": outcome.eval_source,
+                 "metadata": outcome.metadata})
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a registered challenger against the champion on an evaluation Parquet file."""
+    from driftloop.loop import load_champion, run_evaluate
+    from driftloop.registry import Registry
+
+    store, schema = _open(args)
+    registry = Registry(store, args.model)
+    verdict = run_evaluate(registry, load_champion(registry), args.challenger,
+                           _read_frame(args.eval), schema, _config(args))
+    _emit(args, verdict)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the whole loop once in this process."""
+    from driftloop.loop import run_loop
+    from driftloop.notify import make_notifier
+
+    store, schema = _open(args)
+    config = _config(args)
+    run_id = args.run_id or f"run-{uuid.uuid4().hex[:12]}"
+    result = run_loop(store, schema, args.model, now=_now(args.now), run_id=run_id,
+                      config=config, force=args.force, window_days=args.window_days,
+                      lookback_days=args.lookback_days, notifier=make_notifier(config.notify))
+    for line in result.lines():
+        print(line, file=sys.stderr)
+    _emit(args, {"run_id": run_id, "retrain": result.decision.retrain,
+                 "verdict": result.verdict.decision if result.verdict else None,
+                 "champion": result.aliases.champion if result.aliases else None})
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Inspect the registry or move an alias by hand."""
+    registry = _registry(args)
+    if args.action == "list":
+        _emit(args, {"model": args.model, "versions": registry.versions(),
+                     "aliases": registry.aliases()})
+    elif args.action == "show":
+        _emit(args, registry.metadata(_need_version(args)))
+    elif args.action == "verify":
+        registry.load_model(_need_version(args))
+        _emit(args, {"version": args.version, "sha256": "verified"})
+    elif args.action == "promote":
+        _emit(args, registry.promote(_need_version(args), reason=args.reason or "manual",
+                                     run_id="cli"))
+    return 0
+
+
+def _need_version(args: argparse.Namespace) -> str:
+    if not args.version:
+        raise DriftloopError(f"models {args.action}: a VERSION argument is required")
+    return str(args.version)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate a sample store and run the loop once per day, printing each result."""
+    from driftloop.demo import run_demo
+
+    run_demo(Path(args.out), days=args.days, seed=args.seed)
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, *, schema: bool = True, model: bool = True) -> None:
+    p.add_argument("--store", required=True, help="store root: a folder or gs://bucket/prefix")
+    if schema:
+        p.add_argument("--schema", required=True, help="schema file (JSON or YAML, local or gs://)")
+    if model:
+        p.add_argument("--model", required=True, help="model name in the registry")
+    p.add_argument("--config", help="JSON file overriding thresholds ({drift:{..}, trigger:{..}})")
+    p.add_argument("--output", help="write the JSON result here instead of stdout")
+
+
+def _windowed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--now", help="the run's logical time (ISO-8601; a date means its end)")
+    p.add_argument("--window-days", type=int, default=1, help="current window for drift")
+    p.add_argument("--lookback-days", type=int, default=30, help="days read for labels")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``driftloop`` command."""
+    parser = argparse.ArgumentParser(
+        prog="driftloop",
+        description="Continuous training for Kubeflow and KServe: the steps of the loop.",
+    )
+    parser.add_argument("--version", action="version", version=f"driftloop {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    p = sub.add_parser("sample", help="write a generated sample store (tabular, with drift)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--days", type=int, default=6)
+    p.add_argument("--drift-day", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("ingest", help="read, validate and join a window of records and labels")
+    _common(p, model=False)
+    p.add_argument("--start", required=True, help="first day (YYYY-MM-DD)")
+    p.add_argument("--end", required=True, help="last day (YYYY-MM-DD)")
+    p.add_argument("--out", help="folder for records.parquet, quarantine.parquet, ingest.json")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("drift", help="drift report of current records vs the champion")
+    _common(p)
+    p.add_argument("--current", required=True, help="Parquet file of current records")
+    p.add_argument("--markdown", action="store_true", help="print Markdown instead of JSON")
+    p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("decide", help="ingest + drift + the retrain decision")
+    _common(p)
+    _windowed(p)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_decide)
+
+    p = sub.add_parser("train", help="train and register a challenger")
+    _common(p)
+    _windowed(p)
+    p.add_argument("--eval-out", help="write the held-out evaluation set (Parquet) here")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="gate a challenger against the champion")
+    _common(p)
+    p.add_argument("--challenger", required=True, help="registered challenger version")
+    p.add_argument("--eval", required=True, help="Parquet evaluation set (from train)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="the whole loop once, in this process")
+    _common(p)
+    _windowed(p)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--run-id")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("models", help="list, show, verify or promote registered versions")
+    _common(p, schema=False)
+    p.add_argument("action", choices=["list", "show", "verify", "promote"])
+    p.add_argument("version", nargs="?")
+    p.add_argument("--reason")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", help="generate a sample and run the loop day by day")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--days", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run one subcommand; a DriftloopError is one line on stderr."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DriftloopError as exc:
+        print(f"driftloop {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Distribution distances (PSI, Jensen-Shannon) over bins fixed from the reference.
+
+Missing values (NaN, None) are not counted in any share: a column's share vector describes
+the distribution of its present values. Empty input gives an all-zero share vector, and a
+distance involving an all-zero vector is NaN ("not measurable") rather than a made-up 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def quantile_bin_edges(ref: np.ndarray, bins: int) -> np.ndarray:
+    """Return bin edges at the reference quantiles, with open outer edges.
+
+    Args:
+        ref: Reference values; NaN is ignored.
+        bins: Wanted number of bins (ties in ``ref`` can merge some, so fewer may result).
+
+    Returns:
+        Strictly increasing edges starting with ``-inf`` and ending with ``+inf``, so every
+        later value falls into some bin.
+    """
+    values = np.asarray(ref, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0 or bins < 2:
+        return np.array([-np.inf, np.inf])
+    inner = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+    return np.concatenate(([-np.inf], inner, [np.inf]))
+
+
+def histogram_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Return the share of ``values`` in each bin ``[edges[i], edges[i+1])``.
+
+    Args:
+        values: Values to bin; NaN is ignored.
+        edges: Edges from :func:`quantile_bin_edges`.
+
+    Returns:
+        ``len(edges) - 1`` shares summing to 1 (all zero when no value is present).
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    n_bins = len(edges) - 1
+    idx = np.searchsorted(np.asarray(edges)[1:-1], arr, side="right")
+    counts = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    return _normalise(counts)
+
+
+def category_codes(values: Sequence[Any] | np.ndarray, categories: Sequence[str]) -> np.ndarray:
+    """Map values to their index in ``categories``.
+
+    Args:
+        values: Category values; compared as strings.
+        categories: The known categories.
+
+    Returns:
+        Integer codes: the index in ``categories``, ``len(categories)`` for an unseen value
+        and ``-1`` for a missing one.
+    """
+    raw = np.asarray(values, dtype=object)
+    missing = pd.isna(raw)
+    cats = np.asarray([str(c) for c in categories], dtype=str)
+    codes = np.full(raw.shape[0], len(cats), dtype=np.int64)
+    if cats.size and raw.size:
+        order = np.argsort(cats)
+        strs = raw.astype(str)
+        pos = np.searchsorted(cats, strs, sorter=order)
+        pos = np.minimum(pos, cats.size - 1)
+        found = cats[order[pos]] == strs
+        codes[found] = order[pos[found]]
+    codes[missing] = -1
+    return codes
+
+
+def category_shares(values: Sequence[Any] | np.ndarray, categories: Sequence[str]) -> np.ndarray:
+    """Return the share of each category plus a final ``unseen`` bucket.
+
+    Args:
+        values: Category values; missing ones are ignored.
+        categories: The reference categories.
+
+    Returns:
+        ``len(categories) + 1`` shares summing to 1 (all zero when no value is present).
+    """
+    codes = category_codes(values, categories)
+    counts = np.bincount(codes[codes >= 0], minlength=len(categories) + 1)
+    return _normalise(counts.astype(np.float64))
+
+
+def psi(ref_shares: np.ndarray, cur_shares: np.ndarray, eps: float = 1e-4) -> float:
+    """Population stability index ``sum((cur - ref) * ln(cur / ref))``.
+
+    Args:
+        ref_shares: Reference shares per bin.
+        cur_shares: Current shares over the same bins.
+        eps: Floor for empty bins, which would otherwise make the index infinite.
+
+    Returns:
+        The PSI (>= 0), or NaN when either side has no values.
+    """
+    ref, cur = _pair(ref_shares, cur_shares)
+    if ref is None or cur is None:
+        return float("nan")
+    ref, cur = np.clip(ref, eps, None), np.clip(cur, eps, None)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def js_distance(ref_shares: np.ndarray, cur_shares: np.ndarray) -> float:
+    """Jensen-Shannon distance (square root of the divergence, base 2).
+
+    Args:
+        ref_shares: Reference shares per bin.
+        cur_shares: Current shares over the same bins.
+
+    Returns:
+        A value in ``[0, 1]``: 0 for identical, 1 for disjoint distributions; NaN when either
+        side has no values.
+    """
+    ref, cur = _pair(ref_shares, cur_shares)
+    if ref is None or cur is None:
+        return float("nan")
+    mid = (ref + cur) / 2.0
+    div = 0.5 * _kl2(ref, mid) + 0.5 * _kl2(cur, mid)
+    return float(np.sqrt(np.clip(div, 0.0, 1.0)))
+
+
+def _kl2(p: np.ndarray, q: np.ndarray) -> float:
+    mask = p > 0
+    return float(np.sum(p[mask] * np.log2(p[mask] / q[mask])))
+
+
+def _normalise(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    return counts / total if total > 0 else np.zeros_like(counts)
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    ref = np.asarray(a, dtype=np.float64)
+    cur = np.asarray(b, dtype=np.float64)
+    if ref.shape != cur.shape:
+        raise ValueError(f"share vectors differ in length: {ref.shape} vs {cur.shape}")
+    ref_sum, cur_sum = ref.sum(), cur.sum()
+    return (ref / ref_sum if ref_sum > 0 else None, cur / cur_sum if cur_sum > 0 else None)

@@ -1,0 +1,566 @@
+"""The drift step: a reference profile per model version, and a drift report per run.
+
+The profile is built once when a model version is trained and stored beside it; every later
+run only loads it and compares the current window against it. Tests (in
+:mod:`driftloop.detectors`): KS per numeric feature, chi-squared per categorical feature and,
+for text models, KS on the model's predicted probabilities (black-box shift detection) plus an
+out-of-vocabulary rate check. One multiple-testing correction spans all tests of a run.
+
+Missing values: a missing numeric value enters the KS test as ``+inf`` (so a change in the
+missing rate moves the test) but is left out of PSI/JS; a missing categorical value is its own
+category ``<missing>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from driftloop import serde
+from driftloop.config import DriftConfig
+from driftloop.detectors import run_tests
+from driftloop.distance import (
+    category_codes,
+    category_shares,
+    histogram_shares,
+    js_distance,
+    psi,
+    quantile_bin_edges,
+)
+from driftloop.errors import DriftloopError, SchemaError, StoreError
+from driftloop.schema import Schema
+
+PROFILE_JSON = "drift_profile.json"
+PROFILE_NPZ = "drift_profile.npz"
+PROFILE_FORMAT = 1
+MISSING = "<missing>"
+_TOKEN = re.compile(r"\w+")
+
+
+def tokenize(text: Any) -> list[str]:
+    r"""Split text into lowercase ``\w+`` tokens (non-strings give no tokens)."""
+    return _TOKEN.findall(text.lower()) if isinstance(text, str) else []
+
+
+def oov_rate(texts: Iterable[Any], vocabulary: Set[str]) -> float:
+    """Share of the tokens of ``texts`` that are not in ``vocabulary`` (0 with no tokens)."""
+    total = unseen = 0
+    for text in texts:
+        tokens = tokenize(text)
+        total += len(tokens)
+        unseen += sum(tok not in vocabulary for tok in tokens)
+    return unseen / total if total else 0.0
+
+
+@dataclass
+class FeatureDrift:
+    """One test of one feature (or model output) in a drift report.
+
+    Attributes:
+        name: Feature name; ``proba[<class>]`` for a text model's predicted probability.
+        kind: ``numeric``, ``categorical`` or ``text``.
+        test: ``ks``, ``chi2``, ``ks_proba`` or ``oov``.
+        statistic: KS or chi-squared statistic; for ``oov`` the OOV rate increase.
+        p_value: p-value of the test (``None`` for ``oov``).
+        threshold: Corrected p-value threshold; for ``oov`` the allowed OOV increase.
+        psi: Population stability index over the reference bins (``None`` if not measurable).
+        js: Jensen-Shannon distance over the same bins.
+        drifted: Whether this test is significant after correction.
+    """
+
+    name: str
+    kind: str
+    test: str
+    statistic: float
+    p_value: float | None
+    threshold: float
+    psi: float | None
+    js: float | None
+    drifted: bool
+
+
+@dataclass
+class DriftReport:
+    """The drift decision of one run, with the measurements behind it.
+
+    Attributes:
+        status: ``drift``, ``no_drift`` or ``insufficient_data``.
+        drifted: Whether drift was detected.
+        reasons: Sentences stating each measured value against its threshold.
+        n_reference: Reference rows the tests compared against (the profile's sample).
+        n_current: Current rows.
+        min_samples: Current rows needed for a decision.
+        p_value: Significance level before correction.
+        correction: ``bonferroni`` or ``fdr``.
+        model_version: Model version the reference profile belongs to.
+        features: One entry per test.
+        oov_rate_reference: Baseline OOV rate of the reference (``None`` for tabular).
+        oov_rate_current: OOV rate of the current text (``None`` for tabular).
+        psi_threshold: PSI above which a feature's shift is noted in the reasons.
+        created_at: ISO timestamp of the run.
+    """
+
+    status: str
+    drifted: bool
+    reasons: list[str]
+    n_reference: int
+    n_current: int
+    min_samples: int
+    p_value: float
+    correction: str
+    model_version: str
+    features: list[FeatureDrift] = field(default_factory=list)
+    oov_rate_reference: float | None = None
+    oov_rate_current: float | None = None
+    psi_threshold: float = 0.2
+    created_at: str = ""
+
+    @property
+    def drifted_features(self) -> list[str]:
+        """Names of the features whose test is significant."""
+        return [f.name for f in self.features if f.drifted]
+
+    @property
+    def max_psi(self) -> float | None:
+        """Largest PSI over all features: the drift score plotted on timelines."""
+        return _max(f.psi for f in self.features)
+
+    @property
+    def max_js(self) -> float | None:
+        """Largest Jensen-Shannon distance over all features."""
+        return _max(f.js for f in self.features)
+
+    def to_json(self) -> str:
+        """Serialise to JSON."""
+        return serde.dumps(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> DriftReport:
+        """Parse a report written by :meth:`to_json`."""
+        return serde.loads(cls, text)
+
+    def to_markdown(self) -> str:
+        """Render the decision, a per-feature table and the reasons as Markdown."""
+        lines = [
+            f"### Drift: **{self.status}** (model {self.model_version})",
+            "",
+            f"{self.n_current} current vs {self.n_reference} reference rows; "
+            f"p={_num(self.p_value)} with {self.correction} correction.",
+            "",
+        ]
+        if self.features:
+            lines += ["| feature | kind | test | statistic | p-value | threshold | PSI | JS "
+                      "| drifted |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+            lines += [
+                f"| {f.name.replace('|', chr(92) + '|')} | {f.kind} | {f.test} "
+                f"| {_num(f.statistic)} | {_num(f.p_value)} | {_num(f.threshold)} "
+                f"| {_num(f.psi)} | {_num(f.js)} | {'**yes**' if f.drifted else 'no'} |"
+                for f in self.features
+            ]
+            lines.append("")
+        if self.oov_rate_current is not None:
+            lines += [f"OOV rate: {_num(self.oov_rate_current)} "
+                      f"(baseline {_num(self.oov_rate_reference)}).", ""]
+        lines += ["Reasons:", *(f"- {r}" for r in self.reasons)]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(eq=False)
+class ReferenceProfile:
+    """What drift detection needs to know about a model version's reference data.
+
+    Built once per model version by :func:`build_reference_profile` and stored beside the
+    model. The alibi-detect detectors are not stored: :func:`detect_drift` rebuilds them from
+    the sampled reference arrays held here, which is cheap (no fitting beyond a copy).
+
+    Attributes:
+        model_version: Model version the profile belongs to.
+        model_kind: ``text`` or ``tabular``.
+        numeric: Numeric feature names.
+        categorical: Categorical feature names.
+        text: Text feature names.
+        n_rows: Rows of the reference the profile was built from.
+        n_sample: Rows kept in the sampled arrays (at most ``max_reference_rows``).
+        bins: Requested number of quantile bins.
+        seed: Seed of the sampling.
+        created_at: ISO timestamp of the build.
+        numeric_sample: Sampled values per numeric feature (NaN kept).
+        bin_edges: Quantile bin edges per numeric feature (from the full reference).
+        numeric_shares: Reference share per bin per numeric feature.
+        categories: Sorted reference categories per categorical feature.
+        categorical_sample: Sampled category codes per categorical feature.
+        categorical_shares: Reference share per category (plus ``unseen``) per feature.
+        classes: Model classes (text only).
+        reference_proba: Predicted probabilities on the sample, ``(n_sample, n_classes)``.
+        proba_edges: Bin edges per tested probability column (see :func:`proba_columns`).
+        proba_shares: Reference shares per tested probability column.
+        vocabulary: Tokens of one half of the sampled reference text.
+        oov_rate_reference: OOV rate of the other half against ``vocabulary``.
+    """
+
+    model_version: str
+    model_kind: str
+    numeric: list[str]
+    categorical: list[str]
+    text: list[str]
+    n_rows: int
+    n_sample: int
+    bins: int
+    seed: int
+    created_at: str
+    numeric_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    bin_edges: dict[str, np.ndarray] = field(default_factory=dict)
+    numeric_shares: dict[str, np.ndarray] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    categorical_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    categorical_shares: dict[str, np.ndarray] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    reference_proba: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    proba_edges: list[np.ndarray] = field(default_factory=list)
+    proba_shares: list[np.ndarray] = field(default_factory=list)
+    vocabulary: list[str] = field(default_factory=list)
+    oov_rate_reference: float | None = None
+
+    _ARRAYS = ("numeric_sample", "bin_edges", "numeric_shares", "categorical_sample",
+               "categorical_shares")
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write ``drift_profile.json`` and ``drift_profile.npz`` (no pickle) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"reference_proba": self.reference_proba}
+        for attr in self._ARRAYS:
+            names = self.numeric if attr.startswith(("numeric", "bin")) else self.categorical
+            mapping: dict[str, np.ndarray] = getattr(self, attr)
+            arrays.update({f"{attr}_{i}": mapping[n] for i, n in enumerate(names)})
+        for i, (edges, shares) in enumerate(zip(self.proba_edges, self.proba_shares,
+                                                strict=True)):
+            arrays[f"proba_edges_{i}"], arrays[f"proba_shares_{i}"] = edges, shares
+        meta = {
+            "format": PROFILE_FORMAT,
+            **{k: getattr(self, k) for k in (
+                "model_version", "model_kind", "numeric", "categorical", "text", "n_rows",
+                "n_sample", "bins", "seed", "created_at", "categories", "classes",
+                "vocabulary", "oov_rate_reference")},
+            "n_proba_columns": len(self.proba_edges),
+        }
+        json_path, npz_path = folder / PROFILE_JSON, folder / PROFILE_NPZ
+        with npz_path.open("wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        json_path.write_text(json.dumps(meta, indent=1) + "\n")
+        return [json_path, npz_path]
+
+    @classmethod
+    def load(cls, folder: Path) -> ReferenceProfile:
+        """Read a profile written by :meth:`save`."""
+        json_path, npz_path = Path(folder) / PROFILE_JSON, Path(folder) / PROFILE_NPZ
+        if not json_path.is_file() or not npz_path.is_file():
+            raise StoreError(f"{folder}: no drift profile ({PROFILE_JSON} and {PROFILE_NPZ})")
+        try:
+            meta = json.loads(json_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{json_path}: not valid JSON ({exc.msg})") from exc
+        if meta.get("format") != PROFILE_FORMAT:
+            raise StoreError(f"{json_path}: format {meta.get('format')!r} is not "
+                             f"{PROFILE_FORMAT}")
+        n_proba = meta.pop("n_proba_columns")
+        meta.pop("format")
+        with np.load(npz_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        prof = cls(**meta, reference_proba=arrays["reference_proba"],
+                   proba_edges=[arrays[f"proba_edges_{i}"] for i in range(n_proba)],
+                   proba_shares=[arrays[f"proba_shares_{i}"] for i in range(n_proba)])
+        for attr in cls._ARRAYS:
+            names = prof.numeric if attr.startswith(("numeric", "bin")) else prof.categorical
+            setattr(prof, attr, {n: arrays[f"{attr}_{i}"] for i, n in enumerate(names)})
+        return prof
+
+
+def proba_columns(classes: list[str]) -> list[int]:
+    """Probability columns that are tested: one for binary models (the other is redundant)."""
+    return [1] if len(classes) == 2 else list(range(len(classes)))
+
+
+def build_reference_profile(
+    reference: pd.DataFrame,
+    schema: Schema,
+    config: DriftConfig,
+    *,
+    model_version: str,
+    model: Any | None = None,
+) -> ReferenceProfile:
+    """Profile the reference data of a model version for later drift runs.
+
+    Args:
+        reference: Reference records (typically the model's training data).
+        schema: The records' schema.
+        config: Drift settings (``bins``, ``max_reference_rows``, ``seed``).
+        model_version: Version of the model the profile belongs to.
+        model: The fitted model; required for text schemas (its ``predict_proba`` on the
+            reference sample is the baseline of the black-box shift test).
+
+    Returns:
+        The profile; persist it with :meth:`ReferenceProfile.save`.
+
+    Raises:
+        DriftloopError: No reference rows, a missing feature column, or no model for text.
+    """
+    _require_columns(reference, schema, "reference data")
+    if reference.empty:
+        raise DriftloopError("reference data: no rows; a drift profile needs at least one")
+    if schema.model_kind == "text" and model is None:
+        raise DriftloopError("drift profile: a text schema needs the model "
+                             "(its predicted probabilities are the reference)")
+    rng = np.random.default_rng(config.seed)
+    n_rows = len(reference)
+    idx = np.arange(n_rows)
+    if n_rows > config.max_reference_rows:
+        idx = np.sort(rng.choice(n_rows, size=config.max_reference_rows, replace=False))
+    sample = reference.iloc[idx].reset_index(drop=True)
+    prof = ReferenceProfile(
+        model_version=model_version, model_kind=schema.model_kind,
+        numeric=schema.names_of("numeric"), categorical=schema.names_of("categorical"),
+        text=schema.names_of("text"), n_rows=n_rows, n_sample=len(sample),
+        bins=config.bins, seed=config.seed, created_at=_now(None),
+    )
+    for name in prof.numeric:
+        full = _numeric(reference[name])
+        prof.bin_edges[name] = quantile_bin_edges(full, config.bins)
+        prof.numeric_shares[name] = histogram_shares(full, prof.bin_edges[name])
+        prof.numeric_sample[name] = _numeric(sample[name])
+    for name in prof.categorical:
+        full_values = _categorical(reference[name])
+        prof.categories[name] = sorted(set(full_values.tolist()))
+        prof.categorical_shares[name] = category_shares(full_values, prof.categories[name])
+        prof.categorical_sample[name] = category_codes(_categorical(sample[name]),
+                                                       prof.categories[name])
+    if prof.text:
+        _profile_text(prof, sample, schema, model, rng)
+    return prof
+
+
+def _profile_text(prof: ReferenceProfile, sample: pd.DataFrame, schema: Schema, model: Any,
+                  rng: np.random.Generator) -> None:
+    prof.classes = [str(c) for c in model.classes_]
+    prof.reference_proba = np.asarray(model.predict_proba(sample[schema.feature_names]),
+                                      dtype=np.float64)
+    for col in proba_columns(prof.classes):
+        edges = quantile_bin_edges(prof.reference_proba[:, col], prof.bins)
+        prof.proba_edges.append(edges)
+        prof.proba_shares.append(histogram_shares(prof.reference_proba[:, col], edges))
+    # Vocabulary from one half, baseline OOV on the other: on its own vocabulary the
+    # reference would score exactly 0 and any new text would look like drift.
+    order = rng.permutation(len(sample))
+    half = (len(sample) + 1) // 2
+    vocab_rows, held_rows = sample.iloc[order[:half]], sample.iloc[order[half:]]
+    prof.vocabulary = sorted({tok for text in _texts(vocab_rows, prof.text)
+                              for tok in tokenize(text)})
+    prof.oov_rate_reference = oov_rate(_texts(held_rows, prof.text), set(prof.vocabulary))
+
+
+def detect_drift(
+    profile: ReferenceProfile,
+    current: pd.DataFrame,
+    schema: Schema,
+    config: DriftConfig,
+    *,
+    model: Any | None = None,
+    now: dt.datetime | None = None,
+) -> DriftReport:
+    """Compare the current window against a model version's reference profile.
+
+    Args:
+        profile: The reference profile of the model version serving now.
+        current: Current records.
+        schema: The records' schema (must declare the profile's features).
+        config: Drift settings (``p_value``, ``correction``, ``min_samples``, ...).
+        model: The model of ``profile``; required for text schemas.
+        now: Timestamp of the report (default: the current UTC time).
+
+    Returns:
+        The report; ``insufficient_data`` below ``config.min_samples`` current rows.
+
+    Raises:
+        DriftloopError: Schema and profile disagree, a feature column is missing, or no model
+            is given for a text schema.
+    """
+    _check_profile(profile, schema)
+    report = DriftReport(
+        status="insufficient_data", drifted=False, reasons=[], n_reference=profile.n_sample,
+        n_current=len(current), min_samples=config.min_samples, p_value=config.p_value,
+        correction=config.correction, model_version=profile.model_version,
+        psi_threshold=config.psi_threshold, created_at=_now(now),
+    )
+    if len(current) < config.min_samples:
+        report.reasons.append(f"only {len(current)} current rows, need at least "
+                              f"{config.min_samples} (drift.min_samples)")
+        return report
+    _require_columns(current, schema, "current data")
+    cols = _tabular_columns(profile, current)
+    if profile.text:
+        cols += _proba_columns(profile, current, schema, model)
+    ref = np.column_stack([c.ref for c in cols])
+    cur = np.column_stack([c.cur for c in cols])
+    cat = [i for i, c in enumerate(cols) if c.kind == "categorical"]
+    res = run_tests(ref, cur, cat, p_value=config.p_value, correction=config.correction)
+    for i, c in enumerate(cols):
+        report.features.append(FeatureDrift(
+            name=c.name, kind=c.kind, test="ks_proba" if c.proba else res.tests[i],
+            statistic=res.statistics[i], p_value=res.p_values[i],
+            threshold=res.thresholds[i], psi=_finite(psi(c.ref_shares, c.cur_shares)),
+            js=_finite(js_distance(c.ref_shares, c.cur_shares)), drifted=res.drifted[i],
+        ))
+    unit = "test" if profile.text else "feature"
+    family = f"{config.correction} over {len(cols)} {unit}{'s' if len(cols) > 1 else ''}"
+    report.reasons += _test_reasons(report.features, family)
+    if profile.text:
+        report.features.append(_oov_feature(report, profile, current, config))
+    report.drifted = any(f.drifted for f in report.features)
+    report.status = "drift" if report.drifted else "no_drift"
+    report.reasons += [
+        f"{_label(f)}: PSI {_num(f.psi)} > {_num(config.psi_threshold)} "
+        "(shift noted; the decision rests on the tests)"
+        for f in report.features if f.psi is not None and f.psi > config.psi_threshold
+    ]
+    return report
+
+
+@dataclass
+class _Column:
+    name: str
+    kind: str
+    ref: np.ndarray
+    cur: np.ndarray
+    ref_shares: np.ndarray
+    cur_shares: np.ndarray
+    proba: bool = False
+
+
+def _tabular_columns(profile: ReferenceProfile, current: pd.DataFrame) -> list[_Column]:
+    cols = []
+    for name in profile.numeric:
+        values = _numeric(current[name])
+        cols.append(_Column(
+            name, "numeric", _nan_high(profile.numeric_sample[name]), _nan_high(values),
+            profile.numeric_shares[name], histogram_shares(values, profile.bin_edges[name])))
+    for name in profile.categorical:
+        cats = profile.categories[name]
+        values = _categorical(current[name])
+        cols.append(_Column(
+            name, "categorical", profile.categorical_sample[name].astype(np.float64),
+            category_codes(values, cats).astype(np.float64),
+            profile.categorical_shares[name], category_shares(values, cats)))
+    return cols
+
+
+def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Schema,
+                   model: Any | None) -> list[_Column]:
+    if model is None:
+        raise DriftloopError("drift detection: a text schema needs the model "
+                             f"(version {profile.model_version}) for its predicted probabilities")
+    classes = [str(c) for c in model.classes_]
+    if classes != profile.classes:
+        raise DriftloopError(f"drift detection: model classes {classes} differ from the "
+                             f"profile's {profile.classes} (model {profile.model_version})")
+    proba = np.asarray(model.predict_proba(current[schema.feature_names]), dtype=np.float64)
+    return [
+        _Column(f"proba[{classes[col]}]", "text", profile.reference_proba[:, col], proba[:, col],
+                shares, histogram_shares(proba[:, col], edges), proba=True)
+        for col, edges, shares in zip(proba_columns(classes), profile.proba_edges,
+                                      profile.proba_shares, strict=True)
+    ]
+
+
+def _oov_feature(report: DriftReport, profile: ReferenceProfile, current: pd.DataFrame,
+                 config: DriftConfig) -> FeatureDrift:
+    base = profile.oov_rate_reference or 0.0
+    rate = oov_rate(_texts(current, profile.text), set(profile.vocabulary))
+    report.oov_rate_reference, report.oov_rate_current = base, rate
+    increase = rate - base
+    drifted = increase > config.oov_threshold
+    op = ">" if drifted else "<="
+    report.reasons.append(
+        f"text OOV rate {_num(rate)} vs baseline {_num(base)}: increase {_num(increase)} "
+        f"{op} {_num(config.oov_threshold)} (drift.oov_threshold)")
+    return FeatureDrift(name="+".join(profile.text), kind="text", test="oov",
+                        statistic=increase, p_value=None, threshold=config.oov_threshold,
+                        psi=None, js=None, drifted=drifted)
+
+
+def _label(f: FeatureDrift) -> str:
+    return f"model output {f.name}" if f.test == "ks_proba" else f"feature {f.name!r}"
+
+
+def _test_reasons(features: list[FeatureDrift], family: str) -> list[str]:
+    def test(f: FeatureDrift) -> str:
+        return "chi2" if f.test == "chi2" else "KS"
+
+    hits = [f for f in features if f.drifted]
+    if hits:
+        return [f"{_label(f)}: {test(f)} p={_num(f.p_value)} < {_num(f.threshold)} ({family})"
+                for f in hits]
+    best = min(features, key=lambda f: (f.p_value if f.p_value is not None else 1.0))
+    return [f"no test significant: smallest {test(best)} p={_num(best.p_value)} at "
+            f"{_label(best)} >= {_num(best.threshold)} ({family})"]
+
+
+def _check_profile(profile: ReferenceProfile, schema: Schema) -> None:
+    for kind in ("numeric", "categorical", "text"):
+        if getattr(profile, kind) != schema.names_of(kind):
+            raise DriftloopError(
+                f"drift profile of model {profile.model_version}: {kind} features "
+                f"{getattr(profile, kind)} but the schema declares {schema.names_of(kind)}")
+
+
+def _require_columns(frame: pd.DataFrame, schema: Schema, what: str) -> None:
+    missing = [n for n in schema.feature_names if n not in frame.columns]
+    if missing:
+        raise SchemaError(f"{what}: missing feature columns {missing} (schema {schema.name})")
+
+
+def _numeric(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _nan_high(values: np.ndarray) -> np.ndarray:
+    # KS needs a value for every row; +inf sorts above all, so missingness shifts the CDF.
+    return np.where(np.isnan(values), np.inf, values)
+
+
+def _categorical(series: pd.Series) -> np.ndarray:
+    values = series.astype(object)
+    return values.where(values.notna(), MISSING).astype(str).to_numpy(dtype=object)
+
+
+def _texts(frame: pd.DataFrame, columns: list[str]) -> Iterable[Any]:
+    for name in columns:
+        yield from frame[name]
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def _max(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.1e}"
+    return f"{value:.4g}"
+
+
+def _now(now: dt.datetime | None) -> str:
+    return (now or dt.datetime.now(dt.UTC)).isoformat()
