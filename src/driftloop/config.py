@@ -120,6 +120,8 @@ class GateConfig:
         bootstrap: Paired bootstrap resamples for the confidence interval.
         confidence: Confidence level of the interval.
         seed: Seed of the bootstrap.
+        latency_rows: Rows timed one by one per model for the latency rule.
+        latency_repeats: Timed calls per row and model (the fastest counts).
     """
 
     primary_metric: str = "f1_macro"
@@ -130,6 +132,8 @@ class GateConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    latency_rows: int = 50
+    latency_repeats: int = 2
 
     def __post_init__(self) -> None:
         _check(self.primary_metric in PRIMARY_METRICS, "gate.primary_metric",

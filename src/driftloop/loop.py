@@ -1,0 +1,368 @@
+"""The steps of one continuous-training run over a store, each a plain function.
+
+Every KFP component, CLI subcommand and the in-process demo call these: a step reads
+its inputs from the store and the previous step's results, calls the core modules and
+records its typed result under ``runs/<run-id>/`` so the history of decisions is
+queryable without KFP.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from driftloop.config import Config
+from driftloop.drift import DriftReport, ReferenceProfile, build_reference_profile, detect_drift
+from driftloop.evaluate import Verdict, evaluate_challenger
+from driftloop.ingest import IngestResult, ingest, read_file
+from driftloop.metrics import compute_metrics
+from driftloop.notify import Event, Notifier, NullNotifier
+from driftloop.registry import AliasState, Registry
+from driftloop.schema import Schema
+from driftloop.serde import dumps
+from driftloop.storage import Store
+from driftloop.train import (
+    ModelMetadata,
+    assemble_training_set,
+    predict_frame,
+    save_model_artifact,
+    split_holdout,
+    train_model,
+)
+from driftloop.trigger import ChampionInfo, RetrainDecision, count_new_labels, decide_retrain
+from driftloop.validate import validate_records
+
+PROFILE_FILES = ("drift_profile.npz", "drift_profile.json")
+MIN_EVAL_ROWS = 50
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def record_result(store: Store, run_id: str, name: str, result: Any) -> str:
+    """Write a step's result as ``runs/<run-id>/<name>.json`` (and ``.md`` when renderable)."""
+    key = f"runs/{run_id}/{name}.json"
+    store.write_text(key, dumps(result) + "\n")
+    if hasattr(result, "to_markdown"):
+        store.write_text(f"runs/{run_id}/{name}.md", result.to_markdown())
+    return store.url(key)
+
+
+# --- ingest ---------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """The ingested rows of one run: all of the lookback, and the current window's share."""
+
+    result: IngestResult
+    current: pd.DataFrame
+
+    @property
+    def records(self) -> pd.DataFrame:
+        """Every accepted record of the lookback (labels joined)."""
+        return self.result.records
+
+
+def run_ingest(
+    store: Store, schema: Schema, *, now: dt.datetime, window_days: int = 1,
+    lookback_days: int = 30,
+) -> Window:
+    """Ingest the lookback (for labels) and cut out the current window (for drift).
+
+    Args:
+        store: The data store.
+        schema: The records' schema.
+        now: The run's logical time; its date is the last partition read.
+        window_days: Days whose records count as "current" for drift.
+        lookback_days: Days of records and feedback read for labels and training.
+    """
+    end = now.date()
+    start = end - dt.timedelta(days=max(lookback_days, window_days) - 1)
+    result = ingest(store, schema, start, end)
+    first_current = pd.Timestamp(end - dt.timedelta(days=window_days - 1), tz="UTC")
+    records = result.records
+    current = records.loc[records["timestamp"] >= first_current].reset_index(drop=True)
+    return Window(result=result, current=current)
+
+
+# --- champion -------------------------------------------------------------------------
+
+
+@dataclass
+class Champion:
+    """The serving champion: its model, metadata and stored drift profile."""
+
+    version: str
+    model: Any
+    metadata: ModelMetadata
+    profile: ReferenceProfile
+
+    def info(self) -> ChampionInfo:
+        """The facts the trigger rules need."""
+        meta = self.metadata
+        return ChampionInfo(
+            version=meta.version,
+            created_at=_parse_time(meta.created_at),
+            training_cutoff=_parse_time(meta.training_cutoff or meta.created_at),
+            primary_metric=meta.primary_metric,
+            baseline=float(meta.validation_metrics[meta.primary_metric]),
+        )
+
+
+def load_profile(registry: Registry, version: str) -> ReferenceProfile:
+    """Load the drift profile stored beside model ``version``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in PROFILE_FILES:
+            (Path(tmp) / name).write_bytes(registry.read_file(version, name))
+        return ReferenceProfile.load(Path(tmp))
+
+
+def load_champion(registry: Registry) -> Champion | None:
+    """Load the champion (sha256-verified), or ``None`` before the first model."""
+    version = registry.champion()
+    if version is None:
+        return None
+    meta = ModelMetadata.from_json(registry.read_file(version, "metadata.json").decode())
+    return Champion(version, registry.load_model(version), meta, load_profile(registry, version))
+
+
+# --- drift and decision ---------------------------------------------------------------
+
+
+def run_drift(
+    champion: Champion | None, current: pd.DataFrame, schema: Schema, config: Config
+) -> DriftReport | None:
+    """Compare the current window with the champion's reference (``None``: no champion)."""
+    if champion is None:
+        return None
+    return detect_drift(champion.profile, current, schema, config.drift, model=champion.model)
+
+
+def _last_retrain(registry: Registry) -> dt.datetime | None:
+    stamps = [_parse_time(registry.metadata(v)["created_at"]) for v in registry.versions()]
+    return max(stamps) if stamps else None
+
+
+def champion_metric_on_new_labels(
+    champion: Champion, records: pd.DataFrame, schema: Schema
+) -> tuple[float | None, int]:
+    """The champion's primary metric on records labelled after its training cutoff."""
+    cutoff = pd.Timestamp(champion.info().training_cutoff)
+    new = records.loc[records["label"].notna() & (records["label_timestamp"] > cutoff)]
+    if new.empty:
+        return None, 0
+    pred, proba = predict_frame(champion.model, new, schema)
+    classes = [str(c) for c in champion.model.classes_]
+    metrics = compute_metrics(new["label"].astype(str).to_numpy(), pred, proba, classes)
+    value = metrics.get(champion.metadata.primary_metric)
+    return (None if value is None else float(value)), len(new)
+
+
+def run_decide(
+    registry: Registry, champion: Champion | None, window: Window, drift: DriftReport | None,
+    schema: Schema, *, now: dt.datetime, config: Config, force: bool = False,
+) -> RetrainDecision:
+    """Decide whether to retrain from the drift report, labels, performance and age."""
+    if champion is None:
+        return decide_retrain(None, now=now, config=config.trigger, force=force)
+    info = champion.info()
+    metric, samples = champion_metric_on_new_labels(champion, window.records, schema)
+    return decide_retrain(
+        info,
+        now=now,
+        config=config.trigger,
+        drift=drift,
+        new_labels=count_new_labels(window.records, info.training_cutoff),
+        current_metric=metric,
+        metric_samples=samples,
+        last_retrain_at=_last_retrain(registry),
+        force=force,
+    )
+
+
+# --- train ----------------------------------------------------------------------------
+
+
+def load_reference(store: Store, schema: Schema, model_name: str, version: str | None) -> (
+    pd.DataFrame
+):
+    """The reference set: the champion's training set, or the seed set before the first model.
+
+    The seed set is every JSONL/CSV/Parquet file under ``reference/<model>/seed*``; its rows
+    carry their label inline and are validated like any record (invalid rows are dropped
+    here and reported by ``driftloop ingest``).
+    """
+    if version is not None:
+        key = f"reference/{model_name}/{version}.parquet"
+        return pd.read_parquet(io.BytesIO(store.read_bytes(key)))
+    keys = [k for k in store.list(f"reference/{model_name}")
+            if k.rsplit("/", 1)[-1].startswith("seed")]
+    frames = [read_file(store, k)[0] for k in keys]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame()
+    valid, _ = validate_records(pd.concat(frames, ignore_index=True), schema)
+    return valid.loc[valid["label"].notna()].drop_duplicates("id").reset_index(drop=True)
+
+
+@dataclass
+class TrainOutcome:
+    """A registered challenger and the evaluation set held out from its training."""
+
+    version: str
+    metadata: ModelMetadata
+    eval_set: pd.DataFrame
+    train_rows: int
+    eval_source: str = field(default="production")
+
+
+def run_train(
+    store: Store, registry: Registry, champion: Champion | None, window: Window, schema: Schema,
+    *, now: dt.datetime, config: Config, model_name: str,
+) -> TrainOutcome:
+    """Train a challenger on the reference plus labelled production records and register it.
+
+    The labelled production records are split by a hash of ``id`` into training and
+    evaluation rows. Before the first model there may be no production labels: then the
+    seed reference set is split instead.
+    """
+    reference = load_reference(store, schema, model_name, champion.version if champion else None)
+    labelled = window.records.loc[window.records["label"].notna()]
+    train_part, eval_part = split_holdout(labelled, config.train.eval_fraction, config.train.seed)
+    source = "production"
+    if champion is not None:
+        # Judge both models on what changed: held-out labels the champion has never seen.
+        cutoff = pd.Timestamp(champion.info().training_cutoff)
+        recent = eval_part.loc[eval_part["label_timestamp"] > cutoff]
+        if len(recent) >= MIN_EVAL_ROWS:
+            eval_part, source = recent, "production since the champion's cutoff"
+    elif len(eval_part) < MIN_EVAL_ROWS:
+        reference, eval_part = split_holdout(reference, config.train.eval_fraction,
+                                             config.train.seed)
+        source = "seed reference"
+    training = assemble_training_set(reference, train_part, config.train, now)
+    result = train_model(training, schema, config.train, model_name=model_name,
+                         primary_metric=config.gate.primary_metric, now=now)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / result.metadata.version
+        save_model_artifact(result, folder)
+        profile = build_reference_profile(training, schema, config.drift,
+                                          model_version=result.metadata.version,
+                                          model=result.model)
+        profile.save(folder)
+        version = registry.register(folder)
+    store.write_bytes(f"reference/{model_name}/{version}.parquet", training.to_parquet(index=False))
+    return TrainOutcome(version, result.metadata, eval_part.reset_index(drop=True),
+                        len(training), source)
+
+
+# --- evaluate and promote ---------------------------------------------------------------
+
+
+def run_evaluate(
+    registry: Registry, champion: Champion | None, challenger_version: str,
+    eval_set: pd.DataFrame, schema: Schema, config: Config,
+) -> Verdict:
+    """Score champion and challenger on the same held-out rows and apply the gate."""
+    challenger = registry.load_model(challenger_version)
+    return evaluate_challenger(
+        challenger,
+        champion.model if champion else None,
+        eval_set,
+        schema,
+        config.gate,
+        challenger_version=challenger_version,
+        champion_version=champion.version if champion else None,
+    )
+
+
+def run_promote(
+    registry: Registry, verdict: Verdict, *, notifier: Notifier, run_id: str, model_name: str
+) -> AliasState:
+    """Move the champion alias when the verdict says promote; notify before changing it."""
+    version = verdict.challenger.version
+    if verdict.decision != "promote":
+        return registry.aliases()
+    reason = "; ".join(verdict.reasons)
+    notifier.send(Event("model_update", f"promoting {version} to champion", model_name,
+                        {"version": version, "reasons": verdict.reasons}, run_id=run_id))
+    return registry.promote(version, reason=reason, run_id=run_id)
+
+
+# --- the whole loop in one process ------------------------------------------------------
+
+
+@dataclass
+class LoopResult:
+    """Everything one run decided."""
+
+    run_id: str
+    ingest: IngestResult
+    drift: DriftReport | None
+    decision: RetrainDecision
+    train: TrainOutcome | None = None
+    verdict: Verdict | None = None
+    aliases: AliasState | None = None
+
+    def lines(self) -> list[str]:
+        """A human summary, one line per step."""
+        out = [f"ingest   {self.ingest.report.summary()}"]
+        if self.drift is None:
+            out.append("drift    skipped: no champion yet")
+        else:
+            out.append(f"drift    {self.drift.status}: " + ("; ".join(self.drift.reasons)
+                                                          or "no feature drifted"))
+        out.append(f"decide   {'retrain' if self.decision.retrain else 'no retrain'}: "
+                   + "; ".join(self.decision.reasons))
+        if self.train is not None:
+            m = self.train.metadata
+            score = m.validation_metrics[m.primary_metric]
+            out.append(f"train    {self.train.version}: {self.train.train_rows} rows, "
+                       f"validation {m.primary_metric}={score:.3f}")
+        if self.verdict is not None:
+            out.append(f"evaluate {self.verdict.decision}: " + "; ".join(self.verdict.reasons))
+        if self.aliases is not None:
+            out.append(f"registry champion={self.aliases.champion} "
+                       f"previous={self.aliases.previous}")
+        return out
+
+
+def run_loop(
+    store: Store, schema: Schema, model_name: str, *, now: dt.datetime, run_id: str,
+    config: Config | None = None, force: bool = False, window_days: int = 1,
+    lookback_days: int = 30, notifier: Notifier | None = None,
+) -> LoopResult:
+    """Run ingest → drift → decide → train → evaluate → promote in this process."""
+    config = config or Config()
+    notifier = notifier or NullNotifier()
+    registry = Registry(store, model_name)
+    window = run_ingest(store, schema, now=now, window_days=window_days,
+                        lookback_days=lookback_days)
+    record_result(store, run_id, "ingest", window.result.report)
+    champion = load_champion(registry)
+    drift = run_drift(champion, window.current, schema, config)
+    if drift is not None:
+        record_result(store, run_id, "drift", drift)
+    decision = run_decide(registry, champion, window, drift, schema, now=now, config=config,
+                          force=force)
+    record_result(store, run_id, "decision", decision)
+    result = LoopResult(run_id, window.result, drift, decision)
+    if not decision.retrain:
+        return result
+    result.train = run_train(store, registry, champion, window, schema, now=now, config=config,
+                             model_name=model_name)
+    result.verdict = run_evaluate(registry, champion, result.train.version,
+                                  result.train.eval_set, schema, config)
+    record_result(store, run_id, "verdict", result.verdict)
+    result.aliases = run_promote(registry, result.verdict, notifier=notifier, run_id=run_id,
+                                 model_name=model_name)
+    record_result(store, run_id, "aliases", result.aliases)
+    return result

@@ -1,0 +1,354 @@
+"""Train a challenger: assemble the training set, fit a plain scikit-learn pipeline, save it.
+
+The saved folder holds ``model.joblib`` at its root, the layout KServe's sklearn server
+loads, plus ``metadata.json`` (:class:`ModelMetadata`). The pipeline contains only
+scikit-learn objects so the server needs nothing from driftloop to unpickle it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+from driftloop import serde
+from driftloop.config import TrainConfig
+from driftloop.errors import DriftloopError, SchemaError
+from driftloop.metrics import compute_metrics
+from driftloop.schema import Schema
+
+MIN_TRAIN_ROWS = 10
+# HistGradientBoosting accepts at most max_bins (255) categories per feature; rarer
+# values beyond that are pooled into one "infrequent" code instead of failing the fit.
+_MAX_CATEGORIES = 255
+
+
+class TrainingError(DriftloopError):
+    """The training data cannot produce a model (too few rows, one class, unknown labels)."""
+
+
+def build_pipeline(schema: Schema, config: TrainConfig) -> Pipeline:
+    """Return the unfitted pipeline for ``schema.model_kind``.
+
+    Tabular: numeric columns pass through (missing values are handled natively),
+    categorical columns are ordinal-encoded (unknown/missing -> NaN) and marked as
+    categorical for a HistGradientBoostingClassifier. Text: one TF-IDF (uni+bigrams)
+    per text column, plus imputed+scaled numeric and one-hot categorical columns,
+    into a LogisticRegression.
+    """
+    numeric, categorical = schema.names_of("numeric"), schema.names_of("categorical")
+    if schema.model_kind == "tabular":
+        pre = ColumnTransformer(
+            [
+                ("numeric", "passthrough", numeric),
+                ("categorical", OrdinalEncoder(
+                    handle_unknown="use_encoded_value", unknown_value=np.nan,
+                    encoded_missing_value=np.nan, max_categories=_MAX_CATEGORIES,
+                ), categorical),
+            ],
+            verbose_feature_names_out=False,
+        )
+        clf: Any = HistGradientBoostingClassifier(
+            categorical_features=[False] * len(numeric) + [True] * len(categorical),
+            max_iter=config.max_iter, learning_rate=config.learning_rate,
+            random_state=config.seed,
+        )
+        return Pipeline([("features", pre), ("classifier", clf)])
+    steps: list[tuple[str, Any, Any]] = [
+        (f"text_{name}", TfidfVectorizer(
+            max_features=config.max_features, ngram_range=(1, 2), sublinear_tf=True,
+        ), name)  # a scalar column name hands the vectoriser a 1-D column of documents
+        for name in schema.names_of("text")
+    ]
+    if numeric:
+        steps.append(("numeric", Pipeline([
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+        ]), numeric))
+    if categorical:
+        steps.append(("categorical", OneHotEncoder(handle_unknown="ignore"), categorical))
+    clf = LogisticRegression(C=config.c, max_iter=config.max_iter, random_state=config.seed)
+    return Pipeline([("features", ColumnTransformer(steps)), ("classifier", clf)])
+
+
+def feature_frame(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Select the feature columns in declared order with the dtypes the pipeline expects.
+
+    Numeric -> float64, categorical -> str (missing stays NaN), text -> str (missing -> "").
+
+    Raises:
+        SchemaError: A feature column is missing from ``df``.
+    """
+    missing = [c for c in schema.feature_names if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{schema.source}: data lacks feature columns {missing}")
+    out = pd.DataFrame(index=df.index)
+    for col in schema.columns:
+        values = df[col.name]
+        if col.kind == "numeric":
+            out[col.name] = values.astype("float64")
+        elif col.kind == "categorical":
+            out[col.name] = values.map(str, na_action="ignore").astype(object)
+        else:
+            out[col.name] = values.fillna("").astype(str)
+    return out
+
+
+def predict_frame(model: Any, df: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(predicted class names, class probabilities)`` for the rows of ``df``.
+
+    The prediction is the most probable class, so it always agrees with ``proba``
+    (whose columns follow ``model.classes_``).
+    """
+    proba = np.asarray(model.predict_proba(feature_frame(df, schema)), dtype=float)
+    classes = np.asarray([str(c) for c in model.classes_], dtype=object)
+    return classes[proba.argmax(axis=1)].astype(str), proba
+
+
+def split_holdout(
+    labelled: pd.DataFrame, fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split into ``(rest, holdout)`` by a hash of ``seed`` and each row's ``id``.
+
+    A record's side depends only on its id and the seed, never on the other rows or
+    their order, so it stays on the same side across runs as data accumulates.
+    """
+    ids = labelled["id"].astype(str)
+    u = np.fromiter(
+        (int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big")
+         for i in ids),
+        dtype=np.float64, count=len(ids),
+    ) / 2.0**64
+    held = u < fraction
+    return labelled[~held], labelled[held]
+
+
+def _utc(ts: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(ts)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def assemble_training_set(
+    reference: pd.DataFrame | None, labelled: pd.DataFrame, config: TrainConfig, now: datetime
+) -> pd.DataFrame:
+    """Combine the reference set with recent labelled production records.
+
+    Production records count when ``now - window_days <= timestamp <= now`` (no lower
+    bound when ``window_days`` is None); records after ``now`` are excluded so a
+    replay cannot learn from the future. Rows without a label are dropped, a repeated
+    id keeps its most recent row (production wins a tie with the reference), and the
+    most recent ``max_rows`` rows are kept.
+
+    Returns:
+        The training rows sorted by timestamp (oldest first).
+    """
+    now_ts = _utc(now)
+    prod = labelled.copy()
+    ts = pd.to_datetime(prod["timestamp"], utc=True)
+    keep = ts <= now_ts
+    if config.window_days is not None:
+        keep &= ts >= now_ts - timedelta(days=config.window_days)
+    parts = [prod[keep]]
+    if reference is not None:
+        parts.insert(0, reference)
+    df = pd.concat(parts, ignore_index=True)
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    if "label_timestamp" in df.columns:
+        df["label_timestamp"] = pd.to_datetime(df["label_timestamp"], utc=True)
+    df = df[df["label"].notna()].sort_values("timestamp", kind="stable", na_position="first")
+    df = df.drop_duplicates(subset="id", keep="last")
+    return df.tail(config.max_rows).reset_index(drop=True)
+
+
+@dataclass
+class ModelMetadata:
+    """What a trained model is, what it was trained on and how it scored (metadata.json)."""
+
+    model_name: str
+    version: str
+    created_at: str
+    model_kind: str
+    classes: list[str]
+    features: list[str]
+    schema: dict[str, Any]
+    training_window_start: str | None
+    training_window_end: str | None
+    training_cutoff: str | None
+    n_rows: int
+    data_hash: str
+    model_sha256: str
+    library_versions: dict[str, str]
+    params: dict[str, Any]
+    validation_metrics: dict[str, float]
+    primary_metric: str
+    seed: int
+    n_validation_rows: int = 0
+
+    def to_json(self) -> str:
+        """Serialise to JSON (non-finite metrics become null)."""
+        return serde.dumps(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        """Parse :meth:`to_json` output."""
+        return serde.loads(cls, text)
+
+
+@dataclass
+class TrainResult:
+    """A fitted pipeline and its metadata."""
+
+    model: Pipeline
+    metadata: ModelMetadata
+
+
+def _canonical_rows(df: pd.DataFrame, schema: Schema) -> list[str]:
+    cols = ["id", *schema.feature_names, "label"]
+    frame = feature_frame(df, schema)
+    frame.insert(0, "id", df["id"].astype(str))
+    frame["label"] = df["label"].astype(str)
+    values = frame[cols].astype(object).where(frame[cols].notna(), None)
+    rows = values.itertuples(index=False, name=None)
+    return [json.dumps(row, ensure_ascii=False) for row in rows]
+
+
+def _hash_lines(sorted_lines: list[str]) -> str:
+    digest = hashlib.sha256()
+    for line in sorted_lines:
+        digest.update(line.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def data_hash(df: pd.DataFrame, schema: Schema) -> str:
+    """sha256 of the rows' ids, features and labels, independent of row order."""
+    return _hash_lines(sorted(_canonical_rows(df, schema)))
+
+
+def _iso(value: Any) -> str | None:
+    return None if pd.isna(value) else pd.Timestamp(value).isoformat()
+
+
+def _prepare(train_df: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, str]:
+    if "label" not in train_df.columns:
+        raise TrainingError("training data has no 'label' column")
+    df = train_df[train_df["label"].notna()].copy()
+    df["label"] = df["label"].astype(str)
+    classes = sorted(df["label"].unique())
+    if len(df) < MIN_TRAIN_ROWS:
+        raise TrainingError(
+            f"training data has {len(df)} labelled rows; at least {MIN_TRAIN_ROWS} are needed"
+        )
+    if len(classes) < 2:
+        raise TrainingError(
+            f"training data has only one class {classes}; at least 2 classes are needed"
+        )
+    if schema.labels is not None:
+        unknown = sorted(set(classes) - set(schema.labels))
+        if unknown:
+            raise TrainingError(f"training labels {unknown} are not in schema labels "
+                                f"{list(schema.labels)}")
+    # A canonical row order makes the fit independent of how the input was ordered.
+    lines = _canonical_rows(df, schema)
+    order = sorted(range(len(lines)), key=lines.__getitem__)
+    return df.iloc[order].reset_index(drop=True), _hash_lines([lines[i] for i in order])
+
+
+def train_model(
+    train_df: pd.DataFrame,
+    schema: Schema,
+    config: TrainConfig,
+    *,
+    model_name: str,
+    primary_metric: str = "f1_macro",
+    version: str | None = None,
+    now: datetime | None = None,
+) -> TrainResult:
+    """Fit the challenger and describe it.
+
+    Validation metrics come from a fit on the rows outside a ``validation_fraction``
+    hash holdout; the returned model is then refit on every row. The same rows (in
+    any order) and seed give identical predictions and the same ``data_hash``.
+
+    Args:
+        train_df: Labelled training rows (see :func:`assemble_training_set`).
+        schema: The model's schema.
+        config: Training settings.
+        model_name: Name recorded in the metadata.
+        primary_metric: Metric the gate will compare, recorded in the metadata.
+        version: Version id; default ``v<UTC yyyymmddTHHMMSSZ>-<data hash[:8]>`` (sortable).
+        now: Creation time (default: the current UTC time).
+
+    Raises:
+        TrainingError: Fewer than ``MIN_TRAIN_ROWS`` labelled rows, one class, or labels
+            outside ``schema.labels``.
+    """
+    created = _utc(now or datetime.now(UTC))
+    df, digest = _prepare(train_df, schema)
+    X, y = feature_frame(df, schema), df["label"].to_numpy(dtype=str)
+    fit_part, val_part = split_holdout(df, config.validation_fraction, config.seed)
+    val_metrics: dict[str, float] = {}
+    if len(val_part) and fit_part["label"].nunique() >= 2:
+        probe = build_pipeline(schema, config).fit(X.loc[fit_part.index], y[fit_part.index])
+        pred, proba = predict_frame(probe, val_part, schema)
+        val_metrics = compute_metrics(y[val_part.index], pred, proba,
+                                      [str(c) for c in probe.classes_])
+    model = build_pipeline(schema, config).fit(X, y)
+    stamps = [df[c].max() for c in ("timestamp", "label_timestamp") if c in df.columns]
+    stamps = [s for s in stamps if not pd.isna(s)]
+    metadata = ModelMetadata(
+        model_name=model_name,
+        version=version or f"v{created.strftime('%Y%m%dT%H%M%SZ')}-{digest[:8]}",
+        created_at=created.isoformat(),
+        model_kind=schema.model_kind,
+        classes=[str(c) for c in model.classes_],
+        features=schema.feature_names,
+        schema=schema.to_dict(),
+        training_window_start=_iso(df["timestamp"].min()) if "timestamp" in df else None,
+        training_window_end=_iso(df["timestamp"].max()) if "timestamp" in df else None,
+        training_cutoff=_iso(max(stamps)) if stamps else None,
+        n_rows=len(df),
+        data_hash=digest,
+        model_sha256="",
+        library_versions={
+            "sklearn": sklearn.__version__, "numpy": np.__version__,
+            "pandas": pd.__version__, "joblib": joblib.__version__,
+            "python": platform.python_version(),
+        },
+        params={"estimator": type(model[-1]).__name__, **dataclasses.asdict(config)},
+        validation_metrics=val_metrics,
+        primary_metric=primary_metric,
+        seed=config.seed,
+        n_validation_rows=len(val_part) if val_metrics else 0,
+    )
+    return TrainResult(model=model, metadata=metadata)
+
+
+def save_model_artifact(result: TrainResult, folder: Path) -> Path:
+    """Write ``folder/model.joblib`` and ``folder/metadata.json``; return the folder.
+
+    ``metadata.model_sha256`` is set to the sha256 of the bytes actually written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path = folder / "model.joblib"
+    joblib.dump(result.model, model_path)
+    result.metadata.model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    (folder / "metadata.json").write_text(result.metadata.to_json() + "\n")
+    return folder
