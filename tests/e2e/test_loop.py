@@ -1,0 +1,84 @@
+"""The whole loop in one process on the generated sample store, day by day."""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from driftloop.config import Config
+from driftloop.loop import run_loop
+from driftloop.registry import Registry
+from driftloop.sample import sample_schema, write_sample_store
+from driftloop.storage import open_store
+
+
+def _end_of(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def days(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop") / "store"
+    info = write_sample_store(root, days=4, rows_per_day=400, drift_day=2, seed=3)
+    store = open_store(root)
+    results = [
+        run_loop(store, sample_schema(), "sample", now=_end_of(info.first_day + dt.timedelta(d)),
+                 run_id=f"day-{d}", config=Config(), lookback_days=4)
+        for d in range(info.days)
+    ]
+    return store, results
+
+
+def test_first_run_trains_and_promotes_the_first_model(days):
+    store, results = days
+    first = results[0]
+    assert first.drift is None and first.decision.fired == ["no_champion"]
+    assert first.verdict is not None and first.verdict.first_model
+    assert first.verdict.decision == "promote"
+    assert first.aliases is not None and first.aliases.champion == first.train.version
+    # The stored model loads only through the sha256 check and predicts the schema's labels.
+    model = Registry(store, "sample").load_model(first.train.version)
+    assert set(model.classes_) == {"no", "yes"}
+
+
+def test_quiet_day_does_not_retrain(days):
+    _, results = days
+    quiet = results[1]
+    assert quiet.drift is not None and quiet.drift.status == "no_drift"
+    assert not quiet.decision.retrain and quiet.train is None
+
+
+def test_drift_day_flags_the_shifted_feature_and_retrains(days):
+    _, results = days
+    drifted = results[2]
+    assert drifted.drift is not None and drifted.drift.drifted
+    assert "x0" in drifted.drift.drifted_features
+    assert "segment" not in drifted.drift.drifted_features
+    assert drifted.decision.retrain and "drift" in drifted.decision.fired
+    assert drifted.verdict is not None
+
+
+def test_every_run_is_recorded_and_accounted_for(days):
+    store, results = days
+    for r in results:
+        assert r.ingest.report.counts.balanced()
+        decision = json.loads(store.read_text(f"runs/{r.run_id}/decision.json"))
+        assert decision["retrain"] == r.decision.retrain
+        if r.verdict is not None:
+            verdict = json.loads(store.read_text(f"runs/{r.run_id}/verdict.json"))
+            assert verdict["decision"] == r.verdict.decision
+            assert store.exists(f"runs/{r.run_id}/verdict.md")
+    history = Registry(store, "sample").aliases().history
+    promoted = [r.train.version for r in results if r.verdict and r.verdict.decision == "promote"]
+    assert [h.to_version for h in history if h.alias == "champion"] == promoted
+
+
+def test_demo_prints_the_chain_and_timeline(tmp_path: Path, capsys):
+    from driftloop.demo import run_demo
+
+    run_demo(tmp_path / "demo", days=2, seed=1)
+    out = capsys.readouterr().out
+    for step in ("ingest", "drift", "decide", "train", "evaluate", "registry"):
+        assert f"   {step}" in out
+    assert "| day | accepted |" in out
