@@ -33,8 +33,9 @@ def sample(tmp_path: Path, capsys):
 
 def test_ingest_writes_artifacts_and_json(sample, tmp_path: Path, capsys):
     store, schema = sample
+    out_dir = str(tmp_path / "o")
     code, out, _ = _run(capsys, "ingest", "--store", str(store), "--schema", str(schema),
-                        "--start", "2026-01-01", "--end", "2026-01-02", "--out", str(tmp_path / "o"))
+                        "--start", "2026-01-01", "--end", "2026-01-02", "--out", out_dir)
     report = json.loads(out)
     assert code == 0 and report["counts"]["quarantined"] == 3
     assert (tmp_path / "o" / "records.parquet").exists()
