@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop import serde
 from driftloop.config import DriftConfig
 from driftloop.detectors import run_tests
 from driftloop.distance import (
@@ -37,6 +36,7 @@ from driftloop.distance import (
 )
 from driftloop.errors import DriftloopError, SchemaError, StoreError
 from driftloop.schema import Schema
+from driftloop.serde import JsonResult
 
 PROFILE_JSON = "drift_profile.json"
 PROFILE_NPZ = "drift_profile.npz"
@@ -88,7 +88,7 @@ class FeatureDrift:
 
 
 @dataclass
-class DriftReport:
+class DriftReport(JsonResult):
     """The drift decision of one run, with the measurements behind it.
 
     Attributes:
@@ -137,15 +137,6 @@ class DriftReport:
     def max_js(self) -> float | None:
         """Largest Jensen-Shannon distance over all features."""
         return _max(f.js for f in self.features)
-
-    def to_json(self) -> str:
-        """Serialise to JSON."""
-        return serde.dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str) -> DriftReport:
-        """Parse a report written by :meth:`to_json`."""
-        return serde.loads(cls, text)
 
     def to_markdown(self) -> str:
         """Render the decision, a per-feature table and the reasons as Markdown."""

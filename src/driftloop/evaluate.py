@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from driftloop import serde
 from driftloop.config import GateConfig
 from driftloop.errors import DriftloopError
 from driftloop.metrics import (
@@ -38,6 +37,7 @@ from driftloop.metrics import (
     roc_auc,
 )
 from driftloop.schema import Schema
+from driftloop.serde import JsonResult
 from driftloop.train import feature_frame, predict_frame
 
 __all__ = [
@@ -96,7 +96,7 @@ class ModelScore:
 
 
 @dataclass
-class Verdict:
+class Verdict(JsonResult):
     """The gate's decision with every rule behind it."""
 
     decision: str
@@ -111,15 +111,6 @@ class Verdict:
     challenger: ModelScore
     created_at: str
     confidence: float = 0.95
-
-    def to_json(self) -> str:
-        """Serialise to JSON (undefined metrics become null)."""
-        return serde.dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str) -> Verdict:
-        """Parse :meth:`to_json` output."""
-        return serde.loads(cls, text)
 
     def to_markdown(self) -> str:
         """Render the verdict for the KFP UI / a notification."""

@@ -18,7 +18,7 @@ import pandas as pd
 
 from driftloop.errors import SchemaError, StoreError
 from driftloop.schema import Schema
-from driftloop.serde import dumps, loads
+from driftloop.serde import JsonResult
 from driftloop.storage import Store
 from driftloop.validate import LINE, RAW, REASON, SOURCE, validate_labels, validate_records
 
@@ -59,7 +59,7 @@ class IngestCounts:
 
 
 @dataclass
-class IngestReport:
+class IngestReport(JsonResult):
     """What one ingest read and what it did with each row."""
 
     status: str  # "ok" or "no_data"
@@ -68,15 +68,6 @@ class IngestReport:
     counts: IngestCounts
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        """Serialise to JSON."""
-        return dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str) -> IngestReport:
-        """Parse :meth:`to_json` output."""
-        return loads(cls, text)
 
     def summary(self) -> str:
         """One line for logs and timelines."""

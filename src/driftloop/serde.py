@@ -10,7 +10,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import numpy as np
 
@@ -89,3 +89,16 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 def loads(cls: type[T], text: str) -> T:
     """Parse JSON text into the dataclass ``cls``."""
     return from_dict(cls, json.loads(text))
+
+
+class JsonResult:
+    """Mixin for result dataclasses: ``to_json`` and ``from_json`` through this module."""
+
+    def to_json(self) -> str:
+        """Serialise to indented JSON."""
+        return dumps(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        """Parse :meth:`to_json` output back into this dataclass."""
+        return loads(cls, text)

@@ -28,11 +28,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from driftloop import serde
 from driftloop.config import TrainConfig
 from driftloop.errors import DriftloopError, SchemaError
 from driftloop.metrics import compute_metrics
 from driftloop.schema import Schema
+from driftloop.serde import JsonResult
 
 MIN_TRAIN_ROWS = 10
 # HistGradientBoosting accepts at most max_bins (255) categories per feature; rarer
@@ -178,7 +178,7 @@ def assemble_training_set(
 
 
 @dataclass
-class ModelMetadata:
+class ModelMetadata(JsonResult):
     """What a trained model is, what it was trained on and how it scored (metadata.json)."""
 
     model_name: str
@@ -200,15 +200,6 @@ class ModelMetadata:
     primary_metric: str
     seed: int
     n_validation_rows: int = 0
-
-    def to_json(self) -> str:
-        """Serialise to JSON (non-finite metrics become null)."""
-        return serde.dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelMetadata:
-        """Parse :meth:`to_json` output."""
-        return serde.loads(cls, text)
 
 
 @dataclass

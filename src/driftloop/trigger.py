@@ -9,7 +9,7 @@ from typing import Protocol
 import pandas as pd
 
 from driftloop.config import TriggerConfig
-from driftloop.serde import dumps, loads
+from driftloop.serde import JsonResult
 
 
 class DriftLike(Protocol):
@@ -43,7 +43,7 @@ class TriggerRule:
 
 
 @dataclass
-class RetrainDecision:
+class RetrainDecision(JsonResult):
     """Whether to retrain now, and why (or why not)."""
 
     retrain: bool
@@ -52,15 +52,6 @@ class RetrainDecision:
     champion_version: str | None
     decided_at: str
     fired: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        """Serialise to JSON."""
-        return dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str) -> RetrainDecision:
-        """Parse :meth:`to_json` output."""
-        return loads(cls, text)
 
     def to_markdown(self) -> str:
         """Render the decision and every rule as Markdown."""
