@@ -29,8 +29,8 @@ lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-compile: $(STAMP) ## Compile the KFP components and pipeline (filled in by the KFP layer)
-	@echo "compile: the KFP layer is not built yet"
+compile: $(STAMP) ## Write components/*/component.yaml (+README) and pipelines/continuous_training.yaml
+	$(BIN)/driftloop compile
 
 clean: ## Remove the virtualenv and generated output
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -188,7 +188,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the whole loop once in this process."""
+    """Run the whole loop once in this process (or, with --local, through kfp.local)."""
+    if args.local:
+        return _run_local(args)
     from driftloop.loop import run_loop
     from driftloop.notify import make_notifier
 
@@ -198,11 +200,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_loop(store, schema, args.model, now=_now(args.now), run_id=run_id,
                       config=config, force=args.force, window_days=args.window_days,
                       lookback_days=args.lookback_days, notifier=make_notifier(config.notify))
-    for line in result.lines():
+    from driftloop.steps import read_run
+
+    for line in read_run(store, run_id).lines():
         print(line, file=sys.stderr)
     _emit(args, {"run_id": run_id, "retrain": result.decision.retrain,
                  "verdict": result.verdict.decision if result.verdict else None,
                  "champion": result.aliases.champion if result.aliases else None})
+    return 0
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    """Run the KFP pipeline through kfp.local and print the decision chain."""
+    try:
+        from driftloop.kfp.local import print_chain, run_local
+    except ImportError as exc:
+        raise DriftloopError(f"run --local needs the kfp extra ({exc.name} is missing): "
+                             "pip install -e '.[kfp]'") from None
+    if args.run_id:
+        raise DriftloopError("run --local: --run-id cannot be set; the run id is the KFP run "
+                             "name")
+    if args.now:
+        _now(args.now)  # a malformed date fails here, before any task starts
+    run = run_local(args.store, args.schema, args.model, run_date=args.now or "",
+                    force_retrain=args.force, window_days=args.window_days,
+                    lookback_days=args.lookback_days, config=_config(args),
+                    pipeline_root=args.pipeline_root,
+                    stream=sys.stderr if args.verbose else None)
+    print_chain(run, sys.stderr)
+    record = run.record
+    _emit(args, {
+        "run_id": run.run_id, "state": run.state, "seconds": round(run.seconds, 1),
+        "tasks": run.tasks,
+        "retrain": record.decision.retrain if record and record.decision else None,
+        "verdict": record.verdict.decision if record and record.verdict else None,
+        "champion": record.aliases.champion if record and record.aliases else None,
+    })
+    return 0 if run.ok else 1
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Write the component and pipeline YAML (and the component READMEs)."""
+    try:
+        from driftloop.kfp.compile import compile_all
+    except ImportError as exc:
+        raise DriftloopError(f"compile needs the kfp extra ({exc.name} is missing): "
+                             "pip install -e '.[kfp]'") from None
+    options = {} if args.gcs_secret is None else {"gcs_secret": args.gcs_secret}
+    for path in compile_all(args.out_dir, **options):
+        print(path)
     return 0
 
 
@@ -233,7 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a sample store and run the loop once per day, printing each result."""
     from driftloop.demo import run_demo
 
-    run_demo(Path(args.out), days=args.days, seed=args.seed)
+    run_demo(Path(args.out), days=args.days, seed=args.seed, in_process=args.in_process)
     return 0
 
 
@@ -309,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     _windowed(p)
     p.add_argument("--force", action="store_true")
     p.add_argument("--run-id")
+    p.add_argument("--local", action="store_true",
+                   help="run the KFP pipeline through kfp.local (one subprocess per task)")
+    p.add_argument("--pipeline-root",
+                   help="with --local: keep the task artifacts here (default: a temp folder)")
+    p.add_argument("--verbose", action="store_true",
+                   help="with --local: stream every task's output to stderr")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("models", help="list, show, verify or promote registered versions")
@@ -318,8 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("demo", help="generate a sample and run the loop day by day")
+    p = sub.add_parser("compile", help="write components/*/component.yaml and the pipeline YAML")
+    p.add_argument("--out-dir", default=".", help="folder holding components/ and pipelines/")
+    p.add_argument("--gcs-secret", default=None,
+                   help="Kubernetes Secret with the storage key (key.json) mounted into the "
+                        "tasks that touch the store; '' for none (default: driftloop-gcs, "
+                        "driftloop.kfp.pipeline.GCS_SECRET)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("demo", help="generate a sample and run the pipeline day by day")
     p.add_argument("--out", default="demo-out")
+    p.add_argument("--in-process", action="store_true",
+                   help="call the steps in this process instead of running kfp.local")
     p.add_argument("--days", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

@@ -1,4 +1,8 @@
-"""The foundation demo: a generated store, then the loop once per simulated day."""
+"""The demo: a generated store, then the continuous-training pipeline once per simulated day.
+
+By default each day runs the real pipeline through ``kfp.local`` (the embedded default);
+``in_process=True`` calls the same steps directly in this process (faster, no KFP).
+"""
 
 from __future__ import annotations
 
@@ -6,57 +10,86 @@ import datetime as dt
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from driftloop.config import Config
-from driftloop.loop import LoopResult, run_loop
+from driftloop.errors import DriftloopError
+from driftloop.loop import run_loop
 from driftloop.notify import LogNotifier
-from driftloop.sample import sample_schema, write_sample_store
+from driftloop.sample import write_sample_store
+from driftloop.schema import load_schema
 from driftloop.storage import open_store
 
+MODEL = "sample"
 
-def _row(day: dt.date, r: LoopResult) -> str:
-    if r.drift is None:
-        drift = "-"
+
+def _row(day: dt.date, record: Any) -> str:
+    drift = record.drift
+    if drift is None:
+        drift_text = "-"
     else:
-        score = "" if r.drift.max_psi is None else f" ({r.drift.max_psi:.2f})"
-        drift = f"{r.drift.status}{score}"
-    fired = ",".join(r.decision.fired) or "-"
-    verdict = r.verdict.decision if r.verdict else "-"
-    champion = r.aliases.champion if r.aliases else "(unchanged)"
-    c = r.ingest.report.counts
-    return (f"| {day} | {c.accepted} | {c.quarantined} | {c.labelled} | {drift} | "
-            f"{fired} | {verdict} | {champion} |")
+        score = "" if drift.max_psi is None else f" ({drift.max_psi:.2f})"
+        drift_text = f"{drift.status}{score}"
+    decision = record.decision
+    fired = ",".join(decision.fired) if decision is not None and decision.fired else "-"
+    verdict = record.verdict.decision if record.verdict else "-"
+    champion = record.aliases.champion if record.aliases else "(unchanged)"
+    c = record.ingest.counts if record.ingest is not None else None
+    counts = f"{c.accepted} | {c.quarantined} | {c.labelled}" if c else "- | - | -"
+    return f"| {day} | {counts} | {drift_text} | {fired} | {verdict} | {champion} |"
 
 
-def run_demo(out: Path, *, days: int = 6, seed: int = 0, drift_day: int = 3) -> list[LoopResult]:
+def run_demo(
+    out: Path, *, days: int = 6, seed: int = 0, drift_day: int = 3, in_process: bool = False
+) -> list[Any]:
     """Write a sample store under ``out/store`` and run the loop for each day.
 
     Prints every step's result and ends with a timeline table.
+
+    Returns:
+        One run record per day (``steps.RunRecord``), as read back from the store.
+
+    Raises:
+        DriftloopError: A pipeline run failed (its error is in the message).
     """
+    from driftloop.steps import read_run
+
     store_dir = out / "store"
     if store_dir.exists():
         shutil.rmtree(store_dir)
-    info = write_sample_store(store_dir, days=days, drift_day=drift_day, seed=seed)
-    store, schema = open_store(store_dir), sample_schema()
-    print(f"sample store: {store_dir} ({days} days, drift from day {drift_day}, schema "
-          f"{info.schema_path})\n")
-    results, rows = [], []
+    info = write_sample_store(store_dir, model_name=MODEL, days=days, drift_day=drift_day,
+                              seed=seed)
+    store, schema = open_store(store_dir), load_schema(info.schema_path)
+    how = "in this process" if in_process else "through kfp.local (SubprocessRunner)"
+    print(f"sample store: {store_dir} ({days} days, drift from day {drift_day}); "
+          f"pipeline runs {how}\n", flush=True)
+    records, rows = [], []
     for d in range(days):
         day = info.first_day + dt.timedelta(days=d)
-        now = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+        run_id = f"day-{d:02d}"
         start = time.perf_counter()
-        result = run_loop(store, schema, "sample", now=now, run_id=f"day-{d:02d}",
-                          config=Config(), lookback_days=days, notifier=LogNotifier())
-        took = time.perf_counter() - start
-        print(f"== day {d} ({day}) run {result.run_id} [{took:.1f}s]")
-        for line in result.lines():
+        if in_process:
+            now = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+            run_loop(store, schema, MODEL, now=now, run_id=run_id, config=Config(),
+                     lookback_days=days, notifier=LogNotifier())
+        else:
+            from driftloop.kfp.local import run_local
+
+            run = run_local(str(store_dir), str(info.schema_path), MODEL,
+                            run_date=day.isoformat(), lookback_days=days)
+            if not run.ok or run.run_id is None:
+                raise DriftloopError(f"demo day {d}: pipeline run failed: {run.error}")
+            run_id = run.run_id
+        record = read_run(store, run_id)
+        print(f"== day {d} ({day}) run {run_id} [{time.perf_counter() - start:.1f}s]")
+        for line in record.lines():
             print(f"   {line}")
-        print()
-        results.append(result)
-        rows.append(_row(day, result))
+        print(flush=True)
+        records.append(record)
+        rows.append(_row(day, record))
     print("| day | accepted | quarantined | labelled | drift (max PSI) | fired | verdict | "
           "champion |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\nrun records: {store_dir / 'runs'}; registry: {store_dir / 'models' / 'sample'}")
-    return results
+    print(f"\nrun records: {store_dir / 'runs'}; registry: {store_dir / 'models' / MODEL}")
+    return records

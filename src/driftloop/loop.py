@@ -25,7 +25,7 @@ from driftloop.metrics import compute_metrics
 from driftloop.notify import Event, Notifier, NullNotifier
 from driftloop.registry import AliasState, Registry
 from driftloop.schema import Schema
-from driftloop.serde import dumps
+from driftloop.serde import JsonResult, dumps
 from driftloop.storage import Store
 from driftloop.train import (
     ModelMetadata,
@@ -264,6 +264,54 @@ def run_train(
                         len(training), source)
 
 
+@dataclass
+class TrainSummary(JsonResult):
+    """The registered challenger, as recorded in ``runs/<run-id>/train.json``.
+
+    Attributes:
+        version: Registered version.
+        model_sha256: sha256 of ``model.joblib``.
+        model_uri: The version's folder in the registry.
+        train_rows: Rows the model was trained on.
+        eval_rows: Held-out rows written as the evaluation set.
+        eval_source: Where the evaluation rows come from.
+        primary_metric: Metric the gate compares.
+        validation_score: The primary metric on the training set's validation split.
+        created_at: The model's creation (logical) time.
+    """
+
+    version: str
+    model_sha256: str
+    model_uri: str
+    train_rows: int
+    eval_rows: int
+    eval_source: str
+    primary_metric: str
+    validation_score: float | None
+    created_at: str
+
+    def to_markdown(self) -> str:
+        """A short Markdown summary."""
+        score = "n/a" if self.validation_score is None else f"{self.validation_score:.4f}"
+        return (f"### Challenger `{self.version}`\n\n"
+                f"- trained on {self.train_rows} rows; validation {self.primary_metric} "
+                f"= {score}\n- {self.eval_rows} evaluation rows ({self.eval_source})\n"
+                f"- sha256 `{self.model_sha256}`\n- registry `{self.model_uri}`\n")
+
+
+def summarise_training(outcome: TrainOutcome, registry: Registry) -> TrainSummary:
+    """The record of a registered challenger written to ``runs/<run-id>/train.json``."""
+    meta = outcome.metadata
+    score = meta.validation_metrics.get(meta.primary_metric)
+    return TrainSummary(
+        version=outcome.version, model_sha256=meta.model_sha256,
+        model_uri=registry.store.url(f"{registry.prefix}/{outcome.version}"),
+        train_rows=outcome.train_rows, eval_rows=len(outcome.eval_set),
+        eval_source=outcome.eval_source, primary_metric=meta.primary_metric,
+        validation_score=None if score is None else float(score), created_at=meta.created_at,
+    )
+
+
 # --- evaluate and promote ---------------------------------------------------------------
 
 
@@ -312,28 +360,6 @@ class LoopResult:
     verdict: Verdict | None = None
     aliases: AliasState | None = None
 
-    def lines(self) -> list[str]:
-        """A human summary, one line per step."""
-        out = [f"ingest   {self.ingest.report.summary()}"]
-        if self.drift is None:
-            out.append("drift    skipped: no champion yet")
-        else:
-            out.append(f"drift    {self.drift.status}: " + ("; ".join(self.drift.reasons)
-                                                          or "no feature drifted"))
-        out.append(f"decide   {'retrain' if self.decision.retrain else 'no retrain'}: "
-                   + "; ".join(self.decision.reasons))
-        if self.train is not None:
-            m = self.train.metadata
-            score = m.validation_metrics[m.primary_metric]
-            out.append(f"train    {self.train.version}: {self.train.train_rows} rows, "
-                       f"validation {m.primary_metric}={score:.3f}")
-        if self.verdict is not None:
-            out.append(f"evaluate {self.verdict.decision}: " + "; ".join(self.verdict.reasons))
-        if self.aliases is not None:
-            out.append(f"registry champion={self.aliases.champion} "
-                       f"previous={self.aliases.previous}")
-        return out
-
 
 def run_loop(
     store: Store, schema: Schema, model_name: str, *, now: dt.datetime, run_id: str,
@@ -359,6 +385,7 @@ def run_loop(
         return result
     result.train = run_train(store, registry, champion, window, schema, now=now, config=config,
                              model_name=model_name)
+    record_result(store, run_id, "train", summarise_training(result.train, registry))
     result.verdict = run_evaluate(registry, champion, result.train.version,
                                   result.train.eval_set, schema, config)
     record_result(store, run_id, "verdict", result.verdict)

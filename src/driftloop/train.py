@@ -123,16 +123,18 @@ def predict_frame(model: Any, df: pd.DataFrame, schema: Schema) -> tuple[np.ndar
 
 
 def split_holdout(
-    labelled: pd.DataFrame, fraction: float, seed: int
+    labelled: pd.DataFrame, fraction: float, seed: int, *, salt: str = "eval"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split into ``(rest, holdout)`` by a hash of ``seed`` and each row's ``id``.
+    """Split into ``(rest, holdout)`` by a hash of ``salt``, ``seed`` and each row's ``id``.
 
     A record's side depends only on its id and the seed, never on the other rows or
-    their order, so it stays on the same side across runs as data accumulates.
+    their order, so it stays on the same side across runs as data accumulates. Splits
+    with different purposes use different salts: a split made from the ``rest`` of
+    another split with the same salt would hold out nothing.
     """
     ids = labelled["id"].astype(str)
     u = np.fromiter(
-        (int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big")
+        (int.from_bytes(hashlib.sha256(f"{salt}:{seed}:{i}".encode()).digest()[:8], "big")
          for i in ids),
         dtype=np.float64, count=len(ids),
     ) / 2.0**64
@@ -293,7 +295,8 @@ def train_model(
     created = _utc(now or datetime.now(UTC))
     df, digest = _prepare(train_df, schema)
     X, y = feature_frame(df, schema), df["label"].to_numpy(dtype=str)
-    fit_part, val_part = split_holdout(df, config.validation_fraction, config.seed)
+    fit_part, val_part = split_holdout(df, config.validation_fraction, config.seed,
+                                       salt="validation")
     val_metrics: dict[str, float] = {}
     if len(val_part) and fit_part["label"].nunique() >= 2:
         probe = build_pipeline(schema, config).fit(X.loc[fit_part.index], y[fit_part.index])

@@ -77,7 +77,7 @@ def test_every_run_is_recorded_and_accounted_for(days):
 def test_demo_prints_the_chain_and_timeline(tmp_path: Path, capsys):
     from driftloop.demo import run_demo
 
-    run_demo(tmp_path / "demo", days=2, seed=1)
+    run_demo(tmp_path / "demo", days=2, seed=1, in_process=True)
     out = capsys.readouterr().out
     for step in ("ingest", "drift", "decide", "train", "evaluate", "registry"):
         assert f"   {step}" in out

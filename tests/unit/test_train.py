@@ -214,3 +214,12 @@ def test_assemble_training_set_keeps_production_row_for_a_repeated_id():
     prod = make_tabular(5, seed=7).assign(label="pos")
     out = assemble_training_set(reference, prod, TrainConfig(), NOW)
     assert len(out) == 5 and set(out["label"]) == {"pos"}
+
+
+def test_validation_split_is_independent_of_the_eval_split(tab_data):
+    # Training rows are what an eval split left over; the validation split inside training
+    # must still hold rows out, or the champion has no baseline metric.
+    rest, _ = split_holdout(tab_data, 0.3, CONFIG.seed)
+    result = train_model(rest, TABULAR, CONFIG, model_name="m", now=NOW)
+    assert result.metadata.n_validation_rows > 0.1 * len(rest)
+    assert "f1_macro" in result.metadata.validation_metrics

@@ -1,0 +1,419 @@
+"""One thin lightweight component per pipeline step.
+
+Every body imports :mod:`driftloop.steps` inside itself (compiling needs neither
+scikit-learn nor alibi-detect), calls exactly one ``*_step`` function with the artifact
+paths, and writes the outputs and the artifact metadata. The logic lives in the step
+functions; see ``components/<name>/README.md`` for each interface.
+
+Components run in the project image (:data:`driftloop.kfp.image.IMAGE`) with
+``install_kfp_package=False``: the image already holds kfp and driftloop at pinned
+versions, and nothing is pip-installed at run time.
+
+A branch scalar (``decide_retrain``'s retrain flag, ``evaluate_challenger``'s verdict) is
+the component's single return value, the output named ``Output``: kfp.local (2.17) can
+evaluate a ``dsl.If`` only on an output of that name, so a NamedTuple field would never
+branch locally. Other scalar outputs are NamedTuple fields.
+"""
+
+# No ``from __future__ import annotations``: kfp reads the real annotation objects.
+
+import functools
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import (
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
+
+from driftloop.kfp.image import IMAGE
+
+component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_package=False)
+
+
+@component
+def ingest(
+    store_uri: str,
+    schema_uri: str,
+    run_id: str,
+    run_date: str,
+    window_days: int,
+    lookback_days: int,
+    records: Output[Dataset],
+    current: Output[Dataset],
+    quarantine: Output[Dataset],
+    ingest_metrics: Output[Metrics],
+) -> NamedTuple("IngestOutputs", [("now", str), ("rows", int)]):  # type: ignore[valid-type]
+    """Read, validate and join the lookback's records and feedback from the store.
+
+    Decides which rows are accepted, which are quarantined (with a reason each) and which
+    are duplicates; rows in = accepted + quarantined + duplicates. Never cached: new data
+    must never be served from a cache. Records runs/<run-id>/ingest.json.
+
+    Args:
+        store_uri: Store root: a folder or gs://bucket/prefix.
+        schema_uri: Schema file (JSON or YAML, local or gs://).
+        run_id: The run's id; its folder under runs/ in the store.
+        run_date: ISO date of the logical run ("" = now, UTC); its day is the last one read.
+        window_days: Days whose records count as the current window for drift.
+        lookback_days: Days of records and feedback read for labels and training.
+        records: Every accepted record of the lookback, labels joined (Parquet).
+        current: The current window's records (Parquet).
+        quarantine: Rejected rows with the reason naming each field and rule (Parquet).
+        ingest_metrics: Row accounting (rows in, accepted, quarantined, duplicates, labels).
+
+    Returns:
+        now: The run's logical time (ISO-8601), used by every later step.
+        rows: Accepted records of the lookback.
+    """
+    from collections import namedtuple
+
+    from driftloop import steps
+
+    out = steps.ingest_step(
+        store_uri, schema_uri, run_id=run_id, run_date=run_date, window_days=window_days,
+        lookback_days=lookback_days, records_path=records.path, current_path=current.path,
+        quarantine_path=quarantine.path,
+    )
+    records.metadata.update({"rows": out.n_records, "labelled": out.n_labelled,
+                             "format": "parquet", "status": out.report.status})
+    current.metadata.update({"rows": out.n_current, "format": "parquet"})
+    quarantine.metadata.update({"rows": out.report.counts.quarantined, "format": "parquet"})
+    for name, value in out.metrics().items():
+        ingest_metrics.log_metric(name, value)
+    IngestOutputs = namedtuple("IngestOutputs", ["now", "rows"])
+    return IngestOutputs(out.now, out.n_records)
+
+
+@component
+def detect_drift(
+    store_uri: str,
+    schema_uri: str,
+    model_name: str,
+    run_id: str,
+    p_value: float,
+    min_samples: int,
+    current: Input[Dataset],
+    drift_report: Output[Markdown],
+    drift_json: Output[Artifact],
+    drift_metrics: Output[Metrics],
+) -> NamedTuple("DriftOutputs", [("drifted", bool), ("status", str)]):  # type: ignore[valid-type]
+    """Compare the current window with the champion's stored reference profile.
+
+    Decides drift / no_drift / insufficient_data: KS per numeric and chi-squared per
+    categorical feature (text: KS on the champion's predicted probabilities and the
+    out-of-vocabulary rate), one multiple-testing correction over all tests; PSI and JS per
+    feature. Skipped (status "skipped", JSON null) while no champion serves. Records
+    runs/<run-id>/drift.json and drift.md.
+
+    Args:
+        store_uri: Store root: a folder or gs://bucket/prefix.
+        schema_uri: Schema file (JSON or YAML, local or gs://).
+        model_name: Model name in the registry.
+        run_id: The run's id; its folder under runs/ in the store.
+        p_value: Significance level of the per-feature tests, before correction.
+        min_samples: Current rows needed for a drift decision.
+        current: The current window's records (from ingest).
+        drift_report: The drift report: decision, per-feature table, reasons.
+        drift_json: The drift report as JSON (null when skipped), read by decide_retrain.
+        drift_metrics: Drift scores: max PSI and JS, PSI and p-value per feature.
+
+    Returns:
+        drifted: Whether drift was detected.
+        status: drift, no_drift, insufficient_data or skipped.
+    """
+    from collections import namedtuple
+    from pathlib import Path
+
+    from driftloop import steps
+
+    out = steps.drift_step(store_uri, schema_uri, model_name, current.path, run_id=run_id,
+                           p_value=p_value, min_samples=min_samples)
+    Path(drift_report.path).write_text(out.to_markdown())
+    Path(drift_json.path).write_text(out.to_json() + "\n")
+    drift_json.metadata.update({"status": out.status, "drifted": out.drifted})
+    for name, value in out.metrics().items():
+        drift_metrics.log_metric(name, value)
+    DriftOutputs = namedtuple("DriftOutputs", ["drifted", "status"])
+    return DriftOutputs(out.drifted, out.status)
+
+
+@component
+def decide_retrain(
+    store_uri: str,
+    schema_uri: str,
+    model_name: str,
+    run_id: str,
+    now: str,
+    force: bool,
+    min_new_labels: int,
+    perf_drop: float,
+    max_age_days: float,
+    records: Input[Dataset],
+    drift_json: Input[Artifact],
+    decision_report: Output[Markdown],
+) -> bool:
+    """Decide whether to retrain, with the measured value and threshold behind each rule.
+
+    Rules: no champion yet, force, drift, new-label volume, performance drop of the
+    champion on newly labelled records, champion age (schedule), cooldown. Records
+    runs/<run-id>/decision.json and decision.md.
+
+    Args:
+        store_uri: Store root: a folder or gs://bucket/prefix.
+        schema_uri: Schema file (JSON or YAML, local or gs://).
+        model_name: Model name in the registry.
+        run_id: The run's id; its folder under runs/ in the store.
+        now: The run's logical time (from ingest).
+        force: Retrain regardless of the rules.
+        min_new_labels: New labels since the champion's training cutoff that trigger.
+        perf_drop: Relative drop of the champion's primary metric that triggers.
+        max_age_days: Champion age in days that triggers a scheduled retrain.
+        records: Every accepted record of the lookback (from ingest).
+        drift_json: The drift report JSON (from detect_drift).
+        decision_report: The decision and every rule as Markdown.
+
+    Returns:
+        Whether to retrain (the output named Output, which the retrain branch tests).
+    """
+    from pathlib import Path
+
+    from driftloop import steps
+
+    decision = steps.decide_step(
+        store_uri, schema_uri, model_name, records.path, drift_json.path, run_id=run_id,
+        now=now, force=force, min_new_labels=min_new_labels, perf_drop=perf_drop,
+        max_age_days=max_age_days,
+    )
+    Path(decision_report.path).write_text(decision.to_markdown())
+    decision_report.metadata.update({"retrain": decision.retrain, "fired": decision.fired})
+    return decision.retrain
+
+
+@component
+def train_model(
+    store_uri: str,
+    schema_uri: str,
+    model_name: str,
+    run_id: str,
+    now: str,
+    records: Input[Dataset],
+    model: Output[Model],
+    eval_set: Output[Dataset],
+    train_metrics: Output[Metrics],
+) -> NamedTuple("TrainOutputs", [("version", str)]):  # type: ignore[valid-type]
+    """Train a challenger on the reference plus labelled production records; register it.
+
+    Tabular schemas train a HistGradientBoosting pipeline, text schemas TF-IDF + logistic
+    regression, seeded. Labelled production records are split by a hash of their id into
+    training and held-out evaluation rows (before the first model: the seed reference set
+    is split). The version is registered in the store (immutable, sha256 recorded) but not
+    promoted. Records runs/<run-id>/train.json.
+
+    Args:
+        store_uri: Store root: a folder or gs://bucket/prefix.
+        schema_uri: Schema file (JSON or YAML, local or gs://).
+        model_name: Model name in the registry.
+        run_id: The run's id; its folder under runs/ in the store.
+        now: The run's logical time (from ingest); stamps the version.
+        records: Every accepted record of the lookback (from ingest).
+        model: The registered version's folder (model.joblib, metadata.json, drift profile);
+            metadata: version, sha256, registry URI, validation score.
+        eval_set: The held-out evaluation rows (Parquet).
+        train_metrics: Training rows and the validation score of the primary metric.
+
+    Returns:
+        version: The registered challenger version.
+    """
+    from collections import namedtuple
+
+    from driftloop import steps
+
+    out = steps.train_step(store_uri, schema_uri, model_name, records.path, run_id=run_id,
+                           now=now, model_dir=model.path, eval_path=eval_set.path)
+    model.metadata.update({
+        "version": out.version, "sha256": out.model_sha256, "registry_uri": out.model_uri,
+        "framework": "scikit-learn", "primary_metric": out.primary_metric,
+        "validation_score": out.validation_score, "created_at": out.created_at,
+    })
+    eval_set.metadata.update({"rows": out.eval_rows, "source": out.eval_source,
+                              "format": "parquet"})
+    train_metrics.log_metric("train_rows", float(out.train_rows))
+    train_metrics.log_metric("eval_rows", float(out.eval_rows))
+    if out.validation_score is not None:
+        train_metrics.log_metric(f"validation_{out.primary_metric}", out.validation_score)
+    TrainOutputs = namedtuple("TrainOutputs", ["version"])
+    return TrainOutputs(out.version)
+
+
+@component
+def evaluate_challenger(
+    store_uri: str,
+    schema_uri: str,
+    model_name: str,
+    run_id: str,
+    auto_threshold: float,
+    model: Input[Model],
+    eval_set: Input[Dataset],
+    verdict_report: Output[Markdown],
+    verdict_json: Output[Artifact],
+    eval_metrics: Output[Metrics],
+    challenger_curves: Output[ClassificationMetrics],
+) -> str:
+    """Score challenger and champion on the same held-out rows and apply the promotion gate.
+
+    Decides promote / needs_approval / reject: relative improvement of the primary metric
+    (>= auto_threshold), the lower bound of a paired bootstrap interval (> 0), p95 latency
+    and per-slice regressions (hard rules). Without a champion the challenger is promoted
+    as the first model. Records runs/<run-id>/verdict.json and verdict.md.
+
+    Args:
+        store_uri: Store root: a folder or gs://bucket/prefix.
+        schema_uri: Schema file (JSON or YAML, local or gs://).
+        model_name: Model name in the registry.
+        run_id: The run's id; its folder under runs/ in the store.
+        auto_threshold: Relative improvement needed to promote without a person.
+        model: The challenger (from train_model); loaded from the registry, sha256-verified.
+        eval_set: The held-out evaluation rows (from train_model).
+        verdict_report: The verdict, every rule and both models' scores as Markdown.
+        verdict_json: The verdict as JSON, read by notify and promote_model.
+        eval_metrics: Both models' metrics, the improvement, interval and latencies.
+        challenger_curves: The challenger's confusion matrix and ROC curve.
+
+    Returns:
+        The verdict: promote, needs_approval or reject (the output named Output, which
+        the promote branch tests).
+    """
+    from pathlib import Path
+
+    from driftloop import steps
+
+    out = steps.evaluate_step(store_uri, schema_uri, model_name, model.path, eval_set.path,
+                              run_id=run_id, auto_threshold=auto_threshold)
+    Path(verdict_report.path).write_text(out.verdict.to_markdown())
+    Path(verdict_json.path).write_text(out.verdict.to_json() + "\n")
+    verdict_json.metadata.update({"decision": out.decision,
+                                  "challenger": out.verdict.challenger.version})
+    for name, value in out.metrics().items():
+        eval_metrics.log_metric(name, value)
+    challenger_curves.log_confusion_matrix(out.curves.labels, out.curves.matrix)
+    if out.curves.fpr:
+        challenger_curves.log_roc_curve(out.curves.fpr, out.curves.tpr, out.curves.thresholds)
+    return out.decision
+
+
+@component
+def notify(
+    model_name: str,
+    run_id: str,
+    webhook: str,
+    verdict_json: Input[Artifact],
+) -> bool:
+    """Announce the model change before it happens.
+
+    A promote verdict sends a model_update event (version, decision, reasons) to the
+    webhook as a JSON POST, or to the log when no webhook is set. With a webhook the
+    delivery is required: a failed POST fails this task, so promote_model does not run.
+
+    Args:
+        model_name: Model name.
+        run_id: The run's id.
+        webhook: http(s) URL receiving the event ("" = log only).
+        verdict_json: The verdict JSON (from evaluate_challenger).
+
+    Returns:
+        Whether the event was delivered.
+    """
+    from driftloop import steps
+
+    delivery = steps.notify_step(verdict_json.path, model_name=model_name, run_id=run_id,
+                                 webhook=webhook)
+    return delivery.ok
+
+
+@component
+def promote_model(
+    store_uri: str,
+    model_name: str,
+    isvc_name: str,
+    namespace: str,
+    run_id: str,
+    verdict_json: Input[Artifact],
+    promotion_report: Output[Markdown],
+) -> NamedTuple("PromoteOutputs", [("champion", str)]):  # type: ignore[valid-type]
+    """Make the challenger the champion in the registry when the verdict says promote.
+
+    The old champion becomes "previous"; every alias move is appended to the registry's
+    history with the verdict's reasons and the run id. The InferenceService is not changed
+    yet: the serving rollout is a separate step. Records runs/<run-id>/aliases.json.
+
+    Args:
+        store_uri: Store root: a folder or gs://bucket/prefix.
+        model_name: Model name in the registry.
+        isvc_name: The KServe InferenceService serving the model (recorded only).
+        namespace: Its Kubernetes namespace (recorded only).
+        run_id: The run's id; its folder under runs/ in the store.
+        verdict_json: The verdict JSON (from evaluate_challenger).
+        promotion_report: What moved, as Markdown.
+
+    Returns:
+        champion: The champion version after this step.
+    """
+    from collections import namedtuple
+    from pathlib import Path
+
+    from driftloop import steps
+
+    out = steps.promote_step(store_uri, model_name, verdict_json.path, run_id=run_id,
+                             isvc_name=isvc_name, namespace=namespace)
+    Path(promotion_report.path).write_text(out.to_markdown())
+    promotion_report.metadata.update({"promoted": out.promoted, "version": out.version})
+    PromoteOutputs = namedtuple("PromoteOutputs", ["champion"])
+    return PromoteOutputs(out.aliases.champion or "")
+
+
+@component
+def notify_on_exit(
+    store_uri: str,
+    model_name: str,
+    run_id: str,
+    webhook: str,
+    status: dsl.PipelineTaskFinalStatus,
+) -> None:
+    """The exit handler: record how the run ended; send a failure event unless it succeeded.
+
+    Runs after the pipeline's body whatever happened (KFP exit task). Records
+    runs/<run-id>/status.json; a failed or cancelled run sends a failure event to the
+    webhook (or the log). Problems recording or delivering are logged, never raised.
+
+    Args:
+        store_uri: Store root: a folder or gs://bucket/prefix.
+        model_name: Model name.
+        run_id: The run's id; its folder under runs/ in the store.
+        webhook: http(s) URL receiving the failure event ("" = log only).
+        status: The final status of the pipeline's body (set by KFP).
+    """
+    from driftloop import steps
+
+    steps.exit_step(store_uri, model_name=model_name, run_id=run_id, state=status.state,
+                    error=status.error_message or "", task=status.pipeline_task_name,
+                    webhook=webhook)
+
+
+#: Every component, by name, in pipeline order.
+COMPONENTS = {
+    "ingest": ingest,
+    "detect_drift": detect_drift,
+    "decide_retrain": decide_retrain,
+    "train_model": train_model,
+    "evaluate_challenger": evaluate_challenger,
+    "notify": notify,
+    "promote_model": promote_model,
+    "notify_on_exit": notify_on_exit,
+}

@@ -1,0 +1,12 @@
+"""The one container image every component runs in, tagged with the package version.
+
+``components/Dockerfile`` builds it from this repository (``make compile`` does not build
+or push it); bumping ``driftloop.__version__`` moves every component to the new tag.
+"""
+
+from __future__ import annotations
+
+from driftloop import __version__
+
+IMAGE_REPOSITORY = "ghcr.io/driftloop/driftloop"
+IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"

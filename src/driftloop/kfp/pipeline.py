@@ -1,0 +1,160 @@
+"""The continuous-training pipeline: ingest → drift → decide → train → evaluate → promote.
+
+::
+
+    exit handler (notify_on_exit: records runs/<run-id>/status.json, notifies on failure)
+    └── ingest → detect_drift → decide_retrain
+                                └── if retrain: train_model → evaluate_challenger
+                                                └── if verdict == "promote": notify → promote_model
+
+The run id of every record under ``runs/<run-id>/`` is the KFP run name
+(:data:`kfp.dsl.PIPELINE_JOB_NAME_PLACEHOLDER`, made path-safe by
+:func:`driftloop.steps.run_key`): the run's display name on a cluster, the timestamped
+``continuous-training-YYYY-MM-DD-HH-MM-SS-ffffff`` in kfp.local. Caching is off for every
+task: each one reads new data or writes the store (run records, registry), and a cached
+task would do neither.
+
+On a cluster the tasks that touch the store get the storage credentials from a
+Kubernetes Secret (kfp-kubernetes): the secret is mounted at :data:`GCS_SECRET_MOUNT` and
+``GOOGLE_APPLICATION_CREDENTIALS`` points at its ``key.json``. It is a compile-time
+option (:func:`build_pipeline`); without it the pods use their service account's
+identity (e.g. GKE Workload Identity), which the run's service account gets at
+submission.
+"""
+
+# No ``from __future__ import annotations``: kfp reads the real annotation objects.
+
+from typing import Any
+
+from kfp import dsl, kubernetes
+
+from driftloop.config import DriftConfig, GateConfig, TriggerConfig
+from driftloop.kfp.components import (
+    decide_retrain,
+    detect_drift,
+    evaluate_challenger,
+    ingest,
+    notify,
+    notify_on_exit,
+    promote_model,
+    train_model,
+)
+
+PIPELINE_NAME = "continuous-training"
+#: The Kubernetes Secret with the storage credentials (key ``key.json``) in the committed spec.
+GCS_SECRET = "driftloop-gcs"
+GCS_SECRET_MOUNT = "/secrets/gcs"
+GCS_KEY_FILE = "key.json"
+#: Defaults of the window parameters, the same as :func:`driftloop.loop.run_ingest`'s
+#: (a test keeps them equal; loop is not imported here because it imports scikit-learn).
+WINDOW_DAYS = 1
+LOOKBACK_DAYS = 30
+
+
+def _mount_store_credentials(task: dsl.PipelineTask, secret: str) -> None:
+    kubernetes.use_secret_as_volume(task, secret_name=secret, mount_path=GCS_SECRET_MOUNT)
+    task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS",
+                          f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}")
+
+
+def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
+    """Build the pipeline.
+
+    Args:
+        gcs_secret: Name of the Kubernetes Secret holding the storage service-account key
+            (``key.json``), mounted into every task that reads or writes the store.
+            ``""``: no secret (workload identity, or a local run).
+
+    Returns:
+        The ``@dsl.pipeline`` graph component: call it under ``kfp.local`` or compile it.
+    """
+
+    @dsl.pipeline(name=PIPELINE_NAME)
+    def continuous_training(
+        store_uri: str,
+        schema_uri: str,
+        model_name: str,
+        isvc_name: str,
+        namespace: str,
+        run_date: str = "",
+        window_days: int = WINDOW_DAYS,
+        lookback_days: int = LOOKBACK_DAYS,
+        p_value: float = DriftConfig.p_value,
+        min_samples: int = DriftConfig.min_samples,
+        min_new_labels: int = TriggerConfig.min_new_labels,
+        perf_drop: float = TriggerConfig.perf_drop,
+        max_age_days: float = TriggerConfig.max_age_days,
+        auto_threshold: float = GateConfig.auto_threshold,
+        force_retrain: bool = False,
+        notify_webhook: str = "",
+    ) -> None:
+        """One continuous-training run: retrain on drift or new labels, promote if better.
+
+        Args:
+            store_uri: Store root: a folder or gs://bucket/prefix.
+            schema_uri: Schema file of the model's records (JSON or YAML, local or gs://).
+            model_name: Model name in the registry.
+            isvc_name: KServe InferenceService serving the model.
+            namespace: Kubernetes namespace of the InferenceService.
+            run_date: ISO date of the logical run ("" = today, UTC).
+            window_days: Days whose records form the current window for drift.
+            lookback_days: Days of records and feedback read for labels and training.
+            p_value: Significance level of the drift tests, before correction.
+            min_samples: Current rows needed for a drift decision.
+            min_new_labels: New labels since the champion's cutoff that trigger a retrain.
+            perf_drop: Relative drop of the champion's primary metric that triggers.
+            max_age_days: Champion age in days that triggers a scheduled retrain.
+            auto_threshold: Relative improvement needed to promote without a person.
+            force_retrain: Retrain regardless of the rules.
+            notify_webhook: http(s) URL for model-update and failure events ("" = log).
+        """
+        run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        finale = notify_on_exit(store_uri=store_uri, model_name=model_name, run_id=run_id,
+                                webhook=notify_webhook)
+        store_tasks = [finale]
+        with dsl.ExitHandler(finale, name="run"):
+            ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
+                              run_date=run_date, window_days=window_days,
+                              lookback_days=lookback_days)
+            drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
+                                 model_name=model_name, run_id=run_id, p_value=p_value,
+                                 min_samples=min_samples, current=ingested.outputs["current"])
+            decision = decide_retrain(
+                store_uri=store_uri, schema_uri=schema_uri, model_name=model_name,
+                run_id=run_id, now=ingested.outputs["now"], force=force_retrain,
+                min_new_labels=min_new_labels, perf_drop=perf_drop, max_age_days=max_age_days,
+                records=ingested.outputs["records"], drift_json=drift.outputs["drift_json"],
+            )
+            store_tasks += [ingested, drift, decision]
+            with dsl.If(decision.outputs["Output"] == True, name="retrain"):  # noqa: E712
+                trained = train_model(store_uri=store_uri, schema_uri=schema_uri,
+                                      model_name=model_name, run_id=run_id,
+                                      now=ingested.outputs["now"],
+                                      records=ingested.outputs["records"])
+                verdict = evaluate_challenger(
+                    store_uri=store_uri, schema_uri=schema_uri, model_name=model_name,
+                    run_id=run_id, auto_threshold=auto_threshold,
+                    model=trained.outputs["model"], eval_set=trained.outputs["eval_set"],
+                )
+                store_tasks += [trained, verdict]
+                with dsl.If(verdict.outputs["Output"] == "promote", name="promote"):
+                    announced = notify(model_name=model_name, run_id=run_id,
+                                       webhook=notify_webhook,
+                                       verdict_json=verdict.outputs["verdict_json"])
+                    promoted = promote_model(
+                        store_uri=store_uri, model_name=model_name, isvc_name=isvc_name,
+                        namespace=namespace, run_id=run_id,
+                        verdict_json=verdict.outputs["verdict_json"],
+                    ).after(announced)
+                    store_tasks.append(promoted)
+        for task in [*store_tasks, announced]:
+            task.set_caching_options(False)
+        if gcs_secret:  # notify reads only its input artifact: no store access
+            for task in store_tasks:
+                _mount_store_credentials(task, gcs_secret)
+
+    return continuous_training
+
+
+#: The pipeline as committed in ``pipelines/continuous_training.yaml``.
+continuous_training = build_pipeline()

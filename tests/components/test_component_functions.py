@@ -1,0 +1,154 @@
+"""The component bodies, called through ``.python_func`` on artifacts in tmp_path."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kfp import dsl
+
+from driftloop.kfp import components
+from driftloop.registry import Registry
+from driftloop.sample import write_sample_store
+from driftloop.storage import open_store
+
+MODEL = "sample"
+RUN = "component-run"
+
+
+def _artifact(cls: type, root: Path, name: str) -> dsl.Artifact:
+    return cls(name=name, uri=str(root / name), metadata={})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every component body of one first run (no champion yet), in pipeline order."""
+    root = tmp_path_factory.mktemp("components")
+    store_dir = root / "store"
+    write_sample_store(store_dir, days=2, rows_per_day=300, seed=3, reference_rows=500)
+    art = root / "artifacts"
+    art.mkdir()
+    common = {"store_uri": str(store_dir), "schema_uri": str(store_dir / "schema.json")}
+    a = {name: _artifact(cls, art, name) for name, cls in [
+        ("records", dsl.Dataset), ("current", dsl.Dataset), ("quarantine", dsl.Dataset),
+        ("ingest_metrics", dsl.Metrics), ("drift_report", dsl.Markdown),
+        ("drift_json", dsl.Artifact), ("drift_metrics", dsl.Metrics),
+        ("decision_report", dsl.Markdown), ("model", dsl.Model), ("eval_set", dsl.Dataset),
+        ("train_metrics", dsl.Metrics), ("verdict_report", dsl.Markdown),
+        ("verdict_json", dsl.Artifact), ("eval_metrics", dsl.Metrics),
+        ("challenger_curves", dsl.ClassificationMetrics), ("promotion_report", dsl.Markdown),
+    ]}
+    out: dict = {"store": open_store(store_dir), "a": a}
+    out["ingest"] = components.ingest.python_func(
+        **common, run_id=RUN, run_date="2026-01-01", window_days=1, lookback_days=2,
+        records=a["records"], current=a["current"], quarantine=a["quarantine"],
+        ingest_metrics=a["ingest_metrics"])
+    now = out["ingest"].now
+    out["drift"] = components.detect_drift.python_func(
+        **common, model_name=MODEL, run_id=RUN, p_value=0.05, min_samples=100,
+        current=a["current"], drift_report=a["drift_report"], drift_json=a["drift_json"],
+        drift_metrics=a["drift_metrics"])
+    out["decide"] = components.decide_retrain.python_func(
+        **common, model_name=MODEL, run_id=RUN, now=now, force=False, min_new_labels=500,
+        perf_drop=0.1, max_age_days=7.0, records=a["records"], drift_json=a["drift_json"],
+        decision_report=a["decision_report"])
+    out["train"] = components.train_model.python_func(
+        **common, model_name=MODEL, run_id=RUN, now=now, records=a["records"],
+        model=a["model"], eval_set=a["eval_set"], train_metrics=a["train_metrics"])
+    out["evaluate"] = components.evaluate_challenger.python_func(
+        **common, model_name=MODEL, run_id=RUN, auto_threshold=0.05, model=a["model"],
+        eval_set=a["eval_set"], verdict_report=a["verdict_report"],
+        verdict_json=a["verdict_json"], eval_metrics=a["eval_metrics"],
+        challenger_curves=a["challenger_curves"])
+    out["notify"] = components.notify.python_func(model_name=MODEL, run_id=RUN, webhook="",
+                                                  verdict_json=a["verdict_json"])
+    out["promote"] = components.promote_model.python_func(
+        store_uri=common["store_uri"], model_name=MODEL, isvc_name="sample", namespace="ml",
+        run_id=RUN, verdict_json=a["verdict_json"], promotion_report=a["promotion_report"])
+    components.notify_on_exit.python_func(
+        store_uri=common["store_uri"], model_name=MODEL, run_id=RUN, webhook="",
+        status=dsl.PipelineTaskFinalStatus(state="SUCCEEDED", pipeline_job_resource_name="j",
+                                           pipeline_task_name="run", error_code=None,
+                                           error_message=None))
+    return out
+
+
+def test_every_body_imports_driftloop_inside_and_calls_one_step_function():
+    for name, comp in components.COMPONENTS.items():
+        source = inspect.getsource(comp.python_func)
+        assert "from driftloop import steps" in source, name
+        assert len(re.findall(r"steps\.\w+\(", source)) == 1, name
+        spec = comp.component_spec.implementation.container
+        assert spec.image == components.IMAGE
+        assert "pip install" not in " ".join(spec.command or []), name
+
+
+def test_ingest_outputs_parquet_and_row_accounting(run):
+    a, out = run["a"], run["ingest"]
+    records = pd.read_parquet(a["records"].path)
+    assert out.now == "2026-01-01T23:59:59+00:00" and out.rows == len(records)
+    assert a["records"].metadata["rows"] == len(records)
+    assert a["current"].metadata["rows"] == len(pd.read_parquet(a["current"].path))
+    m = a["ingest_metrics"].metadata
+    assert m["rows_in"] == m["accepted"] + m["quarantined"] + m["duplicates"]
+    assert a["quarantine"].metadata["rows"] == m["quarantined"] == 3
+
+
+def test_drift_is_skipped_without_a_champion_and_says_so(run):
+    a = run["a"]
+    assert tuple(run["drift"]) == (False, "skipped")
+    assert Path(a["drift_json"].path).read_text().strip() == "null"
+    assert "skipped" in Path(a["drift_report"].path).read_text()
+    assert a["drift_metrics"].metadata == {}
+
+
+def test_decide_returns_the_branch_flag_and_renders_the_rules(run):
+    a = run["a"]
+    assert run["decide"] is True
+    assert a["decision_report"].metadata == {"retrain": True, "fired": ["no_champion"]}
+    assert "Retrain decision: **Retrain**" in Path(a["decision_report"].path).read_text()
+
+
+def test_train_model_metadata_names_the_registered_version_and_its_hash(run):
+    a = run["a"]
+    meta = a["model"].metadata
+    stored = json.loads((Path(a["model"].path) / "metadata.json").read_text())
+    assert run["train"].version == meta["version"] == stored["version"]
+    assert meta["sha256"] == stored["model_sha256"]
+    assert meta["registry_uri"].endswith(f"models/{MODEL}/{meta['version']}")
+    assert a["train_metrics"].metadata["eval_rows"] == len(pd.read_parquet(a["eval_set"].path))
+
+
+def test_evaluate_logs_metrics_confusion_matrix_and_roc(run):
+    a = run["a"]
+    assert run["evaluate"] == "promote"
+    assert json.loads(Path(a["verdict_json"].path).read_text())["decision"] == "promote"
+    assert 0.5 < a["eval_metrics"].metadata["challenger_f1_macro"] <= 1.0
+    curves = a["challenger_curves"].metadata
+    matrix = curves["confusionMatrix"]
+    assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["no", "yes"]
+    assert sum(map(sum, (r["row"] for r in matrix["rows"]))) == \
+        a["eval_metrics"].metadata["eval_rows"]
+    roc = curves["confidenceMetrics"]
+    assert roc[0]["falsePositiveRate"] == 0.0 and roc[-1]["recall"] == 1.0
+
+
+def test_notify_and_promote_move_the_champion(run):
+    a = run["a"]
+    assert run["notify"] is True
+    assert run["promote"].champion == run["train"].version
+    assert Registry(run["store"], MODEL).champion() == run["train"].version
+    assert a["promotion_report"].metadata == {"promoted": True,
+                                              "version": run["train"].version}
+
+
+def test_exit_component_records_the_final_status(run):
+    status = json.loads(run["store"].read_text(f"runs/{RUN}/status.json"))
+    assert status["state"] == "SUCCEEDED" and status["task"] == "run"
+    recorded = sorted(k.rsplit("/", 1)[-1] for k in run["store"].list(f"runs/{RUN}"))
+    assert recorded == ["aliases.json", "decision.json", "decision.md", "ingest.json",
+                        "status.json", "train.json", "train.md", "verdict.json", "verdict.md"]

@@ -1,0 +1,187 @@
+"""The committed component and pipeline YAML, and what the compiled pipeline says."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from driftloop import __version__
+from driftloop.config import DriftConfig, GateConfig, TriggerConfig
+from driftloop.kfp.compile import compile_all, compile_pipeline
+from driftloop.kfp.components import COMPONENTS
+from driftloop.kfp.image import IMAGE
+from driftloop.kfp.pipeline import GCS_SECRET, LOOKBACK_DAYS, WINDOW_DAYS
+
+REPO = Path(__file__).resolve().parents[2]
+STORE_TASKS = {"ingest", "detect-drift", "decide-retrain", "train-model",
+               "evaluate-challenger", "promote-model", "notify-on-exit"}
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("compiled")
+    compile_all(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def spec(fresh: Path) -> list[dict]:
+    """The compiled pipeline: [pipeline spec, platform spec]."""
+    return list(yaml.safe_load_all((fresh / "pipelines/continuous_training.yaml").read_text()))
+
+
+def _tasks(pipeline: dict) -> dict[str, dict]:
+    """Every task of the pipeline, over all nested DAGs, by name."""
+    found = dict(pipeline["root"]["dag"]["tasks"])
+    for comp in pipeline["components"].values():
+        found.update(comp.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def test_committed_yaml_equals_a_fresh_compile(fresh: Path):
+    written = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    assert len(written) == 2 * len(COMPONENTS) + 1
+    stale = []
+    for rel in written:
+        committed = REPO / rel
+        if not committed.exists() or committed.read_text() != (fresh / rel).read_text():
+            stale.append(str(rel))
+    assert not stale, f"run `make compile`: these differ from a fresh compile: {stale}"
+    folders = {p.name for p in (REPO / "components").iterdir() if p.is_dir()}
+    assert folders == set(COMPONENTS), "a component folder has no component (or vice versa)"
+
+
+def test_compile_is_deterministic(tmp_path: Path, fresh: Path):
+    path = compile_pipeline(tmp_path)
+    assert path.read_text() == (fresh / "pipelines/continuous_training.yaml").read_text()
+
+
+def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
+    pipeline = spec[0]
+    tasks = _tasks(pipeline)
+    steps = {name for name, t in tasks.items() if not name.startswith(("condition-", "exit-"))}
+    assert steps == {"ingest", "detect-drift", "decide-retrain", "train-model",
+                     "evaluate-challenger", "notify", "promote-model", "notify-on-exit"}
+    conditions = sorted(t["triggerPolicy"]["condition"] for t in tasks.values()
+                        if "condition" in t.get("triggerPolicy", {}))
+    assert conditions == [
+        "inputs.parameter_values['pipelinechannel--decide-retrain-Output'] == true",
+        "inputs.parameter_values['pipelinechannel--evaluate-challenger-Output'] == 'promote'",
+    ]
+    # The retrain branch holds train and evaluate; the promote branch notify, then promote.
+    branch = {name: comp["dag"]["tasks"] for name, comp in pipeline["components"].items()
+              if name.startswith("comp-condition")}
+    assert {"train-model", "evaluate-challenger"} <= set(branch["comp-condition-2"])
+    assert set(branch["comp-condition-3"]) == {"notify", "promote-model"}
+    assert branch["comp-condition-3"]["promote-model"]["dependentTasks"] == ["notify"]
+    # The exit task runs after the whole body, whatever happened, and gets its status.
+    exit_task = pipeline["root"]["dag"]["tasks"]["notify-on-exit"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert exit_task["dependentTasks"] == ["exit-handler-1"]
+    status = exit_task["inputs"]["parameters"]["status"]
+    assert status["taskFinalStatus"]["producerTask"] == "exit-handler-1"
+    body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert {"ingest", "detect-drift", "decide-retrain", "condition-2"} <= set(body)
+
+
+def test_caching_is_off_for_ingest_and_every_task_that_writes_the_store(spec):
+    tasks = _tasks(spec[0])
+    assert tasks["ingest"]["cachingOptions"].get("enableCache", False) is False
+    for name, task in tasks.items():
+        if "componentRef" in task and not name.startswith(("condition-", "exit-")):
+            assert not task["cachingOptions"].get("enableCache", False), name
+
+
+def test_every_task_gets_the_run_name_as_its_run_id(spec):
+    for name, task in _tasks(spec[0]).items():
+        params = task.get("inputs", {}).get("parameters", {})
+        if "run_id" in params:
+            assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}", name
+
+
+def test_store_tasks_mount_the_credentials_secret(spec):
+    pipeline, platform = spec
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {f"exec-{t}" for t in STORE_TASKS}
+    for name, config in executors.items():
+        (volume,) = config["secretAsVolume"]
+        assert volume["secretName"] == GCS_SECRET and volume["mountPath"] == "/secrets/gcs"
+        env = pipeline["deploymentSpec"]["executors"][name]["container"]["env"]
+        assert env == [{"name": "GOOGLE_APPLICATION_CREDENTIALS",
+                        "value": "/secrets/gcs/key.json"}]
+    assert "env" not in pipeline["deploymentSpec"]["executors"]["exec-notify"]["container"]
+
+
+def test_without_a_secret_nothing_is_mounted(tmp_path: Path):
+    docs = list(yaml.safe_load_all(compile_pipeline(tmp_path, gcs_secret="").read_text()))
+    assert len(docs) == 1
+    for executor in docs[0]["deploymentSpec"]["executors"].values():
+        assert "env" not in executor["container"]
+
+
+def test_every_executor_runs_the_pinned_project_image_and_installs_nothing(spec):
+    assert IMAGE.endswith(f":{__version__}")
+    for name, executor in spec[0]["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        assert container["image"] == IMAGE, name
+        assert "pip install" not in " ".join(container["command"]), name
+    dockerfile = (REPO / "components" / "Dockerfile").read_text()
+    assert "constraints.txt" in dockerfile and "USER 10001" in dockerfile
+
+
+def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
+    params = spec[0]["root"]["inputDefinitions"]["parameters"]
+    expected = {
+        "store_uri": ("STRING", None), "schema_uri": ("STRING", None),
+        "model_name": ("STRING", None), "isvc_name": ("STRING", None),
+        "namespace": ("STRING", None), "run_date": ("STRING", ""),
+        "window_days": ("NUMBER_INTEGER", WINDOW_DAYS),
+        "lookback_days": ("NUMBER_INTEGER", LOOKBACK_DAYS),
+        "p_value": ("NUMBER_DOUBLE", DriftConfig.p_value),
+        "min_samples": ("NUMBER_INTEGER", DriftConfig.min_samples),
+        "min_new_labels": ("NUMBER_INTEGER", TriggerConfig.min_new_labels),
+        "perf_drop": ("NUMBER_DOUBLE", TriggerConfig.perf_drop),
+        "max_age_days": ("NUMBER_DOUBLE", TriggerConfig.max_age_days),
+        "auto_threshold": ("NUMBER_DOUBLE", GateConfig.auto_threshold),
+        "force_retrain": ("BOOLEAN", False), "notify_webhook": ("STRING", ""),
+    }
+    assert {k: (v["parameterType"], v.get("defaultValue")) for k, v in params.items()} == \
+        expected
+
+
+def test_window_defaults_match_the_core_loop():
+    from driftloop.loop import run_ingest
+
+    defaults = inspect.signature(run_ingest).parameters
+    core = (defaults["window_days"].default, defaults["lookback_days"].default)
+    assert core == (WINDOW_DAYS, LOOKBACK_DAYS)
+
+
+def test_component_readmes_list_every_input_and_output():
+    for name, comp in COMPONENTS.items():
+        readme = (REPO / "components" / name / "README.md").read_text()
+        spec = comp.component_spec
+        for key in [*(spec.inputs or {}), *(spec.outputs or {})]:
+            assert f"| `{key}` |" in readme, (name, key)
+        assert "driftloop.steps." in readme
+
+
+def test_compiling_imports_neither_sklearn_nor_alibi_detect(tmp_path: Path):
+    code = (
+        "import sys\n"
+        "from driftloop.cli import main\n"
+        f"assert main(['compile', '--out-dir', {str(tmp_path)!r}]) == 0\n"
+        "heavy = [m for m in ('sklearn', 'alibi_detect', 'driftloop.steps', 'driftloop.loop')"
+        " if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "pipelines" / "continuous_training.yaml").exists()
+    assert (tmp_path / "components" / "train_model" / "component.yaml").exists()
