@@ -275,6 +275,43 @@ def _need_version(args: argparse.Namespace) -> str:
     return str(args.version)
 
 
+def _cluster_params(args: argparse.Namespace) -> dict[str, Any]:
+    from driftloop.kfp.local import pipeline_arguments
+
+    return {
+        "store_uri": args.store, "schema_uri": args.schema, "model_name": args.model,
+        "isvc_name": args.isvc_name or args.model, "namespace": args.namespace,
+        "force_retrain": args.force, **pipeline_arguments(_config(args)),
+    }
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Start one run of the compiled pipeline on a KFP backend."""
+    from driftloop.kfp.cluster import make_client, submit
+
+    client = make_client(args.host, namespace=args.kfp_namespace, existing_token=args.token)
+    run_name = args.run_name or (
+        f"{args.model}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}")
+    run_id = submit(client, Path(args.package), params=_cluster_params(args),
+                    experiment=args.experiment, run_name=run_name,
+                    service_account=args.service_account, namespace=args.kfp_namespace)
+    _emit(args, {"run_id": run_id, "run_name": run_name, "experiment": args.experiment})
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """Create or replace the recurring run of the compiled pipeline on a KFP backend."""
+    from driftloop.kfp.cluster import make_client, schedule
+
+    client = make_client(args.host, namespace=args.kfp_namespace, existing_token=args.token)
+    recurring_id = schedule(client, Path(args.package), name=args.name, cron=args.cron,
+                            params=_cluster_params(args), experiment=args.experiment,
+                            service_account=args.service_account,
+                            namespace=args.kfp_namespace)
+    _emit(args, {"recurring_run_id": recurring_id, "name": args.name, "cron": args.cron})
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a sample store and run the loop once per day, printing each result."""
     from driftloop.demo import run_demo
@@ -377,6 +414,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "tasks that touch the store; '' for none (default: driftloop-gcs, "
                         "driftloop.kfp.pipeline.GCS_SECRET)")
     p.set_defaults(func=cmd_compile)
+
+    for name, helptext, func in (
+        ("submit", "start one pipeline run on a KFP backend", cmd_submit),
+        ("schedule", "create or replace a recurring pipeline run on a KFP backend", cmd_schedule),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _common(p)
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        p.add_argument("--package", default="pipelines/continuous_training.yaml",
+                       help="compiled pipeline (make compile)")
+        p.add_argument("--isvc-name", help="InferenceService name (default: the model name)")
+        p.add_argument("--namespace", default="kubeflow",
+                       help="namespace of the InferenceService")
+        p.add_argument("--experiment", default="driftloop")
+        p.add_argument("--service-account", help="Kubernetes service account the run's pods use")
+        p.add_argument("--kfp-namespace", help="profile namespace (multi-user Kubeflow)")
+        p.add_argument("--token", help="bearer token for the KFP API")
+        p.add_argument("--force", action="store_true", help="pipeline parameter force_retrain")
+        if name == "submit":
+            p.add_argument("--run-name", help="run display name (default: unique per call)")
+        else:
+            p.add_argument("--cron", required=True, help='5-field cron, e.g. "0 0 * * *"')
+            p.add_argument("--name", default="driftloop-continuous-training",
+                           help="recurring run name; the same name replaces the schedule")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("demo", help="generate a sample and run the pipeline day by day")
     p.add_argument("--out", default="demo-out")

@@ -1,0 +1,104 @@
+"""Prometheus metrics of the predictor, created once per registry (get-or-create).
+
+Importing a module twice, reloading it in tests or building two model servers in one
+process must not fail with "Duplicated timeseries": :func:`get_or_create` returns the
+collector already registered under a name when its type and labels match.
+
+The predictor's metrics live in prometheus_client's default ``REGISTRY`` because kserve's
+``/metrics`` route exposes exactly that registry (next to kserve's own
+``request_preprocess_seconds``, ``request_predict_seconds`` and
+``request_postprocess_seconds`` histograms, labelled by ``model_name``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, TypeVar
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+C = TypeVar("C", Counter, Histogram)
+
+#: Buckets of the prediction-confidence histogram (the top class probability).
+CONFIDENCE_BUCKETS: tuple[float, ...] = (
+    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0,
+)
+MODEL_LABELS: tuple[str, ...] = ("model_name", "model_version")
+
+_lock = threading.Lock()
+
+
+def get_or_create(
+    kind: type[C],
+    name: str,
+    documentation: str,
+    labelnames: tuple[str, ...],
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    **kwargs: Any,
+) -> C:
+    """Return the collector ``name`` of ``registry``, registering it on first use.
+
+    Args:
+        kind: ``Counter`` or ``Histogram``.
+        name: The metric name (without the ``_total`` suffix for counters).
+        documentation: Help text.
+        labelnames: Label names; must match an existing collector's.
+        registry: The registry to use (default: prometheus_client's global one).
+        **kwargs: Passed to the collector (e.g. ``buckets``).
+
+    Raises:
+        ValueError: A collector of another type or with other labels holds the name.
+    """
+    found: Any
+    with _lock:
+        try:
+            found = kind(name, documentation, labelnames, registry=registry, **kwargs)
+        except ValueError:
+            # Already registered (a second model server, a reloaded module): reuse it.
+            # prometheus_client has no public lookup by name; this mapping is stable API
+            # in practice (0.x through 0.26).
+            names = getattr(registry, "_names_to_collectors", {})
+            found = names.get(name) or names.get(f"{name}_total")
+            if found is None:
+                raise
+    if not isinstance(found, kind) or tuple(found._labelnames) != tuple(labelnames):
+        raise ValueError(
+            f"metric {name}: already registered as {type(found).__name__} with labels "
+            f"{list(found._labelnames)}, not {kind.__name__} with {list(labelnames)}"
+        )
+    return found
+
+
+def prediction_confidence(registry: CollectorRegistry = REGISTRY) -> Histogram:
+    """Histogram of the top class probability of each predicted row."""
+    return get_or_create(
+        Histogram,
+        "driftloop_prediction_confidence",
+        "Probability of the predicted class, one observation per predicted row.",
+        MODEL_LABELS,
+        registry=registry,
+        buckets=CONFIDENCE_BUCKETS,
+    )
+
+
+def predicted_class(registry: CollectorRegistry = REGISTRY) -> Counter:
+    """Counter of predicted rows per class (exposed as ``driftloop_predictions_total``)."""
+    return get_or_create(
+        Counter,
+        "driftloop_predictions",
+        "Predicted rows by predicted class.",
+        (*MODEL_LABELS, "class"),
+        registry=registry,
+    )
+
+
+def rejected_requests(registry: CollectorRegistry = REGISTRY) -> Counter:
+    """Counter of requests answered 4xx because the input broke the schema."""
+    return get_or_create(
+        Counter,
+        "driftloop_invalid_requests",
+        "Prediction requests rejected because their input does not match the schema.",
+        MODEL_LABELS,
+        registry=registry,
+    )

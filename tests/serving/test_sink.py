@@ -1,0 +1,466 @@
+"""The payload sink over real HTTP on 127.0.0.1: pairing, durability, dedup, limits, ingest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from driftloop.ingest import ingest
+from driftloop.sample import sample_schema
+from driftloop.serving.sink import (
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    PayloadSink,
+    SinkError,
+    parse_feedback,
+)
+from driftloop.storage import LocalStore, Store
+
+DAY = dt.date(2026, 1, 1)
+TIME = "2026-01-01T10:00:00.123456789Z"
+MODEL = "sample"
+
+
+def ce_headers(ce_id: str, ce_type: str, *, time: str = TIME, **extra: str) -> dict[str, str]:
+    """The headers KServe's logger sends (binary content mode, pkg/logger/worker.go)."""
+    headers = {
+        "Ce-Id": ce_id,
+        "Ce-Type": ce_type,
+        "Ce-Source": "http://localhost:9081/",
+        "Ce-Specversion": "1.0",
+        "Ce-Time": time,
+        "Ce-Inferenceservicename": "sample",
+        "Ce-Namespace": "ml",
+        "Ce-Component": "predictor",
+        "Ce-Endpoint": "canary",
+        "Ce-Metadata": "{}",
+        "Content-Type": "application/json",
+    }
+    headers.update(extra)
+    return headers
+
+
+def send(client: httpx.Client, ce_id: str, ce_type: str, body: Any, **kw: str) -> httpx.Response:
+    return client.post("/", content=json.dumps(body), headers=ce_headers(ce_id, ce_type, **kw))
+
+
+def request_body(n: int = 3, *, ids: dict[int, str] | None = None) -> dict[str, Any]:
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {"x0": 0.1 * i, "x1": -0.2 * i, "segment": "north"}
+        if ids and i in ids:
+            row["id"] = ids[i]
+        rows.append(row)
+    return {"instances": rows}
+
+
+def response_body(n: int = 3, version: str = "v1") -> dict[str, Any]:
+    return {"predictions": [
+        {"class": "yes", "probabilities": {"no": 0.25, "yes": 0.75}, "model_version": version}
+        for _ in range(n)
+    ], "model_name": MODEL, "model_version": version}
+
+
+def lines_under(store: LocalStore, prefix: str) -> list[dict[str, Any]]:
+    out = []
+    for key in store.list(prefix):
+        out += [json.loads(line) for line in store.read_text(key).splitlines() if line.strip()]
+    return out
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store", create=True)
+
+
+@pytest.fixture()
+def sink(start_sink, store):
+    sink, server = start_sink(store)
+    with httpx.Client(base_url=server.url, timeout=10.0) as client:
+        yield sink, server, client
+
+
+# -- pairing and ingest -----------------------------------------------------------------
+
+
+def test_pair_from_the_real_predictor_is_ingested_with_predictions(sink, store, predictor,
+                                                                   registered):
+    _, _, client = sink
+    instances = [{"x0": 0.5, "x1": 1.0, "segment": "north", "id": "user-7"},
+                 {"x0": -1.0, "x1": 0.2, "segment": "south"}]
+    served = httpx.post(f"{predictor.url}/v1/models/{MODEL}:predict",
+                        json={"instances": instances})
+    assert served.status_code == 200
+    first = send(client, "ev-1", REQUEST_TYPE, {"instances": instances})
+    assert first.status_code == 200 and first.json()["status"] == "pending"
+    second = client.post("/", content=served.content, headers=ce_headers("ev-1", RESPONSE_TYPE))
+    assert second.json() == {"status": "stored", "records": 2}
+    # Durable before the answer: the records are in the store right now.
+    written = lines_under(store, f"requests/dt={DAY}")
+    assert [r["id"] for r in written] == ["user-7", "ev-1-1"]
+    preds = served.json()["predictions"]
+    assert written[0]["prediction"] == preds[0]["class"]
+    assert written[0]["score"] == max(preds[0]["probabilities"].values())
+    assert written[0]["model_version"] == registered.version
+    assert written[0]["timestamp"] == "2026-01-01T10:00:00.123456+00:00"
+    assert (written[0]["inference_service"], written[0]["endpoint"]) == ("sample", "canary")
+    assert written[0]["logged"] == "pair" and written[0]["event_id"] == "ev-1"
+
+    result = ingest(store, sample_schema(), DAY, DAY)
+    counts = result.report.counts
+    assert (counts.rows_in, counts.accepted, counts.quarantined) == (2, 2, 0)
+    records = result.records.set_index("id")
+    assert records.loc["user-7", "prediction"] == preds[0]["class"]
+    assert records.loc["ev-1-1", "model_version"] == registered.version
+    assert records.loc["ev-1-1", "x0"] == -1.0
+
+
+def test_v2_pair_from_the_real_predictor(sink, store, predictor):
+    _, _, client = sink
+    body = {"id": "v2", "inputs": [
+        {"name": "x0", "shape": [2], "datatype": "FP64", "data": [0.1, 2.0]},
+        {"name": "x1", "shape": [2], "datatype": "FP64", "data": [0.3, -1.0]},
+        {"name": "segment", "shape": [2], "datatype": "BYTES", "data": ["east", "west"]},
+        {"name": "id", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]},
+    ]}
+    served = httpx.post(f"{predictor.url}/v2/models/{MODEL}/infer", json=body)
+    assert served.status_code == 200
+    assert send(client, "v2-ev", RESPONSE_TYPE, served.json()).json()["status"] == "pending"
+    assert send(client, "v2-ev", REQUEST_TYPE, body).json()["status"] == "stored"
+    outputs = {o["name"]: o for o in served.json()["outputs"]}
+    result = ingest(store, sample_schema(), DAY, DAY)
+    records = result.records.set_index("id")
+    assert list(records.index) == ["a", "b"]
+    assert list(records["prediction"]) == outputs["class"]["data"]
+    assert records.loc["b", "segment"] == "west"
+    assert 0.5 <= records.loc["a", "score"] <= 1.0
+
+
+def test_feedback_is_durable_and_joined_as_labels(sink, store):
+    _, _, client = sink
+    send(client, "e1", REQUEST_TYPE, request_body(2, ids={0: "u0"}))
+    send(client, "e1", RESPONSE_TYPE, response_body(2))
+    answer = client.post("/feedback", json={"id": "u0", "label": "no",
+                                            "timestamp": "2026-01-01T11:00:00Z"})
+    assert answer.status_code == 200 and answer.json() == {"stored": 1}
+    assert lines_under(store, f"feedback/dt={DAY}") == [
+        {"id": "u0", "label": "no", "timestamp": "2026-01-01T11:00:00+00:00"}]
+    many = [{"id": "e1-1", "label": "yes", "timestamp": "2026-01-01T12:00:00+00:00"},
+            {"id": "e1-1", "label": "no", "timestamp": "2026-01-01T12:30:00+00:00"}]
+    assert client.post("/feedback", json=many).json() == {"stored": 2}
+    result = ingest(store, sample_schema(), DAY, DAY)
+    labels = result.records.set_index("id")["label"]
+    assert labels.to_dict() == {"u0": "no", "e1-1": "no"}
+    assert result.report.counts.labels_superseded == 1
+
+
+def test_feedback_is_partitioned_by_arrival_day(sink, store):
+    _, _, client = sink
+    assert client.post("/feedback", json=[
+        {"id": "x", "label": "yes"},
+        {"id": "y", "label": "no", "timestamp": "2025-12-30T08:00:00+01:00"},
+    ]).status_code == 200
+    rows = lines_under(store, f"feedback/dt={DAY}")
+    assert rows[0]["id"] == "x" and rows[0]["timestamp"].startswith(DAY.isoformat())
+    assert rows[1]["timestamp"] == "2025-12-30T07:00:00+00:00"
+
+
+def test_response_before_request_and_structured_mode(sink, store):
+    _, _, client = sink
+    structured = {"specversion": "1.0", "id": "s1", "type": RESPONSE_TYPE, "source": "/x",
+                  "time": TIME, "datacontenttype": "application/json",
+                  "data": response_body(1)}
+    answer = client.post("/events", json=structured,
+                         headers={"content-type": "application/cloudevents+json"})
+    assert answer.json()["status"] == "pending"
+    assert send(client, "s1", REQUEST_TYPE, request_body(1)).json()["status"] == "stored"
+    assert [r["id"] for r in lines_under(store, "requests")] == ["s1-0"]
+
+
+# -- idempotence ------------------------------------------------------------------------
+
+
+def test_a_retried_event_is_stored_once(sink, store):
+    sink_obj, _, client = sink
+    for _ in range(2):
+        send(client, "dup", REQUEST_TYPE, request_body())
+    assert send(client, "dup", RESPONSE_TYPE, response_body()).json()["status"] == "stored"
+    again = [send(client, "dup", t, b).json()["status"]
+             for t, b in ((REQUEST_TYPE, request_body()), (RESPONSE_TYPE, response_body()))]
+    assert again == ["duplicate", "duplicate"]
+    assert len(lines_under(store, "requests")) == 3
+    assert sink_obj.stats.duplicates == 3
+    assert ingest(store, sample_schema(), DAY, DAY).report.counts.duplicates == 0
+
+
+def test_dedup_and_pending_survive_a_restart(start_sink, store):
+    _, first = start_sink(store)
+    with httpx.Client(base_url=first.url) as c:
+        send(c, "a", REQUEST_TYPE, request_body(2))
+        send(c, "a", RESPONSE_TYPE, response_body(2))
+        assert send(c, "b", REQUEST_TYPE, request_body(1)).json()["status"] == "pending"
+    first.stop()
+
+    second_sink, second = start_sink(store)
+    assert second_sink.stats.recovered_pending == 1 and second_sink.pending_count == 1
+    with httpx.Client(base_url=second.url) as c:
+        assert send(c, "a", REQUEST_TYPE, request_body(2)).json()["status"] == "duplicate"
+        assert send(c, "a", RESPONSE_TYPE, response_body(2)).json()["status"] == "duplicate"
+        assert send(c, "b", REQUEST_TYPE, request_body(1)).json()["status"] == "duplicate"
+        assert send(c, "b", RESPONSE_TYPE, response_body(1)).json()["status"] == "stored"
+    records = lines_under(store, "requests")
+    assert sorted(r["id"] for r in records) == ["a-0", "a-1", "b-0"]
+    assert all(r["logged"] == "pair" for r in records)
+    # The journal was compacted at start: only the new process's file is left.
+    assert len(store.list("sink/pending")) == 1
+
+
+def test_odd_event_ids_and_the_seen_bound_survive_a_restart(store):
+    odd = 'we"ird\\id ünï'
+    first = PayloadSink(store, clock=_clock)
+    for ce_type, body in ((REQUEST_TYPE, request_body(1)), (RESPONSE_TYPE, response_body(1))):
+        headers = {k.lower(): v for k, v in ce_headers(odd, ce_type).items()}
+        assert first.handle_event(headers, json.dumps(body).encode())["status"] != "duplicate"
+    first.close()
+    second = PayloadSink(store, clock=_clock)
+    headers = {k.lower(): v for k, v in ce_headers(odd, REQUEST_TYPE).items()}
+    assert second.handle_event(headers, json.dumps(request_body(1)).encode())["status"] == (
+        "duplicate")
+    bounded = PayloadSink(store, clock=_clock, max_seen=1)
+    assert bounded.stats.recovered_ids == 1
+
+
+# -- unpaired events --------------------------------------------------------------------
+
+
+def test_unpaired_events_are_written_alone_after_the_ttl(start_sink, store):
+    sink_obj, server = start_sink(store, pending_ttl=0.2)
+    with httpx.Client(base_url=server.url) as c:
+        send(c, "lonely-req", REQUEST_TYPE, request_body(1))
+        send(c, "lonely-resp", RESPONSE_TYPE, response_body(2))
+        deadline = time.monotonic() + 5
+        while sink_obj.pending_count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sink_obj.pending_count == 0
+        # A partner arriving after its event was written alone is written alone at once.
+        late = send(c, "lonely-req", RESPONSE_TYPE, response_body(1))
+        assert late.json() == {"status": "stored", "records": 1}
+    by_logged = {}
+    for r in lines_under(store, "requests"):
+        by_logged.setdefault(r["logged"], []).append(r)
+    assert [r["id"] for r in by_logged["request_only"]] == ["lonely-req-0"]
+    assert by_logged["request_only"][0]["prediction"] is None
+    assert len(by_logged["response_only"]) == 3
+    result = ingest(store, sample_schema(), DAY, DAY)
+    counts = result.report.counts
+    # The lone request is a valid record; responses without features are quarantined,
+    # with a reason: every row is accounted for.
+    assert (counts.rows_in, counts.accepted, counts.quarantined) == (4, 1, 3)
+    assert result.records["id"].tolist() == ["lonely-req-0"]
+    assert "x0: required value missing" in result.quarantine["_reason"].iloc[0]
+
+
+def test_max_pending_writes_the_oldest_alone(start_sink, store):
+    sink_obj, server = start_sink(store, max_pending=2)
+    with httpx.Client(base_url=server.url) as c:
+        for i in range(3):
+            send(c, f"p{i}", REQUEST_TYPE, request_body(1))
+    assert sink_obj.pending_count == 2
+    assert [r["event_id"] for r in lines_under(store, "requests")] == ["p0"]
+
+
+# -- refusals ---------------------------------------------------------------------------
+
+
+def test_oversized_bodies_are_413(start_sink, store):
+    _, server = start_sink(store, max_body_bytes=4096)
+    big = json.dumps({"instances": [{"x0": 1.0, "pad": "x" * 10_000}]})
+    with httpx.Client(base_url=server.url) as c:
+        answer = c.post("/", content=big, headers=ce_headers("big", REQUEST_TYPE))
+        assert answer.status_code == 413 and "limit is 4096" in answer.json()["error"]
+
+        def chunks():  # no Content-Length: the limit applies while streaming
+            for _ in range(10):
+                yield b"x" * 1000
+
+        streamed = c.post("/feedback", content=chunks())
+        assert streamed.status_code == 413
+        assert c.post("/feedback", content=b" " * 5000).status_code == 413
+    assert store.list("requests") == [] and store.list("feedback") == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "needle"),
+    [
+        ({"Ce-Id": ""}, request_body(), 400, "Ce-Id: required"),
+        ({"Ce-Type": "com.example.other"}, request_body(), 400, "ce-type"),
+        ({"Ce-Specversion": "0.3"}, request_body(), 400, "only 1.0"),
+        ({"Ce-Time": "yesterday"}, request_body(), 400, "ce-time"),
+        ({}, b"{not json", 400, "body: not valid JSON"),
+        ({}, [1, 2], 422, "body: expected a JSON object"),
+        ({}, {"instances": "x"}, 422, "body.instances: expected a non-empty list"),
+        ({}, {"instances": [[1, 2]]}, 422, "body.instances[0]: expected an object"),
+        ({}, {"rows": []}, 422, "body.instances: required"),
+        ({"Ce-Type": RESPONSE_TYPE}, {"predictions": 3}, 422, "body.predictions"),
+        ({"Ce-Type": RESPONSE_TYPE}, {"outputs": [{"name": "c"}]}, 422,
+         "body.outputs[c].data: required"),
+    ],
+)
+def test_bad_events_are_4xx_naming_the_field(sink, store, headers, body, status, needle):
+    _, _, client = sink
+    sent = ce_headers("bad", REQUEST_TYPE)
+    sent.update(headers)
+    content = body if isinstance(body, bytes) else json.dumps(body)
+    answer = client.post("/", content=content, headers={k: v for k, v in sent.items() if v})
+    assert answer.status_code == status, answer.text
+    assert needle.lower() in answer.json()["error"].lower()
+    assert store.list("requests") == [] and store.list("sink") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"nope", 400, "body: not valid JSON"),
+        (b'{"label": "yes"}', 422, "id: required"),
+        (b'{"id": "a"}', 422, "label: required"),
+        (b'{"id": "a", "label": ["yes"]}', 422, "label: required"),
+        (b'{"id": "a", "label": "yes", "timestamp": "soon"}', 422,
+         "timestamp: 'soon' is not an ISO-8601 time"),
+        (b'[{"id": "a", "label": "yes"}, {"id": "", "label": "no"}]', 422, "body[1].id"),
+        (b"[]", 422, "non-empty list"),
+        (b"3", 422, "body: expected an object"),
+    ],
+)
+def test_bad_feedback_is_4xx_naming_the_field(sink, store, body, status, needle):
+    _, _, client = sink
+    answer = client.post("/feedback", content=body)
+    assert answer.status_code == status, answer.text
+    assert needle in answer.json()["error"]
+    assert store.list("feedback") == []
+
+
+def test_feedback_labels_are_checked_against_the_schema():
+    with pytest.raises(SinkError, match=r"label: 'maybe' is not one of \['no', 'yes'\]"):
+        parse_feedback(b'{"id": "a", "label": "maybe"}', labels=("no", "yes"))
+    assert parse_feedback(b'{"id": 7, "label": true}')[0]["label"] == "true"
+
+
+def test_a_failed_write_is_a_503_and_not_marked_seen(start_sink, store):
+    sink_obj, server = start_sink(store)
+    with httpx.Client(base_url=server.url) as c:
+        send(c, "w", REQUEST_TYPE, request_body(1))
+        original = sink_obj.writer.write
+
+        def broken(folder: str, data: bytes, name: str) -> str:
+            raise OSError(28, "No space left on device")
+
+        sink_obj.writer.write = broken  # type: ignore[method-assign]
+        answer = send(c, "w", RESPONSE_TYPE, response_body(1))
+        assert answer.status_code == 503 and "No space left" in answer.json()["error"]
+        sink_obj.writer.write = original  # type: ignore[method-assign]
+        assert send(c, "w", RESPONSE_TYPE, response_body(1)).json()["status"] == "stored"
+    assert len(lines_under(store, "requests")) == 1
+
+
+def test_metrics_and_health(sink):
+    _, _, client = sink
+    send(client, "m", REQUEST_TYPE, request_body(1))
+    send(client, "m", RESPONSE_TYPE, response_body(1))
+    client.post("/feedback", content=b"{")
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["mode"] == "append" and health["pending"] == 0
+    text = client.get("/metrics").text
+    assert 'driftloop_sink_records_total{logged="pair"} 1.0' in text
+    assert 'driftloop_sink_rejected_total{status="400"} 1.0' in text
+    assert "driftloop_sink_write_seconds_count 2.0" in text
+
+
+# -- object mode (gs://) ----------------------------------------------------------------
+
+
+def _clock() -> float:
+    return dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.UTC).timestamp()
+
+
+def _object_mode_round_trip(store: Store) -> None:
+    first = PayloadSink(store, mode="object", clock=_clock)
+    headers = {k.lower(): v for k, v in ce_headers("o", REQUEST_TYPE).items()}
+    assert first.handle_event(headers, json.dumps(request_body(2)).encode())["status"] == (
+        "pending")
+    first.close()
+    second = PayloadSink(store, mode="object", clock=_clock)
+    assert second.pending_count == 1
+    assert second.handle_event(headers, json.dumps(request_body(2)).encode())["status"] == (
+        "duplicate")
+    headers["ce-type"] = RESPONSE_TYPE
+    assert second.handle_event(headers, json.dumps(response_body(2)).encode())["status"] == (
+        "stored")
+    assert second.handle_event(headers, json.dumps(response_body(2)).encode())["status"] == (
+        "duplicate")
+    assert store.list("sink") == []  # the resolved pending object was deleted
+    third = PayloadSink(store, mode="object", clock=_clock)
+    assert third.handle_event(headers, json.dumps(response_body(2)).encode())["status"] == (
+        "duplicate")
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert sorted(result.records["id"]) == ["o-0", "o-1"]
+
+
+def test_object_mode_on_a_local_store(store):
+    _object_mode_round_trip(store)
+
+
+def test_object_mode_on_gcs(gcs_store):
+    _object_mode_round_trip(gcs_store)
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_main_serves_until_sigterm(tmp_path: Path):
+    port = _free_port()
+    root = tmp_path / "cli-store"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "driftloop.serving.sink", "--store", str(root),
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "sink did not start"
+            time.sleep(0.05)
+        answer = httpx.post(f"{url}/feedback", json={"id": "cli", "label": "yes",
+                                                     "timestamp": TIME})
+        assert answer.status_code == 200
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert lines_under(LocalStore(root), "feedback")[0]["id"] == "cli"
