@@ -1,0 +1,187 @@
+"""Orchestration overhead per step: the pipeline through kfp.local vs the same bodies in-process.
+
+One run of the continuous-training pipeline on a store whose lookback holds ROWS records
+(default 50,000), with a champion already serving and ``force_retrain`` set so every step
+runs. Side A calls each component's body (``.python_func``: the same code a task runs) in
+this process; side B runs the compiled pipeline through ``kfp.local`` (SubprocessRunner,
+use_venv=False), where each task is a fresh interpreter. A task's time is the gap between
+its finish and the previous task's finish (kfp.local runs tasks one after another).
+
+    .venv/bin/python benchmarks/orchestration_overhead.py [--rows 50000]
+
+Prints a table and the machine, writes benchmarks/results/orchestration_overhead.{md,csv,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from kfp import dsl
+
+from driftloop.config import Config
+from driftloop.kfp import components
+from driftloop.kfp.local import run_local
+from driftloop.loop import run_loop
+from driftloop.sample import write_sample_store
+from driftloop.schema import load_schema
+from driftloop.storage import open_store
+
+MODEL = "sample"
+RESULTS = Path(__file__).parent / "results"
+STEPS = ["ingest", "detect-drift", "decide-retrain", "train-model", "evaluate-challenger",
+         "notify", "promote-model", "notify-on-exit"]
+
+
+def _artifacts(root: Path) -> dict[str, dsl.Artifact]:
+    kinds = [("records", dsl.Dataset), ("current", dsl.Dataset), ("quarantine", dsl.Dataset),
+             ("ingest_metrics", dsl.Metrics), ("drift_report", dsl.Markdown),
+             ("drift_json", dsl.Artifact), ("drift_metrics", dsl.Metrics),
+             ("decision_report", dsl.Markdown), ("model", dsl.Model), ("eval_set", dsl.Dataset),
+             ("train_metrics", dsl.Metrics), ("verdict_report", dsl.Markdown),
+             ("verdict_json", dsl.Artifact), ("eval_metrics", dsl.Metrics),
+             ("challenger_curves", dsl.ClassificationMetrics),
+             ("promotion_report", dsl.Markdown)]
+    return {n: cls(name=n, uri=str(root / n), metadata={}) for n, cls in kinds}
+
+
+def direct(store_dir: Path, run_date: str, work: Path) -> dict[str, float]:
+    """Call every component body in pipeline order in this process; seconds per step."""
+    a = _artifacts(work)
+    common = {"store_uri": str(store_dir), "schema_uri": str(store_dir / "schema.json")}
+    run = "bench-direct"
+    times: dict[str, float] = {}
+
+    def timed(name: str, fn, **kw):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        out = fn(**kw)
+        times[name] = time.perf_counter() - start
+        return out
+
+    ing = timed("ingest", components.ingest.python_func, **common, run_id=run,
+                run_date=run_date, window_days=1, lookback_days=30, records=a["records"],
+                current=a["current"], quarantine=a["quarantine"],
+                ingest_metrics=a["ingest_metrics"])
+    timed("detect-drift", components.detect_drift.python_func, **common, model_name=MODEL,
+          run_id=run, p_value=0.05, min_samples=100, current=a["current"],
+          drift_report=a["drift_report"], drift_json=a["drift_json"],
+          drift_metrics=a["drift_metrics"])
+    timed("decide-retrain", components.decide_retrain.python_func, **common, model_name=MODEL,
+          run_id=run, now=ing.now, force=True, min_new_labels=500, perf_drop=0.1,
+          max_age_days=7.0, records=a["records"], drift_json=a["drift_json"],
+          decision_report=a["decision_report"])
+    timed("train-model", components.train_model.python_func, **common, model_name=MODEL,
+          run_id=run, now=ing.now, records=a["records"], model=a["model"],
+          eval_set=a["eval_set"], train_metrics=a["train_metrics"])
+    verdict = timed("evaluate-challenger", components.evaluate_challenger.python_func,
+                    **common, model_name=MODEL, run_id=run, auto_threshold=0.05,
+                    model=a["model"], eval_set=a["eval_set"], verdict_report=a["verdict_report"],
+                    verdict_json=a["verdict_json"], eval_metrics=a["eval_metrics"],
+                    challenger_curves=a["challenger_curves"])
+    if verdict == "promote":
+        timed("notify", components.notify.python_func, model_name=MODEL, run_id=run,
+              webhook="", verdict_json=a["verdict_json"])
+        timed("promote-model", components.promote_model.python_func,
+              store_uri=common["store_uri"], model_name=MODEL, isvc_name=MODEL,
+              namespace="local", run_id=run, verdict_json=a["verdict_json"],
+              promotion_report=a["promotion_report"])
+    status = dsl.PipelineTaskFinalStatus(state="SUCCEEDED", pipeline_job_resource_name="j",
+                                         pipeline_task_name="run", error_code=None,
+                                         error_message=None)
+    timed("notify-on-exit", components.notify_on_exit.python_func,
+          store_uri=common["store_uri"], model_name=MODEL, run_id=run, webhook="",
+          status=status)
+    return times
+
+
+def through_kfp_local(store_dir: Path, run_date: str, root: Path) -> tuple[dict[str, float], float]:
+    """Run the pipeline through kfp.local; seconds per task and for the whole run."""
+    start = time.time()
+    run = run_local(str(store_dir), str(store_dir / "schema.json"), MODEL, run_date=run_date,
+                    force_retrain=True, pipeline_root=root)
+    if not run.ok:
+        raise SystemExit(f"kfp.local run failed: {run.error}")
+    run_dir = max((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    done = sorted((p.stat().st_mtime, p.parent.name)
+                  for p in run_dir.glob("*/executor_output.json"))
+    times, previous = {}, start
+    for finished, task in done:
+        times[task] = finished - previous
+        previous = finished
+    return times, run.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50_000, help="records in the lookback")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-"))
+    try:
+        base = tmp / "base"
+        info = write_sample_store(base, model_name=MODEL, days=2, rows_per_day=args.rows // 2,
+                                  reference_rows=5000, drift_day=1, seed=0)
+        day0 = dt.datetime.combine(info.first_day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+        run_loop(open_store(base), load_schema(info.schema_path), MODEL, now=day0,
+                 run_id="setup", config=Config())  # the champion both sides compare against
+        run_date = (info.first_day + dt.timedelta(days=1)).isoformat()
+        for side in ("direct", "kfp"):
+            shutil.copytree(base, tmp / side)
+        (tmp / "work").mkdir()
+        (tmp / "root").mkdir()
+        direct_times = direct(tmp / "direct", run_date, tmp / "work")
+        kfp_times, kfp_total = through_kfp_local(tmp / "kfp", run_date, tmp / "root")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rows = []
+    for step in STEPS:
+        if step in kfp_times and step in direct_times:
+            k, d = kfp_times[step], direct_times[step]
+            rows.append((step, k, d, k - d))
+    machine = (f"{platform.node()} · {platform.system()} {platform.machine()} · "
+               f"{os.cpu_count()} cores · Python {platform.python_version()}")
+    lines = [f"Orchestration overhead per step, {args.rows:,} records in the lookback",
+             f"machine: {machine}", "",
+             "| step | kfp.local s | in-process s | overhead s |", "|---|---|---|---|"]
+    lines += [f"| {s} | {k:.2f} | {d:.2f} | {o:+.2f} |" for s, k, d, o in rows]
+    total_k = sum(r[1] for r in rows)
+    total_d = sum(r[2] for r in rows)
+    mean_o = (total_k - total_d) / len(rows)
+    lines += [f"| **total** | {total_k:.2f} | {total_d:.2f} | {total_k - total_d:+.2f} |", "",
+              f"kfp.local run wall time {kfp_total:.1f} s; mean overhead {mean_o:.2f} s per step "
+              f"(target <= 0.5 s: {'met' if mean_o <= 0.5 else 'NOT met'})"]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "orchestration_overhead.md").write_text(text + "\n")
+    with (RESULTS / "orchestration_overhead.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "kfp_local_s", "in_process_s", "overhead_s"])
+        writer.writerows([(s, f"{k:.3f}", f"{d:.3f}", f"{o:.3f}") for s, k, d, o in rows])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [r[0] for r in rows]
+    ax.barh(names, [r[2] for r in rows], label="in-process (same body)")
+    ax.barh(names, [r[3] for r in rows], left=[r[2] for r in rows], label="kfp.local overhead")
+    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title(f"Per-step time, {args.rows:,} records")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "orchestration_overhead.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
