@@ -144,6 +144,40 @@ class GateConfig:
         _check(self.bootstrap >= 100, "gate.bootstrap", "must be >= 100")
 
 
+@dataclass(frozen=True)
+class CanaryConfig:
+    """The progressive rollout and how a canary is judged on live traffic.
+
+    The live metric is accuracy on labelled responses (a proportion, so its confidence
+    interval needs no resampling).
+
+    Attributes:
+        steps: canaryTrafficPercent steps; the last must be 100 (full rollout).
+        min_labelled: Labelled responses each version needs before the canary is judged.
+        tolerance: The canary may be at most this much less accurate (absolute) and still
+            advance; clearly worse than this rolls it back.
+        z: Two-sided normal quantile of the confidence interval (1.96 = 95%).
+        max_error_rate_increase: Rollback when the canary's error rate exceeds the
+            champion's by more than this (absolute).
+        latency_ratio: Rollback when the canary's p95 latency exceeds this multiple of the
+            champion's.
+    """
+
+    steps: tuple[int, ...] = (10, 50, 100)
+    min_labelled: int = 100
+    tolerance: float = 0.02
+    z: float = 1.96
+    max_error_rate_increase: float = 0.02
+    latency_ratio: float = 1.5
+
+    def __post_init__(self) -> None:
+        _check(bool(self.steps) and self.steps[-1] == 100, "canary.steps", "must end at 100")
+        _check(all(0 < a < b for a, b in zip(self.steps, self.steps[1:], strict=False))
+               and self.steps[0] > 0, "canary.steps", "must be increasing percentages > 0")
+        _check(self.min_labelled >= 1, "canary.min_labelled", "must be >= 1")
+        _check(self.tolerance >= 0, "canary.tolerance", "must be >= 0")
+
+
 PRIMARY_METRICS: tuple[str, ...] = (
     "accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc",
 )
@@ -189,6 +223,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -197,6 +232,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "gate": GateConfig,
     "notify": NotifyConfig,
+    "canary": CanaryConfig,
 }
 
 
