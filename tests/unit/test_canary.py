@@ -4,6 +4,7 @@ import pytest
 
 from driftloop.canary import CanaryAnalysis, analyse_canary, next_step
 from driftloop.config import CanaryConfig
+from driftloop.errors import ConfigError
 
 CFG = CanaryConfig(min_labelled=100, tolerance=0.02)
 
@@ -81,5 +82,5 @@ def test_next_step(current, expected):
 
 
 def test_steps_must_end_at_100():
-    with pytest.raises(Exception, match="canary.steps"):
+    with pytest.raises(ConfigError, match=r"canary\.steps"):
         CanaryConfig(steps=(10, 50))
