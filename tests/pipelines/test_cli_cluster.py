@@ -27,7 +27,7 @@ def api() -> Iterator[KfpApiStandIn]:
 def _base(api: KfpApiStandIn) -> list[str]:
     return ["--host", api.url, "--package", str(PACKAGE), "--store", "gs://b/driftloop",
             "--schema", "gs://b/driftloop/schema.json", "--model", "tweets",
-            "--namespace", "ml", "--service-account", "driftloop-runner"]
+            "--namespace", "ml", "--service-account", "driftloop-pipeline"]
 
 
 def test_submit_posts_typed_parameters_and_service_account(api, tmp_path: Path, capsys):
@@ -41,7 +41,7 @@ def test_submit_posts_typed_parameters_and_service_account(api, tmp_path: Path, 
     params = body["runtime_config"]["parameters"]
     assert params["min_new_labels"] == 200 and params["force_retrain"] is True
     assert params["store_uri"] == "gs://b/driftloop" and params["isvc_name"] == "tweets"
-    assert body["service_account"] == "driftloop-runner"
+    assert body["service_account"] == "driftloop-pipeline"
     assert body["display_name"] == out["run_name"]
     # With kfp-kubernetes settings kfp.Client sends the pipeline and platform specs together.
     spec = body["pipeline_spec"]

@@ -77,7 +77,7 @@ def test_notebook_submits_and_schedules(
         spec = spec.get("pipeline_spec", spec)  # {pipeline_spec, platform_spec} with kfp-kubernetes
         assert spec["pipelineInfo"]["name"] == "continuous-training"
         assert body["runtime_config"]["parameters"] == expected_params
-        assert body["service_account"] == "driftloop-runner"
+        assert body["service_account"] == "driftloop-pipeline"
     assert run.json["display_name"] == "driftloop-manual"
     assert recurring.json["display_name"] == "driftloop-nightly"
     assert recurring.json["trigger"]["cron_schedule"]["cron"] == "0 15 4 * * 1-5"

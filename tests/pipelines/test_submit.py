@@ -168,14 +168,14 @@ def test_submit_posts_spec_typed_params_and_service_account(
         params={"a": 3, "b": 0.25, "s": "gs://bucket/root", "flag": True},
         experiment="driftloop",
         run_name="manual-1",
-        service_account="driftloop-runner",
+        service_account="driftloop-pipeline",
         namespace=None,
     )
 
     (post,) = api.calls("POST", r"/apis/v2beta1/runs$")
     body = post.json
     assert body["display_name"] == "manual-1"
-    assert body["service_account"] == "driftloop-runner"
+    assert body["service_account"] == "driftloop-pipeline"
     assert body["pipeline_spec"]["pipelineInfo"]["name"] == "tiny-driftloop"
     assert "root" in body["pipeline_spec"]
     params = body["runtime_config"]["parameters"]
@@ -184,7 +184,7 @@ def test_submit_posts_spec_typed_params_and_service_account(
     assert type(params["flag"]) is bool
     (experiment,) = [e for e in api.experiments.values() if e["display_name"] == "driftloop"]
     assert body["experiment_id"] == experiment["experiment_id"]
-    assert api.runs[run_id]["service_account"] == "driftloop-runner"
+    assert api.runs[run_id]["service_account"] == "driftloop-pipeline"
     assert api.runs[run_id]["state"] == "PENDING"
 
 
@@ -318,7 +318,7 @@ def test_schedule_posts_six_field_cron_concurrency_one_and_no_catchup(
         cron="0 2 * * *",
         params={"a": 5, "b": 1.5},
         experiment="driftloop",
-        service_account="driftloop-runner",
+        service_account="driftloop-pipeline",
     )
 
     (post,) = api.calls("POST", r"/recurringruns$")
@@ -328,7 +328,7 @@ def test_schedule_posts_six_field_cron_concurrency_one_and_no_catchup(
     assert body["max_concurrency"] == "1"  # int64 as the API's JSON mapping has it
     assert body["no_catchup"] is True
     assert body["mode"] == "ENABLE"
-    assert body["service_account"] == "driftloop-runner"
+    assert body["service_account"] == "driftloop-pipeline"
     assert body["runtime_config"]["parameters"] == {"a": 5, "b": 1.5}
     assert body["pipeline_spec"]["pipelineInfo"]["name"] == "tiny-driftloop"
     (experiment,) = [e for e in api.experiments.values() if e["display_name"] == "driftloop"]
@@ -341,7 +341,7 @@ def test_schedule_posts_six_field_cron_concurrency_one_and_no_catchup(
         "status": "ENABLED",
         "max_concurrency": 1,
         "no_catchup": True,
-        "service_account": "driftloop-runner",
+        "service_account": "driftloop-pipeline",
         "experiment_id": experiment["experiment_id"],
     }
 
@@ -354,7 +354,7 @@ def test_reschedule_creates_the_new_one_before_deleting_the_old(
         "name": "driftloop-nightly",
         "params": {},
         "experiment": "driftloop",
-        "service_account": "driftloop-runner",
+        "service_account": "driftloop-pipeline",
     }
     old_id = cluster.schedule(client, package, cron="0 2 * * *", **common)
     finished = api.fire(old_id, state="SUCCEEDED")  # an earlier, finished run
@@ -726,7 +726,7 @@ def test_submit_and_schedule_the_continuous_training_package(api: KfpApiStandIn)
         params=params,
         experiment="driftloop",
         run_name="ct-1",
-        service_account="driftloop-runner",
+        service_account="driftloop-pipeline",
         namespace=None,
     )
     rr_id = cluster.schedule(
@@ -736,14 +736,14 @@ def test_submit_and_schedule_the_continuous_training_package(api: KfpApiStandIn)
         cron="0 2 * * *",
         params=params,
         experiment="driftloop",
-        service_account="driftloop-runner",
+        service_account="driftloop-pipeline",
     )
 
     spec = api.calls("POST", r"/runs$")[0].json["pipeline_spec"]
     inner = spec.get("pipeline_spec", spec)  # {pipeline_spec, platform_spec} with kfp-kubernetes
     assert inner["pipelineInfo"]["name"]
     assert set(params) <= set(inner["root"].get("inputDefinitions", {}).get("parameters", {}))
-    assert api.runs[run_id]["service_account"] == "driftloop-runner"
+    assert api.runs[run_id]["service_account"] == "driftloop-pipeline"
     assert api.recurring_runs[rr_id]["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *"
 
 

@@ -1,0 +1,798 @@
+"""The kustomize manifests: render every overlay (and the base) and check the objects.
+
+Each ``check_*`` function returns a list of problems (empty = fine), so the same checks run
+on the real renders and, in the negative tests, on deliberately broken ones: a check that
+cannot fail proves nothing. Rendering uses ``kubectl kustomize`` (kustomize v5 embedded);
+nothing is applied to a cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from driftloop import __version__
+from driftloop.kfp.image import IMAGE_REPOSITORY
+from driftloop.kfp.pipeline import GCS_SECRET, GCS_SECRET_MOUNT
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+BASE = MANIFESTS / "base"
+OVERLAYS_DIR = MANIFESTS / "overlays"
+OVERLAYS = sorted(p.name for p in OVERLAYS_DIR.iterdir() if (p / "kustomization.yaml").is_file())
+TARGETS = ["base", *OVERLAYS]
+
+PREDICTOR_IMAGE = f"{IMAGE_REPOSITORY}-predictor"
+PIPELINE_SA = "driftloop-pipeline"
+SINK = "driftloop-sink"
+ROLE_GRANTS = {("serving.kserve.io", "inferenceservices", verb)
+               for verb in ("get", "list", "watch", "patch")}
+PART_OF = ("app.kubernetes.io/part-of", "driftloop")
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "PersistentVolume", "StorageClass", "PriorityClass", "ClusterServingRuntime",
+                  "ClusterStorageContainer", "MutatingWebhookConfiguration",
+                  "ValidatingWebhookConfiguration"}
+PREDICTOR_PORT = 8080  # the predictor image's --http_port (kserve/Dockerfile)
+#: KServe's storage initializer reads GCS credentials from a secret listed on the predictor's
+#: service account, under the key gcloud-application-credentials.json.
+KSERVE_GCS_SECRET = "driftloop-gcs-kserve"
+
+Docs = list[dict[str, Any]]
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _kubectl() -> str:
+    """The kubectl binary, or skip when it (or a kustomize v5 inside it) is missing."""
+    exe = shutil.which("kubectl")
+    if exe is None:
+        pytest.skip("kubectl is not installed: cannot render the kustomize manifests "
+                    "(CI machines have it; `kubectl kustomize` needs no cluster)")
+    out = subprocess.run([exe, "version", "--client", "-o", "json"], capture_output=True,
+                         text=True, timeout=30, check=False)
+    version = json.loads(out.stdout or "{}").get("kustomizeVersion", "") if out.returncode == 0 \
+        else ""
+    major = re.match(r"v(\d+)", version)
+    if not major or int(major.group(1)) < 5:
+        pytest.skip(f"kubectl at {exe} embeds kustomize {version or '(unknown)'}; the "
+                    "manifests use replacements/labels and need kustomize v5 (kubectl >= 1.27)")
+    return exe
+
+
+def render(path: Path) -> Docs:
+    """``kubectl kustomize PATH`` parsed into a list of objects (fails with kubectl's error)."""
+    proc = subprocess.run([_kubectl(), "kustomize", str(path)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"kubectl kustomize {path} failed:\n{proc.stderr}")
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+@functools.cache
+def _rendered(target: str) -> tuple[str, str]:
+    path = BASE if target == "base" else OVERLAYS_DIR / target
+    return json.dumps(render(path)), _declared_namespace(path)
+
+
+def rendered(target: str) -> Docs:
+    """A fresh (mutable) copy of the cached render of ``target``."""
+    return json.loads(_rendered(target)[0])
+
+
+def namespace_of(target: str) -> str:
+    return _rendered(target)[1]
+
+
+def _declared_namespace(path: Path) -> str:
+    kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
+    namespace = kustomization.get("namespace")
+    assert namespace, f"{path}/kustomization.yaml sets no namespace"
+    return str(namespace)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def objects(docs: Docs, kind: str, name: str | None = None) -> Docs:
+    return [d for d in docs if d.get("kind") == kind
+            and (name is None or d.get("metadata", {}).get("name") == name)]
+
+
+def one(docs: Docs, kind: str, name: str | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+    found = objects(docs, kind, name)
+    label = f"{kind}/{name}" if name else kind
+    if len(found) != 1:
+        return None, [f"expected exactly one {label}, found {len(found)}"]
+    return found[0], []
+
+
+def containers_of(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every container (and init container) anywhere in an object, whatever its kind."""
+    def walk(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("containers", "initContainers") and isinstance(value, list):
+                    yield from (c for c in value if isinstance(c, dict))
+                else:
+                    yield from walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from walk(item)
+    yield from walk(obj)
+
+
+def resolve_arg(docs: Docs, container: dict[str, Any], flag: str) -> str | None:
+    """The value after ``flag`` in the args, with ``$(VAR)`` resolved like the kubelet does.
+
+    A variable may be a literal ``value`` or a ``configMapKeyRef`` into a ConfigMap of the
+    same render; anything unresolvable comes back as ``<unresolved ...>``.
+    """
+    args = [str(a) for a in container.get("args", [])]
+    if flag not in args or args.index(flag) + 1 >= len(args):
+        return None
+    env = {e["name"]: e for e in container.get("env", [])}
+
+    def lookup(match: re.Match[str]) -> str:
+        var = env.get(match.group(1))
+        if var is None:
+            return f"<unresolved {match.group(1)}>"
+        if "value" in var:
+            return str(var["value"])
+        ref = var.get("valueFrom", {}).get("configMapKeyRef", {})
+        cm, _ = one(docs, "ConfigMap", ref.get("name"))
+        data = (cm or {}).get("data", {})
+        return str(data[ref["key"]]) if ref.get("key") in data else \
+            f"<unresolved {match.group(1)}>"
+
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lookup, args[args.index(flag) + 1])
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def predictor_model(isvc: dict[str, Any]) -> dict[str, Any]:
+    return isvc.get("spec", {}).get("predictor", {}).get("model", {})
+
+
+def runtime_of(docs: Docs, isvc: dict[str, Any]) -> dict[str, Any] | None:
+    """The ServingRuntime of this render that the InferenceService names, if any."""
+    found = objects(docs, "ServingRuntime", predictor_model(isvc).get("runtime"))
+    return found[0] if len(found) == 1 else None
+
+
+def predictor_container(docs: Docs, isvc: dict[str, Any]) -> dict[str, Any]:
+    runtime = runtime_of(docs, isvc) or {}
+    containers = runtime.get("spec", {}).get("containers", [])
+    return next((c for c in containers if c.get("name") == "kserve-container"),
+                containers[0] if containers else {})
+
+
+def sink_store(docs: Docs) -> str | None:
+    sink = objects(docs, "Deployment", SINK)
+    return resolve_arg(docs, sink_container(sink[0]), "--store") if sink else None
+
+
+def sink_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get(
+        "containers", [])
+    return containers[0] if containers else {}
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def check_namespaces(docs: Docs, namespace: str) -> list[str]:
+    problems = []
+    for d in docs:
+        meta = d.get("metadata", {})
+        label = f"{d.get('kind')}/{meta.get('name')}"
+        if d.get("kind") in CLUSTER_SCOPED:
+            problems.append(f"{label}: cluster-scoped objects are not part of driftloop")
+        elif meta.get("namespace") != namespace:
+            problems.append(f"{label}: namespace {meta.get('namespace')!r}, not {namespace!r}")
+        if meta.get("labels", {}).get(PART_OF[0]) != PART_OF[1]:
+            problems.append(f"{label}: label {PART_OF[0]}={PART_OF[1]} missing")
+    return problems
+
+
+def check_inferenceservice(docs: Docs, namespace: str) -> list[str]:
+    isvc, problems = one(docs, "InferenceService")
+    if isvc is None:
+        return problems
+    if isvc.get("apiVersion") != "serving.kserve.io/v1beta1":
+        problems.append(f"InferenceService apiVersion {isvc.get('apiVersion')}")
+    mode = isvc["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode")
+    if mode != "Serverless":
+        problems.append(f"InferenceService deploymentMode {mode!r}: canaryTrafficPercent "
+                        "needs Serverless (Knative)")
+    predictor = isvc.get("spec", {}).get("predictor", {})
+    if not isinstance(predictor.get("minReplicas"), int) or predictor["minReplicas"] < 1:
+        problems.append(f"predictor minReplicas {predictor.get('minReplicas')!r} (< 1)")
+    logger = predictor.get("logger", {})
+    if logger.get("mode") != "all":
+        problems.append(f"logger mode {logger.get('mode')!r}, not 'all'")
+    url = urlsplit(str(logger.get("url", "")))
+    expected_host = f"{SINK}.{namespace}.svc.cluster.local"
+    if url.scheme != "http" or url.hostname != expected_host or url.path not in ("", "/"):
+        problems.append(f"logger url {logger.get('url')!r} is not http://{expected_host}/")
+    service, found = one(docs, "Service", SINK)
+    problems += found
+    if service is not None:
+        ports = [p.get("port") for p in service.get("spec", {}).get("ports", [])]
+        if (url.port or 80) not in ports:
+            problems.append(f"logger url port {url.port or 80} is not a port of "
+                            f"Service/{SINK} {ports}")
+    model = predictor_model(isvc)
+    runtime = runtime_of(docs, isvc)
+    if runtime is None:
+        problems.append(f"spec.predictor.model.runtime {model.get('runtime')!r} names no "
+                        "ServingRuntime of this render")
+        return problems
+    formats = {f.get("name") for f in runtime.get("spec", {}).get("supportedModelFormats", [])}
+    if model.get("modelFormat", {}).get("name") not in formats:
+        problems.append(f"model format {model.get('modelFormat')} is not one of the "
+                        f"runtime's {sorted(formats)}")
+    protocols = runtime.get("spec", {}).get("protocolVersions", [])
+    if model.get("protocolVersion", "v1") not in protocols:
+        problems.append(f"protocolVersion {model.get('protocolVersion')!r} not in {protocols}")
+    container = predictor_container(docs, isvc)
+    ports = [p.get("containerPort") for p in container.get("ports", [])]
+    if ports and PREDICTOR_PORT not in ports:
+        problems.append(f"predictor containerPort {ports}, expected {PREDICTOR_PORT}")
+    if str(PREDICTOR_PORT) != resolve_arg(docs, container, "--http_port"):
+        problems.append(f"predictor --http_port is not {PREDICTOR_PORT}")
+    if resolve_arg(docs, container, "--host") != "0.0.0.0":
+        problems.append("predictor does not bind 0.0.0.0 (--host)")
+    if resolve_arg(docs, container, "--model_dir") != "/mnt/models":
+        problems.append("predictor does not serve /mnt/models (where KServe puts storageUri)")
+    if predictor.get("securityContext"):
+        problems.append("predictor sets a pod-level securityContext: Knative rejects it unless "
+                        "kubernetes.podspec-securitycontext is enabled; set it per container")
+    sc = container.get("securityContext", {})
+    if sc.get("runAsNonRoot") is not True or sc.get("runAsUser") == 0:
+        problems.append("predictor container does not runAsNonRoot")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        problems.append("predictor container allows privilege escalation")
+    return problems
+
+
+def check_store(docs: Docs, namespace: str) -> list[str]:
+    """The predictor serves a version folder of the store the sink writes; keys are in place."""
+    problems = []
+    isvc, found = one(docs, "InferenceService")
+    sink, found2 = one(docs, "Deployment", SINK)
+    problems += found + found2
+    if isvc is None or sink is None:
+        return problems
+    store = sink_store(docs)
+    if not store or "<unresolved" in store:
+        return [*problems, f"sink --store resolves to {store!r}"]
+    uri = str(predictor_model(isvc).get("storageUri", ""))
+    rest = uri.removeprefix(f"{store.rstrip('/')}/models/")
+    if rest == uri or len([part for part in rest.split("/") if part]) != 2:
+        problems.append(f"storageUri {uri!r} is not a version folder "
+                        f"{store.rstrip('/')}/models/<model>/<version> of the sink's store")
+    if store.startswith("gs://"):
+        pod = sink.get("spec", {}).get("template", {}).get("spec", {})
+        problems += [f"sink: {p}" for p in _gcs_key_problems(pod, sink_container(sink))]
+        account = isvc.get("spec", {}).get("predictor", {}).get("serviceAccountName")
+        sa, found = one(docs, "ServiceAccount", account)
+        if sa is None:
+            problems.append(f"the predictor's ServiceAccount {account!r} is not in the render")
+        elif {"name": KSERVE_GCS_SECRET} not in sa.get("secrets", []):
+            problems.append(f"ServiceAccount/{account} does not list {KSERVE_GCS_SECRET}: "
+                            "KServe's storage initializer cannot read gs://")
+    return problems
+
+
+def _gcs_key_problems(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    volumes = {v.get("name") for v in pod.get("volumes", [])
+               if v.get("secret", {}).get("secretName") == GCS_SECRET}
+    mounts = [m for m in container.get("volumeMounts", []) if m.get("name") in volumes]
+    problems = []
+    if not any(m.get("mountPath") == GCS_SECRET_MOUNT for m in mounts):
+        problems.append(f"secret {GCS_SECRET} is not mounted at {GCS_SECRET_MOUNT}")
+    if any(not m.get("readOnly") for m in mounts):
+        problems.append(f"secret {GCS_SECRET} is mounted writable")
+    env = {e.get("name"): e.get("value") for e in container.get("env", [])}
+    if env.get("GOOGLE_APPLICATION_CREDENTIALS") != f"{GCS_SECRET_MOUNT}/key.json":
+        problems.append("GOOGLE_APPLICATION_CREDENTIALS is not "
+                        f"{GCS_SECRET_MOUNT}/key.json")
+    return problems
+
+
+def check_rbac(docs: Docs, namespace: str) -> list[str]:
+    problems = []
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        if objects(docs, kind):
+            problems.append(f"{kind} present: the pipeline may act in its namespace only")
+    role, found = one(docs, "Role")
+    binding, found2 = one(docs, "RoleBinding")
+    sa, found3 = one(docs, "ServiceAccount", PIPELINE_SA)
+    problems += found + found2 + found3
+    if role is not None:
+        grants = set()
+        for rule in role.get("rules", []):
+            if rule.get("nonResourceURLs") or rule.get("resourceNames"):
+                problems.append(f"Role rule {rule} has nonResourceURLs/resourceNames")
+            grants |= {(g, r, v) for g in rule.get("apiGroups", [])
+                       for r in rule.get("resources", []) for v in rule.get("verbs", [])}
+        if grants != ROLE_GRANTS:
+            problems.append(f"Role grants {sorted(grants)}; expected exactly "
+                            f"{sorted(ROLE_GRANTS)}")
+    if binding is not None and role is not None:
+        ref = binding.get("roleRef", {})
+        if ref != {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                   "name": role["metadata"]["name"]}:
+            problems.append(f"RoleBinding roleRef {ref} is not Role/{role['metadata']['name']}")
+        expected = [{"kind": "ServiceAccount", "name": PIPELINE_SA, "namespace": namespace}]
+        if binding.get("subjects") != expected:
+            problems.append(f"RoleBinding subjects {binding.get('subjects')}, expected {expected}")
+    if sa is not None and sa["metadata"].get("namespace") != namespace:
+        problems.append(f"ServiceAccount/{PIPELINE_SA} is not in {namespace}")
+    return problems
+
+
+def check_sink(docs: Docs, namespace: str) -> list[str]:
+    deployment, problems = one(docs, "Deployment", SINK)
+    service, found = one(docs, "Service", SINK)
+    problems += found
+    if deployment is None:
+        return problems
+    spec = deployment.get("spec", {})
+    if spec.get("replicas") != 1:
+        problems.append(f"sink replicas {spec.get('replicas')!r}: it must be one writer")
+    if spec.get("strategy", {}).get("type") != "Recreate":
+        problems.append(f"sink strategy {spec.get('strategy')}: Recreate keeps one writer")
+    for hpa in objects(docs, "HorizontalPodAutoscaler"):
+        if hpa.get("spec", {}).get("scaleTargetRef", {}).get("name") == SINK:
+            problems.append("an HPA scales the sink (single writer)")
+    pod = spec.get("template", {}).get("spec", {})
+    pod_sc = pod.get("securityContext", {})
+    containers = pod.get("containers", [])
+    if not containers:
+        return [*problems, "sink has no container"]
+    for c in containers:
+        sc = c.get("securityContext", {})
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            problems.append(f"sink container {c.get('name')} does not runAsNonRoot")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            problems.append(f"sink container {c.get('name')} runs as uid 0")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"sink container {c.get('name')} allows privilege escalation")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"sink container {c.get('name')} has a writable root filesystem")
+    container = sink_container(deployment)
+    empty_dirs = {v.get("name") for v in pod.get("volumes", []) if "emptyDir" in v}
+    if not any(m.get("mountPath") == "/tmp" and m.get("name") in empty_dirs
+               for m in container.get("volumeMounts", [])):
+        problems.append("sink has no emptyDir at /tmp (read-only root filesystem)")
+    if not any(v.get("secret", {}).get("secretName") == GCS_SECRET
+               for v in pod.get("volumes", [])):
+        problems.append(f"sink does not mount the secret {GCS_SECRET}")
+    ports = {p.get("name"): p.get("containerPort") for p in container.get("ports", [])}
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container.get(probe, {}).get("httpGet", {})
+        if get.get("path") != "/healthz" or (get.get("port") not in ports
+                                             and get.get("port") not in ports.values()):
+            problems.append(f"sink {probe} is not GET /healthz on a container port")
+    if resolve_arg(docs, container, "--host") != "0.0.0.0":
+        problems.append("sink does not bind 0.0.0.0 (--host)")
+    sink_port = resolve_arg(docs, container, "--port")
+    if service is not None:
+        labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+        if not selects(service.get("spec", {}).get("selector", {}), labels):
+            problems.append(f"Service/{SINK} does not select the sink pods")
+        for port in service.get("spec", {}).get("ports", []):
+            target = port.get("targetPort", port.get("port"))
+            number = ports.get(target, target)
+            if str(number) != str(sink_port):
+                problems.append(f"Service/{SINK} port {port.get('port')} -> {target} does "
+                                f"not reach the sink's --port {sink_port}")
+    return problems
+
+
+def check_monitoring(docs: Docs, namespace: str) -> list[str]:
+    """A ServiceMonitor scrapes the predictor pods' /metrics, another the sink's."""
+    problems = []
+    isvc, _ = one(docs, "InferenceService")
+    sink, _ = one(docs, "Deployment", SINK)
+    services = objects(docs, "Service")
+    scraped: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    monitors = objects(docs, "ServiceMonitor")
+    if not monitors:
+        return ["no ServiceMonitor"]
+    for mon in monitors:
+        name = mon["metadata"]["name"]
+        spec = mon.get("spec", {})
+        selector = spec.get("selector", {}).get("matchLabels", {})
+        ns_sel = spec.get("namespaceSelector")
+        if ns_sel and ns_sel != {"matchNames": [namespace]}:
+            problems.append(f"ServiceMonitor/{name} looks outside {namespace}: {ns_sel}")
+        matched = [s for s in services if selects(selector, s["metadata"].get("labels", {}))]
+        if not matched:
+            problems.append(f"ServiceMonitor/{name} selects no Service ({selector})")
+        for svc in matched:
+            port_names = {p.get("name") for p in svc.get("spec", {}).get("ports", [])}
+            for ep in spec.get("endpoints", []):
+                if ep.get("port") not in port_names:
+                    problems.append(f"ServiceMonitor/{name} endpoint port {ep.get('port')!r} "
+                                    f"is not a port of Service/{svc['metadata']['name']}")
+                scraped.setdefault(svc["metadata"]["name"], []).append((svc, ep))
+    if isvc is not None:
+        # KServe labels the predictor pods with these (Knative's own Services are per revision).
+        pod_labels = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"],
+                      "component": "predictor"}
+        ok = any(selects(svc.get("spec", {}).get("selector", {}), pod_labels)
+                 and ep.get("path", "/metrics") == "/metrics"
+                 and any(p.get("name") == ep.get("port")
+                         and str(p.get("targetPort", p.get("port"))) == str(PREDICTOR_PORT)
+                         for p in svc["spec"].get("ports", []))
+                 for pairs in scraped.values() for svc, ep in pairs)
+        if not ok:
+            problems.append(f"no ServiceMonitor scrapes /metrics on port {PREDICTOR_PORT} of "
+                            f"the predictor pods {pod_labels}")
+    if sink is not None:
+        labels = sink["spec"]["template"]["metadata"].get("labels", {})
+        if not any(selects(svc.get("spec", {}).get("selector", {}), labels)
+                   and ep.get("path", "/metrics") == "/metrics"
+                   for pairs in scraped.values() for svc, ep in pairs):
+            problems.append("no ServiceMonitor scrapes the sink's /metrics")
+    return problems
+
+
+def check_images(docs: Docs, namespace: str) -> list[str]:
+    problems = []
+    for d in docs:
+        containers = list(containers_of(d))
+        if d.get("kind") == "InferenceService" and "image" in predictor_model(d):
+            containers.append({"name": "model", "image": predictor_model(d)["image"]})
+        for c in containers:
+            image = str(c.get("image", ""))
+            label = f"{d.get('kind')}/{d['metadata'].get('name')} container {c.get('name')}"
+            name, _, digest = image.partition("@")
+            repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else \
+                (name, "", "")
+            if not digest and not tag:
+                problems.append(f"{label}: image {image!r} has no tag or digest")
+            if tag == "latest":
+                problems.append(f"{label}: image {image!r} uses :latest")
+            if repo != PREDICTOR_IMAGE:
+                problems.append(f"{label}: image {image!r} is not {PREDICTOR_IMAGE}")
+    return problems
+
+
+def check_resources(docs: Docs, namespace: str) -> list[str]:
+    problems = []
+    for d in docs:
+        containers = list(containers_of(d))
+        if d.get("kind") == "InferenceService":
+            containers.append({"name": "model", **predictor_model(d)})
+        for c in containers:
+            res = c.get("resources", {})
+            for part in ("requests", "limits"):
+                missing = {"cpu", "memory"} - set(res.get(part, {}))
+                if missing:
+                    problems.append(f"{d.get('kind')}/{d['metadata'].get('name')} container "
+                                    f"{c.get('name')}: no {part} for {sorted(missing)}")
+    return problems
+
+
+#: The generated API models that know every field of these kinds (kserve 0.20's SDK and the
+#: Kubernetes client); a misspelt or misplaced field is not one of their attributes.
+SCHEMA_TYPES = {
+    "InferenceService": "V1beta1InferenceService",
+    "ServingRuntime": "V1alpha1ServingRuntime",
+    "Deployment": "V1Deployment",
+    "Service": "V1Service",
+    "ServiceAccount": "V1ServiceAccount",
+    "ConfigMap": "V1ConfigMap",
+    "Role": "V1Role",
+    "RoleBinding": "V1RoleBinding",
+}
+_SCALARS = {"str", "int", "bool", "float", "object", "datetime", "date"}
+
+
+def _model_class(type_name: str) -> Any:
+    import kserve.models
+    import kubernetes.client
+
+    return getattr(kserve.models, type_name, None) or getattr(kubernetes.client, type_name, None)
+
+
+def _schema_problems(value: Any, type_name: str, path: str) -> list[str]:
+    if type_name in _SCALARS:
+        return []
+    if type_name.startswith("list[") and type_name.endswith("]"):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list"]
+        return [p for i, item in enumerate(value)
+                for p in _schema_problems(item, type_name[5:-1], f"{path}[{i}]")]
+    if type_name.startswith("dict(") and type_name.endswith(")"):
+        if not isinstance(value, dict):
+            return [f"{path}: expected a mapping"]
+        inner = type_name[5:-1].split(", ", 1)[1]
+        return [p for k, v in value.items() for p in _schema_problems(v, inner, f"{path}.{k}")]
+    cls = _model_class(type_name)
+    if cls is None:
+        return []
+    if not isinstance(value, dict):
+        return [f"{path}: expected an object ({type_name})"]
+    fields = {json_name: attr for attr, json_name in cls.attribute_map.items()}
+    problems = []
+    for key, item in value.items():
+        if key not in fields:
+            problems.append(f"{path}.{key}: not a field of {type_name}")
+        else:
+            problems += _schema_problems(item, cls.openapi_types[fields[key]], f"{path}.{key}")
+    return problems
+
+
+def check_fields(docs: Docs, namespace: str) -> list[str]:
+    """Every field is one the API knows (kserve's SDK models, the Kubernetes client's)."""
+    problems = []
+    for d in docs:
+        type_name = SCHEMA_TYPES.get(str(d.get("kind")))
+        if type_name is not None:
+            problems += _schema_problems(d, type_name, f"{d['kind']}/{d['metadata']['name']}")
+    return problems
+
+
+CHECKS: dict[str, Callable[[Docs, str], list[str]]] = {
+    "namespaces": check_namespaces,
+    "inferenceservice": check_inferenceservice,
+    "store": check_store,
+    "rbac": check_rbac,
+    "sink": check_sink,
+    "monitoring": check_monitoring,
+    "images": check_images,
+    "resources": check_resources,
+    "fields": check_fields,
+}
+
+
+def all_problems(docs: Docs, namespace: str) -> list[str]:
+    return [p for check in CHECKS.values() for p in check(docs, namespace)]
+
+
+# -- the manifests as written ------------------------------------------------------------
+
+
+def test_there_are_dev_and_prod_overlays() -> None:
+    assert {"dev", "prod"} <= set(OVERLAYS), OVERLAYS
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+@pytest.mark.parametrize("target", TARGETS)
+def test_rendered_manifests(target: str, check: str) -> None:
+    problems = CHECKS[check](rendered(target), namespace_of(target))
+    assert problems == [], f"{target}: " + "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_sets_its_own_namespace_and_store(overlay: str) -> None:
+    docs, base = rendered(overlay), rendered("base")
+    assert namespace_of(overlay) != namespace_of("base")
+    assert sink_store(docs) != sink_store(base), \
+        f"{overlay} keeps the base's placeholder store {sink_store(docs)}"
+    isvc, _ = one(docs, "InferenceService")
+    base_isvc, _ = one(base, "InferenceService")
+    assert isvc is not None and base_isvc is not None
+    assert predictor_model(isvc)["storageUri"] != predictor_model(base_isvc)["storageUri"]
+
+
+def test_prod_runs_two_predictor_replicas_at_least() -> None:
+    isvc, _ = one(rendered("prod"), "InferenceService")
+    assert isvc is not None and isvc["spec"]["predictor"]["minReplicas"] >= 2
+
+
+def test_base_image_tag_is_the_package_version() -> None:
+    images = {c["image"] for d in rendered("base") for c in containers_of(d)}
+    assert images == {f"{PREDICTOR_IMAGE}:{__version__}"}, \
+        "bump the image tag in manifests/base/kustomization.yaml with driftloop.__version__"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_rollout_step_can_drive_the_inferenceservice(target: str) -> None:
+    """The rollout backend's own checks accept the rendered object and read its state."""
+    rollout = pytest.importorskip("driftloop.rollout.base")
+    docs = rendered(target)
+    isvc, _ = one(docs, "InferenceService")
+    assert isvc is not None
+    assert rollout.validate_inference_service(isvc) == []
+    rollout.check_serverless(isvc, target)
+    state = rollout.ServiceState.from_object(isvc)
+    assert state.spec_storage_uri == predictor_model(isvc)["storageUri"]
+    assert not state.canary_in_progress and state.canary_traffic_percent is None
+    # what the backend would create without manifests names this same runtime and format
+    template_model = rollout.DEFAULT_TEMPLATE["spec"]["predictor"]["model"]
+    assert template_model["runtime"] == predictor_model(isvc)["runtime"]
+    assert template_model["modelFormat"] == predictor_model(isvc)["modelFormat"]
+
+
+# -- the checks catch wrong manifests ----------------------------------------------------
+
+
+def _isvc(docs: Docs) -> dict[str, Any]:
+    return objects(docs, "InferenceService")[0]
+
+
+def _runtime(docs: Docs) -> dict[str, Any]:
+    return objects(docs, "ServingRuntime")[0]
+
+
+def _sink_pod(docs: Docs) -> dict[str, Any]:
+    return objects(docs, "Deployment", SINK)[0]["spec"]["template"]["spec"]
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def apply(obj: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = obj
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return apply
+
+
+BREAKAGES: dict[str, tuple[Callable[[Docs], None], str]] = {
+    "role with * verbs": (
+        lambda d: _set("rules.0.verbs", ["*"])(objects(d, "Role")[0]), "Role grants"),
+    "role with * resources": (
+        lambda d: _set("rules.0.resources", ["*"])(objects(d, "Role")[0]), "Role grants"),
+    "role with create": (
+        lambda d: objects(d, "Role")[0]["rules"][0]["verbs"].append("create"), "Role grants"),
+    "role without watch": (
+        lambda d: objects(d, "Role")[0]["rules"][0]["verbs"].remove("watch"), "Role grants"),
+    "role reading secrets": (
+        lambda d: objects(d, "Role")[0]["rules"].append(
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}), "Role grants"),
+    "cluster role": (
+        lambda d: d.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                            "metadata": {"name": "x", "labels": dict([PART_OF])}}),
+        "ClusterRole present"),
+    "binding to another service account": (
+        lambda d: _set("subjects.0.name", "default")(objects(d, "RoleBinding")[0]),
+        "RoleBinding subjects"),
+    "binding subject in another namespace": (
+        lambda d: _set("subjects.0.namespace", "kubeflow")(objects(d, "RoleBinding")[0]),
+        "RoleBinding subjects"),
+    "binding to a cluster role": (
+        lambda d: _set("roleRef.kind", "ClusterRole")(objects(d, "RoleBinding")[0]),
+        "RoleBinding roleRef"),
+    "raw deployment": (
+        lambda d: _set("metadata.annotations", {"serving.kserve.io/deploymentMode":
+                                                "RawDeployment"})(_isvc(d)), "deploymentMode"),
+    "logger to the base namespace": (
+        lambda d: _set("spec.predictor.logger.url",
+                       "http://driftloop-sink.driftloop.svc.cluster.local/")(_isvc(d)),
+        "logger url"),
+    "logger to another service": (
+        lambda d: _set("spec.predictor.logger.url",
+                       f"http://sink.{d[0]['metadata']['namespace']}.svc.cluster.local/")(
+            _isvc(d)), "logger url"),
+    "logger mode request": (
+        lambda d: _set("spec.predictor.logger.mode", "request")(_isvc(d)), "logger mode"),
+    "predictor as root": (
+        lambda d: _set("spec.containers.0.securityContext.runAsNonRoot", False)(
+            _runtime(d)), "predictor container does not runAsNonRoot"),
+    "predictor pod securityContext": (
+        lambda d: _set("spec.predictor.securityContext", {"fsGroup": 1})(_isvc(d)),
+        "pod-level securityContext"),
+    "misspelt predictor field": (
+        lambda d: _isvc(d)["spec"]["predictor"].__setitem__("minReplica", 1), "minReplica"),
+    "runtime annotations under metadata only": (
+        lambda d: _runtime(d)["spec"]["containers"][0].__setitem__("annotations", {}),
+        "not a field of V1Container"),
+    "misplaced deployment field": (
+        lambda d: _sink_pod(d).__setitem__("replicas", 1), "not a field of V1PodSpec"),
+    "no min replicas": (
+        lambda d: _isvc(d)["spec"]["predictor"].pop("minReplicas"), "minReplicas"),
+    "two sink replicas": (
+        lambda d: _set("spec.replicas", 2)(objects(d, "Deployment", SINK)[0]), "sink replicas"),
+    "rolling sink": (
+        lambda d: _set("spec.strategy", {"type": "RollingUpdate"})(
+            objects(d, "Deployment", SINK)[0]), "sink strategy"),
+    "sink HPA": (
+        lambda d: d.append({"kind": "HorizontalPodAutoscaler", "metadata": {
+            "name": "s", "namespace": d[0]["metadata"]["namespace"], "labels": dict([PART_OF])},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": SINK}}}), "an HPA"),
+    "sink as root": (
+        lambda d: _sink_pod(d).pop("securityContext"), "runAsNonRoot"),
+    "sink writable root": (
+        lambda d: _set("containers.0.securityContext.readOnlyRootFilesystem", False)(
+            _sink_pod(d)), "writable root"),
+    "sink without the secret": (
+        lambda d: _sink_pod(d).__setitem__("volumes", [
+            v for v in _sink_pod(d)["volumes"] if "secret" not in v]), "secret"),
+    "sink probe elsewhere": (
+        lambda d: _set("containers.0.readinessProbe.httpGet.path", "/")(_sink_pod(d)),
+        "readinessProbe"),
+    "sink service to a wrong port": (
+        lambda d: _set("spec.ports.0.targetPort", 9999)(objects(d, "Service", SINK)[0]),
+        "does not reach"),
+    "predictor store differs": (
+        lambda d: _set("spec.predictor.model.storageUri", "gs://other/p/models/m/v1")(_isvc(d)),
+        "is not a version folder"),
+    "model URI is the store itself": (
+        lambda d: _set("spec.predictor.model.storageUri", sink_store(d))(_isvc(d)),
+        "is not a version folder"),
+    "runtime missing": (
+        lambda d: d.remove(_runtime(d)), "names no ServingRuntime"),
+    "runtime without the format": (
+        lambda d: _set("spec.supportedModelFormats.0.name", "xgboost")(_runtime(d)),
+        "model format"),
+    "runtime serving another folder": (
+        lambda d: _set("spec.containers.0.args.1", "/models")(_runtime(d)), "/mnt/models"),
+    "predictor account without the storage key": (
+        lambda d: objects(d, "ServiceAccount", "driftloop-predictor")[0].pop("secrets"),
+        KSERVE_GCS_SECRET),
+    "monitor selecting nothing": (
+        lambda d: _set("spec.selector.matchLabels", {"app": "nope"})(
+            objects(d, "ServiceMonitor")[0]), "selects no Service"),
+    "metrics service off the predictor": (
+        lambda d: _set("spec.selector", {"app": "other"})(
+            objects(d, "Service", "driftloop-predictor-metrics")[0]),
+        "scrapes /metrics on port"),
+    "latest image": (
+        lambda d: _set("spec.containers.0.image", f"{PREDICTOR_IMAGE}:latest")(_runtime(d)),
+        ":latest"),
+    "model image override on latest": (
+        lambda d: _set("spec.predictor.model.image", f"{PREDICTOR_IMAGE}:latest")(_isvc(d)),
+        ":latest"),
+    "predictor without limits": (
+        lambda d: _isvc(d)["spec"]["predictor"]["model"]["resources"].pop("limits"),
+        "no limits"),
+    "untagged image": (
+        lambda d: _set("containers.0.image", PREDICTOR_IMAGE)(_sink_pod(d)), "no tag"),
+    "object in another namespace": (
+        lambda d: _set("metadata.namespace", "default")(objects(d, "ConfigMap")[0]),
+        "namespace 'default'"),
+    "no limits": (
+        lambda d: _sink_pod(d)["containers"][0]["resources"].pop("limits"), "no limits"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_checks_catch_a_wrong_manifest(breakage: str) -> None:
+    docs = rendered("prod")
+    assert all_problems(docs, namespace_of("prod")) == []
+    mutate, expected = BREAKAGES[breakage]
+    mutate(docs)
+    problems = all_problems(docs, namespace_of("prod"))
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_wrong_overlay_renders_and_fails_the_checks(tmp_path: Path) -> None:
+    """End to end: an overlay that widens the Role renders fine and is caught."""
+    tree = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, tree, ignore=shutil.ignore_patterns("*.md"))
+    bad = tree / "overlays" / "bad"
+    shutil.copytree(tree / "overlays" / "prod", bad)
+    kustomization = yaml.safe_load((bad / "kustomization.yaml").read_text())
+    kustomization["namespace"] = "bad"
+    kustomization["patches"].append({
+        "target": {"kind": "Role"},
+        "patch": '[{"op": "replace", "path": "/rules/0/verbs", "value": ["*"]}]',
+    })
+    (bad / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    docs = render(bad)
+    assert check_namespaces(docs, "bad") == []  # the overlay itself is otherwise fine
+    problems = all_problems(docs, "bad")
+    assert any("Role grants" in p and "'*'" in p for p in problems), problems
