@@ -1,0 +1,279 @@
+"""The local rollout backend (YAML + controller stand-in) and the local traffic-split gateway.
+
+The gateway runs two real registered models behind real kserve servers on 127.0.0.1 and
+splits requests deterministically, so the tests assert exact counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from driftloop.config import TrainConfig
+from driftloop.registry import Registry
+from driftloop.rollout import (
+    PREVIOUS_URI_ANNOTATION,
+    ConflictError,
+    InferenceServiceNotFound,
+    RolloutRejected,
+    UnsupportedDeploymentMode,
+    build_inference_service,
+    version_storage_uri,
+)
+from driftloop.rollout.local import LocalGateway, LocalRolloutBackend, reconcile
+from driftloop.sample import make_rows, sample_schema, write_sample_store
+from driftloop.storage import LocalStore, Store
+from driftloop.train import save_model_artifact, train_model
+
+MODEL = "sample"
+NAME = "sample"
+NS = "ml"
+R1, R2, R3 = (f"{NAME}-predictor-{i:05d}" for i in (1, 2, 3))
+#: kserve 0.20 answers with ORJSONResponse, which FastAPI deprecates on every request.
+pytestmark = pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning")
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Two registered versions of the sample model."""
+
+    registry: Registry
+    a: str
+    b: str
+    uri_a: str
+    uri_b: str
+    folder_a: Path
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
+    root = tmp_path_factory.mktemp("rollout") / "store"
+    write_sample_store(root, days=1, rows_per_day=50, reference_rows=600, seed=7)
+    reference = pd.read_parquet(root / f"reference/{MODEL}/seed.parquet")
+    registry = Registry(LocalStore(root), MODEL)
+    folders = {}
+    for version, config in (("v-a", TrainConfig(max_iter=40, seed=7)),
+                            ("v-b", TrainConfig(max_iter=5, seed=3))):
+        result = train_model(reference, sample_schema(), config, model_name=MODEL,
+                             version=version, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        folders[version] = save_model_artifact(result, root.parent / version)
+        registry.register(folders[version])
+    return Versions(registry, "v-a", "v-b", version_storage_uri(registry, "v-a"),
+                    version_storage_uri(registry, "v-b"), folders["v-a"])
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalRolloutBackend:
+    return LocalRolloutBackend(tmp_path / "state", NAME, NS)
+
+
+@pytest.fixture
+def rows() -> list[dict[str, Any]]:
+    frame = make_rows(50, np.random.default_rng(11), drifted=False)
+    return frame[["x0", "x1", "segment"]].to_dict(orient="records")
+
+
+def _on_disk(backend: LocalRolloutBackend) -> dict[str, Any]:
+    return yaml.safe_load(backend.path.read_text())
+
+
+def _count(client: httpx.Client, rows: list[dict[str, Any]], n: int = 100) -> Counter[str]:
+    served: Counter[str] = Counter()
+    for i in range(n):
+        response = client.post(f"/v1/models/{MODEL}:predict",
+                               json={"instances": [rows[i % len(rows)]]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["predictions"][0]["model_version"] == body["model_version"]
+        served[body["model_version"]] += 1
+    return served
+
+
+# -- the backend on its YAML file ----------------------------------------------------------
+
+
+def test_the_canary_sequence_on_the_yaml_file(backend):
+    v1, v2 = "/models/sample/v1", "/models/sample/v2"
+    with pytest.raises(InferenceServiceNotFound, match=f"{NS}/{NAME} not found"):
+        backend.get()
+    backend.ensure(v1)
+    doc = _on_disk(backend)
+    assert backend.path == backend.store.root / f"inferenceservices/{NS}/{NAME}.yaml"
+    assert doc["apiVersion"] == "serving.kserve.io/v1beta1" and doc["kind"] == "InferenceService"
+    assert doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert doc["spec"]["predictor"]["model"]["storageUri"] == v1
+    assert doc["status"]["components"]["predictor"]["traffic"] == [
+        {"revisionName": R1, "latestRevision": True, "percent": 100}]
+
+    state = backend.set_canary(v2, 10)
+    doc = _on_disk(backend)
+    assert doc["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert doc["metadata"]["annotations"][PREVIOUS_URI_ANNOTATION] == v1
+    assert state.traffic_by_revision() == {R2: 10, R1: 90}
+    assert (state.storage_uri, state.canary_storage_uri) == (v1, v2)
+    assert [(r["name"], r["storageUri"]) for r in backend.revisions()] == [(R1, v1), (R2, v2)]
+
+    assert backend.set_traffic(50).traffic_by_revision() == {R2: 50, R1: 50}
+    promoted = backend.set_traffic(100)
+    assert "canaryTrafficPercent" not in _on_disk(backend)["spec"]["predictor"]
+    assert promoted.traffic_by_revision() == {R2: 100}
+    assert (promoted.latest_rolled_out_revision, promoted.previous_rolled_out_revision) == (R2, R1)
+
+    version = _on_disk(backend)["metadata"]["resourceVersion"]
+    backend.set_traffic(100)  # re-applied: nothing written
+    assert _on_disk(backend)["metadata"]["resourceVersion"] == version
+
+    backend.applied.clear()
+    rolled_back = backend.rollback()
+    assert [a.patch for a in backend.applied] == [
+        {"spec": {"predictor": {"canaryTrafficPercent": 0}}},
+        {"spec": {"predictor": {"model": {"storageUri": v1}}}},
+        {"spec": {"predictor": {"canaryTrafficPercent": None}}},
+    ]
+    assert rolled_back.storage_uri == v1 and rolled_back.traffic_by_revision() == {R3: 100}
+    assert backend.revisions()[-1]["storageUri"] == v1
+    assert _on_disk(backend)["metadata"]["generation"] == 7
+    assert backend.rollback() == rolled_back and len(backend.applied) == 3
+
+
+def test_a_concurrent_writer_is_detected_and_the_step_recomputed(tmp_path):
+    ours = LocalRolloutBackend(tmp_path, NAME, NS)
+    theirs = LocalRolloutBackend(tmp_path, NAME, NS)
+    ours.ensure("/m/v1")
+    real_read = ours._read_object
+    reads = []
+
+    def read_then_race() -> dict[str, Any]:
+        obj = real_read()
+        reads.append(obj["metadata"]["resourceVersion"])
+        if len(reads) == 1:  # another writer changes the file between our read and write
+            theirs._patch_object({"metadata": {"labels": {"team": "risk"}}})
+        return obj
+
+    ours._read_object = read_then_race  # type: ignore[method-assign]
+    state = ours.set_canary("/m/v2", 10)
+    assert len(reads) == 2 and reads[0] != reads[1]
+    doc = _on_disk(ours)
+    assert doc["metadata"]["labels"]["team"] == "risk"
+    assert doc["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert state.canary_storage_uri == "/m/v2"
+    with pytest.raises(ConflictError, match="has been modified"):
+        theirs._patch_object({"metadata": {"resourceVersion": "1"}, "spec": {}})
+
+
+def test_invalid_changes_and_raw_deployment_leave_the_file_alone(backend, tmp_path):
+    backend.ensure("/m/v1")
+    before = backend.path.read_bytes()
+    with pytest.raises(RolloutRejected, match=r"StorageUri \[ftp://x/m\] is not supported"):
+        backend.set_canary("ftp://x/m", 10)
+    assert backend.path.read_bytes() == before
+
+    raw = LocalRolloutBackend(tmp_path / "raw", NAME, NS)
+    obj = build_inference_service(NAME, NS, "/m/v1")
+    obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
+    raw._create_object(obj)
+    before = raw.path.read_bytes()
+    assert "traffic" not in _on_disk(raw)["status"]["components"]["predictor"]
+    with pytest.raises(UnsupportedDeploymentMode, match="ignores canaryTrafficPercent"):
+        raw.set_canary("/m/v2", 10)
+    assert raw.path.read_bytes() == before
+
+
+def test_reconcile_tags_the_latest_revision_only_with_tag_routing():
+    obj = build_inference_service(NAME, NS, "/m/v1")
+    obj["metadata"].update(generation=1, resourceVersion="1")
+    first, revisions = reconcile(obj, [])
+    canary = {**first, "spec": {"predictor": {**first["spec"]["predictor"],
+                                              "canaryTrafficPercent": 10,
+                                              "model": {**first["spec"]["predictor"]["model"],
+                                                        "storageUri": "/m/v2"}}}}
+    canary["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] = "true"
+    second, revisions = reconcile(canary, revisions)
+    tags = {t["revisionName"]: t.get("tag") for t in
+            second["status"]["components"]["predictor"]["traffic"]}
+    assert tags == {R2: "latest", R1: "prev"}
+    assert len(revisions) == 2
+
+
+# -- the gateway: a stand-in for Knative's traffic split --------------------------------------
+
+
+def test_the_gateway_follows_each_rollout_step(backend, versions, rows):
+    backend.ensure(versions.uri_a)
+    with LocalGateway(backend, model_name=MODEL) as gateway, \
+            httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+        assert _count(client, rows) == {"v-a": 100}
+        backend.set_canary(versions.uri_b, 10)
+        assert _count(client, rows, 200) == {"v-a": 180, "v-b": 20}  # deterministic: exactly 10 %
+        assert gateway.split() == {R2: 10, R1: 90}
+        backend.set_traffic(50)
+        assert _count(client, rows) == {"v-a": 50, "v-b": 50}
+        backend.set_traffic(100)
+        assert _count(client, rows) == {"v-b": 100}
+        answer = client.post(f"/v1/models/{MODEL}:predict", json={"instances": rows[:1]})
+        assert answer.headers["x-driftloop-revision"] == R2
+        backend.rollback()
+        assert _count(client, rows) == {"v-a": 100}
+        assert gateway.routes() == {R3: versions.uri_a}
+        # each model was loaded once, although three revisions served them
+        assert gateway.loads == [versions.uri_a, versions.uri_b]
+
+
+def test_after_a_rollback_mid_canary_all_traffic_goes_to_the_champion(backend, versions, rows):
+    backend.ensure(versions.uri_a)
+    backend.set_canary(versions.uri_b, 10)
+    with LocalGateway(backend, model_name=MODEL) as gateway, \
+            httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+        assert _count(client, rows, 50) == {"v-a": 45, "v-b": 5}
+        backend.set_traffic(0)  # the first step of a rollback, seen by the gateway at once
+        assert _count(client, rows, 20) == {"v-a": 20}
+        backend.rollback()
+        assert _count(client, rows) == {"v-a": 100}
+        assert gateway.served[R2] == 5
+
+
+def test_the_gateway_serves_v2_and_answers_errors_like_kserve(backend, versions, rows):
+    with LocalGateway(backend, model_name=MODEL) as gateway, \
+            httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+        missing = client.post(f"/v1/models/{MODEL}:predict", json={"instances": rows[:1]})
+        assert missing.status_code == 503 and "not found" in missing.json()["error"]
+        backend.ensure(versions.uri_a)  # appears while the gateway runs
+        n = 3
+        body = {"id": "req-1", "inputs": [
+            {"name": "x0", "shape": [n], "datatype": "FP64", "data": [r["x0"] for r in rows[:n]]},
+            {"name": "x1", "shape": [n], "datatype": "FP64", "data": [r["x1"] for r in rows[:n]]},
+            {"name": "segment", "shape": [n], "datatype": "BYTES",
+             "data": [r["segment"] for r in rows[:n]]},
+        ]}
+        answer = client.post(f"/v2/models/{MODEL}/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == "v-a" and answer.json()["id"] == "req-1"
+        wrong = client.post("/v1/models/other:predict", json={"instances": rows[:1]})
+        assert wrong.status_code == 404 and "other" in wrong.json()["error"]
+        bad = client.post(f"/v1/models/{MODEL}:predict", json={"instances": [{"x0": "high"}]})
+        assert bad.status_code == 400 and "x0" in bad.json()["error"]
+
+
+def test_the_gateway_copies_a_gs_model_once_like_the_storage_initializer(
+        tmp_path, versions, rows, gcs_store: Store):
+    registry = Registry(gcs_store, MODEL)
+    registry.register(versions.folder_a)
+    uri = version_storage_uri(registry, "v-a")
+    assert uri.startswith("gs://")
+    backend = LocalRolloutBackend(tmp_path / "state", NAME, NS)
+    backend.ensure(uri)
+    with LocalGateway(backend, model_name=MODEL, cache_dir=tmp_path / "cache") as gateway, \
+            httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+        assert _count(client, rows, 5) == {"v-a": 5}
+        assert gateway.loads == [uri]
+        (copied,) = (tmp_path / "cache").iterdir()
+        assert sorted(p.name for p in copied.iterdir()) >= ["metadata.json", "model.joblib"]

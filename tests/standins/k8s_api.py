@@ -1,0 +1,504 @@
+"""A local stand-in for the Kubernetes API server's routes for KServe InferenceServices.
+
+A real HTTP server on 127.0.0.1 (a free port, served from a thread) that answers the
+custom-object routes the ``kubernetes`` Python client calls for
+``serving.kserve.io/v1beta1`` ``inferenceservices``, as an API server does:
+
+* ``GET  /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}``
+* ``GET  /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices`` (list) and
+  ``GET  /apis/serving.kserve.io/v1beta1/inferenceservices`` (all namespaces)
+* ``POST /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices`` (201; 409
+  AlreadyExists)
+* ``PATCH .../inferenceservices/{name}`` with ``Content-Type: application/merge-patch+json``
+  (RFC 7386: ``null`` deletes a key); any other patch type gets 415. A patch carrying
+  ``metadata.resourceVersion`` that is not the current one gets 409 Conflict.
+* ``DELETE .../inferenceservices/{name}``
+
+Errors are ``v1.Status`` objects (``{"kind": "Status", "apiVersion": "v1", "status":
+"Failure", "reason": "NotFound", "code": 404, "message": ...}``); 422 Invalid for what
+KServe's schema and webhook reject (``storageUri`` missing or with an unsupported scheme,
+``canaryTrafficPercent`` outside 0..100; :func:`driftloop.rollout.base.validate_inference_service`).
+``status`` in a body is ignored (the status subresource). Every change bumps
+``metadata.resourceVersion`` (one counter for the whole server, like etcd) and a change of
+``spec`` bumps ``metadata.generation``; a patch that changes nothing changes neither.
+
+After each change the KServe controller and Knative are simulated by
+:func:`driftloop.rollout.local.reconcile` (shared with the local backend): a revision
+``{name}-predictor-0000N`` per predictor template, and ``status.components.predictor``
+traffic with KServe's canary rules. Revisions are kept per object (:meth:`revisions`).
+
+Test hooks: every request is recorded (:attr:`K8sApiStandIn.requests`, with the answer);
+:meth:`fail` answers the next matching requests with an error; :meth:`delay` answers late
+(the request is carried out at once, as a real server does, but the client times
+out before the answer arrives);
+:meth:`write_between` lets a concurrent writer change an object right after the next GET
+of it is answered (so the client's following PATCH carries a stale resourceVersion);
+:meth:`put` stores an object directly.
+
+Not modelled: authentication and RBAC, JSON patch, strategic merge patch and server-side
+apply (all 415), watches, ``dryRun``/``fieldManager``/``fieldValidation`` parameters,
+``generateName``, finalizers, label selectors and pagination of lists, other resources,
+and the controller's asynchrony (status is written in the same step as the spec, and
+revisions are ready at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as dt
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from driftloop.rollout.base import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    merge_patch,
+    validate_inference_service,
+)
+from driftloop.rollout.local import reconcile
+
+PREFIX = f"/apis/{GROUP}/v1beta1"
+MERGE_PATCH = "application/merge-patch+json"
+_OBJECT = re.compile(rf"^{re.escape(PREFIX)}/namespaces/(?P<ns>[^/]+)/{PLURAL}/(?P<name>[^/]+)$")
+_COLLECTION = re.compile(rf"^{re.escape(PREFIX)}/namespaces/(?P<ns>[^/]+)/{PLURAL}$")
+_ALL = re.compile(rf"^{re.escape(PREFIX)}/{PLURAL}$")
+_MANAGED = ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion",
+            "managedFields")
+
+
+def status_body(code: int, reason: str, message: str,
+                details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return a ``v1.Status`` failure object as the API server sends it."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": message, "reason": reason,
+                            "code": code}
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+class ApiError(Exception):
+    """An error answer: the HTTP status and the Status object."""
+
+    def __init__(self, code: int, reason: str, message: str,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.body = status_body(code, reason, message, details)
+
+
+def _not_found(name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{PLURAL}.{GROUP} "{name}" not found',
+                    {"name": name, "group": GROUP, "kind": PLURAL})
+
+
+def _conflict(name: str) -> ApiError:
+    return ApiError(409, "Conflict",
+                    f'Operation cannot be fulfilled on {PLURAL}.{GROUP} "{name}": the object '
+                    "has been modified; please apply your changes to the latest version and "
+                    "try again", {"name": name, "group": GROUP, "kind": PLURAL})
+
+
+def _invalid(name: str, errors: list[str]) -> ApiError:
+    causes = []
+    for error in errors:
+        path, _, message = error.partition(": ")
+        causes.append({"reason": "FieldValueInvalid", "message": message, "field": path})
+    return ApiError(422, "Invalid", f'{KIND}.{GROUP} "{name}" is invalid: ' + ", ".join(errors),
+                    {"name": name, "group": GROUP, "kind": KIND, "causes": causes})
+
+
+@dataclass
+class RecordedRequest:
+    """One request the stand-in received, and its answer.
+
+    Attributes:
+        method: HTTP method.
+        path: URL path without the query.
+        query: Query parameters.
+        content_type: The Content-Type header, if any.
+        json: The decoded JSON body (None when there was none or it was not JSON).
+        body_text: The raw body.
+        status: The HTTP status answered.
+        response: The JSON answered.
+    """
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    content_type: str | None
+    json: Any
+    body_text: str
+    status: int = 0
+    response: Any = None
+
+
+@dataclass
+class _Fault:
+    method: str
+    path: re.Pattern[str]
+    times: int
+    status: int = 0
+    reason: str = ""
+    message: str = ""
+    delay: float = 0.0
+
+
+@dataclass
+class K8sApiStandIn:
+    """An in-memory Kubernetes API for InferenceServices on 127.0.0.1 (a context manager)."""
+
+    requests: list[RecordedRequest] = field(default_factory=list)
+    #: Writes made by :meth:`write_between` (namespace, name, patch), in order.
+    concurrent_writes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+        self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._revisions: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._rv = 1000
+        self._faults: list[_Fault] = []
+        self._between: list[tuple[str, str, dict[str, Any]]] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        """Base URL for ``kubernetes.client.Configuration(host=...)``."""
+        if self._server is None:
+            raise RuntimeError("the stand-in is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> K8sApiStandIn:
+        """Start serving on a free port of 127.0.0.1."""
+        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close every connection (idempotent)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> K8sApiStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ test hooks
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store an object as if it had been created (no request is recorded)."""
+        meta = obj.get("metadata") or {}
+        with self._lock:
+            return self._create(str(meta.get("namespace") or "default"), copy.deepcopy(obj))
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        """Return a copy of the stored object (KeyError when missing)."""
+        with self._lock:
+            return copy.deepcopy(self._objects[(namespace, name)])
+
+    def revisions(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """Return the simulated revisions of an object, oldest first."""
+        with self._lock:
+            return copy.deepcopy(self._revisions.get((namespace, name), []))
+
+    def revision_uris(self, namespace: str, name: str) -> dict[str, str]:
+        """Return revision name -> the storageUri it serves."""
+        return {r["name"]: r["storageUri"] for r in self.revisions(namespace, name)}
+
+    def fail(self, method: str, path_regex: str = ".*", *, status: int = 500,
+             reason: str = "InternalError", message: str = "etcdserver: request timed out",
+             times: int = 1) -> None:
+        """Answer the next ``times`` matching requests with an error Status."""
+        with self._lock:
+            self._faults.append(_Fault(method, re.compile(path_regex), times, status, reason,
+                                       message))
+
+    def delay(self, method: str, path_regex: str = ".*", *, seconds: float,
+              times: int = 1) -> None:
+        """Carry out the next ``times`` matching requests but answer them ``seconds`` late."""
+        with self._lock:
+            self._faults.append(_Fault(method, re.compile(path_regex), times, delay=seconds))
+
+    def write_between(self, namespace: str, name: str, patch: dict[str, Any],
+                      times: int = 1) -> None:
+        """Apply ``patch`` as another writer right after each of the next ``times`` GETs."""
+        with self._lock:
+            self._between.extend([(namespace, name, patch)] * times)
+
+    def patches(self) -> list[RecordedRequest]:
+        """Return the recorded PATCH requests, in order."""
+        return [r for r in self.requests if r.method == "PATCH"]
+
+    def applied_patch_bodies(self) -> list[dict[str, Any]]:
+        """Return the bodies of the PATCHes that succeeded, without ``metadata.resourceVersion``."""
+        bodies = []
+        for request in self.patches():
+            if request.status == 200:
+                body = copy.deepcopy(request.json)
+                meta = body.get("metadata") or {}
+                meta.pop("resourceVersion", None)
+                if not meta:
+                    body.pop("metadata", None)
+                bodies.append(body)
+        return bodies
+
+    # ------------------------------------------------------------------ the API
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.method == method and fault.path.search(path) and fault.times > 0:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def handle(self, method: str, raw_path: str, content_type: str | None,
+               body: bytes) -> tuple[int, Any]:
+        """Serve one request; record it; return ``(status, JSON answer)``."""
+        parts = urlsplit(raw_path)
+        text = body.decode("utf-8", errors="replace")
+        try:
+            decoded = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            decoded = None
+        record = RecordedRequest(method, parts.path, parse_qs(parts.query, keep_blank_values=True),
+                                 content_type, decoded, text)
+        with self._lock:
+            self.requests.append(record)
+        fault = self._take_fault(method, parts.path)
+        try:
+            if fault is not None and fault.status:
+                raise ApiError(fault.status, fault.reason, fault.message)
+            with self._lock:
+                status, answer = self._route(method, parts.path, content_type, text, decoded)
+        except ApiError as exc:
+            status, answer = exc.code, exc.body
+        record.status, record.response = status, copy.deepcopy(answer)
+        if fault is not None and fault.delay:  # carried out at once, answered late
+            time.sleep(fault.delay)
+        return status, answer
+
+    def _route(self, method: str, path: str, content_type: str | None, text: str,
+               body: Any) -> tuple[int, Any]:
+        if match := _OBJECT.match(path):
+            ns, name = match["ns"], match["name"]
+            if method == "GET":
+                obj = self._require(ns, name)
+                answer = copy.deepcopy(obj)
+                self._write_between(ns, name)
+                return 200, answer
+            if method == "PATCH":
+                return 200, self._patch(ns, name, content_type, text, body)
+            if method == "DELETE":
+                self._require(ns, name)
+                del self._objects[(ns, name)]
+                self._revisions.pop((ns, name), None)
+                return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                             "status": "Success", "details": {"name": name, "group": GROUP,
+                                                              "kind": PLURAL}}
+            raise ApiError(405, "MethodNotAllowed",
+                           "the server does not allow this method on the requested resource")
+        if match := _COLLECTION.match(path):
+            ns = match["ns"]
+            if method == "GET":
+                return 200, self._list([o for (n, _), o in self._objects.items() if n == ns])
+            if method == "POST":
+                if not isinstance(body, dict):
+                    raise ApiError(400, "BadRequest", "the body of the request was not a JSON "
+                                   "object")
+                return 201, self._create(ns, copy.deepcopy(body))
+            raise ApiError(405, "MethodNotAllowed",
+                           "the server does not allow this method on the requested resource")
+        if _ALL.match(path) and method == "GET":
+            return 200, self._list(list(self._objects.values()))
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    def _require(self, ns: str, name: str) -> dict[str, Any]:
+        obj = self._objects.get((ns, name))
+        if obj is None:
+            raise _not_found(name)
+        return obj
+
+    def _list(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": f"{KIND}List",
+                "items": [copy.deepcopy(o) for o in sorted(
+                    items, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))],
+                "metadata": {"resourceVersion": str(self._rv)}}
+
+    def _create(self, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj.setdefault("metadata", {})
+        name = meta.get("name")
+        if not name:
+            raise ApiError(422, "Invalid", f"{KIND}.{GROUP} \"\" is invalid: metadata.name: "
+                           "Required value: name or generateName is required")
+        if meta.get("namespace", ns) != ns:
+            raise ApiError(400, "BadRequest", "the namespace of the provided object does not "
+                           "match the namespace sent on the request")
+        if (ns, name) in self._objects:
+            raise ApiError(409, "AlreadyExists", f'{PLURAL}.{GROUP} "{name}" already exists',
+                           {"name": name, "group": GROUP, "kind": PLURAL})
+        obj.pop("status", None)
+        errors = validate_inference_service(obj)
+        if errors:
+            raise _invalid(name, errors)
+        meta.update(namespace=ns, uid=str(uuid.uuid4()), generation=1,
+                    resourceVersion=self._next_rv(),
+                    creationTimestamp=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        new, revisions = reconcile(obj, [])
+        self._objects[(ns, name)] = new
+        self._revisions[(ns, name)] = revisions
+        return copy.deepcopy(new)
+
+    def _patch(self, ns: str, name: str, content_type: str | None, text: str,
+               body: Any) -> dict[str, Any]:
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media != MERGE_PATCH:
+            raise ApiError(415, "UnsupportedMediaType",
+                           f"the body of the request was in an unknown format - accepted media "
+                           f"types include: {MERGE_PATCH} (this stand-in models merge patch "
+                           f"only; got {content_type!r})")
+        current = self._require(ns, name)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", f"error decoding patch: expected a JSON object, "
+                           f"got {text[:80]!r}")
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and str(wanted) != current["metadata"]["resourceVersion"]:
+            raise _conflict(name)
+        return copy.deepcopy(self._apply(ns, name, body))
+
+    def _apply(self, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        current = self._objects[(ns, name)]
+        clean = copy.deepcopy(patch)
+        clean.pop("status", None)
+        meta_patch = clean.get("metadata") or {}
+        for key in _MANAGED:
+            meta_patch.pop(key, None)
+        new = merge_patch(current, clean)
+        errors = validate_inference_service(new)
+        if errors:
+            raise _invalid(name, errors)
+
+        def stable(obj: dict[str, Any]) -> dict[str, Any]:
+            out = {k: v for k, v in obj.items() if k != "status"}
+            out["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+            return out
+
+        if stable(new) == stable(current):
+            return current
+        if new.get("spec") != current.get("spec"):
+            new["metadata"]["generation"] = int(current["metadata"]["generation"]) + 1
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        new, revisions = reconcile(new, self._revisions.get((ns, name), []))
+        self._objects[(ns, name)] = new
+        self._revisions[(ns, name)] = revisions
+        return new
+
+    def _write_between(self, ns: str, name: str) -> None:
+        for i, (n, o, patch) in enumerate(self._between):
+            if (n, o) == (ns, name):
+                del self._between[i]
+                self._apply(ns, name, patch)
+                self.concurrent_writes.append((ns, name, copy.deepcopy(patch)))
+                return
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = list(self._connections), set()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
+def _make_handler(standin: K8sApiStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 10
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            status, answer = standin.handle(self.command, self.path,
+                                            self.headers.get("Content-Type"), body)
+            payload = json.dumps(answer).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except OSError:  # the client gave up (a delayed answer after its timeout)
+                self.close_connection = True
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    return Handler
+
+
+def running() -> Iterator[K8sApiStandIn]:
+    """Yield a started stand-in and always stop it (for ``yield from`` in a pytest fixture)."""
+    standin = K8sApiStandIn().start()
+    try:
+        yield standin
+    finally:
+        standin.stop()
