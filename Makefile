@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 OUT    ?= demo-out
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint compile clean
+.PHONY: help setup data demo test lint compile clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned dependencies (idempotent)
+
+data: $(STAMP) ## Fetch the real data sets (tweets, Elec2) from PyPI wheels into data/, sha256-verified
+	$(BIN)/python -m driftloop.datasets --out data
 
 demo: $(STAMP) ## Run the loop end to end on a generated sample and print each result
 	$(BIN)/driftloop demo --out $(OUT)
