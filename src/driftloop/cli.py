@@ -269,6 +269,62 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollout(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The registry and the rollout backend named by the rollout flags."""
+    from driftloop.rollout import make_backend
+
+    backend = make_backend(args.backend, name=args.isvc or args.model,
+                           namespace=args.namespace, state_dir=args.state or None,
+                           store_uri=args.store, kube_host=args.kube_host)
+    return _registry(args), backend
+
+
+def _manual_run_id(action: str) -> str:
+    return f"manual-{action}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the aliases, the InferenceService's canary and traffic, and the last step."""
+    from driftloop.progressive import rollout_status
+
+    registry, backend = _rollout(args)
+    with backend:
+        _emit(args, rollout_status(registry, backend))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Start a canary for VERSION (or, with --full, roll it out at 100% and promote it)."""
+    from driftloop.notify import make_notifier
+    from driftloop.progressive import manual_promote
+
+    config = _config(args)
+    registry, backend = _rollout(args)
+    with backend:
+        step = manual_promote(registry, backend, args.version, config=config.canary,
+                              notifier=make_notifier(config.notify),
+                              run_id=args.run_id or _manual_run_id("promote"),
+                              model_name=args.model, full=args.full,
+                              reason=args.reason or "manual promotion")
+    _emit(args, step)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Roll back the canary in progress, or else the champion to the previous version."""
+    from driftloop.notify import make_notifier
+    from driftloop.progressive import manual_rollback
+
+    config = _config(args)
+    registry, backend = _rollout(args)
+    with backend:
+        step = manual_rollback(registry, backend, notifier=make_notifier(config.notify),
+                               run_id=args.run_id or _manual_run_id("rollback"),
+                               model_name=args.model, reason=args.reason or "manual rollback")
+    _emit(args, step)
+    return 0
+
+
 def _need_version(args: argparse.Namespace) -> str:
     if not args.version:
         raise DriftloopError(f"models {args.action}: a VERSION argument is required")
@@ -339,6 +395,16 @@ def _windowed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookback-days", type=int, default=30, help="days read for labels")
 
 
+def _rollout_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["local", "kubernetes"], default="local",
+                   help="where the InferenceService lives (default: local)")
+    p.add_argument("--isvc", help="InferenceService name (default: the model name)")
+    p.add_argument("--namespace", default="default", help="its namespace")
+    p.add_argument("--state", help="local backend: state folder (default: <store>/rollout)")
+    p.add_argument("--kube-host", help="kubernetes backend: API server URL used without "
+                                       "credentials (default: kubeconfig / in-cluster)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``driftloop`` command."""
     parser = argparse.ArgumentParser(
@@ -406,6 +472,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?")
     p.add_argument("--reason")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("status", help="aliases, canary traffic and the last rollout step")
+    _common(p, schema=False)
+    _rollout_flags(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("promote", help="start a canary for VERSION (--full: 100%% at once)")
+    _common(p, schema=False)
+    _rollout_flags(p)
+    p.add_argument("version", help="registered version")
+    p.add_argument("--full", action="store_true",
+                   help="skip the canary steps: 100%% and champion at once")
+    p.add_argument("--reason", help="recorded in the alias history")
+    p.add_argument("--run-id", help="recorded as the step's run id (default: manual-promote-*)")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback",
+                       help="roll back the canary in progress, else the champion to previous")
+    _common(p, schema=False)
+    _rollout_flags(p)
+    p.add_argument("--reason", help="recorded in the alias history")
+    p.add_argument("--run-id", help="recorded as the step's run id (default: manual-rollback-*)")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("compile", help="write components/*/component.yaml and the pipeline YAML")
     p.add_argument("--out-dir", default=".", help="folder holding components/ and pipelines/")

@@ -13,7 +13,7 @@ import io
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -24,6 +24,7 @@ from driftloop.ingest import IngestResult, ingest, read_file
 from driftloop.metrics import compute_metrics
 from driftloop.notify import Event, Notifier, NullNotifier
 from driftloop.registry import AliasState, Registry
+from driftloop.rollout.base import RolloutBackend
 from driftloop.schema import Schema
 from driftloop.serde import JsonResult, dumps
 from driftloop.storage import Store
@@ -37,6 +38,9 @@ from driftloop.train import (
 )
 from driftloop.trigger import ChampionInfo, RetrainDecision, count_new_labels, decide_retrain
 from driftloop.validate import validate_records
+
+if TYPE_CHECKING:
+    from driftloop.progressive import RolloutStep
 
 PROFILE_FILES = ("drift_profile.npz", "drift_profile.json")
 MIN_EVAL_ROWS = 50
@@ -169,8 +173,13 @@ def champion_metric_on_new_labels(
 def run_decide(
     registry: Registry, champion: Champion | None, window: Window, drift: DriftReport | None,
     schema: Schema, *, now: dt.datetime, config: Config, force: bool = False,
+    canary_in_progress: str | None = None,
 ) -> RetrainDecision:
-    """Decide whether to retrain from the drift report, labels, performance and age."""
+    """Decide whether to retrain from the drift report, labels, performance and age.
+
+    ``canary_in_progress`` (the version whose canary is in flight) blocks retraining
+    unless forced.
+    """
     if champion is None:
         return decide_retrain(None, now=now, config=config.trigger, force=force)
     info = champion.info()
@@ -185,6 +194,7 @@ def run_decide(
         metric_samples=samples,
         last_retrain_at=_last_retrain(registry),
         force=force,
+        canary_in_progress=canary_in_progress,
     )
 
 
@@ -333,13 +343,25 @@ def run_evaluate(
 
 
 def run_promote(
-    registry: Registry, verdict: Verdict, *, notifier: Notifier, run_id: str, model_name: str
+    registry: Registry, verdict: Verdict, *, notifier: Notifier, run_id: str, model_name: str,
+    backend: RolloutBackend | None = None, config: Config | None = None,
 ) -> AliasState:
-    """Move the champion alias when the verdict says promote; notify before changing it."""
+    """Act on a promote verdict; notify before changing anything.
+
+    Without a backend the champion alias moves at once (registry only). With one, the
+    challenger starts its canary at the first traffic step
+    (:func:`driftloop.progressive.start_canary`; the first model is deployed at 100%).
+    """
     version = verdict.challenger.version
     if verdict.decision != "promote":
         return registry.aliases()
     reason = "; ".join(verdict.reasons)
+    if backend is not None:
+        from driftloop.progressive import start_canary
+
+        start_canary(registry, backend, version, config=(config or Config()).canary,
+                     notifier=notifier, run_id=run_id, model_name=model_name, reason=reason)
+        return registry.aliases()
     notifier.send(Event("model_update", f"promoting {version} to champion", model_name,
                         {"version": version, "reasons": verdict.reasons}, run_id=run_id))
     return registry.promote(version, reason=reason, run_id=run_id)
@@ -359,28 +381,57 @@ class LoopResult:
     train: TrainOutcome | None = None
     verdict: Verdict | None = None
     aliases: AliasState | None = None
+    rollout: RolloutStep | None = None
 
 
 def run_loop(
     store: Store, schema: Schema, model_name: str, *, now: dt.datetime, run_id: str,
     config: Config | None = None, force: bool = False, window_days: int = 1,
     lookback_days: int = 30, notifier: Notifier | None = None,
+    backend: RolloutBackend | None = None,
 ) -> LoopResult:
-    """Run ingest → drift → decide → train → evaluate → promote in this process."""
+    """Run ingest → (canary step) → drift → decide → train → evaluate → promote in-process.
+
+    Args:
+        store: The data store.
+        schema: The records' schema.
+        model_name: Model name in the registry.
+        now: The run's logical time.
+        run_id: The run's folder under ``runs/``.
+        config: Every threshold (default: :class:`Config`).
+        force: Retrain regardless of the rules (and of a canary in flight).
+        window_days: Days whose records count as current for drift.
+        lookback_days: Days of records and feedback read for labels and training.
+        notifier: Receives model-update and rollback events (default: none).
+        backend: The serving rollout backend. None: registry aliases only (a promote
+            verdict moves the champion alias at once). With one, a canary in progress is
+            judged and stepped first (:func:`driftloop.progressive.step_canary`) and no new
+            challenger is trained while it is in flight; a promote verdict starts a canary.
+    """
     config = config or Config()
     notifier = notifier or NullNotifier()
     registry = Registry(store, model_name)
     window = run_ingest(store, schema, now=now, window_days=window_days,
                         lookback_days=lookback_days)
     record_result(store, run_id, "ingest", window.result.report)
+    rollout: RolloutStep | None = None
+    if backend is not None:
+        from driftloop.progressive import step_canary
+
+        canary = registry.aliases().canary
+        # judged on the current window: the traffic served at the canary's current step
+        rollout = step_canary(registry, backend, window.current, config=config.canary,
+                              notifier=notifier, run_id=run_id, model_name=model_name, now=now)
+    else:
+        canary = None
     champion = load_champion(registry)
     drift = run_drift(champion, window.current, schema, config)
     if drift is not None:
         record_result(store, run_id, "drift", drift)
     decision = run_decide(registry, champion, window, drift, schema, now=now, config=config,
-                          force=force)
+                          force=force, canary_in_progress=canary)
     record_result(store, run_id, "decision", decision)
-    result = LoopResult(run_id, window.result, drift, decision)
+    result = LoopResult(run_id, window.result, drift, decision, rollout=rollout)
     if not decision.retrain:
         return result
     result.train = run_train(store, registry, champion, window, schema, now=now, config=config,
@@ -390,6 +441,10 @@ def run_loop(
                                   result.train.eval_set, schema, config)
     record_result(store, run_id, "verdict", result.verdict)
     result.aliases = run_promote(registry, result.verdict, notifier=notifier, run_id=run_id,
-                                 model_name=model_name)
+                                 model_name=model_name, backend=backend, config=config)
+    if backend is not None and result.verdict.decision == "promote":
+        from driftloop.progressive import recorded_step
+
+        result.rollout = recorded_step(registry, run_id)
     record_result(store, run_id, "aliases", result.aliases)
     return result

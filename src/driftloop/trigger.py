@@ -108,6 +108,7 @@ def decide_retrain(
     metric_samples: int = 0,
     last_retrain_at: dt.datetime | None = None,
     force: bool = False,
+    canary_in_progress: str | None = None,
 ) -> RetrainDecision:
     """Combine the retrain rules into one decision.
 
@@ -120,7 +121,9 @@ def decide_retrain(
         current_metric: The champion's primary metric on the newly labelled records.
         metric_samples: How many labelled records ``current_metric`` is based on.
         last_retrain_at: When the last retrain happened (for the cooldown).
-        force: Retrain regardless of the other rules and the cooldown.
+        force: Retrain regardless of the other rules, the cooldown and a canary.
+        canary_in_progress: The version whose canary is in flight, if any: no new
+            challenger is trained until it finished or was rolled back (unless forced).
 
     Returns:
         The decision; ``rules`` holds every evaluated rule, fired or not.
@@ -164,7 +167,21 @@ def decide_retrain(
             f"cooldown {config.cooldown_hours:g} h",
         ))
         retrain = not cooling
-    if retrain:
+    blocked = False
+    if canary_in_progress is not None:
+        blocked = not force
+        rules.append(TriggerRule(
+            "canary", blocked, None, None,
+            f"canary {canary_in_progress} is in progress"
+            + (": no new challenger until it finishes or is rolled back" if blocked
+               else ": forced, retraining anyway"),
+        ))
+    if retrain and blocked:
+        retrain = False
+        reasons = [rules[-1].detail + ": retrain postponed"]
+    elif blocked:
+        reasons = [rules[-1].detail]
+    elif retrain:
         reasons = [r.detail for r in rules if r.fired]
     elif fired:
         reasons = [rules[-1].detail + ": retrain postponed"]

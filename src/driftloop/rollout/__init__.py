@@ -19,6 +19,9 @@ Importing this package imports neither kubernetes nor kserve.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from driftloop.errors import ConfigError
 from driftloop.rollout.base import (
     DEFAULT_TEMPLATE,
     PREVIOUS_URI_ANNOTATION,
@@ -36,6 +39,7 @@ from driftloop.rollout.base import (
 )
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_TEMPLATE",
     "PREVIOUS_URI_ANNOTATION",
     "AlreadyExistsError",
@@ -48,5 +52,63 @@ __all__ = [
     "TrafficTarget",
     "UnsupportedDeploymentMode",
     "build_inference_service",
+    "default_state_dir",
+    "make_backend",
     "version_storage_uri",
 ]
+
+#: The backend kinds :func:`make_backend` knows.
+BACKENDS: tuple[str, ...] = ("local", "kubernetes")
+#: The local backend's state folder under a local store (``<store>/rollout``).
+STATE_DIR = "rollout"
+
+
+def default_state_dir(store_uri: str | Path) -> Path:
+    """The local backend's default state folder: ``<store>/rollout``.
+
+    Raises:
+        ConfigError: The store is not a local folder (a ``gs://`` store has no local
+            state folder: give one explicitly, or use the kubernetes backend).
+    """
+    text = str(store_uri)
+    if "://" in text and not text.startswith("file://"):
+        raise ConfigError(
+            f"store {text}: the local rollout backend keeps its state in a local folder and "
+            f"defaults to <store>/{STATE_DIR} only for a local store; pass a state folder "
+            "(--state / rollout_state) or use the kubernetes backend"
+        )
+    return Path(text.removeprefix("file://")) / STATE_DIR
+
+
+def make_backend(kind: str, *, name: str, namespace: str = "default",
+                 state_dir: str | Path | None = None, store_uri: str | Path | None = None,
+                 kube_host: str | None = None) -> RolloutBackend:
+    """Return the rollout backend of ``kind`` for InferenceService ``namespace/name``.
+
+    Args:
+        kind: ``local`` (YAML in a folder) or ``kubernetes`` (the cluster's API).
+        name: The InferenceService's name.
+        namespace: Its namespace.
+        state_dir: The local backend's state folder (default: ``<store_uri>/rollout``).
+        store_uri: The store, for the local backend's default state folder.
+        kube_host: An API server URL used without credentials (``kubectl proxy``, tests);
+            default: the kubeconfig or the pod's service account.
+
+    Raises:
+        ConfigError: Unknown kind, or no usable state folder for the local backend.
+    """
+    if not name:
+        raise ConfigError("rollout backend: an InferenceService name is required")
+    if kind == "local":
+        if state_dir is None or str(state_dir) == "":
+            if store_uri is None:
+                raise ConfigError("local rollout backend: give a state folder or the store")
+            state_dir = default_state_dir(store_uri)
+        from driftloop.rollout.local import LocalRolloutBackend
+
+        return LocalRolloutBackend(state_dir, name, namespace)
+    if kind == "kubernetes":
+        from driftloop.rollout.kube import KubeRolloutBackend, load_api_client
+
+        return KubeRolloutBackend(name, namespace, api_client=load_api_client(host=kube_host))
+    raise ConfigError(f"rollout backend {kind!r}: must be one of {', '.join(BACKENDS)}")
