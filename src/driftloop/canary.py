@@ -89,6 +89,9 @@ def _fmt(value: float | None) -> str:
 
 def live_stats(records: pd.DataFrame, version: str) -> LiveStats:
     """Requests, labelled accuracy, error rate and p95 latency of one version."""
+    missing = [c for c in ("model_version", "prediction", "label") if c not in records]
+    if missing:  # e.g. batch drops that were never served: no live numbers for anyone
+        return LiveStats(version, 0, 0, None, None, None)
     rows = records.loc[records["model_version"].astype(str) == version]
     labelled = rows.loc[rows["label"].notna() & rows["prediction"].notna()]
     accuracy = (

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop import loop
+from driftloop import loop, progressive
 from driftloop.config import Config, DriftConfig, GateConfig, NotifyConfig, TriggerConfig
 from driftloop.drift import DriftReport
 from driftloop.errors import DriftloopError
 from driftloop.evaluate import Verdict
 from driftloop.ingest import IngestCounts, IngestReport, IngestResult
-from driftloop.notify import Delivery, Event, make_notifier, notify_or_raise
+from driftloop.notify import Delivery, Event, NullNotifier, make_notifier, notify_or_raise
+from driftloop.progressive import RolloutStep
 from driftloop.registry import AliasState, Registry
 from driftloop.schema import Schema, load_schema
 from driftloop.serde import JsonResult, dumps, loads
@@ -305,6 +306,99 @@ def drift_step(
     return DriftOutcome(report)
 
 
+# --- canary --------------------------------------------------------------------------------
+
+
+def _backend(store_uri: str, isvc_name: str, namespace: str, rollout_backend: str,
+             rollout_state: str) -> Any:
+    """The rollout backend of the run, or None for registry-only (``none`` or no service)."""
+    if rollout_backend == "none" or not isvc_name:
+        return None
+    from driftloop.rollout import make_backend
+
+    return make_backend(rollout_backend, name=isvc_name, namespace=namespace or "default",
+                        state_dir=rollout_state or None, store_uri=store_uri)
+
+
+@dataclass
+class CanaryOutcome:
+    """The canary step of a run.
+
+    Attributes:
+        in_progress: The version whose canary was in flight when the run started (``""``:
+            none); the retrain decision waits while it is set.
+        step: What was done with it (None: no canary, or no rollout backend).
+    """
+
+    in_progress: str
+    step: RolloutStep | None
+
+    def to_markdown(self) -> str:
+        """The step, or a line saying there was nothing to analyse."""
+        if self.step is not None:
+            return self.step.to_markdown()
+        if self.in_progress:
+            return (f"### Canary: `{self.in_progress}` in progress\n\nNo rollout backend "
+                    "was given: not analysed.\n")
+        return "### Canary: none in progress\n\nNothing to analyse.\n"
+
+    def metrics(self) -> dict[str, float]:
+        """Traffic shares and the live numbers of both versions."""
+        if self.step is None:
+            return {}
+        values: dict[str, Any] = {"from_percent": self.step.from_percent,
+                                  "to_percent": self.step.to_percent}
+        a = self.step.analysis
+        if a is not None:
+            for role, stats in (("champion", a.champion), ("canary", a.canary)):
+                values |= {f"{role}_requests": stats.requests, f"{role}_labelled": stats.labelled,
+                           f"{role}_accuracy": stats.accuracy}
+            values |= {"accuracy_diff": a.diff, "ci_low": a.ci_low, "ci_high": a.ci_high}
+        return _finite_metrics(values)
+
+
+def analyse_canary_step(
+    store_uri: str, model_name: str, current_path: str | Path, *, run_id: str, now: str,
+    isvc_name: str = "", namespace: str = "", rollout_backend: str = "local",
+    rollout_state: str = "", webhook: str = "",
+) -> CanaryOutcome:
+    """Judge the canary in progress on the current window and advance, hold or roll it back.
+
+    Calls :func:`driftloop.progressive.step_canary`; records ``runs/<run-id>/rollout.json``
+    and ``.md`` when a canary was stepped. A re-run of the same run returns its recorded
+    step and changes nothing.
+
+    Args:
+        store_uri: Store root.
+        model_name: Model name in the registry.
+        current_path: Parquet file of the current window (logged responses, labels joined).
+        run_id: The run's id (made path-safe by :func:`run_key`).
+        now: The run's logical time (ISO-8601, from :func:`ingest_step`).
+        isvc_name: The InferenceService (``""``: registry only, nothing is analysed).
+        namespace: Its namespace.
+        rollout_backend: ``local``, ``kubernetes`` or ``none`` (registry only).
+        rollout_state: The local backend's state folder (``""``: ``<store>/rollout``).
+        webhook: ``http(s)://`` URL for the rollback / promotion events (``""``: log).
+    """
+    run_id = run_key(run_id)
+    registry = Registry(open_store(store_uri), model_name)
+    canary = registry.aliases().canary
+    if canary is None:
+        earlier = progressive.recorded_step(registry, run_id)
+        if earlier is not None and earlier.action in ("advance", "hold", "rollback"):
+            return CanaryOutcome(earlier.version, earlier)  # a re-run of this run
+        return CanaryOutcome("", None)
+    backend = _backend(store_uri, isvc_name, namespace, rollout_backend, rollout_state)
+    if backend is None:
+        return CanaryOutcome(canary, None)
+    with backend:
+        step = progressive.step_canary(
+            registry, backend, read_frame(current_path), config=Config().canary,
+            notifier=make_notifier(_notifier_config(webhook)), run_id=run_id,
+            model_name=model_name, now=logical_time(now))
+    return CanaryOutcome(canary, step)
+
+
 # --- decide --------------------------------------------------------------------------------
 
 
@@ -313,7 +407,7 @@ def decide_step(
     drift_path: str | Path, *, run_id: str, now: str, force: bool = False,
     min_new_labels: int = TriggerConfig.min_new_labels,
     perf_drop: float = TriggerConfig.perf_drop,
-    max_age_days: float = TriggerConfig.max_age_days,
+    max_age_days: float = TriggerConfig.max_age_days, canary_in_progress: str = "",
 ) -> RetrainDecision:
     """Decide whether to retrain; records ``runs/<run-id>/decision.json`` and ``.md``.
 
@@ -329,6 +423,8 @@ def decide_step(
         min_new_labels: New labels since the champion's cutoff that trigger.
         perf_drop: Relative drop of the champion's primary metric that triggers.
         max_age_days: Champion age that triggers a scheduled retrain.
+        canary_in_progress: The version whose canary was in flight at the start of the run
+            (from :func:`analyse_canary_step`; ``""``: none). Blocks retraining unless forced.
     """
     run_id = run_key(run_id)
     store, schema = _open(store_uri, schema_uri)
@@ -338,7 +434,8 @@ def decide_step(
     drift = _read_json_artifact(DriftReport, drift_path, "drift report")
     decision = loop.run_decide(registry, loop.load_champion(registry),
                                _window(read_frame(records_path)), drift, schema,
-                               now=logical_time(now), config=config, force=force)
+                               now=logical_time(now), config=config, force=force,
+                               canary_in_progress=canary_in_progress or None)
     loop.record_result(store, run_id, "decision", decision)
     return decision
 
@@ -539,8 +636,10 @@ class PromoteOutcome:
         version: The challenger the verdict is about.
         promoted: Whether the verdict said promote and it is the champion now.
         aliases: The registry aliases after the step.
-        isvc_name: The KServe InferenceService that will serve it (rollout comes later).
+        isvc_name: The KServe InferenceService serving it (``""``: registry only).
         namespace: Its namespace.
+        rollout: The rollout step (a canary started, or the first model deployed); None
+            when registry only or not promoted.
     """
 
     version: str
@@ -548,49 +647,75 @@ class PromoteOutcome:
     aliases: AliasState
     isvc_name: str = ""
     namespace: str = ""
+    rollout: RolloutStep | None = None
+
+    @property
+    def canary_started(self) -> bool:
+        """Whether a canary of the version started (it is not the champion yet)."""
+        return self.rollout is not None and self.rollout.action == "start"
 
     def to_markdown(self) -> str:
         """A short Markdown summary."""
-        head = "Promoted" if self.promoted else "Not promoted"
+        if self.canary_started:
+            head = "Canary started"
+        else:
+            head = "Promoted" if self.promoted else "Not promoted"
         target = f"{self.namespace}/{self.isvc_name}" if self.isvc_name else "(none given)"
+        if self.rollout is not None:
+            serving = (f"- InferenceService {target}: {self.rollout.action} "
+                       f"{self.rollout.from_percent}% → {self.rollout.to_percent}%: "
+                       + "; ".join(self.rollout.reasons) + "\n")
+        else:
+            serving = (f"- InferenceService {target}: not changed (registry aliases only)\n")
         return (f"### {head}: `{self.version}`\n\n"
-                f"- registry: champion `{self.aliases.champion}`, "
-                f"previous `{self.aliases.previous}`\n"
-                f"- InferenceService {target}: not changed by this step (only the registry "
-                "aliases move; the serving rollout is a separate step)\n")
+                f"- registry: champion `{self.aliases.champion}`, canary "
+                f"`{self.aliases.canary}`, previous `{self.aliases.previous}`\n" + serving)
 
 
 def promote_step(
     store_uri: str, model_name: str, verdict_path: str | Path, *, run_id: str,
-    isvc_name: str = "", namespace: str = "",
+    isvc_name: str = "", namespace: str = "", rollout_backend: str = "local",
+    rollout_state: str = "",
 ) -> PromoteOutcome:
-    """Move the champion alias to the challenger when the verdict says promote.
+    """Start the challenger's canary when the verdict says promote.
 
-    The announcement is :func:`notify_step`'s job (it runs first), so nothing is sent
-    here. Records ``runs/<run-id>/aliases.json``.
+    With a rollout backend and an InferenceService the challenger starts as a canary at
+    the first traffic step (:func:`driftloop.progressive.start_canary`; the first model is
+    deployed at 100% and promoted at once); later runs advance it. Without (``none`` or
+    no ``isvc_name``) the champion alias moves at once. The announcement is
+    :func:`notify_step`'s job (it runs first), so nothing is sent here. Records
+    ``runs/<run-id>/aliases.json`` (and ``rollout.json``).
 
     Args:
         store_uri: Store root.
         model_name: Model name in the registry.
         verdict_path: The verdict JSON (from :func:`evaluate_step`).
         run_id: The run's id (made path-safe by :func:`run_key`).
-        isvc_name: The InferenceService serving the model (recorded, not yet changed).
+        isvc_name: The InferenceService serving the model (``""``: registry only).
         namespace: Its Kubernetes namespace.
+        rollout_backend: ``local``, ``kubernetes`` or ``none`` (registry only).
+        rollout_state: The local backend's state folder (``""``: ``<store>/rollout``).
     """
     run_id = run_key(run_id)
-    from driftloop.notify import NullNotifier
-
     store = open_store(store_uri)
     verdict = _read_json_artifact(Verdict, verdict_path, "verdict")
     if verdict is None:
         raise DriftloopError(f"{verdict_path}: no verdict to act on")
     registry = Registry(store, model_name)
-    aliases = loop.run_promote(registry, verdict, notifier=NullNotifier(), run_id=run_id,
-                               model_name=model_name)
+    backend = None
+    if verdict.decision == "promote":
+        backend = _backend(store_uri, isvc_name, namespace, rollout_backend, rollout_state)
+    try:
+        aliases = loop.run_promote(registry, verdict, notifier=NullNotifier(), run_id=run_id,
+                                   model_name=model_name, backend=backend)
+    finally:
+        if backend is not None:
+            backend.close()
     loop.record_result(store, run_id, "aliases", aliases)
     version = verdict.challenger.version
     promoted = verdict.decision == "promote" and aliases.champion == version
-    return PromoteOutcome(version, promoted, aliases, isvc_name, namespace)
+    rollout = progressive.recorded_step(registry, run_id) if backend is not None else None
+    return PromoteOutcome(version, promoted, aliases, isvc_name, namespace, rollout)
 
 
 @dataclass
@@ -664,6 +789,7 @@ class RunRecord:
     train: TrainSummary | None = None
     verdict: Verdict | None = None
     aliases: AliasState | None = None
+    rollout: RolloutStep | None = None
     status: RunStatus | None = None
     recorded: list[str] = field(default_factory=list)
 
@@ -690,6 +816,10 @@ class RunRecord:
         if self.aliases is not None:
             out.append(f"registry champion={self.aliases.champion} "
                        f"previous={self.aliases.previous}")
+        if self.rollout is not None:
+            r = self.rollout
+            out.append(f"rollout  {r.action} {r.version} {r.from_percent}% -> "
+                       f"{r.to_percent}%: " + "; ".join(r.reasons))
         if self.status is not None:
             extra = f": {self.status.error}" if self.status.error else ""
             out.append(f"status   {self.status.state}{extra}")
@@ -699,7 +829,8 @@ class RunRecord:
 #: What a run writes under ``runs/<run-id>/`` (``<name>.json``, some also ``.md``), in order.
 _RECORD_TYPES: dict[str, type[Any]] = {
     "ingest": IngestReport, "drift": DriftReport, "decision": RetrainDecision,
-    "train": TrainSummary, "verdict": Verdict, "aliases": AliasState, "status": RunStatus,
+    "train": TrainSummary, "verdict": Verdict, "aliases": AliasState,
+    "rollout": RolloutStep, "status": RunStatus,
 }
 
 

@@ -41,6 +41,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ("train_metrics", dsl.Metrics), ("verdict_report", dsl.Markdown),
         ("verdict_json", dsl.Artifact), ("eval_metrics", dsl.Metrics),
         ("challenger_curves", dsl.ClassificationMetrics), ("promotion_report", dsl.Markdown),
+        ("canary_report", dsl.Markdown), ("canary_metrics", dsl.Metrics),
     ]}
     out: dict = {"store": open_store(store_dir), "a": a}
     out["ingest"] = components.ingest.python_func(
@@ -48,13 +49,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         records=a["records"], current=a["current"], quarantine=a["quarantine"],
         ingest_metrics=a["ingest_metrics"])
     now = out["ingest"].now
+    out["canary"] = components.analyse_canary.python_func(
+        store_uri=common["store_uri"], model_name=MODEL, run_id=RUN, now=now,
+        isvc_name="sample", namespace="ml", rollout_backend="local", rollout_state="",
+        webhook="", current=a["current"], canary_report=a["canary_report"],
+        canary_metrics=a["canary_metrics"])
     out["drift"] = components.detect_drift.python_func(
         **common, model_name=MODEL, run_id=RUN, p_value=0.05, min_samples=100,
         current=a["current"], drift_report=a["drift_report"], drift_json=a["drift_json"],
         drift_metrics=a["drift_metrics"])
     out["decide"] = components.decide_retrain.python_func(
         **common, model_name=MODEL, run_id=RUN, now=now, force=False, min_new_labels=500,
-        perf_drop=0.1, max_age_days=7.0, records=a["records"], drift_json=a["drift_json"],
+        perf_drop=0.1, max_age_days=7.0, canary_in_progress=out["canary"],
+        records=a["records"], drift_json=a["drift_json"],
         decision_report=a["decision_report"])
     out["train"] = components.train_model.python_func(
         **common, model_name=MODEL, run_id=RUN, now=now, records=a["records"],
@@ -68,7 +75,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                                   verdict_json=a["verdict_json"])
     out["promote"] = components.promote_model.python_func(
         store_uri=common["store_uri"], model_name=MODEL, isvc_name="sample", namespace="ml",
-        run_id=RUN, verdict_json=a["verdict_json"], promotion_report=a["promotion_report"])
+        rollout_backend="local", rollout_state="", run_id=RUN,
+        verdict_json=a["verdict_json"], promotion_report=a["promotion_report"])
     components.notify_on_exit.python_func(
         store_uri=common["store_uri"], model_name=MODEL, run_id=RUN, webhook="",
         status=dsl.PipelineTaskFinalStatus(state="SUCCEEDED", pipeline_job_resource_name="j",
@@ -143,7 +151,18 @@ def test_notify_and_promote_move_the_champion(run):
     assert run["promote"].champion == run["train"].version
     assert Registry(run["store"], MODEL).champion() == run["train"].version
     assert a["promotion_report"].metadata == {"promoted": True,
-                                              "version": run["train"].version}
+                                              "version": run["train"].version,
+                                              "canary_started": False}
+    # the first model is deployed at 100% on the local backend under <store>/rollout
+    isvc = run["store"].path("rollout/inferenceservices/ml/sample.yaml")
+    assert run["train"].version in isvc.read_text()
+
+
+def test_analyse_canary_without_a_canary_says_so(run):
+    a = run["a"]
+    assert run["canary"] == ""
+    assert "none in progress" in Path(a["canary_report"].path).read_text()
+    assert a["canary_report"].metadata == {"in_progress": "", "action": "none"}
 
 
 def test_exit_component_records_the_final_status(run):
@@ -151,4 +170,5 @@ def test_exit_component_records_the_final_status(run):
     assert status["state"] == "SUCCEEDED" and status["task"] == "run"
     recorded = sorted(k.rsplit("/", 1)[-1] for k in run["store"].list(f"runs/{RUN}"))
     assert recorded == ["aliases.json", "decision.json", "decision.md", "ingest.json",
-                        "status.json", "train.json", "train.md", "verdict.json", "verdict.md"]
+                        "rollout.json", "rollout.md", "status.json", "train.json", "train.md",
+                        "verdict.json", "verdict.md"]

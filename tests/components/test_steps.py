@@ -142,12 +142,15 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
             store_uri, schema_uri, run_id=run_id, run_date=date, window_days=1,
             lookback_days=4, records_path=art / "records.parquet",
             current_path=art / "current.parquet", quarantine_path=art / "quarantine.parquet")
+        res["canary"] = steps.analyse_canary_step(
+            store_uri, MODEL, art / "current.parquet", run_id=run_id, now=res["ingest"].now,
+            isvc_name="sample", namespace="ml")
         res["drift"] = steps.drift_step(store_uri, schema_uri, MODEL, art / "current.parquet",
                                         run_id=run_id)
         (art / "drift.json").write_text(res["drift"].to_json())
         res["decision"] = steps.decide_step(
             store_uri, schema_uri, MODEL, art / "records.parquet", art / "drift.json",
-            run_id=run_id, now=res["ingest"].now)
+            run_id=run_id, now=res["ingest"].now, canary_in_progress=res["canary"].in_progress)
         res["train"] = steps.train_step(store_uri, schema_uri, MODEL, art / "records.parquet",
                                         run_id=run_id, now=res["ingest"].now,
                                         model_dir=art / "model", eval_path=art / "eval.parquet")
@@ -226,10 +229,37 @@ def test_drifted_day_detects_drift_retrains_and_promotes(chain):
     outcome = day3["evaluate"]
     assert outcome.decision == "promote"
     assert outcome.metrics()["challenger_f1_macro"] > outcome.metrics()["champion_f1_macro"]
-    aliases = day3["promote"].aliases
-    assert aliases.champion == day3["train"].version
-    assert aliases.previous == day0["train"].version
-    assert "InferenceService ml/sample" in day3["promote"].to_markdown()
+    assert day0["canary"].in_progress == day3["canary"].in_progress == ""
+    assert day0["promote"].rollout.action == "deploy"  # the first model: 100% at once
+    # the winner starts as a canary at 10%; the champion serves the rest
+    promote = day3["promote"]
+    assert promote.canary_started and not promote.promoted
+    assert (promote.rollout.from_percent, promote.rollout.to_percent) == (0, 10)
+    aliases = promote.aliases
+    assert aliases.champion == day0["train"].version
+    assert aliases.canary == day3["train"].version
+    assert "InferenceService ml/sample" in promote.to_markdown()
+    assert "Canary started" in promote.to_markdown()
+
+
+def test_a_canary_in_flight_is_analysed_and_blocks_retraining(chain):
+    day3 = chain[3]
+    canary = day3["train"].version
+    art, uri = day3["art"], chain["store_uri"]
+    # the sample's requests were not served by either version: nothing labelled to judge
+    first = steps.analyse_canary_step(uri, MODEL, art / "current.parquet", run_id="day 4",
+                                      now=day3["ingest"].now, isvc_name="sample",
+                                      namespace="ml")
+    assert first.in_progress == canary and first.step.action == "hold"
+    assert "too few to judge" in first.step.reasons[0]
+    again = steps.analyse_canary_step(uri, MODEL, art / "current.parquet", run_id="day 4",
+                                      now=day3["ingest"].now, isvc_name="sample",
+                                      namespace="ml")
+    assert again.step == first.step
+    decision = steps.decide_step(uri, chain["schema_uri"], MODEL, art / "records.parquet",
+                                 art / "drift.json", run_id="day 4", now=day3["ingest"].now,
+                                 canary_in_progress=first.in_progress)
+    assert not decision.retrain and f"canary {canary} is in progress" in decision.reasons[0]
 
 
 def test_confusion_matrix_counts_every_labelled_evaluation_row(chain):
@@ -257,10 +287,12 @@ def test_run_records_read_back_as_the_decision_chain(chain):
     store = chain["store"]
     assert {"steps-day-0", "steps-day-3"} <= set(steps.list_runs(store))
     record = steps.read_run(store, "steps-day-3")
-    assert record.recorded == ["ingest", "drift", "decision", "train", "verdict", "aliases"]
+    assert record.recorded == ["ingest", "drift", "decision", "train", "verdict", "aliases",
+                               "rollout"]
     lines = record.lines()
     assert [line.split()[0] for line in lines] == ["ingest", "drift", "decide", "train",
-                                                   "evaluate", "registry"]
+                                                   "evaluate", "registry", "rollout"]
+    assert lines[-1].startswith("rollout  start")
     assert lines[2].startswith("decide   retrain")
     first = steps.read_run(store, "steps-day-0").lines()
     assert "drift    skipped: no champion yet" in first

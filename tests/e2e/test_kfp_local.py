@@ -5,7 +5,8 @@ the tests through module-scoped fixtures, since each costs 10-25 s of subprocess
 
 * day 0: no champion → train → promote the first model;
 * day 1: no drift, few labels, young champion → nothing is trained (run via the CLI);
-* day 3: drift → retrain → the challenger wins → promote;
+* day 3: drift → retrain → the challenger wins → its canary starts at 10% on the local
+  rollout backend (the champion keeps the rest);
 * a copy of the store after day 1 whose training labels were flipped, forced to retrain
   on day 1 → the challenger is worse → reject, champion unchanged;
 * a run whose schema does not exist → ingest fails → the exit handler records FAILED.
@@ -36,8 +37,8 @@ from driftloop.storage import open_store
 from driftloop.train import split_holdout
 
 MODEL = "sample"
-ALL_TASKS = ["ingest", "detect-drift", "decide-retrain", "train-model", "evaluate-challenger",
-             "notify", "promote-model", "notify-on-exit"]
+ALL_TASKS = ["ingest", "analyse-canary", "detect-drift", "decide-retrain", "train-model",
+             "evaluate-challenger", "notify", "promote-model", "notify-on-exit"]
 
 
 class Receiver:
@@ -148,7 +149,8 @@ def test_quiet_day_trains_nothing(runs):
     assert cli["code"] == 0, cli["stderr"][-3000:]
     result = cli["json"]
     assert result["state"] == "SUCCEEDED" and result["retrain"] is False
-    assert result["tasks"] == ["ingest", "detect-drift", "decide-retrain", "notify-on-exit"]
+    assert result["tasks"] == ["ingest", "analyse-canary", "detect-drift", "decide-retrain",
+                               "notify-on-exit"]
     assert result["verdict"] is None and result["champion"] is None
     assert runs["versions"]["day1"] == runs["versions"]["day0"], "a version was registered"
     record = steps.read_run(open_store(runs["a"]), result["run_id"])
@@ -169,18 +171,23 @@ def test_drifted_day_retrains_and_promotes_the_challenger(runs):
     assert "drift" in record.decision.fired
     assert record.verdict.decision == "promote" and record.verdict.improvement_rel > 0.05
     first = runs["day0"].record.train.version
-    assert record.aliases.champion == record.train.version != first
-    assert record.aliases.previous == first
+    assert runs["day0"].record.rollout.action == "deploy"  # the first model: 100% at once
+    # the winner starts as a canary at 10%; the champion keeps serving the rest
+    assert record.rollout.action == "start" and record.rollout.to_percent == 10
+    assert record.aliases.champion == first
+    assert record.aliases.canary == record.train.version != first
     history = Registry(open_store(runs["a"]), MODEL).aliases().history
-    assert [h.run_id for h in history if h.alias == "champion"] == [runs["day0"].run_id,
-                                                                    run.run_id]
+    assert [h.run_id for h in history if h.alias == "champion"] == [runs["day0"].run_id]
+    assert [h.run_id for h in history if h.alias == "canary"] == [run.run_id]
+    isvc = runs["a"] / "rollout" / "inferenceservices" / "local" / f"{MODEL}.yaml"
+    assert "canaryTrafficPercent: 10" in isvc.read_text()
 
 
 def test_worse_challenger_is_rejected_and_the_champion_stays(runs):
     run = runs["reject"]
     assert run.ok, run.log[-3000:]
-    assert run.tasks == ["ingest", "detect-drift", "decide-retrain", "train-model",
-                         "evaluate-challenger", "notify-on-exit"]
+    assert run.tasks == ["ingest", "analyse-canary", "detect-drift", "decide-retrain",
+                         "train-model", "evaluate-challenger", "notify-on-exit"]
     record = run.record
     assert record.decision.fired[0] == "force"
     assert record.verdict.decision == "reject"

@@ -18,7 +18,7 @@ from driftloop.kfp.image import IMAGE
 from driftloop.kfp.pipeline import GCS_SECRET, LOOKBACK_DAYS, WINDOW_DAYS
 
 REPO = Path(__file__).resolve().parents[2]
-STORE_TASKS = {"ingest", "detect-drift", "decide-retrain", "train-model",
+STORE_TASKS = {"ingest", "analyse-canary", "detect-drift", "decide-retrain", "train-model",
                "evaluate-challenger", "promote-model", "notify-on-exit"}
 
 
@@ -65,7 +65,7 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     pipeline = spec[0]
     tasks = _tasks(pipeline)
     steps = {name for name, t in tasks.items() if not name.startswith(("condition-", "exit-"))}
-    assert steps == {"ingest", "detect-drift", "decide-retrain", "train-model",
+    assert steps == {"ingest", "analyse-canary", "detect-drift", "decide-retrain", "train-model",
                      "evaluate-challenger", "notify", "promote-model", "notify-on-exit"}
     conditions = sorted(t["triggerPolicy"]["condition"] for t in tasks.values()
                         if "condition" in t.get("triggerPolicy", {}))
@@ -86,7 +86,18 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     status = exit_task["inputs"]["parameters"]["status"]
     assert status["taskFinalStatus"]["producerTask"] == "exit-handler-1"
     body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert {"ingest", "detect-drift", "decide-retrain", "condition-2"} <= set(body)
+    assert {"ingest", "analyse-canary", "detect-drift", "decide-retrain",
+            "condition-2"} <= set(body)
+    # The canary is judged right after ingest; drift and the decision wait for it, and the
+    # decision gets the version in flight (so it does not retrain while one is).
+    assert body["analyse-canary"]["dependentTasks"] == ["ingest"]
+    assert "analyse-canary" in body["detect-drift"]["dependentTasks"]
+    canary = body["decide-retrain"]["inputs"]["parameters"]["canary_in_progress"]
+    assert canary["taskOutputParameter"] == {"outputParameterKey": "Output",
+                                             "producerTask": "analyse-canary"}
+    # promote_model gets the rollout parameters
+    promote = branch["comp-condition-3"]["promote-model"]["inputs"]["parameters"]
+    assert {"rollout_backend", "rollout_state", "isvc_name", "namespace"} <= set(promote)
 
 
 def test_caching_is_off_for_ingest_and_every_task_that_writes_the_store(spec):
@@ -149,6 +160,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "max_age_days": ("NUMBER_DOUBLE", TriggerConfig.max_age_days),
         "auto_threshold": ("NUMBER_DOUBLE", GateConfig.auto_threshold),
         "force_retrain": ("BOOLEAN", False), "notify_webhook": ("STRING", ""),
+        "rollout_backend": ("STRING", "local"), "rollout_state": ("STRING", ""),
     }
     assert {k: (v["parameterType"], v.get("defaultValue")) for k, v in params.items()} == \
         expected

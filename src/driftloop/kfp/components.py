@@ -145,6 +145,68 @@ def detect_drift(
 
 
 @component
+def analyse_canary(
+    store_uri: str,
+    model_name: str,
+    run_id: str,
+    now: str,
+    isvc_name: str,
+    namespace: str,
+    rollout_backend: str,
+    rollout_state: str,
+    webhook: str,
+    current: Input[Dataset],
+    canary_report: Output[Markdown],
+    canary_metrics: Output[Metrics],
+) -> str:
+    """Judge the canary in progress on live traffic and advance, hold or roll it back.
+
+    Per model_version on the current window's logged responses joined with feedback:
+    accuracy (interval of the canary-minus-champion difference), error rate and p95
+    latency, with a minimum of labelled responses per version. Decides advance (next
+    traffic step; at 100 the canary becomes the champion and the old champion previous),
+    hold (too few labels or inconclusive) or rollback (canaryTrafficPercent 0, the previous
+    storageUri restored, the canary alias cleared, a rollback event sent). Does nothing
+    when no canary is in progress. Records runs/<run-id>/rollout.json and rollout.md.
+
+    Args:
+        store_uri: Store root: a folder or gs://bucket/prefix.
+        model_name: Model name in the registry.
+        run_id: The run's id; its folder under runs/ in the store.
+        now: The run's logical time (from ingest).
+        isvc_name: KServe InferenceService serving the model ("" = registry only).
+        namespace: Kubernetes namespace of the InferenceService.
+        rollout_backend: local (state folder), kubernetes (the cluster's API) or none.
+        rollout_state: The local backend's state folder ("" = <store>/rollout).
+        webhook: http(s) URL receiving rollback and promotion events ("" = log only).
+        current: The current window's records (from ingest).
+        canary_report: The step and the analysis (per-version numbers, every rule).
+        canary_metrics: Traffic shares, live accuracies and the interval.
+
+    Returns:
+        The version whose canary was in flight when the run started ("" = none); the
+        retrain decision waits while it is set.
+    """
+    from pathlib import Path
+
+    from driftloop import steps
+
+    out = steps.analyse_canary_step(
+        store_uri, model_name, current.path, run_id=run_id, now=now, isvc_name=isvc_name,
+        namespace=namespace, rollout_backend=rollout_backend, rollout_state=rollout_state,
+        webhook=webhook,
+    )
+    Path(canary_report.path).write_text(out.to_markdown())
+    canary_report.metadata.update({
+        "in_progress": out.in_progress,
+        "action": out.step.action if out.step is not None else "none",
+    })
+    for name, value in out.metrics().items():
+        canary_metrics.log_metric(name, value)
+    return out.in_progress
+
+
+@component
 def decide_retrain(
     store_uri: str,
     schema_uri: str,
@@ -155,6 +217,7 @@ def decide_retrain(
     min_new_labels: int,
     perf_drop: float,
     max_age_days: float,
+    canary_in_progress: str,
     records: Input[Dataset],
     drift_json: Input[Artifact],
     decision_report: Output[Markdown],
@@ -162,7 +225,8 @@ def decide_retrain(
     """Decide whether to retrain, with the measured value and threshold behind each rule.
 
     Rules: no champion yet, force, drift, new-label volume, performance drop of the
-    champion on newly labelled records, champion age (schedule), cooldown. Records
+    champion on newly labelled records, champion age (schedule), cooldown, and no new
+    challenger while a canary is in flight (unless forced). Records
     runs/<run-id>/decision.json and decision.md.
 
     Args:
@@ -175,6 +239,7 @@ def decide_retrain(
         min_new_labels: New labels since the champion's training cutoff that trigger.
         perf_drop: Relative drop of the champion's primary metric that triggers.
         max_age_days: Champion age in days that triggers a scheduled retrain.
+        canary_in_progress: The canary version in flight ("" = none, from analyse_canary).
         records: Every accepted record of the lookback (from ingest).
         drift_json: The drift report JSON (from detect_drift).
         decision_report: The decision and every rule as Markdown.
@@ -189,7 +254,7 @@ def decide_retrain(
     decision = steps.decide_step(
         store_uri, schema_uri, model_name, records.path, drift_json.path, run_id=run_id,
         now=now, force=force, min_new_labels=min_new_labels, perf_drop=perf_drop,
-        max_age_days=max_age_days,
+        max_age_days=max_age_days, canary_in_progress=canary_in_progress,
     )
     Path(decision_report.path).write_text(decision.to_markdown())
     decision_report.metadata.update({"retrain": decision.retrain, "fired": decision.fired})
@@ -343,21 +408,29 @@ def promote_model(
     model_name: str,
     isvc_name: str,
     namespace: str,
+    rollout_backend: str,
+    rollout_state: str,
     run_id: str,
     verdict_json: Input[Artifact],
     promotion_report: Output[Markdown],
 ) -> NamedTuple("PromoteOutputs", [("champion", str)]):  # type: ignore[valid-type]
-    """Make the challenger the champion in the registry when the verdict says promote.
+    """Start the challenger's canary when the verdict says promote.
 
-    The old champion becomes "previous"; every alias move is appended to the registry's
-    history with the verdict's reasons and the run id. The InferenceService is not changed
-    yet: the serving rollout is a separate step. Records runs/<run-id>/aliases.json.
+    The challenger serves canaryTrafficPercent = the first step (10) of the
+    InferenceService and becomes the registry's "canary"; later runs advance it
+    (analyse_canary). The first model ever is deployed at 100% and becomes the champion at
+    once. With rollout_backend "none" (or no isvc_name) only the registry moves: the
+    challenger becomes the champion and the old one "previous". Every alias move is
+    appended to the registry's history with the verdict's reasons and the run id. Records
+    runs/<run-id>/aliases.json and rollout.json.
 
     Args:
         store_uri: Store root: a folder or gs://bucket/prefix.
         model_name: Model name in the registry.
-        isvc_name: The KServe InferenceService serving the model (recorded only).
-        namespace: Its Kubernetes namespace (recorded only).
+        isvc_name: The KServe InferenceService serving the model ("" = registry only).
+        namespace: Its Kubernetes namespace.
+        rollout_backend: local (state folder), kubernetes (the cluster's API) or none.
+        rollout_state: The local backend's state folder ("" = <store>/rollout).
         run_id: The run's id; its folder under runs/ in the store.
         verdict_json: The verdict JSON (from evaluate_challenger).
         promotion_report: What moved, as Markdown.
@@ -371,9 +444,11 @@ def promote_model(
     from driftloop import steps
 
     out = steps.promote_step(store_uri, model_name, verdict_json.path, run_id=run_id,
-                             isvc_name=isvc_name, namespace=namespace)
+                             isvc_name=isvc_name, namespace=namespace,
+                             rollout_backend=rollout_backend, rollout_state=rollout_state)
     Path(promotion_report.path).write_text(out.to_markdown())
-    promotion_report.metadata.update({"promoted": out.promoted, "version": out.version})
+    promotion_report.metadata.update({"promoted": out.promoted, "version": out.version,
+                                      "canary_started": out.canary_started})
     PromoteOutputs = namedtuple("PromoteOutputs", ["champion"])
     return PromoteOutputs(out.aliases.champion or "")
 
@@ -409,6 +484,7 @@ def notify_on_exit(
 #: Every component, by name, in pipeline order.
 COMPONENTS = {
     "ingest": ingest,
+    "analyse_canary": analyse_canary,
     "detect_drift": detect_drift,
     "decide_retrain": decide_retrain,
     "train_model": train_model,

@@ -3,7 +3,7 @@
 ::
 
     exit handler (notify_on_exit: records runs/<run-id>/status.json, notifies on failure)
-    └── ingest → detect_drift → decide_retrain
+    └── ingest → analyse_canary → detect_drift → decide_retrain
                                 └── if retrain: train_model → evaluate_challenger
                                                 └── if verdict == "promote": notify → promote_model
 
@@ -30,6 +30,7 @@ from kfp import dsl, kubernetes
 
 from driftloop.config import DriftConfig, GateConfig, TriggerConfig
 from driftloop.kfp.components import (
+    analyse_canary,
     decide_retrain,
     detect_drift,
     evaluate_challenger,
@@ -87,6 +88,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
         auto_threshold: float = GateConfig.auto_threshold,
         force_retrain: bool = False,
         notify_webhook: str = "",
+        rollout_backend: str = "local",
+        rollout_state: str = "",
     ) -> None:
         """One continuous-training run: retrain on drift or new labels, promote if better.
 
@@ -107,6 +110,9 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
             auto_threshold: Relative improvement needed to promote without a person.
             force_retrain: Retrain regardless of the rules.
             notify_webhook: http(s) URL for model-update and failure events ("" = log).
+            rollout_backend: Where the canary runs: local (a state folder), kubernetes
+                (the cluster's KServe InferenceService) or none (registry aliases only).
+            rollout_state: The local backend's state folder ("" = <store>/rollout).
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         finale = notify_on_exit(store_uri=store_uri, model_name=model_name, run_id=run_id,
@@ -116,16 +122,24 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
             ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
                               run_date=run_date, window_days=window_days,
                               lookback_days=lookback_days)
+            canary = analyse_canary(
+                store_uri=store_uri, model_name=model_name, run_id=run_id,
+                now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
+                rollout_backend=rollout_backend, rollout_state=rollout_state,
+                webhook=notify_webhook, current=ingested.outputs["current"],
+            )
             drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
                                  model_name=model_name, run_id=run_id, p_value=p_value,
-                                 min_samples=min_samples, current=ingested.outputs["current"])
+                                 min_samples=min_samples, current=ingested.outputs["current"]
+                                 ).after(canary)  # a completed canary is the new champion
             decision = decide_retrain(
                 store_uri=store_uri, schema_uri=schema_uri, model_name=model_name,
                 run_id=run_id, now=ingested.outputs["now"], force=force_retrain,
                 min_new_labels=min_new_labels, perf_drop=perf_drop, max_age_days=max_age_days,
+                canary_in_progress=canary.outputs["Output"],
                 records=ingested.outputs["records"], drift_json=drift.outputs["drift_json"],
             )
-            store_tasks += [ingested, drift, decision]
+            store_tasks += [ingested, canary, drift, decision]
             with dsl.If(decision.outputs["Output"] == True, name="retrain"):  # noqa: E712
                 trained = train_model(store_uri=store_uri, schema_uri=schema_uri,
                                       model_name=model_name, run_id=run_id,
@@ -143,7 +157,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
                                        verdict_json=verdict.outputs["verdict_json"])
                     promoted = promote_model(
                         store_uri=store_uri, model_name=model_name, isvc_name=isvc_name,
-                        namespace=namespace, run_id=run_id,
+                        namespace=namespace, rollout_backend=rollout_backend,
+                        rollout_state=rollout_state, run_id=run_id,
                         verdict_json=verdict.outputs["verdict_json"],
                     ).after(announced)
                     store_tasks.append(promoted)
