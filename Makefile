@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 OUT    ?= demo-out
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data demo test lint compile clean
+.PHONY: help setup data demo test lint compile bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,17 @@ lint: $(STAMP) ## ruff + mypy
 
 compile: $(STAMP) ## Write components/*/component.yaml (+README) and pipelines/continuous_training.yaml
 	$(BIN)/driftloop compile
+
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev,bench]'
+	@touch $@
+
+bench: $(VENV)/.installed-bench data ## Run every benchmark at its quick size (tables + plots in benchmarks/results)
+	$(BIN)/python benchmarks/orchestration_overhead.py
+	$(BIN)/python benchmarks/drift_vs_evidently.py --quick
+	$(BIN)/python benchmarks/retraining_policy.py --quick
+	$(BIN)/python benchmarks/serving_latency.py
+	$(BIN)/python benchmarks/sink_throughput.py
 
 clean: ## Remove the virtualenv and generated output
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache
