@@ -53,7 +53,8 @@ class TriggerConfig:
     """When to retrain.
 
     Attributes:
-        min_new_labels: Labelled records since the champion's training cutoff that trigger.
+        min_new_labels: Labelled records since the last training cutoff (of any version,
+            promoted or not) that trigger.
         perf_drop: Relative drop of the champion's primary metric that triggers (0.10 = 10%).
         perf_min_samples: Labelled records needed before the performance rule may decide.
         max_age_days: A champion older than this is retrained on schedule.

@@ -34,9 +34,11 @@ def _row(day: dt.date, record: Any) -> str:
     fired = ",".join(decision.fired) if decision is not None and decision.fired else "-"
     verdict = record.verdict.decision if record.verdict else "-"
     champion = record.aliases.champion if record.aliases else "(unchanged)"
+    step = getattr(record, "rollout", None)
+    rollout = f"{step.action} {step.from_percent}%→{step.to_percent}%" if step else "-"
     c = record.ingest.counts if record.ingest is not None else None
     counts = f"{c.accepted} | {c.quarantined} | {c.labelled}" if c else "- | - | -"
-    return f"| {day} | {counts} | {drift_text} | {fired} | {verdict} | {champion} |"
+    return f"| {day} | {counts} | {drift_text} | {fired} | {verdict} | {rollout} | {champion} |"
 
 
 def run_demo(
@@ -88,8 +90,8 @@ def run_demo(
         records.append(record)
         rows.append(_row(day, record))
     print("| day | accepted | quarantined | labelled | drift (max PSI) | fired | verdict | "
-          "champion |")
-    print("|---|---|---|---|---|---|---|---|")
+          "rollout | champion |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"\nrun records: {store_dir / 'runs'}; registry: {store_dir / 'models' / MODEL}")
     return records

@@ -150,9 +150,14 @@ def run_drift(
     return detect_drift(champion.profile, current, schema, config.drift, model=champion.model)
 
 
-def _last_retrain(registry: Registry) -> dt.datetime | None:
-    stamps = [_parse_time(registry.metadata(v)["created_at"]) for v in registry.versions()]
-    return max(stamps) if stamps else None
+def _last_retrain(registry: Registry) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """When the latest version was trained, and the latest training cutoff of any version."""
+    metas = [registry.metadata(v) for v in registry.versions()]
+    if not metas:
+        return None, None
+    created = max(_parse_time(m["created_at"]) for m in metas)
+    cutoff = max(_parse_time(m.get("training_cutoff") or m["created_at"]) for m in metas)
+    return created, cutoff
 
 
 def champion_metric_on_new_labels(
@@ -184,15 +189,19 @@ def run_decide(
         return decide_retrain(None, now=now, config=config.trigger, force=force)
     info = champion.info()
     metric, samples = champion_metric_on_new_labels(champion, window.records, schema)
+    last_at, last_cutoff = _last_retrain(registry)
+    # Count labels since the latest training, promoted or not: a rejected challenger has
+    # already seen the labels before its cutoff, so they must not trigger again.
+    since = max(info.training_cutoff, last_cutoff) if last_cutoff else info.training_cutoff
     return decide_retrain(
         info,
         now=now,
         config=config.trigger,
         drift=drift,
-        new_labels=count_new_labels(window.records, info.training_cutoff),
+        new_labels=count_new_labels(window.records, since),
         current_metric=metric,
         metric_samples=samples,
-        last_retrain_at=_last_retrain(registry),
+        last_retrain_at=last_at,
         force=force,
         canary_in_progress=canary_in_progress,
     )
@@ -264,8 +273,12 @@ def run_train(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / result.metadata.version
         save_model_artifact(result, folder)
-        profile = build_reference_profile(training, schema, config.drift,
-                                          model_version=result.metadata.version,
+        # The drift reference is held-out data: the model's probabilities on its own
+        # training rows are over-confident, so a KS test against them fires on unchanged
+        # data; and the held-out rows are the most recent, i.e. what the model now serves.
+        held_out = len(eval_part) >= max(config.drift.min_samples, MIN_EVAL_ROWS)
+        profile = build_reference_profile(eval_part if held_out else training, schema,
+                                          config.drift, model_version=result.metadata.version,
                                           model=result.model)
         profile.save(folder)
         version = registry.register(folder)

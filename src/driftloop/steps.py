@@ -420,7 +420,7 @@ def decide_step(
         run_id: The run's id (made path-safe by :func:`run_key`).
         now: The run's logical time (ISO-8601, from :func:`ingest_step`).
         force: Retrain regardless of the rules.
-        min_new_labels: New labels since the champion's cutoff that trigger.
+        min_new_labels: New labels since the last training cutoff that trigger.
         perf_drop: Relative drop of the champion's primary metric that triggers.
         max_age_days: Champion age that triggers a scheduled retrain.
         canary_in_progress: The version whose canary was in flight at the start of the run

@@ -145,7 +145,7 @@ def decide_retrain(
     vol = new_labels >= config.min_new_labels
     rules.append(TriggerRule(
         "label_volume", vol, float(new_labels), float(config.min_new_labels),
-        f"{new_labels} new labels since the champion's cutoff "
+        f"{new_labels} new labels since the last training cutoff "
         f"{'>=' if vol else '<'} {config.min_new_labels}",
     ))
     rules.append(_performance_rule(champion, current_metric, metric_samples, config))

@@ -82,3 +82,26 @@ def test_demo_prints_the_chain_and_timeline(tmp_path: Path, capsys):
     for step in ("ingest", "drift", "decide", "train", "evaluate", "registry"):
         assert f"   {step}" in out
     assert "| day | accepted |" in out
+
+
+def test_label_volume_counts_from_the_last_training_even_when_not_promoted(tmp_path: Path):
+    from dataclasses import replace
+
+    from driftloop.trigger import count_new_labels
+
+    info = write_sample_store(tmp_path / "s", days=3, rows_per_day=400, drift_day=9, seed=5)
+    store, schema = open_store(info.root), sample_schema()
+    strict = replace(Config(), gate=replace(Config().gate, auto_threshold=10.0))
+    days = [_end_of(info.first_day + dt.timedelta(d)) for d in range(3)]
+    run_loop(store, schema, "sample", now=days[0], run_id="d0", config=strict)
+    held = run_loop(store, schema, "sample", now=days[1], run_id="d1", config=strict, force=True)
+    assert held.verdict is not None and held.verdict.decision != "promote"
+    third = run_loop(store, schema, "sample", now=days[2], run_id="d2", config=strict)
+    rule = next(r for r in third.decision.rules if r.name == "label_volume")
+    records = third.ingest.records
+    since_challenger = count_new_labels(records, dt.datetime.fromisoformat(
+        held.train.metadata.training_cutoff))
+    registry = Registry(store, "sample")
+    champion_cutoff = registry.metadata(registry.champion())["training_cutoff"]
+    since_champion = count_new_labels(records, dt.datetime.fromisoformat(champion_cutoff))
+    assert rule.measured == since_challenger < since_champion

@@ -104,7 +104,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
             lookback_days: Days of records and feedback read for labels and training.
             p_value: Significance level of the drift tests, before correction.
             min_samples: Current rows needed for a drift decision.
-            min_new_labels: New labels since the champion's cutoff that trigger a retrain.
+            min_new_labels: New labels since the last training cutoff that trigger a retrain.
             perf_drop: Relative drop of the champion's primary metric that triggers.
             max_age_days: Champion age in days that triggers a scheduled retrain.
             auto_threshold: Relative improvement needed to promote without a person.
