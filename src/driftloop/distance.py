@@ -64,15 +64,14 @@ def category_codes(values: Sequence[Any] | np.ndarray, categories: Sequence[str]
     """
     raw = np.asarray(values, dtype=object)
     missing = pd.isna(raw)
-    cats = np.asarray([str(c) for c in categories], dtype=str)
-    codes = np.full(raw.shape[0], len(cats), dtype=np.int64)
-    if cats.size and raw.size:
-        order = np.argsort(cats)
-        strs = raw.astype(str)
-        pos = np.searchsorted(cats, strs, sorter=order)
-        pos = np.minimum(pos, cats.size - 1)
-        found = cats[order[pos]] == strs
-        codes[found] = order[pos[found]]
+    if pd.api.types.infer_dtype(raw, skipna=True) not in ("string", "empty"):
+        # Only mixed or non-string values pay for a per-element str().
+        raw = raw.astype(str).astype(object)
+        raw[missing] = None
+    # A hash lookup: far cheaper than sorting and searching strings.
+    codes = pd.Index([str(c) for c in categories], dtype=object).get_indexer(raw)
+    codes = codes.astype(np.int64)
+    codes[codes < 0] = len(categories)
     codes[missing] = -1
     return codes
 
@@ -87,8 +86,12 @@ def category_shares(values: Sequence[Any] | np.ndarray, categories: Sequence[str
     Returns:
         ``len(categories) + 1`` shares summing to 1 (all zero when no value is present).
     """
-    codes = category_codes(values, categories)
-    counts = np.bincount(codes[codes >= 0], minlength=len(categories) + 1)
+    return shares_of_codes(category_codes(values, categories), len(categories))
+
+
+def shares_of_codes(codes: np.ndarray, n_categories: int) -> np.ndarray:
+    """Shares of ``n_categories`` categories plus ``unseen`` from :func:`category_codes` output."""
+    counts = np.bincount(codes[codes >= 0], minlength=n_categories + 1)
     return _normalise(counts.astype(np.float64))
 
 

@@ -33,6 +33,7 @@ from driftloop.distance import (
     js_distance,
     psi,
     quantile_bin_edges,
+    shares_of_codes,
 )
 from driftloop.errors import DriftloopError, SchemaError, StoreError
 from driftloop.schema import Schema
@@ -444,11 +445,11 @@ def _tabular_columns(profile: ReferenceProfile, current: pd.DataFrame) -> list[_
             profile.numeric_shares[name], histogram_shares(values, profile.bin_edges[name])))
     for name in profile.categorical:
         cats = profile.categories[name]
-        values = _categorical(current[name])
+        codes = category_codes(_categorical(current[name]), cats)
         cols.append(_Column(
             name, "categorical", profile.categorical_sample[name].astype(np.float64),
-            category_codes(values, cats).astype(np.float64),
-            profile.categorical_shares[name], category_shares(values, cats)))
+            codes.astype(np.float64), profile.categorical_shares[name],
+            shares_of_codes(codes, len(cats))))
     return cols
 
 
