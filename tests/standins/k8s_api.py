@@ -44,7 +44,6 @@ revisions are ready at once).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as dt
 import json
@@ -55,7 +54,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -68,6 +67,7 @@ from driftloop.rollout.base import (
     validate_inference_service,
 )
 from driftloop.rollout.local import reconcile
+from standins.http import TrackingServer
 
 PREFIX = f"/apis/{GROUP}/v1beta1"
 MERGE_PATCH = "application/merge-patch+json"
@@ -171,7 +171,7 @@ class K8sApiStandIn:
         self._rv = 1000
         self._faults: list[_Fault] = []
         self._between: list[tuple[str, str, dict[str, Any]]] = []
-        self._server: _Server | None = None
+        self._server: TrackingServer | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -186,7 +186,7 @@ class K8sApiStandIn:
 
     def start(self) -> K8sApiStandIn:
         """Start serving on a free port of 127.0.0.1."""
-        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._server = TrackingServer(("127.0.0.1", 0), _make_handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -433,34 +433,6 @@ class K8sApiStandIn:
 
 
 # ----------------------------------------------------------------------------- HTTP
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
 
 
 def _make_handler(standin: K8sApiStandIn) -> type[BaseHTTPRequestHandler]:

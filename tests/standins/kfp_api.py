@@ -32,7 +32,6 @@ test can assert on what was sent and in which order. Test hooks: :meth:`KfpApiSt
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import datetime as dt
 import json
@@ -43,9 +42,11 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from standins.http import TrackingServer
 
 API = "/apis/v2beta1"
 
@@ -501,7 +502,7 @@ class KfpApiStandIn:
         self._clock = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
         self._lock = threading.RLock()
         self._faults: list[_Fault] = []
-        self._server: _Server | None = None
+        self._server: TrackingServer | None = None
         self._thread: threading.Thread | None = None
         self._fired = 0
         if not self.multi_user:  # the API server creates it at start-up in single-user mode
@@ -556,7 +557,7 @@ class KfpApiStandIn:
 
     def start(self) -> KfpApiStandIn:
         """Start serving on a free port of 127.0.0.1."""
-        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._server = TrackingServer(("127.0.0.1", 0), _make_handler(self))
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -1149,34 +1150,6 @@ def _prune_list(key: str, items: list[dict[str, Any]], total: int, token: str) -
 
 
 # ----------------------------------------------------------------------------- HTTP
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
 
 
 def _make_handler(standin: KfpApiStandIn) -> type[BaseHTTPRequestHandler]:
