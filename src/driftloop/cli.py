@@ -19,17 +19,9 @@ from driftloop.errors import DriftloopError
 
 
 def _now(text: str | None) -> dt.datetime:
-    if not text:
-        return dt.datetime.now(dt.UTC)
-    try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise DriftloopError(f"--now {text!r}: not an ISO-8601 date or time") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    if len(text) == 10:  # a bare date means the end of that day
-        value += dt.timedelta(hours=23, minutes=59, seconds=59)
-    return value
+    from driftloop.clock import logical_time
+
+    return logical_time(text or "", what="--now")
 
 
 def _date(text: str) -> dt.date:

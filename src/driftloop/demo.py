@@ -34,7 +34,7 @@ def _row(day: dt.date, record: Any) -> str:
     fired = ",".join(decision.fired) if decision is not None and decision.fired else "-"
     verdict = record.verdict.decision if record.verdict else "-"
     champion = record.aliases.champion if record.aliases else "(unchanged)"
-    step = getattr(record, "rollout", None)
+    step = record.rollout
     rollout = f"{step.action} {step.from_percent}%→{step.to_percent}%" if step else "-"
     c = record.ingest.counts if record.ingest is not None else None
     counts = f"{c.accepted} | {c.quarantined} | {c.labelled}" if c else "- | - | -"

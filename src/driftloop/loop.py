@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from driftloop.clock import parse_time
 from driftloop.config import Config
 from driftloop.drift import DriftReport, ReferenceProfile, build_reference_profile, detect_drift
 from driftloop.evaluate import Verdict, evaluate_challenger
@@ -44,10 +45,6 @@ if TYPE_CHECKING:
 
 PROFILE_FILES = ("drift_profile.npz", "drift_profile.json")
 MIN_EVAL_ROWS = 50
-
-
-def _parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def record_result(store: Store, run_id: str, name: str, result: Any) -> str:
@@ -114,8 +111,8 @@ class Champion:
         meta = self.metadata
         return ChampionInfo(
             version=meta.version,
-            created_at=_parse_time(meta.created_at),
-            training_cutoff=_parse_time(meta.training_cutoff or meta.created_at),
+            created_at=parse_time(meta.created_at),
+            training_cutoff=parse_time(meta.training_cutoff or meta.created_at),
             primary_metric=meta.primary_metric,
             baseline=float(meta.validation_metrics[meta.primary_metric]),
         )
@@ -155,8 +152,8 @@ def _last_retrain(registry: Registry) -> tuple[dt.datetime | None, dt.datetime |
     metas = [registry.metadata(v) for v in registry.versions()]
     if not metas:
         return None, None
-    created = max(_parse_time(m["created_at"]) for m in metas)
-    cutoff = max(_parse_time(m.get("training_cutoff") or m["created_at"]) for m in metas)
+    created = max(parse_time(m["created_at"]) for m in metas)
+    cutoff = max(parse_time(m.get("training_cutoff") or m["created_at"]) for m in metas)
     return created, cutoff
 
 

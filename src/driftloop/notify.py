@@ -6,7 +6,6 @@ and the caller decides (see :func:`notify_or_raise`) whether that blocks the cha
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import smtplib
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
+from driftloop.clock import utc_now_iso
 from driftloop.config import NotifyConfig
 from driftloop.errors import ConfigError, DriftloopError
 from driftloop.serde import to_jsonable
@@ -30,10 +30,6 @@ EVENT_KINDS: tuple[str, ...] = ("model_update", "failure", "rollback", "info")
 
 class NotificationError(DriftloopError):
     """A required notification could not be delivered."""
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -55,7 +51,7 @@ class Event:
     model_name: str
     details: dict[str, Any]
     run_id: str = ""
-    time: str = field(default_factory=_now)
+    time: str = field(default_factory=utc_now_iso)
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:

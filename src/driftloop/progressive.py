@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from driftloop.canary import ADVANCE, HOLD, ROLLBACK, CanaryAnalysis, analyse_canary
+from driftloop.clock import utc_now_iso
 from driftloop.config import CanaryConfig
 from driftloop.errors import DriftloopError
 from driftloop.notify import Event, Notifier, notify_or_raise
@@ -54,10 +55,6 @@ RECORD = "rollout"
 
 class ProgressiveError(DriftloopError):
     """A rollout request does not fit the current state (the message says why)."""
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -93,7 +90,7 @@ class RolloutStep(JsonResult):
     canary: str | None = None
     run_id: str = ""
     notified: bool | None = None
-    recorded_at: str = field(default_factory=_now)
+    recorded_at: str = field(default_factory=utc_now_iso)
 
     @property
     def completes(self) -> bool:

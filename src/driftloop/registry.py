@@ -13,7 +13,6 @@ corruption and accidental overwrites; it cannot stop someone who can rewrite bot
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
@@ -24,6 +23,7 @@ from typing import Any
 
 import joblib
 
+from driftloop.clock import utc_now_iso
 from driftloop.errors import DriftloopError, IntegrityError, StoreError
 from driftloop.serde import from_dict, to_jsonable
 from driftloop.storage import Store
@@ -55,10 +55,6 @@ def sha256_file(path: str | Path) -> str:
     except FileNotFoundError:
         raise StoreError(f"{path}: file does not exist") from None
     return digest.hexdigest()
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -266,7 +262,7 @@ class Registry:
 
     def _apply(self, moves: dict[str, str | None], reason: str, run_id: str) -> AliasState:
         state, raw_history = self._read_aliases()
-        now = _now()
+        now = utc_now_iso()
         changes = [
             AliasChange(now, alias, getattr(state, alias), target, reason, run_id)
             for alias, target in moves.items()

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop import loop, progressive
+from driftloop.clock import logical_time
 from driftloop.config import Config, DriftConfig, GateConfig, NotifyConfig, TriggerConfig
 from driftloop.drift import DriftReport
 from driftloop.errors import DriftloopError
@@ -64,31 +65,6 @@ def run_key(job_name: str) -> str:
     if not key:
         raise DriftloopError(f"run id {job_name!r}: needs at least one letter or digit")
     return key
-
-
-def logical_time(run_date: str, *, clock: dt.datetime | None = None) -> dt.datetime:
-    """The run's logical time from the pipeline's ``run_date`` parameter.
-
-    Args:
-        run_date: ``""`` (now, UTC), an ISO date (the end of that day, 23:59:59 UTC) or an
-            ISO date and time (a time without zone is UTC).
-        clock: The current time for ``""`` (default: now).
-
-    Raises:
-        DriftloopError: ``run_date`` is not an ISO date or time.
-    """
-    text = run_date.strip()
-    if not text:
-        return clock or dt.datetime.now(dt.UTC)
-    try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise DriftloopError(f"run_date {run_date!r}: not an ISO-8601 date or time") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    if len(text) == 10:  # a bare date means the end of that day
-        value += dt.timedelta(hours=23, minutes=59, seconds=59)
-    return value
 
 
 def pipeline_config(
