@@ -336,7 +336,7 @@ class CanaryOutcome:
 def analyse_canary_step(
     store_uri: str, model_name: str, current_path: str | Path, *, run_id: str, now: str,
     isvc_name: str = "", namespace: str = "", rollout_backend: str = "local",
-    rollout_state: str = "", webhook: str = "",
+    rollout_state: str = "", webhook: str = "", min_labelled: int | None = None,
 ) -> CanaryOutcome:
     """Judge the canary in progress on the current window and advance, hold or roll it back.
 
@@ -355,6 +355,7 @@ def analyse_canary_step(
         rollout_backend: ``local``, ``kubernetes`` or ``none`` (registry only).
         rollout_state: The local backend's state folder (``""``: ``<store>/rollout``).
         webhook: ``http(s)://`` URL for the rollback / promotion events (``""``: log).
+        min_labelled: Labelled responses each version needs (default: CanaryConfig's).
     """
     run_id = run_key(run_id)
     registry = Registry(open_store(store_uri), model_name)
@@ -367,9 +368,12 @@ def analyse_canary_step(
     backend = _backend(store_uri, isvc_name, namespace, rollout_backend, rollout_state)
     if backend is None:
         return CanaryOutcome(canary, None)
+    canary_config = Config().canary
+    if min_labelled is not None:
+        canary_config = replace(canary_config, min_labelled=min_labelled)
     with backend:
         step = progressive.step_canary(
-            registry, backend, read_frame(current_path), config=Config().canary,
+            registry, backend, read_frame(current_path), config=canary_config,
             notifier=make_notifier(_notifier_config(webhook)), run_id=run_id,
             model_name=model_name, now=logical_time(now))
     return CanaryOutcome(canary, step)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from driftloop import __version__
-from driftloop.config import DriftConfig, GateConfig, TriggerConfig
+from driftloop.config import CanaryConfig, DriftConfig, GateConfig, TriggerConfig
 from driftloop.kfp.compile import compile_all, compile_pipeline
 from driftloop.kfp.components import COMPONENTS
 from driftloop.kfp.image import IMAGE
@@ -159,6 +159,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "perf_drop": ("NUMBER_DOUBLE", TriggerConfig.perf_drop),
         "max_age_days": ("NUMBER_DOUBLE", TriggerConfig.max_age_days),
         "auto_threshold": ("NUMBER_DOUBLE", GateConfig.auto_threshold),
+        "canary_min_labelled": ("NUMBER_INTEGER", CanaryConfig.min_labelled),
         "force_retrain": ("BOOLEAN", False), "notify_webhook": ("STRING", ""),
         "rollout_backend": ("STRING", "local"), "rollout_state": ("STRING", ""),
     }

@@ -155,6 +155,7 @@ def analyse_canary(
     rollout_backend: str,
     rollout_state: str,
     webhook: str,
+    min_labelled: int,
     current: Input[Dataset],
     canary_report: Output[Markdown],
     canary_metrics: Output[Metrics],
@@ -179,6 +180,7 @@ def analyse_canary(
         rollout_backend: local (state folder), kubernetes (the cluster's API) or none.
         rollout_state: The local backend's state folder ("" = <store>/rollout).
         webhook: http(s) URL receiving rollback and promotion events ("" = log only).
+        min_labelled: Labelled responses each version needs before the canary is judged.
         current: The current window's records (from ingest).
         canary_report: The step and the analysis (per-version numbers, every rule).
         canary_metrics: Traffic shares, live accuracies and the interval.
@@ -194,7 +196,7 @@ def analyse_canary(
     out = steps.analyse_canary_step(
         store_uri, model_name, current.path, run_id=run_id, now=now, isvc_name=isvc_name,
         namespace=namespace, rollout_backend=rollout_backend, rollout_state=rollout_state,
-        webhook=webhook,
+        webhook=webhook, min_labelled=min_labelled,
     )
     Path(canary_report.path).write_text(out.to_markdown())
     canary_report.metadata.update({

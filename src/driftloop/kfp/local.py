@@ -35,6 +35,7 @@ PIPELINE_THRESHOLDS: tuple[tuple[str, str, str], ...] = (
     ("trigger", "perf_drop", "perf_drop"),
     ("trigger", "max_age_days", "max_age_days"),
     ("gate", "auto_threshold", "auto_threshold"),
+    ("canary", "min_labelled", "canary_min_labelled"),
 )
 
 
@@ -84,7 +85,7 @@ def pipeline_arguments(config: Config) -> dict[str, Any]:
     settable = {(section, name) for section, name, _ in PIPELINE_THRESHOLDS}
     fixed = [
         f"{section}.{f.name}"
-        for section in ("drift", "trigger", "train", "gate")
+        for section in ("drift", "trigger", "train", "gate", "canary")
         for f in dataclasses.fields(getattr(default, section))
         if (section, f.name) not in settable
         and getattr(getattr(config, section), f.name) != getattr(getattr(default, section), f.name)

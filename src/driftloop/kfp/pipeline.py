@@ -28,7 +28,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from driftloop.config import DriftConfig, GateConfig, TriggerConfig
+from driftloop.config import CanaryConfig, DriftConfig, GateConfig, TriggerConfig
 from driftloop.kfp.components import (
     analyse_canary,
     decide_retrain,
@@ -86,6 +86,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
         perf_drop: float = TriggerConfig.perf_drop,
         max_age_days: float = TriggerConfig.max_age_days,
         auto_threshold: float = GateConfig.auto_threshold,
+        canary_min_labelled: int = CanaryConfig.min_labelled,
         force_retrain: bool = False,
         notify_webhook: str = "",
         rollout_backend: str = "local",
@@ -108,6 +109,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
             perf_drop: Relative drop of the champion's primary metric that triggers.
             max_age_days: Champion age in days that triggers a scheduled retrain.
             auto_threshold: Relative improvement needed to promote without a person.
+            canary_min_labelled: Labelled responses each version needs in the current
+                window before a canary is judged.
             force_retrain: Retrain regardless of the rules.
             notify_webhook: http(s) URL for model-update and failure events ("" = log).
             rollout_backend: Where the canary runs: local (a state folder), kubernetes
@@ -126,7 +129,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
                 store_uri=store_uri, model_name=model_name, run_id=run_id,
                 now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
                 rollout_backend=rollout_backend, rollout_state=rollout_state,
-                webhook=notify_webhook, current=ingested.outputs["current"],
+                webhook=notify_webhook, min_labelled=canary_min_labelled,
+                current=ingested.outputs["current"],
             )
             drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
                                  model_name=model_name, run_id=run_id, p_value=p_value,

@@ -39,8 +39,9 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -430,6 +431,12 @@ class LocalGateway:
     request without a restart. The response header ``x-driftloop-revision`` names the
     revision that answered (a header of this stand-in only; Knative sets none).
 
+    With ``logger_url`` the gateway also plays KServe's payload logger
+    (``spec.predictor.logger``, mode ``all``): after each answered ``:predict`` / ``/infer``
+    it posts the request and the response as two binary-mode CloudEvents with one ``Ce-Id``
+    to that URL, as the logger in the predictor pod does. A logging failure is logged and
+    does not fail the inference (KServe's logger drops the event too).
+
     Args:
         backend: The local backend whose InferenceService is served.
         model_name: The model name on the endpoint paths (default: the service's name, as
@@ -438,16 +445,21 @@ class LocalGateway:
         port: The port (0: a free one).
         cache_dir: Where ``gs://`` models are copied (default: a temporary folder).
         request_timeout: Seconds to wait for a predictor's answer.
+        logger_url: Where request/response CloudEvents go (``None``: not logged).
+        clock: Time source (epoch seconds) of the events' ``Ce-Time``.
     """
 
     def __init__(self, backend: LocalRolloutBackend, *, model_name: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, cache_dir: str | Path | None = None,
-                 request_timeout: float = 30.0) -> None:
+                 request_timeout: float = 30.0, logger_url: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self.model_name = model_name or backend.name
         self.host = host
         self.port = port
         self.request_timeout = request_timeout
+        self.logger_url = logger_url
+        self.clock = clock
         self._own_cache = cache_dir is None
         self.cache_dir = Path(cache_dir) if cache_dir else Path(
             tempfile.mkdtemp(prefix="driftloop-gateway-"))
@@ -464,6 +476,8 @@ class LocalGateway:
         self.loads: list[str] = []
         #: Requests forwarded per revision.
         self.served: dict[str, int] = {}
+        #: Events the payload logger could not deliver.
+        self.log_failures = 0
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -618,6 +632,30 @@ class LocalGateway:
 
     # -- HTTP ------------------------------------------------------------------------------
 
+    async def _log_pair(self, request: bytes, response: bytes, revision: str) -> None:
+        """Post one inference's request and response to the logger URL (KServe's logger)."""
+        from driftloop.serving.sink import REQUEST_TYPE, RESPONSE_TYPE
+
+        assert self._client is not None and self.logger_url is not None
+        ce_id = uuid.uuid4().hex
+        stamp = dt.datetime.fromtimestamp(self.clock(), dt.UTC).isoformat().replace(
+            "+00:00", "Z")
+        for ce_type, content in ((REQUEST_TYPE, request), (RESPONSE_TYPE, response)):
+            headers = {"Ce-Id": ce_id, "Ce-Type": ce_type, "Ce-Specversion": "1.0",
+                       "Ce-Source": f"http://localhost/{revision}", "Ce-Time": stamp,
+                       "Ce-Inferenceservicename": self.backend.name,
+                       "Ce-Namespace": self.backend.namespace, "Ce-Component": "predictor",
+                       "Ce-Endpoint": revision, "Content-Type": "application/json"}
+            try:
+                sent = await self._client.post(self.logger_url, content=content,
+                                               headers=headers)
+                failed = sent.status_code >= 300
+            except Exception as exc:  # the logger never fails an inference
+                log.warning("payload logger: %s: %s", self.logger_url, exc)
+                failed = True
+            if failed:
+                self.log_failures += 1
+
     def _app(self) -> Any:
         import anyio.to_thread
         import httpx
@@ -663,9 +701,13 @@ class LocalGateway:
             headers = {k: v for k, v in request.headers.items()
                        if k.lower() in ("content-type", "accept", "ce-id", "ce-type",
                                         "ce-source", "ce-specversion")}
+            body = await request.body()
             answer = await gateway._client.request(
                 request.method, f"{server.url}{path}", params=request.query_params,
-                content=await request.body(), headers=headers)
+                content=body, headers=headers)
+            if (gateway.logger_url and request.method == "POST" and answer.status_code == 200
+                    and path.endswith((":predict", "/infer"))):
+                await gateway._log_pair(body, answer.content, revision)
             out = {"x-driftloop-revision": revision}
             if "content-type" in answer.headers:
                 out["content-type"] = answer.headers["content-type"]
