@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= demo-out
+SCENARIO ?= tweets
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data demo test lint compile bench clean
@@ -14,7 +15,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev,report]'
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned dependencies (idempotent)
@@ -22,8 +23,8 @@ setup: $(STAMP) ## Create .venv and install the pinned dependencies (idempotent)
 data: $(STAMP) ## Fetch the real data sets (tweets, Elec2) from PyPI wheels into data/, sha256-verified
 	$(BIN)/python -m driftloop.datasets --out data
 
-demo: $(STAMP) ## Run the loop end to end on a generated sample and print each result
-	$(BIN)/driftloop demo --out $(OUT)
+demo: $(STAMP) data ## Serve a model, replay real data as days, run the pipeline daily (SCENARIO=tweets|elec2|sample)
+	$(BIN)/driftloop demo --scenario $(SCENARIO) --out $(OUT)
 
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest -q
@@ -36,7 +37,7 @@ compile: $(STAMP) ## Write components/*/component.yaml (+README) and pipelines/c
 	$(BIN)/driftloop compile
 
 $(VENV)/.installed-bench: $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev,report,bench]'
 	@touch $@
 
 bench: $(VENV)/.installed-bench data ## Run every benchmark at its quick size (tables + plots in benchmarks/results)

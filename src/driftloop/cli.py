@@ -361,10 +361,20 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate a sample store and run the loop once per day, printing each result."""
-    from driftloop.demo import run_demo
+    """Run a scenario day by day: real data served over HTTP, or the generated sample."""
+    if args.scenario == "sample":
+        from driftloop.demo import run_demo
 
-    run_demo(Path(args.out), days=args.days, seed=args.seed, in_process=args.in_process)
+        run_demo(Path(args.out), days=args.days or 6, seed=args.seed,
+                 in_process=args.in_process)
+        return 0
+    from driftloop.live import TrafficConfig
+    from driftloop.live_demo import run_live_demo
+
+    traffic = TrafficConfig(feedback_share=args.feedback_share,
+                            feedback_delay_hours=args.feedback_delay_hours, seed=args.seed)
+    run_live_demo(Path(args.out), args.scenario, data_dir=Path(args.data),
+                  in_process=args.in_process, traffic=traffic, days=args.days, seed=args.seed)
     return 0
 
 
@@ -521,12 +531,21 @@ def build_parser() -> argparse.ArgumentParser:
                            help="recurring run name; the same name replaces the schedule")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("demo", help="generate a sample and run the pipeline day by day")
+    p = sub.add_parser("demo", help="serve a model, replay a real stream as simulated days "
+                                     "and run the pipeline after each day")
+    p.add_argument("--scenario", choices=("tweets", "elec2", "sample"), default="tweets",
+                   help="tweets (topic shifts), elec2 (electricity market) or sample "
+                        "(generated rows dropped in the store, no serving)")
     p.add_argument("--out", default="demo-out")
+    p.add_argument("--data", default="data", help="folder of the data sets (make data)")
     p.add_argument("--in-process", action="store_true",
                    help="call the steps in this process instead of running kfp.local")
-    p.add_argument("--days", type=int, default=6)
+    p.add_argument("--days", type=int, default=None, help="run only the first N days")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feedback-share", type=float, default=0.3,
+                   help="share of predictions that get a feedback label")
+    p.add_argument("--feedback-delay-hours", type=float, default=6.0,
+                   help="mean delay of a feedback label (exponential)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -277,3 +277,50 @@ def test_the_gateway_copies_a_gs_model_once_like_the_storage_initializer(
         assert gateway.loads == [uri]
         (copied,) = (tmp_path / "cache").iterdir()
         assert sorted(p.name for p in copied.iterdir()) >= ["metadata.json", "model.joblib"]
+
+
+def test_the_gateway_logs_each_inference_to_the_sink_like_kserves_logger(
+        backend, versions, rows, tmp_path):
+    from driftloop.serving.server import start_app
+    from driftloop.serving.sink import PayloadSink, create_app
+
+    store = LocalStore(tmp_path / "sink-store", create=True)
+    moment = dt.datetime(2026, 5, 4, 9, 30, tzinfo=dt.UTC).timestamp()
+    sink = PayloadSink(store, clock=lambda: moment)
+    server = start_app(create_app(sink))
+    backend.ensure(versions.uri_a)
+    backend.set_canary(versions.uri_b, 50)
+    try:
+        with LocalGateway(backend, model_name=MODEL, logger_url=f"{server.url}/",
+                          clock=lambda: moment) as gateway, \
+                httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+            for i in range(4):
+                batch = [{"id": f"r{i}-{k}", **rows[k]} for k in range(3)]
+                answer = client.post(f"/v1/models/{MODEL}:predict", json={"instances": batch})
+                assert answer.status_code == 200, answer.text
+            # a failed inference is not logged
+            bad = client.post(f"/v1/models/{MODEL}:predict", json={"instances": [{"x0": 1}]})
+            assert bad.status_code >= 400
+            assert gateway.log_failures == 0
+    finally:
+        server.stop()
+        sink.close()
+    lines = [line for key in store.list("requests")
+             for line in store.read_text(key).splitlines() if line.strip()]
+    records = [yaml.safe_load(line) for line in lines]
+    assert sorted(r["id"] for r in records) == sorted(f"r{i}-{k}" for i in range(4)
+                                                      for k in range(3))
+    assert all(r["logged"] == "pair" and r["timestamp"].startswith("2026-05-04T09:30")
+               for r in records)
+    # the split is 50/50 and each record carries the version that answered it
+    assert Counter(r["model_version"] for r in records) == {"v-a": 6, "v-b": 6}
+    assert all(key.startswith("requests/dt=2026-05-04/") for key in store.list("requests"))
+
+
+def test_a_dead_logger_does_not_fail_the_inference(backend, versions, rows):
+    backend.ensure(versions.uri_a)
+    with LocalGateway(backend, model_name=MODEL, logger_url="http://127.0.0.1:9/") as gateway, \
+            httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+        answer = client.post(f"/v1/models/{MODEL}:predict", json={"instances": rows[:1]})
+        assert answer.status_code == 200
+        assert gateway.log_failures == 2  # the request and the response event

@@ -1,0 +1,214 @@
+"""Simulated users: real HTTP traffic through the gateway and delayed feedback to the sink.
+
+The demo's clock is simulated (one pipeline run per simulated day), so the gateway's
+payload logger and the sink both read :class:`SimClock`, which :class:`Traffic` moves
+along as it sends each day's requests. A share of the predictions gets the true label as
+user feedback after a random delay (exponential, in hours); feedback that falls due after
+the end of a day is posted on a later day, as real feedback would be.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from driftloop.errors import DriftloopError
+
+
+class SimClock:
+    """A settable clock (epoch seconds) shared by the gateway's logger and the sink."""
+
+    def __init__(self, moment: dt.datetime) -> None:
+        self.now = moment.timestamp()
+
+    def __call__(self) -> float:  # noqa: D102 - the clock protocol: epoch seconds
+        return self.now
+
+    def set(self, moment: dt.datetime) -> None:
+        """Move to ``moment`` (the simulated time never goes back)."""
+        self.now = max(self.now, moment.timestamp())
+
+    @property
+    def moment(self) -> dt.datetime:
+        """The current simulated time (UTC)."""
+        return dt.datetime.fromtimestamp(self.now, dt.UTC)
+
+
+@dataclass(frozen=True)
+class TrafficConfig:
+    """How the simulated users behave.
+
+    Attributes:
+        feedback_share: Share of predictions that get a user-feedback label.
+        feedback_delay_hours: Mean delay of a label after its prediction (exponential).
+        batch: Rows per HTTP request (V1 ``instances``).
+        seed: Seed of the feedback draws.
+    """
+
+    feedback_share: float = 0.3
+    feedback_delay_hours: float = 6.0
+    batch: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.feedback_share <= 1.0:
+            raise DriftloopError(f"feedback_share: must be within 0..1 (got {self.feedback_share})")
+        if self.feedback_delay_hours < 0 or self.batch < 1:
+            raise DriftloopError("feedback_delay_hours must be >= 0 and batch >= 1 "
+                                 f"(got {self.feedback_delay_hours}, {self.batch})")
+
+
+@dataclass
+class DayTraffic:
+    """What one simulated day of traffic did.
+
+    Attributes:
+        day: Index of the simulated day.
+        requests: HTTP requests sent.
+        rows: Rows predicted.
+        served: Per row: id, day, model version, prediction, true label, whether a
+            feedback label was drawn for it.
+        feedback_posted: Feedback labels posted during the day (any day's predictions).
+    """
+
+    day: int
+    requests: int = 0
+    rows: int = 0
+    served: list[dict[str, Any]] = field(default_factory=list)
+    feedback_posted: int = 0
+
+
+class Traffic:
+    """Sends each day's rows through the gateway and posts the feedback that falls due.
+
+    Args:
+        gateway_url: The gateway (``http://127.0.0.1:port``).
+        sink_url: The payload sink (its ``/feedback`` route takes the labels).
+        model_name: Model name on the inference path.
+        features: Feature columns sent in each instance (with the row's ``id``).
+        clock: The simulated clock (moved along by :meth:`replay_day`).
+        config: Share, delay, batch and seed.
+    """
+
+    def __init__(self, gateway_url: str, sink_url: str, model_name: str, features: list[str],
+                 clock: SimClock, config: TrafficConfig | None = None) -> None:
+        self.model_name = model_name
+        self.features = features
+        self.clock = clock
+        self.config = config or TrafficConfig()
+        self._rng = np.random.default_rng(self.config.seed)
+        self._due: list[tuple[float, str, str]] = []  # (due epoch, id, label), a heap
+        self._gateway = httpx.Client(base_url=gateway_url, timeout=60.0)
+        self._sink = httpx.Client(base_url=sink_url, timeout=60.0)
+        self.feedback_posted = 0
+
+    def close(self) -> None:
+        """Close the HTTP clients."""
+        self._gateway.close()
+        self._sink.close()
+
+    def __enter__(self) -> Traffic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pending_feedback(self) -> int:
+        """Labels drawn but not yet due."""
+        return len(self._due)
+
+    def post_due(self) -> int:
+        """Post every feedback label due by the clock's time; return how many."""
+        now = self.clock()
+        rows = []
+        while self._due and self._due[0][0] <= now:
+            due, rid, label = heapq.heappop(self._due)
+            stamp = dt.datetime.fromtimestamp(due, dt.UTC).isoformat().replace("+00:00", "Z")
+            rows.append({"id": rid, "label": label, "timestamp": stamp})
+        if rows:
+            answer = self._sink.post("/feedback", json=rows)
+            if answer.status_code != 200:
+                raise DriftloopError(f"feedback: the sink answered {answer.status_code}: "
+                                     f"{answer.text[:200]}")
+            self.feedback_posted += len(rows)
+        return len(rows)
+
+    def _predict(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        path = f"/v1/models/{self.model_name}:predict"
+        answer = self._gateway.post(path, json={"instances": rows})
+        if answer.status_code != 200:
+            raise DriftloopError(f"POST {path}: the gateway answered {answer.status_code}: "
+                                 f"{answer.text[:200]}")
+        body: dict[str, Any] = answer.json()
+        return body
+
+    def replay_day(self, index: int, day: dt.date, frame: pd.DataFrame) -> DayTraffic:
+        """Send ``frame`` (``id``, features, ``label``) spread over ``day`` through the gateway.
+
+        Requests are spread evenly between 00:00 and 23:00; before each one, the feedback
+        that fell due is posted. The clock ends at 23:59 with everything due by then
+        posted.
+
+        Raises:
+            DriftloopError: The gateway or the sink answered with an error.
+        """
+        out = DayTraffic(index)
+        start = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
+        records = frame.to_dict(orient="records")
+        batch = self.config.batch
+        n_requests = max(1, -(-len(records) // batch))
+        step = dt.timedelta(hours=23) / n_requests
+        posted = self.feedback_posted
+        for r in range(n_requests):
+            chunk = records[r * batch:(r + 1) * batch]
+            if not chunk:
+                break
+            moment = start + step * r
+            self.clock.set(moment)
+            self.post_due()
+            instances = [{"id": row["id"], **{f: row[f] for f in self.features}}
+                         for row in chunk]
+            body = self._predict(instances)
+            out.requests += 1
+            for row, pred in zip(chunk, body["predictions"], strict=True):
+                labelled = bool(self._rng.random() < self.config.feedback_share)
+                if labelled:
+                    delay = self._rng.exponential(self.config.feedback_delay_hours) * 3600.0
+                    heapq.heappush(self._due, (moment.timestamp() + delay, str(row["id"]),
+                                               str(row["label"])))
+                out.served.append({
+                    "id": row["id"], "day": index,
+                    "model_version": pred.get("model_version") or body.get("model_version"),
+                    "prediction": pred.get("class"), "label": row["label"],
+                    "labelled": labelled,
+                })
+            out.rows += len(chunk)
+        self.clock.set(start + dt.timedelta(hours=23, minutes=59))
+        self.post_due()
+        out.feedback_posted = self.feedback_posted - posted
+        return out
+
+
+def live_accuracy(served: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per day and model version on the predictions that got a feedback label.
+
+    Args:
+        served: :attr:`DayTraffic.served` rows of every day.
+
+    Returns:
+        Columns ``day``, ``model_version``, ``labelled``, ``accuracy`` (one row per day
+        and version that served labelled predictions).
+    """
+    labelled = served[served["labelled"]]
+    if labelled.empty:
+        return pd.DataFrame(columns=["day", "model_version", "labelled", "accuracy"])
+    correct = (labelled["prediction"] == labelled["label"]).rename("correct")
+    grouped = labelled.assign(correct=correct).groupby(["day", "model_version"])["correct"]
+    return grouped.agg(labelled="size", accuracy="mean").reset_index()

@@ -1,0 +1,275 @@
+"""The real-data demo: a served model, simulated users, and the pipeline once per day.
+
+1. The scenario's first labelled rows go into the store as the reference set and a first
+   pipeline run (the day before the first day) trains the first champion and deploys it
+   on the local InferenceService at 100 %.
+2. The local gateway (the stand-in for Knative's traffic split) serves it over HTTP on
+   127.0.0.1 with the real predictor, and logs every request/response pair to the payload
+   sink as KServe's logger does.
+3. Each simulated day the users send that day's rows through the gateway; a share of the
+   predictions gets its true label as feedback after a delay, posted to the sink.
+4. At the end of each day the continuous-training pipeline runs (through ``kfp.local`` by
+   default): ingest, canary analysis, drift, decision, train, evaluate, promote. A promoted
+   challenger starts as a 10 % canary and the gateway splits the next day's traffic.
+5. The timeline table is printed and ``report.html`` written with the plots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from driftloop.config import Config
+from driftloop.errors import DriftloopError
+from driftloop.live import DayTraffic, SimClock, Traffic, TrafficConfig, live_accuracy
+from driftloop.report import DayRow, print_timeline, write_report
+from driftloop.scenarios import Scenario, load_scenario
+from driftloop.storage import LocalStore
+
+FIRST_DAY = dt.date(2026, 3, 2)
+NAMESPACE = "local"
+
+
+def demo_config(base: Config | None = None) -> Config:
+    """The demo's thresholds: the defaults, with a canary judged on a day's labels.
+
+    A 10 % canary sees about 100 of a day's 1,000 requests, 30 of them labelled and about
+    20 of those by the end of the day: the default ``min_labelled`` (100) would hold it for
+    days. With 15, the accuracy interval decides (it stays inconclusive, so the canary
+    holds, while the difference is small for the number of labels). Label volume alone
+    retrains after five days of feedback, so drift and performance are what trigger within a
+    topic change.
+    """
+    config = base or Config()
+    return replace(config, canary=replace(config.canary, min_labelled=15),
+                   trigger=replace(config.trigger, min_new_labels=1500))
+
+
+@dataclass
+class DemoResult:
+    """What the demo did.
+
+    Attributes:
+        scenario: The scenario's name.
+        rows: One timeline row per pipeline run (the first is the seed run).
+        served: Every predicted row (id, day, model version, prediction, label, labelled).
+        report: The HTML report.
+        seconds: Wall time.
+        log_failures: Payload events the gateway could not log (0 expected).
+    """
+
+    scenario: str
+    rows: list[DayRow]
+    served: pd.DataFrame
+    report: Path
+    seconds: float
+    log_failures: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; plain lines otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 30) -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = self.stream.isatty()
+
+    def show(self, done: int, text: str) -> None:
+        """Draw the bar at ``done`` of ``total`` with ``text`` after it."""
+        filled = round(self.width * done / max(1, self.total))
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"[{bar}] {done}/{self.total} days  {text}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the bar before other output (terminal only)."""
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+def _write_seed(store: LocalStore, scenario: Scenario, first_day: dt.date) -> Path:
+    """Write the schema and the champion's labelled reference rows; return the schema path."""
+    schema_path = Path(store.root) / "schema.json"
+    schema_path.write_text(json.dumps(scenario.schema.to_dict(), indent=2) + "\n")
+    seed = scenario.seed_rows.copy()
+    t0 = pd.Timestamp(first_day - dt.timedelta(days=8), tz="UTC")
+    seed.insert(1, "timestamp", [t0 + pd.Timedelta(seconds=60 * i) for i in range(len(seed))])
+    store.write_bytes(f"reference/{scenario.name}/seed.parquet", seed.to_parquet(index=False))
+    return schema_path
+
+
+class _Runner:
+    """Runs the pipeline for one logical day, through kfp.local or in this process."""
+
+    def __init__(self, store: LocalStore, schema_path: Path, scenario: Scenario,
+                 config: Config, *, in_process: bool, lookback_days: int) -> None:
+        self.store = store
+        self.schema_path = schema_path
+        self.scenario = scenario
+        self.config = config
+        self.in_process = in_process
+        self.lookback_days = lookback_days
+
+    def run(self, day: dt.date, label: str) -> Any:
+        from driftloop.steps import read_run
+
+        model = self.scenario.name
+        if self.in_process:
+            from driftloop.loop import run_loop
+            from driftloop.rollout.local import LocalRolloutBackend
+
+            backend = LocalRolloutBackend(Path(self.store.root) / "rollout", model, NAMESPACE)
+            now = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+            run_id = f"{label}-{day.isoformat()}"
+            run_loop(self.store, self.scenario.schema, model, now=now, run_id=run_id,
+                     config=self.config, lookback_days=self.lookback_days, backend=backend)
+        else:
+            from driftloop.kfp.local import run_local
+
+            run = run_local(str(self.store.root), str(self.schema_path), model,
+                            run_date=day.isoformat(), lookback_days=self.lookback_days,
+                            config=self.config, namespace=NAMESPACE)
+            if not run.ok or run.run_id is None:
+                raise DriftloopError(f"demo {label} ({day}): pipeline run failed: {run.error}")
+            run_id = run.run_id
+        return read_run(self.store, run_id)
+
+
+def run_live_demo(
+    out: Path,
+    scenario: str = "tweets",
+    *,
+    data_dir: Path = Path("data"),
+    in_process: bool = False,
+    traffic: TrafficConfig | None = None,
+    config: Config | None = None,
+    days: int | None = None,
+    lookback_days: int = 3,
+    seed: int = 0,
+    rows_per_day: int | None = None,
+    stream: TextIO | None = None,
+) -> DemoResult:
+    """Run the real-data demo of ``scenario`` under ``out`` (replaced if it exists).
+
+    Args:
+        out: Output folder: ``store/`` (the data store, registry, runs, rollout state),
+            ``served.csv`` and ``report.html``.
+        scenario: ``tweets`` or ``elec2``.
+        data_dir: Folder of the verified data sets (fetched there if missing).
+        in_process: Run each day's steps in this process instead of through kfp.local.
+        traffic: Feedback share and delay, request batch size (default: 30 %, 6 h, 5).
+        config: Thresholds (default: :func:`demo_config`).
+        days: Run only the first ``days`` simulated days.
+        lookback_days: Days of labelled records a retrain reads.
+        seed: Seed of the scenario's shuffle and the users' draws.
+        rows_per_day: Requests per day (default: the scenario's).
+        stream: Where the step lines and the timeline go (default stdout).
+
+    Raises:
+        DriftloopError: A pipeline run failed, or the gateway or sink answered an error.
+    """
+    from driftloop.rollout.local import LocalGateway, LocalRolloutBackend
+    from driftloop.serving.server import start_app
+    from driftloop.serving.sink import PayloadSink, create_app
+
+    started = time.perf_counter()
+    # kserve 0.20 answers with ORJSONResponse, which FastAPI deprecates on every request.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    printer = stream or sys.stdout
+    data = load_scenario(scenario, data_dir, seed=seed, rows_per_day=rows_per_day)
+    plan = data.days[:days] if days is not None else data.days
+    traffic = traffic or TrafficConfig(seed=seed)
+    config = config or demo_config()
+    if out.exists():
+        shutil.rmtree(out)
+    store = LocalStore(out / "store", create=True)
+    schema_path = _write_seed(store, data, FIRST_DAY)
+    runner = _Runner(store, schema_path, data, config, in_process=in_process,
+                     lookback_days=lookback_days)
+    how = "in this process" if in_process else "through kfp.local"
+    print(f"scenario {data.name}: {data.description}\n"
+          f"{len(data.seed_rows)} labelled rows train the first champion; {len(plan)} days of "
+          f"{len(plan[0])} requests, {traffic.feedback_share:.0%} get feedback after "
+          f"~{traffic.feedback_delay_hours:g} h; true changes on days "
+          f"{', '.join(str(d) for d in data.change_days if d < len(plan)) or '-'}; "
+          f"pipeline runs {how}\n", file=printer, flush=True)
+
+    progress = Progress(len(plan))
+    progress.show(0, "training the first champion")
+    seed_day = FIRST_DAY - dt.timedelta(days=1)
+    record = runner.run(seed_day, "seed")
+    progress.clear()
+    _print_run(printer, "seed run", seed_day, record)
+    rows = [DayRow.from_run(-1, seed_day, "seed", record, None, pd.DataFrame())]
+
+    clock = SimClock(dt.datetime.combine(FIRST_DAY, dt.time(0), tzinfo=dt.UTC))
+    sink = PayloadSink(store, clock=clock, labels=[str(x) for x in data.schema.labels or ()])
+    sink_server = start_app(create_app(sink))
+    backend = LocalRolloutBackend(out / "store" / "rollout", data.name, NAMESPACE)
+    served: list[dict[str, Any]] = []
+    timings = {"traffic": 0.0, "pipeline": 0.0}
+    try:
+        with LocalGateway(backend, model_name=data.name, cache_dir=out / "gateway-cache",
+                          logger_url=f"{sink_server.url}/", clock=clock) as gateway, \
+                Traffic(gateway.url, sink_server.url, data.name, data.features, clock,
+                        traffic) as users:
+            for d, frame in enumerate(plan):
+                day = FIRST_DAY + dt.timedelta(days=d)
+                progress.show(d, f"day {d} ({data.regimes[d]}): serving {len(frame)} requests")
+                t0 = time.perf_counter()
+                day_traffic: DayTraffic = users.replay_day(d, day, frame)
+                t1 = time.perf_counter()
+                progress.show(d, f"day {d} ({data.regimes[d]}): running the pipeline")
+                record = runner.run(day, f"day-{d:02d}")
+                t2 = time.perf_counter()
+                timings["traffic"] += t1 - t0
+                timings["pipeline"] += t2 - t1
+                served.extend(day_traffic.served)
+                progress.clear()
+                _print_run(printer, f"day {d} [{data.regimes[d]}]", day, record,
+                           f"{day_traffic.requests} requests, {day_traffic.rows} rows, "
+                           f"{day_traffic.feedback_posted} labels posted "
+                           f"(traffic {t1 - t0:.1f}s, pipeline {t2 - t1:.1f}s)")
+                accuracy = live_accuracy(pd.DataFrame(day_traffic.served))
+                rows.append(DayRow.from_run(d, day, data.regimes[d], record, day_traffic,
+                                            accuracy))
+            progress.show(len(plan), "done")
+            progress.clear()
+            log_failures = gateway.log_failures
+    finally:
+        sink_server.stop()
+        sink.close()
+    served_frame = pd.DataFrame(served)
+    served_frame.to_csv(out / "served.csv", index=False)
+    print_timeline(rows, printer)
+    seconds = time.perf_counter() - started
+    report = write_report(out / "report.html", data, rows, served_frame, seconds=seconds,
+                          how=how)
+    print(f"\nreport: {report}\nstore: {out / 'store'} (runs/, models/, rollout/); "
+          f"served rows: {out / 'served.csv'}\n"
+          f"wall time {seconds:.0f}s (traffic {timings['traffic']:.0f}s, pipeline "
+          f"{timings['pipeline']:.0f}s)", file=printer, flush=True)
+    return DemoResult(data.name, rows, served_frame, report, seconds, log_failures, timings)
+
+
+def _print_run(printer: TextIO, title: str, day: dt.date, record: Any, extra: str = "") -> None:
+    print(f"== {title} {day}" + (f": {extra}" if extra else ""), file=printer)
+    for line in record.lines():
+        print(f"   {line}", file=printer)
+    print(file=printer, flush=True)

@@ -1,0 +1,301 @@
+"""The demo's timeline table and its HTML report with plots.
+
+One :class:`DayRow` per pipeline run, built from the run's record in the store and the
+day's traffic; :func:`print_timeline` prints them as a Markdown table and
+:func:`write_report` writes a self-contained ``report.html`` (plots embedded as PNG).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from driftloop.live import DayTraffic
+    from driftloop.scenarios import Scenario
+
+
+@dataclass(frozen=True)
+class TestPoint:
+    """One drift test of one run: its p-value against its (corrected) threshold."""
+
+    name: str
+    test: str
+    p_value: float | None
+    threshold: float
+    drifted: bool
+
+
+@dataclass
+class DayRow:
+    """One pipeline run on the timeline.
+
+    Attributes:
+        day: Simulated day (-1: the seed run that trains the first champion).
+        date: Its date.
+        regime: The true regime of the day's traffic (topic, before/after).
+        requests: HTTP requests sent that day.
+        rows: Rows predicted.
+        labels: Feedback labels posted that day.
+        drift: Drift status (``drift``, ``no_drift``, ``insufficient_data``; ``-``: none).
+        tests: Every drift test of the run.
+        oov: Out-of-vocabulary rate of the current window (text models).
+        retrain: Whether the run retrained.
+        fired: The rules that fired.
+        verdict: The gate's decision (``-``: no challenger).
+        rollout: The rollout step's action (``start``, ``advance``, ``hold``, ``rollback``,
+            ``deploy``; ``-``: none) and version.
+        canary_percent: The canary's traffic share after the run (0: no canary).
+        champion: The champion after the run.
+        accuracy: Live accuracy per model version on the day's labelled predictions:
+            version -> (labelled, accuracy).
+    """
+
+    day: int
+    date: dt.date
+    regime: str
+    requests: int = 0
+    rows: int = 0
+    labels: int = 0
+    drift: str = "-"
+    tests: list[TestPoint] = field(default_factory=list)
+    oov: float | None = None
+    retrain: bool = False
+    fired: list[str] = field(default_factory=list)
+    verdict: str = "-"
+    rollout: str = "-"
+    rollout_version: str = ""
+    canary_percent: int = 0
+    champion: str = "-"
+    accuracy: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, day: int, date: dt.date, regime: str, record: Any,
+                 traffic: DayTraffic | None, accuracy: pd.DataFrame) -> DayRow:
+        """Build the row from a run record (``steps.RunRecord``) and the day's traffic."""
+        row = cls(day, date, regime)
+        if traffic is not None:
+            row.requests, row.rows, row.labels = (traffic.requests, traffic.rows,
+                                                  traffic.feedback_posted)
+        if record.drift is not None:
+            row.drift = record.drift.status
+            row.tests = [TestPoint(f.name, f.test, f.p_value, f.threshold, f.drifted)
+                         for f in record.drift.features]
+            row.oov = record.drift.oov_rate_current
+        if record.decision is not None:
+            row.retrain = bool(record.decision.retrain) and record.train is not None
+            row.fired = list(record.decision.fired)
+        if record.verdict is not None:
+            row.verdict = record.verdict.decision
+        if record.rollout is not None:
+            step = record.rollout
+            row.rollout, row.rollout_version = step.action, step.version
+            row.canary_percent = step.to_percent if 0 < step.to_percent < 100 else 0
+        if record.aliases is not None:
+            row.champion = record.aliases.champion or "-"
+        for item in accuracy.itertuples(index=False):
+            row.accuracy[str(item.model_version)] = (int(item.labelled), float(item.accuracy))
+        return row
+
+    @property
+    def strongest(self) -> TestPoint | None:
+        """The test with the smallest p-value relative to its threshold."""
+        scored = [t for t in self.tests if t.p_value is not None and t.threshold > 0]
+        if not scored:
+            return None
+        return min(scored, key=lambda t: (t.p_value or 0.0) / t.threshold)
+
+
+def short(version: str) -> str:
+    """A registry version shortened for tables and legends (its last 8 characters)."""
+    return version if len(version) <= 10 else "…" + version[-8:]
+
+
+def _drift_cell(row: DayRow) -> str:
+    best = row.strongest
+    if best is None:
+        return row.drift
+    return f"{row.drift} (p={best.p_value:.1e} vs {best.threshold:.3g}, {best.name})"
+
+
+def _accuracy_cell(row: DayRow) -> str:
+    return ", ".join(f"{short(v)} {acc:.2f} (n={n})" for v, (n, acc) in row.accuracy.items()) \
+        or "-"
+
+
+def _rollout_cell(row: DayRow) -> str:
+    if row.rollout == "-":
+        return "-"
+    share = f" {row.canary_percent}%" if row.canary_percent else ""
+    return f"{row.rollout} {short(row.rollout_version)}{share}"
+
+
+HEADER = ("day", "regime", "requests", "labels", "drift (strongest test)", "trigger",
+          "verdict", "rollout", "champion", "live accuracy by version")
+
+
+def table_rows(rows: list[DayRow]) -> list[list[str]]:
+    """The timeline as cells (one list per run, in :data:`HEADER` order)."""
+    out = []
+    for r in rows:
+        fired = ",".join(r.fired) if r.retrain else ("(" + ",".join(r.fired) + ")"
+                                                     if r.fired else "-")
+        out.append([str(r.day) if r.day >= 0 else "seed", r.regime, str(r.requests),
+                    str(r.labels), _drift_cell(r), fired, r.verdict, _rollout_cell(r),
+                    short(r.champion), _accuracy_cell(r)])
+    return out
+
+
+def print_timeline(rows: list[DayRow], stream: TextIO) -> None:
+    """Print the timeline as a Markdown table."""
+    print("| " + " | ".join(HEADER) + " |", file=stream)
+    print("|" + "---|" * len(HEADER), file=stream)
+    for cells in table_rows(rows):
+        print("| " + " | ".join(cells) + " |", file=stream)
+    stream.flush()
+
+
+# --- plots ---------------------------------------------------------------------------
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _change_lines(ax: Any, scenario: Scenario, n_days: int) -> None:
+    for d in scenario.change_days:
+        if d < n_days:
+            ax.axvline(d - 0.5, color="0.4", ls="--", lw=1)
+            ax.text(d - 0.45, 1.0, scenario.regimes[d], transform=ax.get_xaxis_transform(),
+                    va="top", fontsize=8, color="0.3")
+
+
+def accuracy_plot(scenario: Scenario, rows: list[DayRow], served: pd.DataFrame) -> Any:
+    """Live accuracy per day by model version, with the true changes and rollout markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = [r for r in rows if r.day >= 0]
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    labelled = served[served["labelled"]] if not served.empty else served
+    if not labelled.empty:
+        overall = labelled.assign(ok=labelled["prediction"] == labelled["label"]) \
+            .groupby("day")["ok"].mean()
+        ax.plot(overall.index, overall.values, color="black", lw=2, label="all traffic")
+        for version in dict.fromkeys(labelled["model_version"]):
+            part = labelled[labelled["model_version"] == version]
+            acc = part.assign(ok=part["prediction"] == part["label"]).groupby("day")["ok"] \
+                .agg(["mean", "size"])
+            ax.plot(acc.index, acc["mean"], marker="o", ms=4, lw=1, alpha=0.8,
+                    label=f"{short(str(version))}")
+    _change_lines(ax, scenario, len(days))
+    marks = {"retrain": ("^", "tab:blue"), "start": ("o", "tab:orange"),
+             "promote": ("*", "tab:green"), "rollback": ("X", "tab:red")}
+    seen: set[str] = set()
+    for r in days:
+        events = []
+        if r.retrain:
+            events.append("retrain")
+        if r.rollout == "start":
+            events.append("start")
+        if r.rollout in ("advance", "deploy") and r.canary_percent == 0:
+            events.append("promote")
+        if r.rollout == "rollback":
+            events.append("rollback")
+        for k, name in enumerate(events):
+            marker, color = marks[name]
+            label = {"retrain": "retrained", "start": "canary started",
+                     "promote": "promoted (100 %)", "rollback": "rolled back"}[name]
+            ax.scatter([r.day], [0.03 + 0.05 * k], marker=marker, color=color, s=70,
+                       zorder=5, label=None if name in seen else label)
+            seen.add(name)
+    ax.set(xlabel="simulated day (pipeline run at its end)", ylabel="live accuracy "
+           "(labelled predictions)", ylim=(0, 1.02), xticks=[r.day for r in days])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=3, loc="lower right")
+    ax.set_title(f"{scenario.name}: live accuracy by model version")
+    return fig
+
+
+def drift_plot(scenario: Scenario, rows: list[DayRow]) -> Any:
+    """Each drift test's p-value per day against its threshold (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = [r for r in rows if r.day >= 0]
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    names = list(dict.fromkeys(t.name for r in days for t in r.tests))
+    floor = 1e-12
+    for name in names:
+        xs, ps, ths, kind = [], [], [], ""
+        for r in days:
+            for t in r.tests:
+                if t.name == name and t.p_value is not None:
+                    xs.append(r.day)
+                    ps.append(max(t.p_value, floor))
+                    ths.append(t.threshold)
+                    kind = t.test
+        line = ax.plot(xs, ps, marker="o", ms=4, label=f"{name} ({kind})")[0]
+        ax.plot(xs, ths, ls=":", color=line.get_color(), lw=1)
+    _change_lines(ax, scenario, len(days))
+    ax.set_yscale("log")
+    ax.set(xlabel="simulated day", ylabel="p-value (dotted: threshold)",
+           xticks=[r.day for r in days])
+    ax.grid(alpha=0.3)
+    if names:
+        ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.set_title("drift tests: below the dotted line = drifted (p-values under 1e-12 drawn at "
+                 "1e-12)")
+    return fig
+
+
+def write_report(path: Path, scenario: Scenario, rows: list[DayRow], served: pd.DataFrame,
+                 *, seconds: float, how: str) -> Path:
+    """Write ``report.html``: the timeline, the two plots and how the run was made."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    for title, fig in (("Live accuracy", accuracy_plot(scenario, rows, served)),
+                       ("Drift tests", drift_plot(scenario, rows))):
+        figures.append((title, _png(fig)))
+        plt.close(fig)
+    cells = table_rows(rows)
+    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>" + \
+        "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                for r in cells) + "</table>"
+    labelled = served[served["labelled"]] if not served.empty else served
+    overall = (float((labelled["prediction"] == labelled["label"]).mean())
+               if not labelled.empty else math.nan)
+    body = [
+        f"<h1>driftloop demo: {html.escape(scenario.name)}</h1>",
+        f"<p>{html.escape(scenario.description)}. {len(rows) - 1} simulated days, pipeline "
+        f"run {html.escape(how)}; wall time {seconds:.0f} s. True changes on days "
+        f"{html.escape(', '.join(map(str, scenario.change_days)))}. Live accuracy over all "
+        f"labelled predictions: {overall:.3f}.</p>",
+        *(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' "
+          f"src='data:image/png;base64,{png}'>" for t, png in figures),
+        "<h2>Timeline</h2>", table,
+        "<p>Serving: the real predictor behind the local gateway (a stand-in for Knative's "
+        "traffic split) on 127.0.0.1; nothing here ran on a Kubernetes cluster.</p>",
+    ]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
+             "table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>driftloop "
+                    f"demo</title><style>{style}</style></head><body>{''.join(body)}"
+                    "</body></html>\n", encoding="utf-8")
+    return path

@@ -1,0 +1,119 @@
+"""The demo's timeline rows, live accuracy and HTML report."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+
+from driftloop.live import DayTraffic, live_accuracy
+from driftloop.report import DayRow, print_timeline, table_rows, write_report
+from driftloop.scenarios import Scenario
+from driftloop.schema import schema_from_dict
+
+DAY = dt.date(2026, 3, 2)
+
+
+def _feature(name: str, p: float, threshold: float = 0.0167) -> SimpleNamespace:
+    return SimpleNamespace(name=name, test="KS", p_value=p, threshold=threshold,
+                           drifted=p < threshold)
+
+
+def _record(*, drift_p: tuple[float, float] = (0.5, 0.4), retrain: bool = False,
+            fired: tuple[str, ...] = (), verdict: str | None = None,
+            rollout: tuple[str, str, int, int] | None = None,
+            champion: str = "v-one") -> SimpleNamespace:
+    feats = [_feature("proba[negative]", drift_p[0]), _feature("proba[positive]", drift_p[1])]
+    drifted = min(drift_p) < 0.0167
+    return SimpleNamespace(
+        drift=SimpleNamespace(status="drift" if drifted else "no_drift", features=feats,
+                              oov_rate_current=0.2),
+        decision=SimpleNamespace(retrain=retrain, fired=list(fired)),
+        train=SimpleNamespace() if retrain else None,
+        verdict=SimpleNamespace(decision=verdict) if verdict else None,
+        rollout=(SimpleNamespace(action=rollout[0], version=rollout[1], from_percent=rollout[2],
+                                 to_percent=rollout[3]) if rollout else None),
+        aliases=SimpleNamespace(champion=champion),
+    )
+
+
+def _served(day: int, version: str, correct: int, wrong: int, unlabelled: int) -> list[dict]:
+    rows = [{"id": f"{day}-{version}-{i}", "day": day, "model_version": version,
+             "prediction": "a", "label": "a" if i < correct else "b",
+             "labelled": i < correct + wrong} for i in range(correct + wrong + unlabelled)]
+    return rows
+
+
+def test_live_accuracy_counts_only_labelled_predictions_per_day_and_version():
+    served = pd.DataFrame(_served(0, "v1", 3, 1, 5) + _served(1, "v1", 1, 1, 0)
+                          + _served(1, "v2", 2, 0, 9))
+    acc = live_accuracy(served).set_index(["day", "model_version"])
+    assert acc.loc[(0, "v1"), "labelled"] == 4 and acc.loc[(0, "v1"), "accuracy"] == 0.75
+    assert acc.loc[(1, "v1"), "accuracy"] == 0.5
+    assert acc.loc[(1, "v2"), "labelled"] == 2 and acc.loc[(1, "v2"), "accuracy"] == 1.0
+    assert live_accuracy(served.assign(labelled=False)).empty
+
+
+def test_a_row_carries_the_measured_values_of_the_run():
+    traffic = DayTraffic(2, requests=200, rows=1000, feedback_posted=301)
+    acc = live_accuracy(pd.DataFrame(_served(2, "v20260304T235959Z-a9606e86", 7, 3, 0)))
+    row = DayRow.from_run(2, DAY, "apple",
+                          _record(drift_p=(1e-9, 0.2), retrain=True, fired=("drift",),
+                                  verdict="promote",
+                                  rollout=("start", "v20260304T235959Z-a9606e86", 0, 10)),
+                          traffic, acc)
+    assert (row.requests, row.rows, row.labels) == (200, 1000, 301)
+    assert row.drift == "drift" and row.strongest is not None
+    assert row.strongest.name == "proba[negative]"
+    assert row.retrain and row.fired == ["drift"] and row.verdict == "promote"
+    assert row.canary_percent == 10
+    cells = table_rows([row])[0]
+    assert cells[0] == "2" and cells[5] == "drift"
+    assert "p=1.0e-09 vs 0.0167" in cells[4]
+    assert cells[7] == "start …a9606e86 10%"
+    assert cells[9] == "…a9606e86 0.70 (n=10)"
+
+
+def test_a_blocked_trigger_is_shown_in_brackets_and_a_full_rollout_has_no_canary_share():
+    row = DayRow.from_run(3, DAY, "apple",
+                          _record(fired=("drift", "performance"),
+                                  rollout=("advance", "v-two", 50, 100), champion="v-two"),
+                          None, pd.DataFrame())
+    cells = table_rows([row])[0]
+    assert cells[5] == "(drift,performance)" and not row.retrain
+    assert row.canary_percent == 0 and cells[7] == "advance v-two"
+    out = io.StringIO()
+    print_timeline([row], out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("| day | regime |") and len(lines) == 3
+
+
+def test_the_report_embeds_both_plots_and_the_timeline(tmp_path: Path):
+    schema = schema_from_dict({"name": "t", "labels": ["a", "b"],
+                               "columns": [{"name": "text", "kind": "text"}]}, "test")
+    scenario = Scenario("t", schema, pd.DataFrame(), [pd.DataFrame()] * 3,
+                        ["x", "x", "y"], [2], "a test stream")
+    rows = [DayRow.from_run(-1, DAY, "seed", _record(), None, pd.DataFrame())]
+    served = []
+    for d in range(3):
+        served += _served(d, "v-one", 8 if d < 2 else 3, 2 if d < 2 else 7, 4)
+        rows.append(DayRow.from_run(d, DAY + dt.timedelta(days=d), scenario.regimes[d],
+                                    _record(drift_p=(0.4, 1e-20 if d == 2 else 0.3),
+                                            retrain=d == 2, fired=("drift",) if d == 2 else (),
+                                            rollout=("rollback", "v-x", 10, 0) if d == 1
+                                            else None),
+                                    None, live_accuracy(pd.DataFrame(served))))
+    path = write_report(tmp_path / "report.html", scenario, rows, pd.DataFrame(served),
+                        seconds=12.0, how="in this process")
+    text = path.read_text()
+    images = text.split("data:image/png;base64,")[1:]
+    assert len(images) == 2
+    for image in images:
+        assert base64.b64decode(image.split("'")[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "True changes on days 2" in text
+    assert "Live accuracy over all labelled predictions: 0.633" in text  # (8+8+3)/30
+    assert text.count("<tr>") == 1 + len(rows)
