@@ -26,7 +26,7 @@ data: $(STAMP) ## Fetch the real data sets (tweets, Elec2) from PyPI wheels into
 demo: $(STAMP) data ## Serve a model, replay real data as days, run the pipeline daily (SCENARIO=tweets|elec2|sample)
 	$(BIN)/driftloop demo --scenario $(SCENARIO) --out $(OUT)
 
-test: $(STAMP) ## Run the whole test suite
+test: $(STAMP) data ## Run the whole test suite (fetches the data sets first)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## ruff + mypy

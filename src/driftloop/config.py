@@ -162,6 +162,10 @@ class CanaryConfig:
             champion's by more than this (absolute).
         latency_ratio: Rollback when the canary's p95 latency exceeds this multiple of the
             champion's.
+        max_holds: Runs in a row a canary may hold at one step (too few labels or an
+            inconclusive interval); the next hold rolls it back, so an undecidable canary
+            does not block retraining for ever (e.g. when the traffic moved on to data
+            neither model knows).
     """
 
     steps: tuple[int, ...] = (10, 50, 100)
@@ -170,8 +174,10 @@ class CanaryConfig:
     z: float = 1.96
     max_error_rate_increase: float = 0.02
     latency_ratio: float = 1.5
+    max_holds: int = 3
 
     def __post_init__(self) -> None:
+        _check(self.max_holds >= 1, "canary.max_holds", "must be >= 1")
         _check(bool(self.steps) and self.steps[-1] == 100, "canary.steps", "must end at 100")
         _check(all(0 < a < b for a, b in zip(self.steps, self.steps[1:], strict=False))
                and self.steps[0] > 0, "canary.steps", "must be increasing percentages > 0")

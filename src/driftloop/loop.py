@@ -432,6 +432,8 @@ def run_loop(
         # judged on the current window: the traffic served at the canary's current step
         rollout = step_canary(registry, backend, window.current, config=config.canary,
                               notifier=notifier, run_id=run_id, model_name=model_name, now=now)
+        if rollout is not None and rollout.action == "rollback":
+            canary = None  # rolled back: nothing in flight, the rules may retrain now
     else:
         canary = None
     champion = load_champion(registry)

@@ -164,6 +164,25 @@ def recorded_step(registry: Registry, run_id: str) -> RolloutStep | None:
     return loads(RolloutStep, registry.store.read_text(key))
 
 
+def recorded_steps(registry: Registry) -> list[RolloutStep]:
+    """Every rollout step the runs recorded, oldest first."""
+    steps = [loads(RolloutStep, registry.store.read_text(key))
+             for key in registry.store.list("runs")
+             if key.endswith(f"/{RECORD}.json") and key.count("/") == 2]
+    return sorted(steps, key=lambda s: s.recorded_at)
+
+
+def holds_in_a_row(registry: Registry, version: str, percent: int) -> int:
+    """How many of the latest recorded steps of ``version`` held it at ``percent``."""
+    steps = [s for s in recorded_steps(registry) if s.version == version]
+    count = 0
+    for step in reversed(steps):
+        if step.action != HOLD or step.to_percent != percent:
+            break
+        count += 1
+    return count
+
+
 def _send(notifier: Notifier, event: Event, required: bool) -> bool:
     return notify_or_raise(notifier, event, required=required).ok
 
@@ -351,6 +370,15 @@ def step_canary(
                          notifier=notifier, run_id=run_id, model_name=model_name,
                          from_percent=current, analysis=analysis)
     if analysis.decision == HOLD:
+        held = holds_in_a_row(registry, version, current)
+        if held >= config.max_holds:
+            reasons = [*analysis.reasons,
+                       f"held {held} runs in a row at {current}% without a decision "
+                       f"(canary.max_holds {config.max_holds}): rolled back, the champion "
+                       "serves and retraining may resume"]
+            return _rollback(registry, backend, version, reasons=reasons, notifier=notifier,
+                             run_id=run_id, model_name=model_name, from_percent=current,
+                             analysis=analysis)
         return _finish(registry, RolloutStep(HOLD, version, current, current, analysis,
                                              analysis.reasons, run_id=run_id))
     if analysis.completes:
@@ -460,11 +488,8 @@ def manual_rollback(
 
 def last_step(registry: Registry) -> RolloutStep | None:
     """The most recently recorded rollout step of any run."""
-    steps = []
-    for key in registry.store.list("runs"):
-        if key.endswith(f"/{RECORD}.json") and key.count("/") == 2:
-            steps.append(loads(RolloutStep, registry.store.read_text(key)))
-    return max(steps, key=lambda s: s.recorded_at) if steps else None
+    steps = recorded_steps(registry)
+    return steps[-1] if steps else None
 
 
 def rollout_status(registry: Registry, backend: RolloutBackend) -> RolloutStatus:

@@ -301,8 +301,9 @@ class CanaryOutcome:
     """The canary step of a run.
 
     Attributes:
-        in_progress: The version whose canary was in flight when the run started (``""``:
-            none); the retrain decision waits while it is set.
+        in_progress: The version whose canary was in flight when the run started and is
+            still in flight or just completed (``""``: none, or rolled back by this run);
+            the retrain decision waits while it is set.
         step: What was done with it (None: no canary, or no rollout backend).
     """
 
@@ -363,7 +364,9 @@ def analyse_canary_step(
     if canary is None:
         earlier = progressive.recorded_step(registry, run_id)
         if earlier is not None and earlier.action in ("advance", "hold", "rollback"):
-            return CanaryOutcome(earlier.version, earlier)  # a re-run of this run
+            # a re-run of this run
+            return CanaryOutcome("" if earlier.action == "rollback" else earlier.version,
+                                 earlier)
         return CanaryOutcome("", None)
     backend = _backend(store_uri, isvc_name, namespace, rollout_backend, rollout_state)
     if backend is None:
@@ -376,6 +379,8 @@ def analyse_canary_step(
             registry, backend, read_frame(current_path), config=canary_config,
             notifier=make_notifier(_notifier_config(webhook)), run_id=run_id,
             model_name=model_name, now=logical_time(now))
+    if step is not None and step.action == progressive.ROLLBACK:
+        return CanaryOutcome("", step)  # nothing in flight: the rules may retrain now
     return CanaryOutcome(canary, step)
 
 

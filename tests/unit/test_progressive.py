@@ -214,6 +214,44 @@ def test_too_few_labels_hold_and_change_nothing(registry, backend, notifier):
     assert len(backend.applied) == patches and len(registry.aliases().history) == history
 
 
+def test_a_canary_that_holds_max_holds_runs_in_a_row_is_rolled_back(registry, backend,
+                                                                     notifier):
+    _with_champion(registry, backend)
+    _start(registry, backend, notifier)
+    few = records({"v1": 0.9, "v2": 0.9}, n=20)  # too few labels: hold
+    config = CanaryConfig(min_labelled=50, max_holds=2)
+
+    def step(run_id: str) -> RolloutStep | None:
+        return step_canary(registry, backend, few, config=config, notifier=notifier,
+                           run_id=run_id, model_name=MODEL, now=NOW)
+
+    assert [step(r).action for r in ("r2", "r3")] == ["hold", "hold"]  # type: ignore[union-attr]
+    assert step("r3").action == "hold"  # a re-run of r3 is not another hold  # type: ignore[union-attr]
+    last = step("r4")
+    assert last is not None and last.action == "rollback" and last.to_percent == 0
+    assert "held 2 runs in a row at 10% without a decision (canary.max_holds 2)" in \
+        last.reasons[-1]
+    assert registry.aliases().canary is None and not backend.get().canary_in_progress
+    assert notifier.kinds[-1] == "rollback"
+
+
+def test_holds_count_only_at_the_current_step(registry, backend, notifier):
+    _with_champion(registry, backend)
+    _start(registry, backend, notifier)
+    config = CanaryConfig(min_labelled=50, max_holds=1)
+    few, good = records({"v1": 0.9, "v2": 0.9}, n=20), records({"v1": 0.80, "v2": 0.95})
+
+    def step(frame: pd.DataFrame, run_id: str) -> str:
+        out = step_canary(registry, backend, frame, config=config, notifier=notifier,
+                          run_id=run_id, model_name=MODEL, now=NOW)
+        assert out is not None
+        return out.action
+
+    # a hold at 10 %, an advance to 50 %, then one hold at 50 % is still allowed
+    assert [step(few, "r2"), step(good, "r3"), step(few, "r4")] == ["hold", "advance", "hold"]
+    assert step(few, "r5") == "rollback"
+
+
 def test_a_worse_canary_is_rolled_back(registry, backend, notifier):
     _with_champion(registry, backend)
     _start(registry, backend, notifier)

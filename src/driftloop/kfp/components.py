@@ -186,8 +186,8 @@ def analyse_canary(
         canary_metrics: Traffic shares, live accuracies and the interval.
 
     Returns:
-        The version whose canary was in flight when the run started ("" = none); the
-        retrain decision waits while it is set.
+        The version whose canary was in flight when the run started, unless this run
+        rolled it back ("" = none); the retrain decision waits while it is set.
     """
     from pathlib import Path
 
