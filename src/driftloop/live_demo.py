@@ -50,7 +50,7 @@ def demo_config(base: Config | None = None) -> Config:
     topic change.
     """
     config = base or Config()
-    return replace(config, canary=replace(config.canary, min_labelled=15),
+    return replace(config, canary=replace(config.canary, min_labelled=15, max_holds=2),
                    trigger=replace(config.trigger, min_new_labels=1500))
 
 

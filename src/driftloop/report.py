@@ -76,6 +76,7 @@ class DayRow:
     canary_percent: int = 0
     champion: str = "-"
     accuracy: dict[str, tuple[int, float]] = field(default_factory=dict)
+    rolled_back: str = ""
 
     @classmethod
     def from_run(cls, day: int, date: dt.date, regime: str, record: Any,
@@ -101,6 +102,12 @@ class DayRow:
             row.canary_percent = step.to_percent if 0 < step.to_percent < 100 else 0
         if record.aliases is not None:
             row.champion = record.aliases.champion or "-"
+            # the canary step and a new canary's start share the run's rollout record:
+            # a rollback earlier in the run shows in the alias history
+            for change in record.aliases.history:
+                if (change.run_id == record.run_id and change.alias == "canary"
+                        and change.to_version is None and change.from_version):
+                    row.rolled_back = change.from_version
         for item in accuracy.itertuples(index=False):
             row.accuracy[str(item.model_version)] = (int(item.labelled), float(item.accuracy))
         return row
@@ -132,10 +139,14 @@ def _accuracy_cell(row: DayRow) -> str:
 
 
 def _rollout_cell(row: DayRow) -> str:
+    back = (f"rollback {short(row.rolled_back)}"
+            if row.rolled_back and not (row.rollout == "rollback"
+                                        and row.rollout_version == row.rolled_back) else "")
     if row.rollout == "-":
-        return "-"
+        return back or "-"
     share = f" {row.canary_percent}%" if row.canary_percent else ""
-    return f"{row.rollout} {short(row.rollout_version)}{share}"
+    cell = f"{row.rollout} {short(row.rollout_version)}{share}"
+    return f"{back}; {cell}" if back else cell
 
 
 HEADER = ("day", "regime", "requests", "labels", "drift (strongest test)", "trigger",
@@ -212,7 +223,7 @@ def accuracy_plot(scenario: Scenario, rows: list[DayRow], served: pd.DataFrame) 
             events.append("start")
         if r.rollout in ("advance", "deploy") and r.canary_percent == 0:
             events.append("promote")
-        if r.rollout == "rollback":
+        if r.rollout == "rollback" or r.rolled_back:
             events.append("rollback")
         for k, name in enumerate(events):
             marker, color = marks[name]

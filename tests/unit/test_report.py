@@ -26,7 +26,7 @@ def _feature(name: str, p: float, threshold: float = 0.0167) -> SimpleNamespace:
 def _record(*, drift_p: tuple[float, float] = (0.5, 0.4), retrain: bool = False,
             fired: tuple[str, ...] = (), verdict: str | None = None,
             rollout: tuple[str, str, int, int] | None = None,
-            champion: str = "v-one") -> SimpleNamespace:
+            champion: str = "v-one", history: tuple = ()) -> SimpleNamespace:
     feats = [_feature("proba[negative]", drift_p[0]), _feature("proba[positive]", drift_p[1])]
     drifted = min(drift_p) < 0.0167
     return SimpleNamespace(
@@ -37,7 +37,8 @@ def _record(*, drift_p: tuple[float, float] = (0.5, 0.4), retrain: bool = False,
         verdict=SimpleNamespace(decision=verdict) if verdict else None,
         rollout=(SimpleNamespace(action=rollout[0], version=rollout[1], from_percent=rollout[2],
                                  to_percent=rollout[3]) if rollout else None),
-        aliases=SimpleNamespace(champion=champion),
+        aliases=SimpleNamespace(champion=champion, history=list(history)),
+        run_id="run-1",
     )
 
 
@@ -117,3 +118,20 @@ def test_the_report_embeds_both_plots_and_the_timeline(tmp_path: Path):
     assert "True changes on days 2" in text
     assert "Live accuracy over all labelled predictions: 0.633" in text  # (8+8+3)/30
     assert text.count("<tr>") == 1 + len(rows)
+
+
+def test_a_rollback_before_a_new_start_in_the_same_run_is_shown():
+    history = (
+        SimpleNamespace(run_id="run-0", alias="canary", from_version=None, to_version="v-old"),
+        SimpleNamespace(run_id="run-1", alias="canary", from_version="v-old", to_version=None),
+        SimpleNamespace(run_id="run-1", alias="canary", from_version=None, to_version="v-new"),
+    )
+    row = DayRow.from_run(7, DAY, "coachella",
+                          _record(retrain=True, fired=("drift",), verdict="promote",
+                                  rollout=("start", "v-new", 0, 10), history=history),
+                          None, pd.DataFrame())
+    assert row.rolled_back == "v-old"
+    assert table_rows([row])[0][7] == "rollback v-old; start v-new 10%"
+    quiet = DayRow.from_run(8, DAY, "coachella", _record(history=history[:1]), None,
+                            pd.DataFrame())
+    assert quiet.rolled_back == "" and table_rows([quiet])[0][7] == "-"
