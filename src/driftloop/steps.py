@@ -338,6 +338,7 @@ def analyse_canary_step(
     store_uri: str, model_name: str, current_path: str | Path, *, run_id: str, now: str,
     isvc_name: str = "", namespace: str = "", rollout_backend: str = "local",
     rollout_state: str = "", webhook: str = "", min_labelled: int | None = None,
+    max_holds: int | None = None,
 ) -> CanaryOutcome:
     """Judge the canary in progress on the current window and advance, hold or roll it back.
 
@@ -357,6 +358,7 @@ def analyse_canary_step(
         rollout_state: The local backend's state folder (``""``: ``<store>/rollout``).
         webhook: ``http(s)://`` URL for the rollback / promotion events (``""``: log).
         min_labelled: Labelled responses each version needs (default: CanaryConfig's).
+        max_holds: Holds in a row before a rollback (default: CanaryConfig's).
     """
     run_id = run_key(run_id)
     registry = Registry(open_store(store_uri), model_name)
@@ -374,6 +376,8 @@ def analyse_canary_step(
     canary_config = Config().canary
     if min_labelled is not None:
         canary_config = replace(canary_config, min_labelled=min_labelled)
+    if max_holds is not None:
+        canary_config = replace(canary_config, max_holds=max_holds)
     with backend:
         step = progressive.step_canary(
             registry, backend, read_frame(current_path), config=canary_config,

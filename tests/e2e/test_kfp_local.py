@@ -229,12 +229,12 @@ def test_pipeline_arguments_take_thresholds_and_webhook_from_the_config():
     base = Config()
     config = replace(base, drift=replace(base.drift, p_value=0.01),
                      gate=replace(base.gate, auto_threshold=0.2),
-                     canary=replace(base.canary, min_labelled=30),
+                     canary=replace(base.canary, min_labelled=30, max_holds=2),
                      notify=NotifyConfig(backend="webhook", webhook_url="http://127.0.0.1:9/x"))
     args = pipeline_arguments(config)
     assert args["p_value"] == 0.01 and args["auto_threshold"] == 0.2
     assert args["min_new_labels"] == base.trigger.min_new_labels
-    assert args["canary_min_labelled"] == 30
+    assert args["canary_min_labelled"] == 30 and args["canary_max_holds"] == 2
     assert args["notify_webhook"] == "http://127.0.0.1:9/x"
     assert pipeline_arguments(base)["notify_webhook"] == ""
     with pytest.raises(DriftloopError, match=r"train\.max_iter cannot be set"):

@@ -160,6 +160,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "max_age_days": ("NUMBER_DOUBLE", TriggerConfig.max_age_days),
         "auto_threshold": ("NUMBER_DOUBLE", GateConfig.auto_threshold),
         "canary_min_labelled": ("NUMBER_INTEGER", CanaryConfig.min_labelled),
+        "canary_max_holds": ("NUMBER_INTEGER", CanaryConfig.max_holds),
         "force_retrain": ("BOOLEAN", False), "notify_webhook": ("STRING", ""),
         "rollout_backend": ("STRING", "local"), "rollout_state": ("STRING", ""),
     }

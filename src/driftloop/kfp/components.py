@@ -156,6 +156,7 @@ def analyse_canary(
     rollout_state: str,
     webhook: str,
     min_labelled: int,
+    max_holds: int,
     current: Input[Dataset],
     canary_report: Output[Markdown],
     canary_metrics: Output[Metrics],
@@ -181,6 +182,7 @@ def analyse_canary(
         rollout_state: The local backend's state folder ("" = <store>/rollout).
         webhook: http(s) URL receiving rollback and promotion events ("" = log only).
         min_labelled: Labelled responses each version needs before the canary is judged.
+        max_holds: Runs in a row the canary may hold at one step before it is rolled back.
         current: The current window's records (from ingest).
         canary_report: The step and the analysis (per-version numbers, every rule).
         canary_metrics: Traffic shares, live accuracies and the interval.
@@ -196,7 +198,7 @@ def analyse_canary(
     out = steps.analyse_canary_step(
         store_uri, model_name, current.path, run_id=run_id, now=now, isvc_name=isvc_name,
         namespace=namespace, rollout_backend=rollout_backend, rollout_state=rollout_state,
-        webhook=webhook, min_labelled=min_labelled,
+        webhook=webhook, min_labelled=min_labelled, max_holds=max_holds,
     )
     Path(canary_report.path).write_text(out.to_markdown())
     canary_report.metadata.update({

@@ -36,6 +36,7 @@ PIPELINE_THRESHOLDS: tuple[tuple[str, str, str], ...] = (
     ("trigger", "max_age_days", "max_age_days"),
     ("gate", "auto_threshold", "auto_threshold"),
     ("canary", "min_labelled", "canary_min_labelled"),
+    ("canary", "max_holds", "canary_max_holds"),
 )
 
 

@@ -87,6 +87,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
         max_age_days: float = TriggerConfig.max_age_days,
         auto_threshold: float = GateConfig.auto_threshold,
         canary_min_labelled: int = CanaryConfig.min_labelled,
+        canary_max_holds: int = CanaryConfig.max_holds,
         force_retrain: bool = False,
         notify_webhook: str = "",
         rollout_backend: str = "local",
@@ -111,6 +112,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
             auto_threshold: Relative improvement needed to promote without a person.
             canary_min_labelled: Labelled responses each version needs in the current
                 window before a canary is judged.
+            canary_max_holds: Runs in a row a canary may hold at one step before it is
+                rolled back.
             force_retrain: Retrain regardless of the rules.
             notify_webhook: http(s) URL for model-update and failure events ("" = log).
             rollout_backend: Where the canary runs: local (a state folder), kubernetes
@@ -130,6 +133,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
                 now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
                 rollout_backend=rollout_backend, rollout_state=rollout_state,
                 webhook=notify_webhook, min_labelled=canary_min_labelled,
+                max_holds=canary_max_holds,
                 current=ingested.outputs["current"],
             )
             drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
