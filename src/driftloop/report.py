@@ -235,7 +235,7 @@ def accuracy_plot(scenario: Scenario, rows: list[DayRow], served: pd.DataFrame) 
     ax.set(xlabel="simulated day (pipeline run at its end)", ylabel="live accuracy "
            "(labelled predictions)", ylim=(0, 1.02), xticks=[r.day for r in days])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=3, loc="lower right")
+    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     ax.set_title(f"{scenario.name}: live accuracy by model version")
     return fig
 
@@ -268,7 +268,7 @@ def drift_plot(scenario: Scenario, rows: list[DayRow]) -> Any:
            xticks=[r.day for r in days])
     ax.grid(alpha=0.3)
     if names:
-        ax.legend(fontsize=7, ncol=2, loc="lower left")
+        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     ax.set_title("drift tests: below the dotted line = drifted (p-values under 1e-12 drawn at "
                  "1e-12)")
     return fig
