@@ -59,6 +59,7 @@ from driftloop.evaluate import evaluate_challenger
 from driftloop.loop import MIN_EVAL_ROWS, Champion, champion_metric_on_new_labels
 from driftloop.schema import Schema, schema_from_dict
 from driftloop.train import (
+    TrainingError,
     TrainResult,
     assemble_training_set,
     predict_frame,
@@ -484,10 +485,13 @@ def replay(stream: Stream, policy: str, cfg: Config, s: Settings) -> Replay:
             # the loop would train on the reference alone and fail in run_evaluate (empty
             # evaluation set): count it as no retrain
             verdict = "no_labels"
-        elif fire and policy == "oracle":
-            verdict = oracle_retrain(r, b, records, oracle[b])
         elif fire:
-            verdict = train_and_gate(r, b, records)
+            try:
+                verdict = (oracle_retrain(r, b, records, oracle[b]) if policy == "oracle"
+                           else train_and_gate(r, b, records))
+            except TrainingError:
+                # e.g. one class in the window: the loop's run fails, nothing is registered
+                verdict = "train_failed"
         r.batches.append({"batch": b, "n": len(current), "correct": int(correct.sum()),
                           "accuracy": float(correct.mean()), "retrain": verdict in TRAINED,
                           "fired": why if fire else "", "verdict": verdict})
@@ -557,6 +561,7 @@ def summarise(r: Replay, seed: int, wall: float) -> dict[str, Any]:
         "persistence_accuracy": p_acc, "retrains": len(fired),
         "promotions": r.gate.get("promote", 0),
         "needs_approval": r.gate.get("needs_approval", 0), "rejects": r.gate.get("reject", 0),
+        "train_failed": sum(x["verdict"] == "train_failed" for x in rows),
         "changes": len(stream.changes),
         "detected": sum(not math.isnan(d[0]) for d in det),
         "detected_within_2": sum(d[0] <= 2 for d in det if not math.isnan(d[0])),
@@ -604,7 +609,17 @@ def make_config(s: Settings, batch: int) -> Config:
 
 
 def run_job(job: tuple[str, int, str, Settings]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Worker: one stream, seed and policy."""
+    """Worker: one stream, seed and policy (an unexpected error is reported, not raised)."""
+    try:
+        return _run_job(job)
+    except Exception:  # one failed job must not lose an hour of the others
+        import traceback
+
+        print(f"job {job[:3]} failed:\n{traceback.format_exc()}", flush=True)
+        return {"stream": job[0], "seed": job[1], "policy": job[2], "failed": True}, []
+
+
+def _run_job(job: tuple[str, int, str, Settings]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     name, seed, policy, s = job
     with threadpool_limits(1):
         stream = make_stream(name, seed, s)
@@ -645,7 +660,8 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         false_pre_change_signal_share=("false_pre_change_signal_share", "mean"),
         retrains=("retrains", "mean"),
         promotions=("promotions", "mean"), needs_approval=("needs_approval", "mean"),
-        rejects=("rejects", "mean"), **{f"retrains_{k}": (f"retrains_{k}", "mean") for k in RULES},
+        rejects=("rejects", "mean"), train_failed=("train_failed", "sum"),
+        **{f"retrains_{k}": (f"retrains_{k}", "mean") for k in RULES},
         fit_s=("fit_s", "sum"), wall_s=("wall_s", "sum"),
     ).reset_index()
     changes = agg["changes"].where(agg["changes"] > 0)
@@ -845,7 +861,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             if i % 20 == 0 or i == len(jobs):
                 print(f"  {i}/{len(jobs)} jobs, {time.perf_counter() - start:.0f} s", flush=True)
-    runs = pd.DataFrame([r for r, _ in results]).sort_values(["stream", "seed", "policy"])
+    failed = [r for r, _ in results if r.get("failed")]
+    runs = pd.DataFrame([r for r, _ in results if not r.get("failed")])
     batches = pd.DataFrame([b for _, rows in results for b in rows])
     order = {p: i for i, p in enumerate(POLICIES)}
     runs = runs.sort_values(["stream", "policy"], key=lambda c: c.map(order)
@@ -854,7 +871,10 @@ def main(argv: list[str] | None = None) -> int:
     goal = goal_check(agg, runs)
     header = (f"## Retraining policies ({'quick' if args.quick else 'full'} run)\n\n"
               f"Machine: {machine()}. Runtime {wall:.0f} s with {args.jobs} worker(s).\n"
-              f"Settings: {s}.")
+              f"Settings: {s}.\nFailed jobs: {len(failed)} "
+              f"{[(f['stream'], f['seed'], f['policy']) for f in failed]}; runs whose training "
+              f"failed (e.g. one class in the window; no retrain counted): "
+              f"{int(runs['train_failed'].sum())}.")
     RESULTS.mkdir(parents=True, exist_ok=True)
     agg.to_csv(RESULTS / f"{prefix}.csv", index=False)
     runs.to_csv(RESULTS / f"{prefix}_runs.csv", index=False)
