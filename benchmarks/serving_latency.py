@@ -20,9 +20,13 @@ clients a request also waits for the others (the predictor answers one at a time
 those rows are compared by throughput. Scenarios alternate in rounds so that load from
 other jobs on the machine hits all of them alike.
 
-A second table splits the in-process V1 path into its stages (p50 of each, timed alone).
+A second table splits the in-process V1 path into its stages (p50 of each, timed alone);
+a third splits the one-client HTTP means into the time the server spent inside the model's
+``predict()`` (kserve's ``request_predict_seconds`` histogram, read from ``/metrics``
+between runs) and the rest (HTTP, uvicorn, FastAPI, kserve, the client), next to the same
+split for the no-op model.
 
-    .venv/bin/python benchmarks/serving_latency.py [--requests 2000] [--clients 8]
+    .venv/bin/python benchmarks/serving_latency.py [--requests 2000] [--rounds 20]
 
 Prints the tables and the machine, writes benchmarks/results/serving_latency.{md,csv,png}.
 """
@@ -34,6 +38,7 @@ import contextlib
 import csv
 import http.client
 import json
+import math
 import os
 import platform
 import socket
@@ -190,7 +195,18 @@ def _client(port: int, path: str, payloads: list[bytes], out: list[float]) -> No
     conn.close()
 
 
-Run = tuple[list[float], float, float]  # latencies (s), wall time (s), CPU time (s)
+#: Latencies (s), wall time (s), CPU time (s), time inside the model's predict() (s; HTTP).
+Run = tuple[list[float], float, float, float]
+
+
+def predict_seconds(port: int) -> float:
+    """Total seconds the server spent in model.predict (kserve's request_predict_seconds)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("request_predict_seconds_sum"))
 
 
 def over_http(server: subprocess.Popen[bytes], port: int, path: str, payloads: list[bytes],
@@ -199,6 +215,7 @@ def over_http(server: subprocess.Popen[bytes], port: int, path: str, payloads: l
     results: list[list[float]] = [[] for _ in range(clients)]
     threads = [threading.Thread(target=_client, args=(port, path, payloads[i::clients], r))
                for i, r in enumerate(results)]
+    inside = predict_seconds(port)
     cpu = cpu_seconds(server.pid)
     start = time.perf_counter()
     for t in threads:
@@ -206,7 +223,8 @@ def over_http(server: subprocess.Popen[bytes], port: int, path: str, payloads: l
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return [x for r in results for x in r], wall, cpu_seconds(server.pid) - cpu
+    cpu = cpu_seconds(server.pid) - cpu
+    return [x for r in results for x in r], wall, cpu, predict_seconds(port) - inside
 
 
 def in_process(call: Callable[[Any], Any], items: list[Any]) -> Run:
@@ -217,15 +235,16 @@ def in_process(call: Callable[[Any], Any], items: list[Any]) -> Run:
         t0 = time.perf_counter()
         call(item)
         lat.append(time.perf_counter() - t0)
-    return lat, time.perf_counter() - start, time.process_time() - cpu
+    return lat, time.perf_counter() - start, time.process_time() - cpu, math.nan
 
 
-def summary(lat_s: list[float], wall_s: float, cpu_s: float) -> dict[str, float]:
+def summary(lat_s: list[float], wall_s: float, cpu_s: float,
+            inside_s: float) -> dict[str, float]:
     lat = np.asarray(lat_s) * 1000
     return {"n": float(len(lat)), "p50": float(np.percentile(lat, 50)),
             "p90": float(np.percentile(lat, 90)), "p99": float(np.percentile(lat, 99)),
             "mean": float(lat.mean()), "rps": len(lat) / wall_s,
-            "cpu": cpu_s * 1000 / len(lat)}
+            "cpu": cpu_s * 1000 / len(lat), "inside": inside_s * 1000 / len(lat)}
 
 
 def p50_us(call: Callable[[Any], Any], items: list[Any], repeats: int = 3) -> float:
@@ -310,7 +329,37 @@ def markdown(rows: list[tuple[str, dict[str, float]]], stages: list[tuple[str, f
         "| stage | p50 µs |", "|---|--:|",
     ]
     lines += [f"| {name} | {us:.0f} |" for name, us in stages]
+    lines += ["", *decomposition(dict(rows))]
     return "\n".join(lines) + "\n"
+
+
+def decomposition(data: dict[str, dict[str, float]]) -> list[str]:
+    """Split the one-client HTTP means into model, predictor code and HTTP stack."""
+    raw = data[RAW]["mean"]
+    lines = [
+        "## Where the one-client HTTP time goes (means, ms)", "",
+        "Inside predict() = the server's own wall time in `DriftloopModel.predict` "
+        "(kserve's `request_predict_seconds`).", "",
+        "| | V1 | V2 |", "|---|--:|--:|",
+    ]
+    cells: dict[str, list[str]] = {}
+    for version in ("V1", "V2"):
+        pred = data[f"predictor, HTTP {version}, 1 client"]
+        noop = data[f"no-op model, HTTP {version}, 1 client"]
+        for label, value in (
+            ("client-observed latency", pred["mean"]),
+            ("inside predict() in the server", pred["inside"]),
+            ("- raw predict_proba (in process)", raw),
+            ("- predictor code around it, in the server (inside - raw)", pred["inside"] - raw),
+            ("- same, in process (DriftloopModel.predict - raw)",
+             data[IN_PROCESS]["mean"] - raw),
+            ("HTTP + uvicorn + FastAPI + kserve + client (client - inside)",
+             pred["mean"] - pred["inside"]),
+            ("- same with the no-op model", noop["mean"] - noop["inside"]),
+        ):
+            cells.setdefault(label, []).append(f"{value:.2f}")
+    lines += [f"| {label} | {' | '.join(values)} |" for label, values in cells.items()]
+    return lines
 
 
 def plot(rows: list[tuple[str, dict[str, float]]], path: Path, title: str) -> None:
@@ -374,7 +423,7 @@ def stage_times(model: Any, bodies: list[bytes]) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per scenario")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--max-iter", type=int, default=TrainConfig().max_iter,
                         help="boosting iterations of the model (default: TrainConfig's)")
@@ -426,18 +475,21 @@ def main() -> None:
             lat: dict[str, list[float]] = {n: [] for n, _ in scenarios}
             wall: dict[str, float] = dict.fromkeys(lat, 0.0)
             cpu: dict[str, float] = dict.fromkeys(lat, 0.0)
+            inside: dict[str, float] = dict.fromkeys(lat, 0.0)
             step = -(-args.requests // args.rounds)
             for start in range(0, args.requests, step):
                 for name, run in scenarios:
-                    got, seconds, cpu_s = run(slice(start, start + step))
+                    got, seconds, cpu_s, inside_s = run(slice(start, start + step))
                     lat[name] += got
                     wall[name] += seconds
                     cpu[name] += cpu_s
+                    inside[name] += inside_s
         with threadpool_limits(limits=1, user_api="openmp"):
             stages = stage_times(model, v1[:500])
         loads[1] = load_avg()
 
-    rows = [(name, summary(lat[name], wall[name], cpu[name])) for name, _ in scenarios]
+    rows = [(name, summary(lat[name], wall[name], cpu[name], inside[name]))
+            for name, _ in scenarios]
     info = machine_info()
     md = markdown(rows, stages, info, args, (loads[0], loads[1]))
     print("\n" + md)
