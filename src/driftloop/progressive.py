@@ -489,7 +489,8 @@ def manual_rollback(
 def last_step(registry: Registry) -> RolloutStep | None:
     """The most recently recorded rollout step of any run."""
     steps = recorded_steps(registry)
-    return steps[-1] if steps else None
+    # the first of the latest: steps recorded within one time stamp keep their key order
+    return max(steps, key=lambda s: s.recorded_at) if steps else None
 
 
 def rollout_status(registry: Registry, backend: RolloutBackend) -> RolloutStatus:
