@@ -180,3 +180,17 @@ def test_one_openmp_thread_limits_and_restores(model: DriftloopModel) -> None:
     with pytest.raises(RuntimeError), p._one_openmp_thread():
         raise RuntimeError("boom")
     assert [lib.num_threads for lib in libraries] == before
+
+
+def test_entry_point_freezes_the_loaded_heap_before_serving(
+    model: DriftloopModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftloop.serving import server
+
+    calls: list[str] = []
+    monkeypatch.setattr(p.gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(server, "run", lambda models, **kw: calls.append(
+        f"run {models[0].version} {kw['host']}:{kw['port']}"))
+    assert model.model_dir is not None
+    assert p.main(["--model_dir", str(model.model_dir), "--port", "1234"]) == 0
+    assert calls == ["freeze", f"run {model.version} 127.0.0.1:1234"]
