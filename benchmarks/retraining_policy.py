@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import json
 import math
 import multiprocessing as mp
 import os
@@ -829,6 +830,24 @@ def jobs_for(s: Settings, streams: list[str]) -> list[tuple[str, int, str, Setti
     return sorted(jobs, key=lambda j: (j[2] != "periodic_1", j[0] != "Elec2"))
 
 
+def load_checkpoint(
+    path: Path | None, s: Settings, jobs: list[tuple[str, int, str, Settings]]
+) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], float]:
+    """Finished jobs with the same settings from a checkpoint file, and their job time."""
+    if path is None or not path.exists():
+        return [], 0.0
+    wanted = {j[:3] for j in jobs}
+    found: dict[tuple[str, int, str], Any] = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        summary, rows = rec["result"]
+        key = (summary["stream"], summary["seed"], summary["policy"])
+        if rec["settings"] == repr(s) and key in wanted:
+            found[key] = (summary, rows)
+    results = list(found.values())
+    return results, sum(r["wall_s"] for r, _ in results)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -847,6 +866,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="logical hours between runs (the pipeline's schedule: daily)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--prefix", default=None, help="results file prefix")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="JSON-lines file of finished jobs: appended to, and jobs already "
+                             "in it (same settings) are not run again")
     parser.add_argument("--streams", nargs="*", default=list(STREAMS), choices=STREAMS)
     args = parser.parse_args(argv)
     s = settings_from(args)
@@ -855,12 +877,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"settings: {s}")
     start = time.perf_counter()
     jobs = jobs_for(s, args.streams)
+    results, earlier_wall = load_checkpoint(args.checkpoint, s, jobs)
+    done = {(r["stream"], r["seed"], r["policy"]) for r, _ in results}
+    todo = [j for j in jobs if j[:3] not in done]
+    if results:
+        print(f"  {len(results)} jobs from {args.checkpoint} ({earlier_wall:.0f} s of job time)")
     with mp.get_context("fork").Pool(args.jobs) as pool:
-        results = []
-        for i, res in enumerate(pool.imap_unordered(run_job, jobs), 1):
+        for i, res in enumerate(pool.imap_unordered(run_job, todo), 1):
             results.append(res)
-            if i % 20 == 0 or i == len(jobs):
-                print(f"  {i}/{len(jobs)} jobs, {time.perf_counter() - start:.0f} s", flush=True)
+            if args.checkpoint is not None and not res[0].get("failed"):
+                with args.checkpoint.open("a") as fh:
+                    fh.write(json.dumps({"settings": repr(s), "result": res}) + "\n")
+            if i % 20 == 0 or i == len(todo):
+                print(f"  {i}/{len(todo)} jobs, {time.perf_counter() - start:.0f} s", flush=True)
     failed = [r for r, _ in results if r.get("failed")]
     runs = pd.DataFrame([r for r, _ in results if not r.get("failed")])
     batches = pd.DataFrame([b for _, rows in results for b in rows])
@@ -869,8 +898,10 @@ def main(argv: list[str] | None = None) -> int:
                             if c.name == "policy" else c.map(STREAMS.index))
     agg, wall = aggregate(runs), time.perf_counter() - start
     goal = goal_check(agg, runs)
+    resumed = (f" (this invocation; {len(done)} jobs came from a checkpoint)" if done else "")
     header = (f"## Retraining policies ({'quick' if args.quick else 'full'} run)\n\n"
-              f"Machine: {machine()}. Runtime {wall:.0f} s with {args.jobs} worker(s).\n"
+              f"Machine: {machine()}. Runtime {wall:.0f} s{resumed} with {args.jobs} worker(s); "
+              f"sum of job times {runs['wall_s'].sum():.0f} s.\n"
               f"Settings: {s}.\nFailed jobs: {len(failed)} "
               f"{[(f['stream'], f['seed'], f['policy']) for f in failed]}; runs whose training "
               f"failed (e.g. one class in the window; no retrain counted): "
