@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import pandas as pd
 
+from driftloop.live import live_accuracy
+
 if TYPE_CHECKING:
     from driftloop.live import DayTraffic
     from driftloop.scenarios import Scenario
@@ -177,6 +179,16 @@ def print_timeline(rows: list[DayRow], stream: TextIO) -> None:
 # --- plots ---------------------------------------------------------------------------
 
 
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -193,11 +205,7 @@ def _change_lines(ax: Any, scenario: Scenario, n_days: int) -> None:
 
 def accuracy_plot(scenario: Scenario, rows: list[DayRow], served: pd.DataFrame) -> Any:
     """Live accuracy per day by model version, with the true changes and rollout markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     days = [r for r in rows if r.day >= 0]
     fig, ax = plt.subplots(figsize=(10, 4.2))
     labelled = served[served["labelled"]] if not served.empty else served
@@ -205,11 +213,8 @@ def accuracy_plot(scenario: Scenario, rows: list[DayRow], served: pd.DataFrame) 
         overall = labelled.assign(ok=labelled["prediction"] == labelled["label"]) \
             .groupby("day")["ok"].mean()
         ax.plot(overall.index, overall.values, color="black", lw=2, label="all traffic")
-        for version in dict.fromkeys(labelled["model_version"]):
-            part = labelled[labelled["model_version"] == version]
-            acc = part.assign(ok=part["prediction"] == part["label"]).groupby("day")["ok"] \
-                .agg(["mean", "size"])
-            ax.plot(acc.index, acc["mean"], marker="o", ms=4, lw=1, alpha=0.8,
+        for version, part in live_accuracy(served).groupby("model_version", sort=False):
+            ax.plot(part["day"], part["accuracy"], marker="o", ms=4, lw=1, alpha=0.8,
                     label=f"{short(str(version))}")
     _change_lines(ax, scenario, len(days))
     marks = {"retrain": ("^", "tab:blue"), "start": ("o", "tab:orange"),
@@ -242,10 +247,7 @@ def accuracy_plot(scenario: Scenario, rows: list[DayRow], served: pd.DataFrame) 
 
 def drift_plot(scenario: Scenario, rows: list[DayRow]) -> Any:
     """Each drift test's p-value per day against its threshold (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     days = [r for r in rows if r.day >= 0]
     fig, ax = plt.subplots(figsize=(10, 3.8))
@@ -277,7 +279,7 @@ def drift_plot(scenario: Scenario, rows: list[DayRow]) -> Any:
 def write_report(path: Path, scenario: Scenario, rows: list[DayRow], served: pd.DataFrame,
                  *, seconds: float, how: str) -> Path:
     """Write ``report.html``: the timeline, the two plots and how the run was made."""
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     figures = []
     for title, fig in (("Live accuracy", accuracy_plot(scenario, rows, served)),
