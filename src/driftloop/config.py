@@ -57,7 +57,8 @@ class TriggerConfig:
             promoted or not) that trigger.
         perf_drop: Relative drop of the champion's primary metric that triggers (0.10 = 10%).
         perf_min_samples: Labelled records needed before the performance rule may decide.
-        max_age_days: A champion older than this is retrained on schedule.
+        max_age_days: Retrain on schedule when no version (promoted or not) has been
+            trained for this many days.
         cooldown_hours: No retrain (except forced) this soon after the last one.
     """
 

@@ -120,7 +120,8 @@ def decide_retrain(
         new_labels: Labelled records since the champion's training cutoff.
         current_metric: The champion's primary metric on the newly labelled records.
         metric_samples: How many labelled records ``current_metric`` is based on.
-        last_retrain_at: When the last retrain happened (for the cooldown).
+        last_retrain_at: When the latest version (promoted or not) was trained: the
+            cooldown and the schedule count from it.
         force: Retrain regardless of the other rules, the cooldown and a canary.
         canary_in_progress: The version whose canary is in flight, if any: no new
             challenger is trained until it finished or was rolled back (unless forced).
@@ -149,11 +150,19 @@ def decide_retrain(
         f"{'>=' if vol else '<'} {config.min_new_labels}",
     ))
     rules.append(_performance_rule(champion, current_metric, metric_samples, config))
-    age_days = (now - champion.created_at).total_seconds() / 86400
+    # The schedule counts from the latest training of any version: a challenger trained
+    # and rejected since the champion has already looked at that data, so the schedule must
+    # not fire again on every run until one is promoted.
+    trained_at = champion.created_at
+    if last_retrain_at is not None and last_retrain_at > trained_at:
+        trained_at = last_retrain_at
+    age_days = (now - trained_at).total_seconds() / 86400
     old = age_days >= config.max_age_days
+    since = ("champion " + champion.version if trained_at == champion.created_at
+             else "a challenger, not promoted")
     rules.append(TriggerRule(
         "schedule", old, age_days, config.max_age_days,
-        f"champion {champion.version} is {age_days:.2f} days old "
+        f"last training {age_days:.2f} days ago ({since}) "
         f"{'>=' if old else '<'} {config.max_age_days:g}",
     ))
     fired = [r.name for r in rules if r.fired]

@@ -71,6 +71,20 @@ def test_schedule_fires_on_old_champion():
     assert _rule(d, "schedule").measured == pytest.approx(8.0)
 
 
+def test_schedule_counts_from_the_latest_training_not_the_champion_age():
+    # The champion is 8 days old but a challenger was trained (and rejected) 2 days ago:
+    # the schedule must wait for 7 days after that training, not fire on every run.
+    old = ChampionInfo("v0", NOW - dt.timedelta(days=8), NOW, "f1_macro", 0.8)
+    cfg = TriggerConfig(max_age_days=7)
+    recent = decide_retrain(old, now=NOW, config=cfg, last_retrain_at=NOW - dt.timedelta(days=2))
+    stale = decide_retrain(old, now=NOW, config=cfg, last_retrain_at=NOW - dt.timedelta(days=9))
+    assert not recent.retrain and recent.fired == []
+    assert _rule(recent, "schedule").measured == pytest.approx(2.0)
+    assert "not promoted" in _rule(recent, "schedule").detail
+    # an older last_retrain_at than the champion (e.g. an earlier version) changes nothing
+    assert stale.retrain and _rule(stale, "schedule").measured == pytest.approx(8.0)
+
+
 def test_cooldown_postpones_unless_forced():
     cfg = TriggerConfig(cooldown_hours=12)
     recent = NOW - dt.timedelta(hours=3)

@@ -229,8 +229,8 @@ def decide_retrain(
     """Decide whether to retrain, with the measured value and threshold behind each rule.
 
     Rules: no champion yet, force, drift, new-label volume, performance drop of the
-    champion on newly labelled records, champion age (schedule), cooldown, and no new
-    challenger while a canary is in flight (unless forced). Records
+    champion on newly labelled records, time since the last training (schedule), cooldown,
+    and no new challenger while a canary is in flight (unless forced). Records
     runs/<run-id>/decision.json and decision.md.
 
     Args:
@@ -242,7 +242,7 @@ def decide_retrain(
         force: Retrain regardless of the rules.
         min_new_labels: New labels since the champion's training cutoff that trigger.
         perf_drop: Relative drop of the champion's primary metric that triggers.
-        max_age_days: Champion age in days that triggers a scheduled retrain.
+        max_age_days: Days without any training (promoted or not) that trigger a scheduled retrain.
         canary_in_progress: The canary version in flight ("" = none, from analyse_canary).
         records: Every accepted record of the lookback (from ingest).
         drift_json: The drift report JSON (from detect_drift).
