@@ -124,6 +124,10 @@ class GateConfig:
         seed: Seed of the bootstrap.
         latency_rows: Rows timed one by one per model for the latency rule.
         latency_repeats: Timed calls per row and model (the fastest counts).
+        eval_days: Both models are judged on held-out labels of records served in this
+            many days before the run (and after the champion's training cutoff): after a
+            change that is what the challenger must be good at. When that gives fewer than
+            ``MIN_EVAL_ROWS`` rows, the newest held-out rows since the cutoff are used.
     """
 
     primary_metric: str = "f1_macro"
@@ -136,6 +140,7 @@ class GateConfig:
     seed: int = 0
     latency_rows: int = 50
     latency_repeats: int = 2
+    eval_days: float = 3.0
 
     def __post_init__(self) -> None:
         _check(self.primary_metric in PRIMARY_METRICS, "gate.primary_metric",
@@ -144,6 +149,7 @@ class GateConfig:
         _check(self.latency_ratio >= 1, "gate.latency_ratio", "must be >= 1")
         _check(0 < self.confidence < 1, "gate.confidence", "must be in (0, 1)")
         _check(self.bootstrap >= 100, "gate.bootstrap", "must be >= 100")
+        _check(self.eval_days > 0, "gate.eval_days", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from driftloop.train import (
     save_model_artifact,
     split_holdout,
     train_model,
+    training_problem,
 )
 from driftloop.trigger import ChampionInfo, RetrainDecision, count_new_labels, decide_retrain
 from driftloop.validate import validate_records
@@ -180,7 +181,8 @@ def run_decide(
     """Decide whether to retrain from the drift report, labels, performance and age.
 
     ``canary_in_progress`` (the version whose canary is in flight) blocks retraining
-    unless forced.
+    unless forced; so does a run without a label since the last training. Rows that
+    cannot train a model (:func:`plan_training` gives one class, say) block it always.
     """
     if champion is None:
         return decide_retrain(None, now=now, config=config.trigger, force=force)
@@ -190,6 +192,8 @@ def run_decide(
     # Count labels since the latest training, promoted or not: a rejected challenger has
     # already seen the labels before its cutoff, so they must not trigger again.
     since = max(info.training_cutoff, last_cutoff) if last_cutoff else info.training_cutoff
+    reference = load_reference(registry.store, schema, registry.model_name, champion.version)
+    plan = plan_training(reference, window.records, info, now=now, config=config)
     return decide_retrain(
         info,
         now=now,
@@ -201,6 +205,7 @@ def run_decide(
         last_retrain_at=last_at,
         force=force,
         canary_in_progress=canary_in_progress,
+        train_problem=training_problem(plan.training, schema),
     )
 
 
@@ -230,6 +235,91 @@ def load_reference(store: Store, schema: Schema, model_name: str, version: str |
 
 
 @dataclass
+class TrainingPlan:
+    """What a challenger is trained on, judged on and profiled on, fixed before training.
+
+    Attributes:
+        training: The training rows (reference plus held-in production labels).
+        eval_set: Held-out rows both models are scored on.
+        eval_source: Where ``eval_set`` comes from, in words.
+        profile_rows: Rows the new model never trained on, for its drift reference.
+        profile_source: Where ``profile_rows`` come from, in words.
+    """
+
+    training: pd.DataFrame
+    eval_set: pd.DataFrame
+    eval_source: str
+    profile_rows: pd.DataFrame
+    profile_source: str
+
+
+def _by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    ts = pd.to_datetime(frame["timestamp"], utc=True)
+    order = ts.sort_values(kind="stable").index
+    return frame.loc[order].reset_index(drop=True), ts.loc[order].reset_index(drop=True)
+
+
+def newest_rows(frame: pd.DataFrame, now: dt.datetime, days: float, at_least: int) -> (
+    pd.DataFrame
+):
+    """Rows served in the ``days`` before ``now``, or the newest ``at_least`` when fewer."""
+    ordered, ts = _by_time(frame)
+    recent = int((ts >= pd.Timestamp(now) - pd.Timedelta(days=days)).sum())
+    return ordered.tail(max(recent, min(at_least, len(ordered)))).reset_index(drop=True)
+
+
+def plan_training(
+    reference: pd.DataFrame, records: pd.DataFrame, champion: ChampionInfo | None, *,
+    now: dt.datetime, config: Config,
+) -> TrainingPlan:
+    """Choose the training, evaluation and drift-reference rows of a challenger.
+
+    The labelled production records are split by a hash of ``id`` into training and
+    held-out rows. With a champion, both models are judged on the held-out labels since
+    its training cutoff, narrowed to the last ``gate.eval_days`` (what changed is what the
+    challenger must be good at). With fewer than ``MIN_EVAL_ROWS`` such rows (before the
+    first model, or when labels are scarce) part of the reference is held out as well.
+    The drift reference is rows the model never trained on (held-out and unlabelled
+    records) of the last ``gate.eval_days``: its probabilities on its own training rows
+    are over-confident, so a test against them would fire on unchanged data.
+    """
+    labelled = records.loc[records["label"].notna()] if len(records) else records
+    train_part, eval_part = split_holdout(labelled, config.train.eval_fraction, config.train.seed)
+    eval_set, source = eval_part, "production labels held out from training"
+    if champion is not None:
+        labelled_at = pd.to_datetime(eval_part["label_timestamp"], utc=True)
+        since = eval_part.loc[labelled_at > pd.Timestamp(champion.training_cutoff)]
+        if len(since) >= MIN_EVAL_ROWS:
+            eval_set = newest_rows(since, now, config.gate.eval_days, MIN_EVAL_ROWS)
+            source = (f"held-out production labels since the champion's cutoff, served in "
+                      f"the last {config.gate.eval_days:g} days (or the newest {MIN_EVAL_ROWS})")
+    if len(eval_set) < MIN_EVAL_ROWS and len(reference):
+        # A salt of its own per champion: the reference is the training side of earlier
+        # splits, and the same split again would hold out nothing.
+        salt = f"reference:{champion.version}" if champion else "reference"
+        reference, ref_eval = split_holdout(reference, config.train.eval_fraction,
+                                            config.train.seed, salt=salt)
+        source = (f"reference hold-out plus {len(eval_set)} production labels (fewer than "
+                  f"{MIN_EVAL_ROWS} production labels held out"
+                  + ("; the champion trained on the reference rows)" if champion else ")"))
+        eval_set = pd.concat([eval_set, ref_eval], ignore_index=True)
+    training = assemble_training_set(reference, train_part, config.train, now)
+    unseen = records.loc[~records["id"].isin(training["id"])] if len(records) else records
+    pool = pd.concat([eval_set, unseen], ignore_index=True).drop_duplicates("id")
+    wanted = max(config.drift.min_samples, MIN_EVAL_ROWS)
+    if len(pool) >= wanted:
+        profile = newest_rows(pool, now, config.gate.eval_days, wanted)
+        profile_source = (f"{len(profile)} records not trained on, served in the last "
+                          f"{config.gate.eval_days:g} days (or the newest {wanted})")
+    else:
+        profile = training
+        profile_source = (f"the training rows: only {len(pool)} records not trained on "
+                          f"(fewer than {wanted}); probabilities may look over-confident")
+    return TrainingPlan(training, eval_set.reset_index(drop=True), source, profile,
+                        profile_source)
+
+
+@dataclass
 class TrainOutcome:
     """A registered challenger and the evaluation set held out from its training."""
 
@@ -238,6 +328,7 @@ class TrainOutcome:
     eval_set: pd.DataFrame
     train_rows: int
     eval_source: str = field(default="production")
+    profile_source: str = field(default="")
 
 
 def run_train(
@@ -246,42 +337,30 @@ def run_train(
 ) -> TrainOutcome:
     """Train a challenger on the reference plus labelled production records and register it.
 
-    The labelled production records are split by a hash of ``id`` into training and
-    evaluation rows. Before the first model there may be no production labels: then the
-    seed reference set is split instead.
+    The rows are chosen by :func:`plan_training`; the model, its metadata and its drift
+    profile are registered and its training set becomes the next reference.
+
+    Raises:
+        TrainingError: The planned training rows cannot train a model (the decision step
+            postpones such a retrain unless forced).
     """
     reference = load_reference(store, schema, model_name, champion.version if champion else None)
-    labelled = window.records.loc[window.records["label"].notna()]
-    train_part, eval_part = split_holdout(labelled, config.train.eval_fraction, config.train.seed)
-    source = "production"
-    if champion is not None:
-        # Judge both models on what changed: held-out labels the champion has never seen.
-        cutoff = pd.Timestamp(champion.info().training_cutoff)
-        recent = eval_part.loc[eval_part["label_timestamp"] > cutoff]
-        if len(recent) >= MIN_EVAL_ROWS:
-            eval_part, source = recent, "production since the champion's cutoff"
-    elif len(eval_part) < MIN_EVAL_ROWS:
-        reference, eval_part = split_holdout(reference, config.train.eval_fraction,
-                                             config.train.seed)
-        source = "seed reference"
-    training = assemble_training_set(reference, train_part, config.train, now)
-    result = train_model(training, schema, config.train, model_name=model_name,
+    plan = plan_training(reference, window.records, champion.info() if champion else None,
+                         now=now, config=config)
+    result = train_model(plan.training, schema, config.train, model_name=model_name,
                          primary_metric=config.gate.primary_metric, now=now)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / result.metadata.version
         save_model_artifact(result, folder)
-        # The drift reference is held-out data: the model's probabilities on its own
-        # training rows are over-confident, so a KS test against them fires on unchanged
-        # data; and the held-out rows are the most recent, i.e. what the model now serves.
-        held_out = len(eval_part) >= max(config.drift.min_samples, MIN_EVAL_ROWS)
-        profile = build_reference_profile(eval_part if held_out else training, schema,
-                                          config.drift, model_version=result.metadata.version,
+        profile = build_reference_profile(plan.profile_rows, schema, config.drift,
+                                          model_version=result.metadata.version,
                                           model=result.model)
         profile.save(folder)
         version = registry.register(folder)
-    store.write_bytes(f"reference/{model_name}/{version}.parquet", training.to_parquet(index=False))
-    return TrainOutcome(version, result.metadata, eval_part.reset_index(drop=True),
-                        len(training), source)
+    store.write_bytes(f"reference/{model_name}/{version}.parquet",
+                      plan.training.to_parquet(index=False))
+    return TrainOutcome(version, result.metadata, plan.eval_set, len(plan.training),
+                        plan.eval_source, plan.profile_source)
 
 
 @dataclass
@@ -298,6 +377,7 @@ class TrainSummary(JsonResult):
         primary_metric: Metric the gate compares.
         validation_score: The primary metric on the training set's validation split.
         created_at: The model's creation (logical) time.
+        profile_source: Which rows the drift reference profile was built from.
     """
 
     version: str
@@ -309,6 +389,7 @@ class TrainSummary(JsonResult):
     primary_metric: str
     validation_score: float | None
     created_at: str
+    profile_source: str = ""
 
     def to_markdown(self) -> str:
         """A short Markdown summary."""
@@ -316,6 +397,7 @@ class TrainSummary(JsonResult):
         return (f"### Challenger `{self.version}`\n\n"
                 f"- trained on {self.train_rows} rows; validation {self.primary_metric} "
                 f"= {score}\n- {self.eval_rows} evaluation rows ({self.eval_source})\n"
+                f"- drift reference: {self.profile_source or 'n/a'}\n"
                 f"- sha256 `{self.model_sha256}`\n- registry `{self.model_uri}`\n")
 
 
@@ -329,6 +411,7 @@ def summarise_training(outcome: TrainOutcome, registry: Registry) -> TrainSummar
         train_rows=outcome.train_rows, eval_rows=len(outcome.eval_set),
         eval_source=outcome.eval_source, primary_metric=meta.primary_metric,
         validation_score=None if score is None else float(score), created_at=meta.created_at,
+        profile_source=outcome.profile_source,
     )
 
 

@@ -238,25 +238,34 @@ def _iso(value: Any) -> str | None:
     return None if pd.isna(value) else pd.Timestamp(value).isoformat()
 
 
-def _prepare(train_df: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, str]:
+def training_problem(train_df: pd.DataFrame, schema: Schema) -> str | None:
+    """Why ``train_df`` cannot train a model, or ``None`` when it can.
+
+    Checked before a run commits to training (so a one-class window postpones the retrain
+    with this reason instead of failing the run) and again by :func:`train_model`.
+    """
     if "label" not in train_df.columns:
-        raise TrainingError("training data has no 'label' column")
-    df = train_df[train_df["label"].notna()].copy()
-    df["label"] = df["label"].astype(str)
-    classes = sorted(df["label"].unique())
-    if len(df) < MIN_TRAIN_ROWS:
-        raise TrainingError(
-            f"training data has {len(df)} labelled rows; at least {MIN_TRAIN_ROWS} are needed"
-        )
+        return "training data has no 'label' column"
+    labels = train_df["label"].dropna().astype(str)
+    classes = sorted(labels.unique())
+    if len(labels) < MIN_TRAIN_ROWS:
+        return (f"training data has {len(labels)} labelled rows; "
+                f"at least {MIN_TRAIN_ROWS} are needed")
     if len(classes) < 2:
-        raise TrainingError(
-            f"training data has only one class {classes}; at least 2 classes are needed"
-        )
+        return f"training data has only one class {classes}; at least 2 classes are needed"
     if schema.labels is not None:
         unknown = sorted(set(classes) - set(schema.labels))
         if unknown:
-            raise TrainingError(f"training labels {unknown} are not in schema labels "
-                                f"{list(schema.labels)}")
+            return f"training labels {unknown} are not in schema labels {list(schema.labels)}"
+    return None
+
+
+def _prepare(train_df: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, str]:
+    problem = training_problem(train_df, schema)
+    if problem is not None:
+        raise TrainingError(problem)
+    df = train_df[train_df["label"].notna()].copy()
+    df["label"] = df["label"].astype(str)
     # A canonical row order makes the fit independent of how the input was ordered.
     lines = _canonical_rows(df, schema)
     order = sorted(range(len(lines)), key=lines.__getitem__)

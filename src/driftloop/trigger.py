@@ -103,12 +103,13 @@ def decide_retrain(
     now: dt.datetime,
     config: TriggerConfig,
     drift: DriftLike | None = None,
-    new_labels: int = 0,
+    new_labels: int | None = None,
     current_metric: float | None = None,
     metric_samples: int = 0,
     last_retrain_at: dt.datetime | None = None,
     force: bool = False,
     canary_in_progress: str | None = None,
+    train_problem: str | None = None,
 ) -> RetrainDecision:
     """Combine the retrain rules into one decision.
 
@@ -117,7 +118,8 @@ def decide_retrain(
         now: The decision time (a pipeline run's logical time).
         config: Thresholds.
         drift: The drift report of the current window (``None``: not computed).
-        new_labels: Labelled records since the champion's training cutoff.
+        new_labels: Labelled records since the latest training cutoff (``None``: not
+            counted). Zero postpones a retrain (unless forced): nothing new to learn from.
         current_metric: The champion's primary metric on the newly labelled records.
         metric_samples: How many labelled records ``current_metric`` is based on.
         last_retrain_at: When the latest version (promoted or not) was trained: the
@@ -125,6 +127,8 @@ def decide_retrain(
         force: Retrain regardless of the other rules, the cooldown and a canary.
         canary_in_progress: The version whose canary is in flight, if any: no new
             challenger is trained until it finished or was rolled back (unless forced).
+        train_problem: Why the rows a challenger would be trained on cannot train a model
+            (e.g. one class), if so: the retrain is postponed, even when forced.
 
     Returns:
         The decision; ``rules`` holds every evaluated rule, fired or not.
@@ -143,12 +147,16 @@ def decide_retrain(
         detail = "; ".join(drift.reasons) or drift.status
         rules.append(TriggerRule("drift", bool(drift.drifted), None, None,
                                  f"{drift.status}: {detail}"))
-    vol = new_labels >= config.min_new_labels
-    rules.append(TriggerRule(
-        "label_volume", vol, float(new_labels), float(config.min_new_labels),
-        f"{new_labels} new labels since the last training cutoff "
-        f"{'>=' if vol else '<'} {config.min_new_labels}",
-    ))
+    if new_labels is None:
+        rules.append(TriggerRule("label_volume", False, None, float(config.min_new_labels),
+                                 "new labels not counted"))
+    else:
+        vol = new_labels >= config.min_new_labels
+        rules.append(TriggerRule(
+            "label_volume", vol, float(new_labels), float(config.min_new_labels),
+            f"{new_labels} new labels since the last training cutoff "
+            f"{'>=' if vol else '<'} {config.min_new_labels}",
+        ))
     rules.append(_performance_rule(champion, current_metric, metric_samples, config))
     # The schedule counts from the latest training of any version: a challenger trained
     # and rejected since the champion has already looked at that data, so the schedule must
@@ -158,11 +166,11 @@ def decide_retrain(
         trained_at = last_retrain_at
     age_days = (now - trained_at).total_seconds() / 86400
     old = age_days >= config.max_age_days
-    since = ("champion " + champion.version if trained_at == champion.created_at
+    basis = ("champion " + champion.version if trained_at == champion.created_at
              else "a challenger, not promoted")
     rules.append(TriggerRule(
         "schedule", old, age_days, config.max_age_days,
-        f"last training {age_days:.2f} days ago ({since}) "
+        f"last training {age_days:.2f} days ago ({basis}) "
         f"{'>=' if old else '<'} {config.max_age_days:g}",
     ))
     fired = [r.name for r in rules if r.fired]
@@ -185,6 +193,18 @@ def decide_retrain(
             + (": no new challenger until it finishes or is rolled back" if blocked
                else ": forced, retraining anyway"),
         ))
+    if retrain and not blocked and not force and new_labels == 0:
+        # Without a label since the last training a challenger would be fitted on the
+        # same rows as the last one: wait for feedback instead of spending a retrain.
+        blocked = True
+        rules.append(TriggerRule(
+            "nothing_new", True, 0.0, 1.0,
+            "no labelled record since the last training: a challenger would learn "
+            "nothing new",
+        ))
+    if retrain and not blocked and train_problem is not None:
+        blocked = True
+        rules.append(TriggerRule("training_data", True, None, None, train_problem))
     if retrain and blocked:
         retrain = False
         reasons = [rules[-1].detail + ": retrain postponed"]

@@ -105,3 +105,25 @@ def test_label_volume_counts_from_the_last_training_even_when_not_promoted(tmp_p
     champion_cutoff = registry.metadata(registry.champion())["training_cutoff"]
     since_champion = count_new_labels(records, dt.datetime.fromisoformat(champion_cutoff))
     assert rule.measured == since_challenger < since_champion
+
+
+def test_drift_without_new_labels_waits_and_a_forced_run_is_judged_on_the_reference(
+    tmp_path: Path,
+):
+    # No feedback at all: drift alone used to train a challenger on the champion's rows
+    # and then fail the run in evaluate (an empty evaluation set).
+    info = write_sample_store(tmp_path / "s", days=3, rows_per_day=400, drift_day=1, seed=4,
+                              label_share=0.0)
+    store, schema = open_store(info.root), sample_schema()
+    days = [_end_of(info.first_day + dt.timedelta(d)) for d in range(3)]
+    run_loop(store, schema, "sample", now=days[0], run_id="d0", lookback_days=3)
+    waiting = run_loop(store, schema, "sample", now=days[1], run_id="d1", lookback_days=3)
+    assert waiting.drift is not None and waiting.drift.drifted
+    assert "drift" in waiting.decision.fired and not waiting.decision.retrain
+    assert waiting.train is None
+    assert any(r.name == "nothing_new" and r.fired for r in waiting.decision.rules)
+    forced = run_loop(store, schema, "sample", now=days[2], run_id="d2", lookback_days=3,
+                      force=True)
+    assert forced.train is not None and forced.verdict is not None
+    assert len(forced.train.eval_set) > 0
+    assert forced.train.eval_source.startswith("reference hold-out plus 0 production labels")

@@ -110,3 +110,23 @@ def test_count_new_labels_respects_cutoff():
     frame = pd.DataFrame({"label": ["a", "b", None, "a"], "label_timestamp": ts})
     assert count_new_labels(frame, dt.datetime(2026, 3, 4, tzinfo=dt.UTC)) == 2
     assert count_new_labels(frame, None) == 3
+
+
+def test_no_label_since_the_last_training_postpones_unless_forced():
+    drift = Drift("drift", True, ["x"])
+    waiting = decide_retrain(CHAMP, now=NOW, config=TriggerConfig(), drift=drift, new_labels=0)
+    forced = decide_retrain(CHAMP, now=NOW, config=TriggerConfig(), drift=drift, new_labels=0,
+                            force=True)
+    one = decide_retrain(CHAMP, now=NOW, config=TriggerConfig(), drift=drift, new_labels=1)
+    assert not waiting.retrain and waiting.fired == ["drift"]
+    assert _rule(waiting, "nothing_new").fired and "postponed" in waiting.reasons[0]
+    assert forced.retrain and one.retrain
+
+
+def test_rows_that_cannot_train_postpone_even_a_forced_retrain():
+    problem = "training data has only one class ['a']; at least 2 classes are needed"
+    d = decide_retrain(CHAMP, now=NOW, config=TriggerConfig(), new_labels=600, force=True,
+                       train_problem=problem)
+    assert not d.retrain and set(d.fired) == {"force", "label_volume"}
+    assert _rule(d, "training_data").detail == problem
+    assert d.reasons == [problem + ": retrain postponed"]

@@ -1,0 +1,114 @@
+"""plan_training: which rows a challenger trains on, is judged on and is profiled on."""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driftloop.config import Config
+from driftloop.loop import MIN_EVAL_ROWS, plan_training
+from driftloop.schema import schema_from_dict
+from driftloop.train import split_holdout, training_problem
+from driftloop.trigger import ChampionInfo
+
+T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+SCHEMA = schema_from_dict({"columns": [{"name": "x", "kind": "numeric"}],
+                           "labels": ["a", "b"]})
+
+
+def _records(days: int, per_day: int, *, labelled: bool = True, prefix: str = "r") -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = days * per_day
+    ts = [T0 + dt.timedelta(days=i // per_day, minutes=i % per_day) for i in range(n)]
+    return pd.DataFrame({
+        "id": [f"{prefix}{i}" for i in range(n)],
+        "timestamp": pd.to_datetime(ts, utc=True),
+        "x": rng.normal(size=n),
+        "label": [("a" if i % 2 else "b") if labelled else None for i in range(n)],
+        # each label arrives half a day after its record
+        "label_timestamp": pd.to_datetime([t + dt.timedelta(hours=12) for t in ts], utc=True)
+        if labelled else pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns, UTC]"),
+    })
+
+
+def _champion(cutoff_day: float) -> ChampionInfo:
+    cutoff = T0 + dt.timedelta(days=cutoff_day)
+    return ChampionInfo("v1", cutoff, cutoff, "f1_macro", 0.8)
+
+
+def test_the_gate_judges_on_the_last_eval_days_after_the_champion_cutoff():
+    records = _records(20, 100)
+    now = T0 + dt.timedelta(days=20)
+    plan = plan_training(pd.DataFrame(), records, _champion(10), now=now, config=Config())
+    ts = pd.to_datetime(plan.eval_set["timestamp"], utc=True)
+    # Config().gate.eval_days == 3: only rows served on days 17, 18 and 19
+    assert ts.min() >= pd.Timestamp(now - dt.timedelta(days=3))
+    assert len(plan.eval_set) >= MIN_EVAL_ROWS
+    _, held_out = split_holdout(records, Config().train.eval_fraction, Config().train.seed)
+    recent = held_out.loc[pd.to_datetime(held_out["timestamp"], utc=True)
+                          >= pd.Timestamp(now - dt.timedelta(days=3))]
+    assert set(plan.eval_set["id"]) == set(recent["id"])
+    assert not set(plan.eval_set["id"]) & set(plan.training["id"])
+    assert "last 3 days" in plan.eval_source
+
+
+def test_too_few_recent_labels_widen_to_the_newest_held_out_rows_since_the_cutoff():
+    records = _records(20, 20)  # ~6 held-out rows a day: 3 days give fewer than 50
+    now = T0 + dt.timedelta(days=20)
+    plan = plan_training(pd.DataFrame(), records, _champion(5), now=now, config=Config())
+    assert len(plan.eval_set) == MIN_EVAL_ROWS
+    _, held_out = split_holdout(records, Config().train.eval_fraction, Config().train.seed)
+    chosen = held_out["id"].isin(plan.eval_set["id"])
+    newest_left_out = pd.to_datetime(held_out.loc[~chosen, "timestamp"], utc=True).max()
+    assert pd.to_datetime(plan.eval_set["timestamp"], utc=True).min() >= newest_left_out
+    cutoff = pd.Timestamp(T0 + dt.timedelta(days=5))
+    assert (pd.to_datetime(plan.eval_set["label_timestamp"], utc=True) > cutoff).all()
+
+
+def test_without_production_labels_part_of_the_champions_reference_is_held_out():
+    # The champion's reference is the training side of an earlier "eval" split: the same
+    # split again would hold out nothing, so an empty evaluation set used to fail the run.
+    seed = _records(10, 60, prefix="s")
+    reference, _ = split_holdout(seed, Config().train.eval_fraction, Config().train.seed)
+    unlabelled = _records(2, 100, labelled=False)
+    now = T0 + dt.timedelta(days=12)
+    plan = plan_training(reference, unlabelled, _champion(10), now=now, config=Config())
+    assert len(plan.eval_set) >= MIN_EVAL_ROWS
+    assert set(plan.eval_set["id"]) <= set(reference["id"])
+    assert not set(plan.eval_set["id"]) & set(plan.training["id"])
+    assert "reference hold-out" in plan.eval_source and "champion trained" in plan.eval_source
+
+
+def test_the_drift_profile_uses_recent_rows_the_model_never_trained_on():
+    records = pd.concat([_records(20, 100), _records(1, 150, labelled=False, prefix="u")
+                         .assign(timestamp=lambda f: f["timestamp"] + pd.Timedelta(days=19))],
+                        ignore_index=True)
+    now = T0 + dt.timedelta(days=20)
+    plan = plan_training(pd.DataFrame(), records, _champion(10), now=now, config=Config())
+    assert not set(plan.profile_rows["id"]) & set(plan.training["id"])
+    assert pd.to_datetime(plan.profile_rows["timestamp"], utc=True).min() >= pd.Timestamp(
+        now - dt.timedelta(days=3))
+    assert plan.profile_rows["id"].str.startswith("u").any()  # unlabelled rows count too
+    assert "not trained on" in plan.profile_source
+
+
+def test_the_drift_profile_falls_back_to_training_rows_and_says_so():
+    records = _records(2, 30)
+    now = T0 + dt.timedelta(days=2)
+    plan = plan_training(pd.DataFrame(), records, None, now=now, config=Config())
+    assert len(plan.eval_set) < Config().drift.min_samples
+    assert plan.profile_rows is plan.training
+    assert "over-confident" in plan.profile_source
+
+
+@pytest.mark.parametrize(("labels", "problem"), [
+    (["a"] * 40, "only one class"),
+    (["a", "b"] * 3, "at least 10"),
+    (["a", "c"] * 20, "not in schema labels"),
+    (["a", "b"] * 20, None),
+])
+def test_training_problem_names_why_rows_cannot_train(labels, problem):
+    frame = pd.DataFrame({"label": labels})
+    found = training_problem(frame, SCHEMA)
+    assert (found is None) if problem is None else (problem in found)
