@@ -8,21 +8,22 @@ labels arrive ``--delay`` runs later. Every run replays :func:`driftloop.loop.ru
 process (no store, HTTP or KFP): :func:`~driftloop.drift.detect_drift` against the
 champion's profile,
 :func:`~driftloop.trigger.decide_retrain` with :func:`~driftloop.trigger.count_new_labels`
-since the latest training cutoff of any version and
-:func:`driftloop.loop.champion_metric_on_new_labels`; a retrain splits the labelled records
-with :func:`~driftloop.train.split_holdout`, trains with
-:func:`~driftloop.train.assemble_training_set` + :func:`~driftloop.train.train_model`, builds
-the drift profile with :func:`~driftloop.drift.build_reference_profile` on the held-out rows
-and promotes only through :func:`~driftloop.evaluate.evaluate_challenger` (reduced bootstrap
-and latency sample). Where the loop's logic is inline it is mirrored (see ``decide`` and
+since the latest training cutoff of any version,
+:func:`driftloop.loop.champion_metric_on_new_labels` and the training rows' problem (one
+class); a retrain picks its rows with :func:`driftloop.loop.plan_training`, trains with
+:func:`~driftloop.train.train_model`, builds the drift profile with
+:func:`~driftloop.drift.build_reference_profile` on the plan's profile rows and promotes
+only through :func:`~driftloop.evaluate.evaluate_challenger` (reduced bootstrap and
+latency sample). Where the loop's logic is inline it is mirrored (see ``decide`` and
 ``train_and_gate``). ``TrainConfig.max_rows`` = ``--window`` batches makes the training set
 a sliding window.
 
 Policies: ``never``; ``periodic_1`` / ``periodic_4`` (every k runs, same train and gate);
 ``trigger`` (default :class:`~driftloop.config.TriggerConfig`: drift, label volume,
 performance and schedule); ``trigger_drift`` (drift report only); ``trigger_drift_perf``
-(drift + performance); ``oracle`` (retrains, without the gate, at the first run after each
-true change whose labels are all post-change, on post-change rows only).
+(drift + performance) -- the ablations switch the other rules off by threshold;
+``oracle`` (retrains, without the gate, at the first run after each true change whose
+labels are all post-change, on post-change rows only).
 
     .venv/bin/python benchmarks/retraining_policy.py [--quick] [--seeds 10] [--jobs 2]
 
@@ -57,15 +58,15 @@ from driftloop.config import Config, DriftConfig, GateConfig, TrainConfig, Trigg
 from driftloop.datasets import fetch, load_elec2, load_tweets
 from driftloop.drift import build_reference_profile, detect_drift
 from driftloop.evaluate import evaluate_challenger
-from driftloop.loop import MIN_EVAL_ROWS, Champion, champion_metric_on_new_labels
+from driftloop.loop import Champion, champion_metric_on_new_labels, plan_training
 from driftloop.schema import Schema, schema_from_dict
 from driftloop.train import (
     TrainingError,
     TrainResult,
     assemble_training_set,
     predict_frame,
-    split_holdout,
     train_model,
+    training_problem,
 )
 from driftloop.trigger import RetrainDecision, count_new_labels, decide_retrain
 
@@ -287,6 +288,7 @@ def make_stream(name: str, seed: int, s: Settings) -> Stream:
 
 TRAINED = ("promote", "needs_approval", "reject")
 NO_SCHEDULE = 1e9  # max_age_days that switches the schedule rule off (ablations only)
+NO_RULE = 10**9  # min_new_labels / perf_min_samples that switch those rules off (ablations)
 
 
 @dataclass
@@ -343,36 +345,36 @@ def window_records(r: Replay, b: int) -> pd.DataFrame:
 
 
 def trigger_config(r: Replay) -> TriggerConfig:
-    """Default TriggerConfig for ``trigger``; the ablations switch the schedule rule off."""
+    """Default TriggerConfig for ``trigger``; the ablations switch rules off by threshold:
+    ``trigger_drift_perf`` keeps drift + performance, ``trigger_drift`` drift alone."""
+    off = {"max_age_days": NO_SCHEDULE, "min_new_labels": NO_RULE}
     if r.policy == "trigger":
         return r.cfg.trigger
-    return replace(r.cfg.trigger, max_age_days=NO_SCHEDULE)
+    if r.policy == "trigger_drift":
+        off["perf_min_samples"] = NO_RULE
+    return replace(r.cfg.trigger, **off)
 
 
 def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame) -> RetrainDecision:
-    """run_drift + run_decide at run ``b`` (mirrors loop.run_decide).
-
-    ``trigger`` passes every input; ``trigger_drift`` only the drift report;
-    ``trigger_drift_perf`` the drift report and the champion's metric on new labels.
-    """
+    """run_drift + run_decide at run ``b`` (mirrors loop.run_decide; every policy passes the
+    same inputs, the ablations differ only in :func:`trigger_config`)."""
     champion = r.champion
-    assert champion is not None
+    assert champion is not None and r.reference is not None
     now = _at(b + 1, r.s)
     drift = detect_drift(champion.profile, current, r.stream.schema, r.cfg.drift,
                          model=champion.model, now=now)
     info = champion.info()
-    metric, samples = None, 0
-    if r.policy in ("trigger", "trigger_drift_perf"):
-        metric, samples = champion_metric_on_new_labels(champion, records, r.stream.schema)
+    metric, samples = champion_metric_on_new_labels(champion, records, r.stream.schema)
     # mirrors loop._last_retrain: latest created_at and latest training cutoff of any
     # registered version (promoted or not)
     last_at = max(created for created, _ in r.trained)
     last_cutoff = max(cutoff for _, cutoff in r.trained)
     since = max(info.training_cutoff, last_cutoff)
-    new_labels = count_new_labels(records, since) if r.policy == "trigger" else 0
+    plan = plan_training(r.reference, records, info, now=now, config=r.cfg)
     return decide_retrain(info, now=now, config=trigger_config(r), drift=drift,
-                          new_labels=new_labels, current_metric=metric,
-                          metric_samples=samples, last_retrain_at=last_at)
+                          new_labels=count_new_labels(records, since), current_metric=metric,
+                          metric_samples=samples, last_retrain_at=last_at,
+                          train_problem=training_problem(plan.training, r.stream.schema))
 
 
 def _register(r: Replay, result: TrainResult) -> None:
@@ -385,42 +387,31 @@ def train_and_gate(r: Replay, b: int, records: pd.DataFrame) -> str:
     """run_train + run_evaluate + run_promote at run ``b``; returns the verdict.
 
     Mirrors loop.run_train: reference = the champion's training set (before the first
-    model: the seed set), labelled records split by split_holdout, the evaluation part
-    narrowed to labels newer than the champion's cutoff when >= MIN_EVAL_ROWS, the seed set
-    split instead when there is no champion and too few production labels,
-    assemble_training_set (its ``max_rows`` is the sliding training window), train_model,
-    and the drift profile on the held-out rows when there are enough of them.
+    model: the seed set); :func:`driftloop.loop.plan_training` picks the training,
+    evaluation and drift-profile rows; train_model; build_reference_profile.
     """
     cfg, schema, champion = r.cfg, r.stream.schema, r.champion
     now = _at(b + 1, r.s)
     reference = r.reference if champion is not None else r.seed_set
-    labelled = records.loc[records["label"].notna()]
-    train_part, eval_part = split_holdout(labelled, cfg.train.eval_fraction, cfg.train.seed)
-    if champion is not None:
-        cutoff = pd.Timestamp(champion.info().training_cutoff)
-        recent = eval_part.loc[eval_part["label_timestamp"] > cutoff]
-        if len(recent) >= MIN_EVAL_ROWS:
-            eval_part = recent
-    elif len(eval_part) < MIN_EVAL_ROWS:
-        reference, eval_part = split_holdout(reference, cfg.train.eval_fraction, cfg.train.seed)
-    training = assemble_training_set(reference, train_part, cfg.train, now)
+    assert reference is not None
+    plan = plan_training(reference, records, champion.info() if champion else None, now=now,
+                         config=cfg)
     start = time.perf_counter()
-    result = train_model(training, schema, cfg.train, model_name=r.stream.name,
+    result = train_model(plan.training, schema, cfg.train, model_name=r.stream.name,
                          primary_metric=cfg.gate.primary_metric, version=f"b{b}", now=now)
     r.fit_s += time.perf_counter() - start
-    held_out = len(eval_part) >= max(cfg.drift.min_samples, MIN_EVAL_ROWS)
-    profile = build_reference_profile(eval_part if held_out else training, schema, cfg.drift,
+    profile = build_reference_profile(plan.profile_rows, schema, cfg.drift,
                                       model_version=f"b{b}", model=result.model)
     _register(r, result)
     # run_evaluate (reduced bootstrap and latency sample, see make_config)
     verdict = evaluate_challenger(
-        result.model, champion.model if champion else None, eval_part.reset_index(drop=True),
-        schema, cfg.gate, challenger_version=f"b{b}",
-        champion_version=champion.version if champion else None, now=now)
+        result.model, champion.model if champion else None, plan.eval_set, schema, cfg.gate,
+        challenger_version=f"b{b}", champion_version=champion.version if champion else None,
+        now=now)
     r.gate[verdict.decision] = r.gate.get(verdict.decision, 0) + 1
     if verdict.decision == "promote":  # run_promote without a rollout backend
         r.champion = Champion(f"b{b}", result.model, result.metadata, profile)
-        r.reference = training
+        r.reference = plan.training
     return verdict.decision
 
 
@@ -483,15 +474,16 @@ def replay(stream: Stream, policy: str, cfg: Config, s: Settings) -> Replay:
         fire, why = wants_retrain(r, b, current, records, oracle)
         verdict = ""
         if fire and not records["label"].notna().any():
-            # the loop would train on the reference alone and fail in run_evaluate (empty
-            # evaluation set): count it as no retrain
+            # a schedule with no label yet: nothing new to learn (the trigger policies are
+            # postponed by decide_retrain's nothing_new rule for the same reason)
             verdict = "no_labels"
         elif fire:
             try:
                 verdict = (oracle_retrain(r, b, records, oracle[b]) if policy == "oracle"
                            else train_and_gate(r, b, records))
             except TrainingError:
-                # e.g. one class in the window: the loop's run fails, nothing is registered
+                # periodic/oracle only (e.g. one class in the window); the trigger policies
+                # are postponed by decide_retrain's training_data rule before training
                 verdict = "train_failed"
         r.batches.append({"batch": b, "n": len(current), "correct": int(correct.sum()),
                           "accuracy": float(correct.mean()), "retrain": verdict in TRAINED,
