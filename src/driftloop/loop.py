@@ -115,7 +115,8 @@ class Champion:
             created_at=parse_time(meta.created_at),
             training_cutoff=parse_time(meta.training_cutoff or meta.created_at),
             primary_metric=meta.primary_metric,
-            baseline=float(meta.validation_metrics[meta.primary_metric]),
+            # NaN when the training set was too small or too one-sided to validate
+            baseline=float(meta.validation_metrics.get(meta.primary_metric, float("nan"))),
         )
 
 

@@ -87,7 +87,13 @@ def _performance_rule(
             f"{samples} newly labelled records, fewer than the {config.perf_min_samples} "
             "needed to judge the champion's performance",
         )
-    drop = (champion.baseline - current) / champion.baseline if champion.baseline > 0 else 0.0
+    if not champion.baseline > 0:  # NaN: the champion was trained without a validation split
+        return TriggerRule(
+            name, False, current, None,
+            f"{champion.primary_metric} {current:.3f} on {samples} new labels; champion "
+            f"{champion.version} has no validation {champion.primary_metric} to compare with",
+        )
+    drop = (champion.baseline - current) / champion.baseline
     fired = drop >= config.perf_drop
     return TriggerRule(
         name, fired, drop, config.perf_drop,

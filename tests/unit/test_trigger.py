@@ -130,3 +130,14 @@ def test_rows_that_cannot_train_postpone_even_a_forced_retrain():
     assert not d.retrain and set(d.fired) == {"force", "label_volume"}
     assert _rule(d, "training_data").detail == problem
     assert d.reasons == [problem + ": retrain postponed"]
+
+
+def test_a_champion_without_validation_metric_skips_the_performance_rule():
+    # A champion trained on a one-sided window has no validation split (baseline NaN):
+    # the rule says so instead of comparing with NaN or crashing the run.
+    blind = ChampionInfo("v0", NOW - dt.timedelta(days=1), NOW, "f1_macro", float("nan"))
+    d = decide_retrain(blind, now=NOW, config=TriggerConfig(), current_metric=0.1,
+                       metric_samples=500, new_labels=10)
+    rule = _rule(d, "performance")
+    assert not rule.fired and not d.retrain
+    assert "no validation f1_macro" in rule.detail
