@@ -87,6 +87,25 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
+def since_canary_started(records: pd.DataFrame, canary_version: str) -> pd.DataFrame:
+    """The responses served since ``canary_version`` answered its first request.
+
+    A canary is judged on everything both versions served side by side, across runs and
+    traffic steps: at 10% a single day rarely holds enough labelled canary responses, and
+    late labels keep arriving for earlier days. Rows from before the canary started are
+    left out so the champion is measured over the same period. No canary row: no rows.
+    """
+    if "timestamp" not in records:  # cannot tell when: judge every row given
+        return records
+    if records.empty or "model_version" not in records:
+        return records.iloc[0:0]
+    ts = pd.to_datetime(records["timestamp"], utc=True)
+    served = ts[records["model_version"] == canary_version]
+    if served.empty:
+        return records.iloc[0:0]
+    return records.loc[ts >= served.min()].reset_index(drop=True)
+
+
 def live_stats(records: pd.DataFrame, version: str) -> LiveStats:
     """Requests, labelled accuracy, error rate and p95 latency of one version."""
     missing = [c for c in ("model_version", "prediction", "label") if c not in records]

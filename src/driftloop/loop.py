@@ -513,8 +513,8 @@ def run_loop(
         from driftloop.progressive import step_canary
 
         canary = registry.aliases().canary
-        # judged on the current window: the traffic served at the canary's current step
-        rollout = step_canary(registry, backend, window.current, config=config.canary,
+        # judged on the lookback's responses served since the canary started
+        rollout = step_canary(registry, backend, window.records, config=config.canary,
                               notifier=notifier, run_id=run_id, model_name=model_name, now=now)
         if rollout is not None and rollout.action == "rollback":
             canary = None  # rolled back: nothing in flight, the rules may retrain now

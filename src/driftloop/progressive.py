@@ -31,7 +31,14 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop.canary import ADVANCE, HOLD, ROLLBACK, CanaryAnalysis, analyse_canary
+from driftloop.canary import (
+    ADVANCE,
+    HOLD,
+    ROLLBACK,
+    CanaryAnalysis,
+    analyse_canary,
+    since_canary_started,
+)
 from driftloop.clock import utc_now_iso
 from driftloop.config import CanaryConfig
 from driftloop.errors import DriftloopError
@@ -321,8 +328,9 @@ def step_canary(
     Args:
         registry: The model's registry (its ``canary`` alias names the version under test).
         backend: The InferenceService's rollout backend.
-        records: Logged responses of the window with ``model_version``, ``prediction`` and
-            joined ``label`` (the ingest step's records).
+        records: Logged responses of the lookback with ``model_version``, ``prediction``
+            and joined ``label`` (the ingest step's records); the canary is judged on
+            those served since it started (:func:`driftloop.canary.since_canary_started`).
         config: Steps and thresholds.
         notifier: Receives ``model_update`` (completion) and ``rollback`` events.
         run_id: The run; the step is recorded as ``runs/<run-id>/rollout.json``. A run
@@ -362,7 +370,8 @@ def step_canary(
     if aliases.champion is None:
         raise ProgressiveError(f"model {model_name}: canary {version} but no champion")
     current = _percent(state)
-    analysis = analyse_canary(records, champion_version=aliases.champion,
+    analysis = analyse_canary(since_canary_started(records, version),
+                              champion_version=aliases.champion,
                               canary_version=version, current_percent=current, config=config,
                               now=now)
     if analysis.decision == ROLLBACK:

@@ -335,12 +335,12 @@ class CanaryOutcome:
 
 
 def analyse_canary_step(
-    store_uri: str, model_name: str, current_path: str | Path, *, run_id: str, now: str,
+    store_uri: str, model_name: str, records_path: str | Path, *, run_id: str, now: str,
     isvc_name: str = "", namespace: str = "", rollout_backend: str = "local",
     rollout_state: str = "", webhook: str = "", min_labelled: int | None = None,
     max_holds: int | None = None,
 ) -> CanaryOutcome:
-    """Judge the canary in progress on the current window and advance, hold or roll it back.
+    """Judge the canary in progress on live traffic and advance, hold or roll it back.
 
     Calls :func:`driftloop.progressive.step_canary`; records ``runs/<run-id>/rollout.json``
     and ``.md`` when a canary was stepped. A re-run of the same run returns its recorded
@@ -349,7 +349,8 @@ def analyse_canary_step(
     Args:
         store_uri: Store root.
         model_name: Model name in the registry.
-        current_path: Parquet file of the current window (logged responses, labels joined).
+        records_path: Parquet file of the lookback's records (logged responses, labels
+            joined); the canary is judged on those served since it started.
         run_id: The run's id (made path-safe by :func:`run_key`).
         now: The run's logical time (ISO-8601, from :func:`ingest_step`).
         isvc_name: The InferenceService (``""``: registry only, nothing is analysed).
@@ -380,7 +381,7 @@ def analyse_canary_step(
         canary_config = replace(canary_config, max_holds=max_holds)
     with backend:
         step = progressive.step_canary(
-            registry, backend, read_frame(current_path), config=canary_config,
+            registry, backend, read_frame(records_path), config=canary_config,
             notifier=make_notifier(_notifier_config(webhook)), run_id=run_id,
             model_name=model_name, now=logical_time(now))
     if step is not None and step.action == progressive.ROLLBACK:

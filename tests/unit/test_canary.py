@@ -84,3 +84,14 @@ def test_next_step(current, expected):
 def test_steps_must_end_at_100():
     with pytest.raises(ConfigError, match=r"canary\.steps"):
         CanaryConfig(steps=(10, 50))
+
+
+def test_since_canary_started_keeps_rows_from_the_canarys_first_response_on():
+    from driftloop.canary import since_canary_started
+
+    ts = pd.to_datetime(["2026-03-01T00:00Z", "2026-03-02T00:00Z", "2026-03-02T06:00Z",
+                         "2026-03-03T00:00Z"])
+    frame = pd.DataFrame({"timestamp": ts, "model_version": ["v1", "v1", "v2", "v1"]})
+    kept = since_canary_started(frame, "v2")
+    assert list(kept["timestamp"]) == list(ts[2:])
+    assert since_canary_started(frame, "v9").empty

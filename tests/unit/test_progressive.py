@@ -214,6 +214,29 @@ def test_too_few_labels_hold_and_change_nothing(registry, backend, notifier):
     assert len(backend.applied) == patches and len(registry.aliases().history) == history
 
 
+def test_labels_accumulate_across_runs_since_the_canary_started(registry, backend, notifier):
+    # 30 labelled responses a day per version, 50 needed: day 1 alone holds; the lookback
+    # of days 1-2 (what ingest hands the step) is enough. Day 0 was served before the canary
+    # started and does not count, even for the champion.
+    _with_champion(registry, backend)
+    _start(registry, backend, notifier)
+    days = []
+    for day, versions in enumerate(({"v1": 0.2}, {"v1": 0.6, "v2": 0.95},
+                                    {"v1": 0.6, "v2": 0.95})):
+        frame = records(versions, n=30, seed=day)
+        frame["id"] = f"d{day}-" + frame["id"]
+        frame["timestamp"] = pd.Timestamp(NOW) + pd.Timedelta(days=day, minutes=1)
+        days.append(frame)
+    first = _step(registry, backend, notifier, pd.concat(days[:2], ignore_index=True), "r2")
+    assert first is not None and first.action == "hold"
+    second = _step(registry, backend, notifier, pd.concat(days, ignore_index=True), "r3")
+    assert second is not None and second.action == "advance"
+    assert second.analysis is not None
+    champ, canary = second.analysis.champion, second.analysis.canary
+    assert champ.labelled == canary.labelled == 60  # day 0 left out
+    assert champ.accuracy == pytest.approx(0.6)
+
+
 def test_a_canary_that_holds_max_holds_runs_in_a_row_is_rolled_back(registry, backend,
                                                                      notifier):
     _with_champion(registry, backend)

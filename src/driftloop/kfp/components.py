@@ -157,13 +157,14 @@ def analyse_canary(
     webhook: str,
     min_labelled: int,
     max_holds: int,
-    current: Input[Dataset],
+    records: Input[Dataset],
     canary_report: Output[Markdown],
     canary_metrics: Output[Metrics],
 ) -> str:
     """Judge the canary in progress on live traffic and advance, hold or roll it back.
 
-    Per model_version on the current window's logged responses joined with feedback:
+    Per model_version on the logged responses joined with feedback, served since the
+    canary started (across runs and traffic steps):
     accuracy (interval of the canary-minus-champion difference), error rate and p95
     latency, with a minimum of labelled responses per version. Decides advance (next
     traffic step; at 100 the canary becomes the champion and the old champion previous),
@@ -183,7 +184,7 @@ def analyse_canary(
         webhook: http(s) URL receiving rollback and promotion events ("" = log only).
         min_labelled: Labelled responses each version needs before the canary is judged.
         max_holds: Runs in a row the canary may hold at one step before it is rolled back.
-        current: The current window's records (from ingest).
+        records: The lookback's records (from ingest).
         canary_report: The step and the analysis (per-version numbers, every rule).
         canary_metrics: Traffic shares, live accuracies and the interval.
 
@@ -196,7 +197,7 @@ def analyse_canary(
     from driftloop import steps
 
     out = steps.analyse_canary_step(
-        store_uri, model_name, current.path, run_id=run_id, now=now, isvc_name=isvc_name,
+        store_uri, model_name, records.path, run_id=run_id, now=now, isvc_name=isvc_name,
         namespace=namespace, rollout_backend=rollout_backend, rollout_state=rollout_state,
         webhook=webhook, min_labelled=min_labelled, max_holds=max_holds,
     )

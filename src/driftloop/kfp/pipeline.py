@@ -135,7 +135,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
                 rollout_backend=rollout_backend, rollout_state=rollout_state,
                 webhook=notify_webhook, min_labelled=canary_min_labelled,
                 max_holds=canary_max_holds,
-                current=ingested.outputs["current"],
+                records=ingested.outputs["records"],
             )
             drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
                                  model_name=model_name, run_id=run_id, p_value=p_value,
