@@ -102,8 +102,10 @@ class DayRow:
             step = record.rollout
             row.rollout, row.rollout_version = step.action, step.version
             row.canary_percent = step.to_percent if 0 < step.to_percent < 100 else 0
+            if step.completes and step.champion:
+                row.champion = step.champion  # the canary reached 100% and is champion
         if record.aliases is not None:
-            row.champion = record.aliases.champion or "-"
+            row.champion = record.aliases.champion or row.champion
             # the canary step and a new canary's start share the run's rollout record:
             # a rollback earlier in the run shows in the alias history
             for change in record.aliases.history:
@@ -146,7 +148,8 @@ def _rollout_cell(row: DayRow) -> str:
                                         and row.rollout_version == row.rolled_back) else "")
     if row.rollout == "-":
         return back or "-"
-    share = f" {row.canary_percent}%" if row.canary_percent else ""
+    share = f" {row.canary_percent}%" if row.canary_percent else (
+        " 100%" if row.rollout == "advance" else "")
     cell = f"{row.rollout} {short(row.rollout_version)}{share}"
     return f"{back}; {cell}" if back else cell
 

@@ -26,7 +26,8 @@ def _feature(name: str, p: float, threshold: float = 0.0167) -> SimpleNamespace:
 def _record(*, drift_p: tuple[float, float] = (0.5, 0.4), retrain: bool = False,
             fired: tuple[str, ...] = (), verdict: str | None = None,
             rollout: tuple[str, str, int, int] | None = None,
-            champion: str = "v-one", history: tuple = ()) -> SimpleNamespace:
+            champion: str = "v-one", history: tuple = (), trained: bool = True,
+            ) -> SimpleNamespace:
     feats = [_feature("proba[negative]", drift_p[0]), _feature("proba[positive]", drift_p[1])]
     drifted = min(drift_p) < 0.0167
     return SimpleNamespace(
@@ -36,8 +37,11 @@ def _record(*, drift_p: tuple[float, float] = (0.5, 0.4), retrain: bool = False,
         train=SimpleNamespace() if retrain else None,
         verdict=SimpleNamespace(decision=verdict) if verdict else None,
         rollout=(SimpleNamespace(action=rollout[0], version=rollout[1], from_percent=rollout[2],
-                                 to_percent=rollout[3]) if rollout else None),
-        aliases=SimpleNamespace(champion=champion, history=list(history)),
+                                 to_percent=rollout[3],
+                                 completes=rollout[0] == "advance" and rollout[3] == 100,
+                                 champion=rollout[1] if rollout[3] == 100 else champion)
+                 if rollout else None),
+        aliases=SimpleNamespace(champion=champion, history=list(history)) if trained else None,
         run_id="run-1",
     )
 
@@ -79,14 +83,16 @@ def test_a_row_carries_the_measured_values_of_the_run():
     assert cells[9] == "…a9606e86 0.70 (n=10)"
 
 
-def test_a_blocked_trigger_is_shown_in_brackets_and_a_full_rollout_has_no_canary_share():
+def test_a_blocked_trigger_is_shown_in_brackets_and_a_completed_canary_is_champion():
+    # a run that trained nothing records no aliases: the champion comes from the step
     row = DayRow.from_run(3, DAY, "apple",
                           _record(fired=("drift", "performance"),
-                                  rollout=("advance", "v-two", 50, 100), champion="v-two"),
+                                  rollout=("advance", "v-two", 50, 100), trained=False),
                           None, pd.DataFrame())
     cells = table_rows([row])[0]
     assert cells[5] == "(drift,performance)" and not row.retrain
-    assert row.canary_percent == 0 and cells[7] == "advance v-two"
+    assert row.canary_percent == 0 and cells[7] == "advance v-two 100%"
+    assert cells[8] == "v-two"
     out = io.StringIO()
     print_timeline([row], out)
     lines = out.getvalue().splitlines()
