@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,21 +194,19 @@ def run_decide(
     # Count labels since the latest training, promoted or not: a rejected challenger has
     # already seen the labels before its cutoff, so they must not trigger again.
     since = max(info.training_cutoff, last_cutoff) if last_cutoff else info.training_cutoff
+    decide = partial(
+        decide_retrain, info, now=now, config=config.trigger, drift=drift,
+        new_labels=count_new_labels(window.records, since), current_metric=metric,
+        metric_samples=samples, last_retrain_at=last_at, force=force,
+        canary_in_progress=canary_in_progress,
+    )
+    decision = decide()
+    if not decision.retrain:
+        return decision  # a quiet run reads no reference and plans nothing
     reference = load_reference(registry.store, schema, registry.model_name, champion.version)
     plan = plan_training(reference, window.records, info, now=now, config=config)
-    return decide_retrain(
-        info,
-        now=now,
-        config=config.trigger,
-        drift=drift,
-        new_labels=count_new_labels(window.records, since),
-        current_metric=metric,
-        metric_samples=samples,
-        last_retrain_at=last_at,
-        force=force,
-        canary_in_progress=canary_in_progress,
-        train_problem=training_problem(plan.training, schema),
-    )
+    problem = training_problem(plan.training, schema)
+    return decision if problem is None else decide(train_problem=problem)
 
 
 # --- train ----------------------------------------------------------------------------
