@@ -127,7 +127,7 @@ def main() -> None:
         base = tmp / "base"
         info = write_sample_store(base, model_name=MODEL, days=2, rows_per_day=args.rows // 2,
                                   reference_rows=5000, drift_day=1, seed=0)
-        day0 = dt.datetime.combine(info.first_day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+        day0 = dt.datetime.combine(info.first_day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
         run_loop(open_store(base), load_schema(info.schema_path), MODEL, now=day0,
                  run_id="setup", config=Config())  # the champion both sides compare against
         run_date = (info.first_day + dt.timedelta(days=1)).isoformat()

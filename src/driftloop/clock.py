@@ -23,8 +23,9 @@ def logical_time(
     """A run's logical time from a date or time given by a person or a pipeline parameter.
 
     Args:
-        text: ``""`` (now, UTC), an ISO date (the end of that day, 23:59:59 UTC) or an
-            ISO date and time (a time without zone is UTC).
+        text: ``""`` (now, UTC), an ISO date (the end of that day: the next midnight UTC,
+            so the run judges that whole day and nothing after it) or an ISO date and
+            time (a time without zone is UTC).
         what: The parameter or flag named in the error message.
         clock: The current time for ``""`` (default: now).
 
@@ -41,5 +42,25 @@ def logical_time(
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     if len(stripped) == 10:  # a bare date means the end of that day
-        value += dt.timedelta(hours=23, minutes=59, seconds=59)
+        value += dt.timedelta(days=1)
     return value
+
+
+def run_logical_time(
+    run_date: str, scheduled_time: str = "", *, clock: dt.datetime | None = None
+) -> dt.datetime:
+    """A pipeline run's logical time: ``run_date`` if set, else its scheduled time.
+
+    KFP fills ``dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER``
+    (``{{$.pipeline_job_schedule_time_utc}}``, kfp 2.17 ``kfp/dsl/__init__.py``) with the
+    time a recurring run was scheduled for, so a run that starts late, or a catch-up run,
+    judges the same window as an on-time run. ``kfp.local`` leaves the placeholder
+    unresolved (``kfp/local/placeholder_utils.py`` substitutes only the job name/id, task
+    name/id and pipeline root): an unresolved or empty value means "now".
+    """
+    if run_date.strip():
+        return logical_time(run_date, clock=clock)
+    stamp = scheduled_time.strip()
+    if not stamp or stamp.startswith("{{"):
+        return logical_time("", clock=clock)
+    return logical_time(stamp, what="scheduled time", clock=clock)

@@ -71,7 +71,7 @@ def run_demo(
         run_id = f"day-{d:02d}"
         start = time.perf_counter()
         if in_process:
-            now = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+            now = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
             run_loop(store, schema, MODEL, now=now, run_id=run_id, config=Config(),
                      lookback_days=days, notifier=LogNotifier())
         else:

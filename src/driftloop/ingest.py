@@ -32,8 +32,11 @@ _VALUE = re.compile(r"'[^']*'|(?<![\w.-])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])"
 class IngestCounts:
     """Row accounting of one ingest.
 
-    ``rows_in == accepted + quarantined + duplicates`` and
-    ``labels_in == labels_joined + labels_quarantined + labels_superseded + labels_orphaned``.
+    ``rows_in == accepted + quarantined + duplicates + after_cutoff`` and
+    ``labels_in == labels_joined + labels_quarantined + labels_superseded + labels_orphaned
+    + labels_after_cutoff``. ``after_cutoff`` counts valid rows stamped at or after the run's
+    logical time (and labels stamped after it): a replay or backfill at time T must see only
+    what a live run at T could have seen, so they are set aside, not accepted.
     """
 
     files: int = 0
@@ -47,13 +50,16 @@ class IngestCounts:
     labels_quarantined: int = 0
     labels_superseded: int = 0
     labels_orphaned: int = 0
+    after_cutoff: int = 0
+    labels_after_cutoff: int = 0
 
     def balanced(self) -> bool:
         """Return whether both accounting identities hold."""
-        rows = self.rows_in == self.accepted + self.quarantined + self.duplicates
+        rows = self.rows_in == (self.accepted + self.quarantined + self.duplicates
+                                + self.after_cutoff)
         labels = self.labels_in == (
             self.labels_joined + self.labels_quarantined + self.labels_superseded
-            + self.labels_orphaned
+            + self.labels_orphaned + self.labels_after_cutoff
         )
         return rows and labels
 
@@ -74,7 +80,9 @@ class IngestReport(JsonResult):
         c = self.counts
         return (
             f"{self.status}: {c.rows_in} rows in = {c.accepted} accepted + {c.quarantined} "
-            f"quarantined + {c.duplicates} duplicates; {c.labelled} labelled "
+            f"quarantined + {c.duplicates} duplicates"
+            + (f" + {c.after_cutoff} after the run's logical time" if c.after_cutoff else "")
+            + f"; {c.labelled} labelled "
             f"({c.labels_in} labels in, {c.labels_orphaned} without a record)"
         )
 
@@ -86,6 +94,11 @@ class IngestResult:
     records: pd.DataFrame
     quarantine: pd.DataFrame
     report: IngestReport
+
+
+def _utc(when: dt.datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(when)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -208,7 +221,10 @@ def _empty_records(schema: Schema) -> pd.DataFrame:
     return frame
 
 
-def ingest(store: Store, schema: Schema, start: dt.date, end: dt.date) -> IngestResult:
+def ingest(
+    store: Store, schema: Schema, start: dt.date, end: dt.date, *,
+    until: dt.datetime | None = None,
+) -> IngestResult:
     """Read, validate and join the records and feedback of the days ``start``..``end``.
 
     Labels join their record by ``id``; the latest feedback (by its timestamp) wins and
@@ -220,6 +236,9 @@ def ingest(store: Store, schema: Schema, start: dt.date, end: dt.date) -> Ingest
         schema: The declared schema.
         start: First partition day (inclusive).
         end: Last partition day (inclusive).
+        until: The run's logical time: records stamped at or after it and labels stamped
+            after it are set aside (counted as ``after_cutoff``), since a run at that time
+            could not have seen them (``None``: keep everything read).
 
     Returns:
         The accepted records (typed, one per ``id``, with ``label``/``label_timestamp``),
@@ -241,6 +260,10 @@ def ingest(store: Store, schema: Schema, start: dt.date, end: dt.date) -> Ingest
         valid, rejected = validate_records(raw, schema)
     else:
         valid, rejected = _empty_records(schema), pd.DataFrame(columns=[SOURCE, LINE, RAW, REASON])
+    if until is not None and len(valid):
+        later = (pd.to_datetime(valid["timestamp"], utc=True) >= _utc(until)).to_numpy()
+        counts.after_cutoff = int(later.sum())
+        valid = valid.loc[~later]
     dup = valid["id"].duplicated(keep="first")
     counts.duplicates = int(dup.sum())
     records = valid.loc[~dup].reset_index(drop=True)
@@ -256,6 +279,10 @@ def ingest(store: Store, schema: Schema, start: dt.date, end: dt.date) -> Ingest
     else:
         labels = pd.DataFrame(columns=["id", "label", "label_timestamp"])
         fb_rejected = pd.DataFrame(columns=[SOURCE, LINE, RAW, REASON])
+    if until is not None and len(labels):
+        later = (pd.to_datetime(labels["label_timestamp"], utc=True) > _utc(until)).to_numpy()
+        counts.labels_after_cutoff = int(later.sum())
+        labels = labels.loc[~later]
     labels = labels.sort_values("label_timestamp", kind="stable")
     latest = ~labels["id"].duplicated(keep="last")
     counts.labels_superseded = int((~latest).sum())

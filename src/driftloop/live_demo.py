@@ -135,7 +135,7 @@ class _Runner:
             from driftloop.rollout.local import LocalRolloutBackend
 
             backend = LocalRolloutBackend(Path(self.store.root) / "rollout", model, NAMESPACE)
-            now = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+            now = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
             run_id = f"{label}-{day.isoformat()}"
             run_loop(self.store, self.scenario.schema, model, now=now, run_id=run_id,
                      config=self.config, lookback_days=self.lookback_days, backend=backend)

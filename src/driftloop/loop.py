@@ -74,26 +74,44 @@ class Window:
         return self.result.records
 
 
+def window_end(now: dt.datetime) -> dt.datetime:
+    """The end of the last complete day at or before ``now`` (UTC midnight).
+
+    A run judges whole days that ended before its logical time: a daily run at 00:03
+    judges yesterday (all of it), not the first three minutes of today.
+    """
+    utc = now.astimezone(dt.UTC) if now.tzinfo else now.replace(tzinfo=dt.UTC)
+    return dt.datetime.combine(utc.date(), dt.time(), tzinfo=dt.UTC)
+
+
 def run_ingest(
     store: Store, schema: Schema, *, now: dt.datetime, window_days: int = 1,
     lookback_days: int = 30,
 ) -> Window:
     """Ingest the lookback (for labels) and cut out the current window (for drift).
 
+    Nothing stamped after ``now`` is read: records at or after it and labels after it
+    are set aside (a replay at ``now`` sees what a live run at ``now`` saw). The current
+    window is the last ``window_days`` complete days before ``now``
+    (:func:`window_end`); the lookback is the ``lookback_days`` days before that, plus
+    what arrived since midnight (labels for earlier records keep arriving).
+
     Args:
         store: The data store.
         schema: The records' schema.
-        now: The run's logical time; its date is the last partition read.
-        window_days: Days whose records count as "current" for drift.
+        now: The run's logical time (a recurring run's scheduled time).
+        window_days: Complete days whose records count as "current" for drift.
         lookback_days: Days of records and feedback read for labels and training.
     """
-    end = now.date()
-    start = end - dt.timedelta(days=max(lookback_days, window_days) - 1)
-    result = ingest(store, schema, start, end)
-    first_current = pd.Timestamp(end - dt.timedelta(days=window_days - 1), tz="UTC")
+    end = window_end(now)
+    first = (end - dt.timedelta(days=max(lookback_days, window_days))).date()
+    last = max((now - dt.timedelta(microseconds=1)).date(), first)
+    result = ingest(store, schema, first, last, until=now)
+    first_current = pd.Timestamp(end - dt.timedelta(days=window_days))
     records = result.records
-    current = records.loc[records["timestamp"] >= first_current].reset_index(drop=True)
-    return Window(result=result, current=current)
+    ts = records["timestamp"]
+    current = records.loc[(ts >= first_current) & (ts < pd.Timestamp(end))]
+    return Window(result=result, current=current.reset_index(drop=True))
 
 
 # --- champion -------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop import loop, progressive
-from driftloop.clock import logical_time
+from driftloop.clock import logical_time, run_logical_time
 from driftloop.config import Config, DriftConfig, GateConfig, NotifyConfig, TriggerConfig
 from driftloop.drift import DriftReport
 from driftloop.errors import DriftloopError
@@ -177,7 +177,7 @@ class IngestOutcome:
 def ingest_step(
     store_uri: str, schema_uri: str, *, run_id: str, records_path: str | Path,
     current_path: str | Path, quarantine_path: str | Path, run_date: str = "",
-    window_days: int = 1, lookback_days: int = 30,
+    scheduled_time: str = "", window_days: int = 1, lookback_days: int = 30,
 ) -> IngestOutcome:
     """Ingest the lookback, write records / current window / quarantine as Parquet.
 
@@ -190,13 +190,14 @@ def ingest_step(
         records_path: Where to write every accepted record of the lookback (labels joined).
         current_path: Where to write the current window's records.
         quarantine_path: Where to write the quarantined rows with their reasons.
-        run_date: See :func:`logical_time`.
+        run_date: See :func:`logical_time`; wins over ``scheduled_time`` (a replay).
+        scheduled_time: A recurring run's scheduled time (see :func:`run_logical_time`).
         window_days: Days whose records count as current for drift.
         lookback_days: Days of records and feedback read for labels and training.
     """
     run_id = run_key(run_id)
     store, schema = _open(store_uri, schema_uri)
-    now = logical_time(run_date)
+    now = run_logical_time(run_date, scheduled_time)
     window = loop.run_ingest(store, schema, now=now, window_days=window_days,
                              lookback_days=lookback_days)
     loop.record_result(store, run_id, "ingest", window.result.report)

@@ -45,7 +45,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ]}
     out: dict = {"store": open_store(store_dir), "a": a}
     out["ingest"] = components.ingest.python_func(
-        **common, run_id=RUN, run_date="2026-01-01", window_days=1, lookback_days=2,
+        **common, run_id=RUN, run_date="2026-01-01", scheduled_time="", window_days=1,
+            lookback_days=2,
         records=a["records"], current=a["current"], quarantine=a["quarantine"],
         ingest_metrics=a["ingest_metrics"])
     now = out["ingest"].now
@@ -99,7 +100,7 @@ def test_every_body_imports_driftloop_inside_and_calls_one_step_function():
 def test_ingest_outputs_parquet_and_row_accounting(run):
     a, out = run["a"], run["ingest"]
     records = pd.read_parquet(a["records"].path)
-    assert out.now == "2026-01-01T23:59:59+00:00" and out.rows == len(records)
+    assert out.now == "2026-01-02T00:00:00+00:00" and out.rows == len(records)
     assert a["records"].metadata["rows"] == len(records)
     assert a["current"].metadata["rows"] == len(pd.read_parquet(a["current"].path))
     m = a["ingest_metrics"].metadata

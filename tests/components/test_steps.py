@@ -84,11 +84,24 @@ def test_run_key_keeps_local_names_and_makes_display_names_path_safe():
 def test_logical_time_reads_dates_as_the_end_of_the_day_in_utc():
     clock = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.UTC)
     assert steps.logical_time("", clock=clock) == clock
-    assert steps.logical_time("2026-01-02") == dt.datetime(2026, 1, 2, 23, 59, 59, tzinfo=dt.UTC)
+    # a bare date is the end of that day: the next midnight, so the run judges all of it
+    assert steps.logical_time("2026-01-02") == dt.datetime(2026, 1, 3, tzinfo=dt.UTC)
     assert steps.logical_time("2026-01-02T10:00:00") == dt.datetime(2026, 1, 2, 10,
                                                                     tzinfo=dt.UTC)
     with pytest.raises(DriftloopError, match="run_date 'yesterday'"):
         steps.logical_time("yesterday")
+
+
+def test_a_recurring_run_uses_its_scheduled_time_and_kfp_local_falls_back_to_now():
+    from driftloop.clock import run_logical_time
+
+    clock = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.UTC)
+    assert run_logical_time("", "2026-03-02T00:00:00Z", clock=clock) == dt.datetime(
+        2026, 3, 2, tzinfo=dt.UTC)
+    assert run_logical_time("2026-01-02", "2026-03-02T00:00:00Z") == dt.datetime(
+        2026, 1, 3, tzinfo=dt.UTC)  # an explicit run_date wins (a replay)
+    assert run_logical_time("", "{{$.pipeline_job_schedule_time_utc}}", clock=clock) == clock
+    assert run_logical_time("", "", clock=clock) == clock
 
 
 def test_pipeline_config_overrides_only_the_given_thresholds():
@@ -170,7 +183,7 @@ def test_ingest_writes_the_window_as_parquet_and_records_the_report(chain):
     current = pd.read_parquet(day0["art"] / "current.parquet")
     quarantine = pd.read_parquet(day0["art"] / "quarantine.parquet")
     # The same rows as the in-process loop's ingest, types intact after the round trip.
-    now = dt.datetime(2026, 1, 1, 23, 59, 59, tzinfo=dt.UTC)
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     expected = run_ingest(store, sample_schema(), now=now, window_days=1, lookback_days=4)
     pd.testing.assert_frame_equal(records.fillna(np.nan), expected.records.fillna(np.nan))
     assert ing.now == now.isoformat()

@@ -148,7 +148,7 @@ class Flow:
 
     def run(self, day: dt.date) -> LoopResult:
         """One in-process loop run at the end of ``day`` with the local backend."""
-        now = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+        now = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
         return run_loop(self.store, sample_schema(), MODEL, now=now, run_id=f"run-{day}",
                         config=CONFIG, notifier=self.notifier, backend=self.backend)
 

@@ -14,7 +14,7 @@ from driftloop.storage import open_store
 
 
 def _end_of(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")

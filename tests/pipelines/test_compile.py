@@ -115,6 +115,13 @@ def test_every_task_gets_the_run_name_as_its_run_id(spec):
             assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}", name
 
 
+def test_ingest_gets_the_recurring_runs_scheduled_time_as_its_logical_time(spec):
+    # a run that starts late, or a catch-up, must judge the window of its schedule slot
+    params = _tasks(spec[0])["ingest"]["inputs"]["parameters"]
+    assert params["scheduled_time"]["runtimeValue"]["constant"] == (
+        "{{$.pipeline_job_schedule_time_utc}}")
+
+
 def test_store_tasks_mount_the_credentials_secret(spec):
     pipeline, platform = spec
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

@@ -125,3 +125,48 @@ def test_record_with_inline_label_keeps_it_unless_feedback_overrides(store: Loca
         [{"id": "r2", "label": "yes", "timestamp": "2026-03-01T12:00:00Z"}]))
     result = ingest(store, sample_schema(), DAY, DAY)
     assert list(result.records.sort_values("id")["label"]) == ["no", "yes"]
+
+
+def _day_of_records(store: LocalStore, day: dt.date, n: int, prefix: str) -> None:
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    rows = [_rec(f"{prefix}{i}", ts=(start + dt.timedelta(seconds=86400 * i / n)).isoformat())
+            for i in range(n)]
+    store.write_text(f"requests/dt={day}/a.jsonl", _jsonl(rows))
+
+
+def test_a_daily_run_just_after_midnight_judges_yesterday_whole(store: LocalStore):
+    # Regression: the window was "today so far" -- a run at 00:03 tested three minutes.
+    from driftloop.loop import run_ingest
+
+    _day_of_records(store, DAY, 1000, "y")
+    _day_of_records(store, DAY + dt.timedelta(days=1), 1000, "t")
+    run_at = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(0, 3), tzinfo=dt.UTC)
+    window = run_ingest(store, sample_schema(), now=run_at, window_days=1, lookback_days=3)
+    assert len(window.current) == 1000
+    assert window.current["id"].str.startswith("ry").all()
+    # a late start (05:00) or a catch-up judges the same window
+    late = run_ingest(store, sample_schema(), now=run_at.replace(hour=5), window_days=1,
+                      lookback_days=3)
+    assert sorted(late.current["id"]) == sorted(window.current["id"])
+
+
+def test_a_replay_never_reads_records_or_labels_stamped_after_its_logical_time(
+    store: LocalStore,
+):
+    # Regression: ingest read whole dt= partitions, so a replay at T saw the rest of T's
+    # day and its future labels.
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([
+        _rec(1, ts="2026-03-01T08:00:00+00:00"), _rec(2, ts="2026-03-01T16:00:00+00:00")]))
+    store.write_text(f"feedback/dt={DAY}/a.jsonl", _jsonl([
+        {"id": "r1", "label": "yes", "timestamp": "2026-03-01T09:00:00+00:00"},
+        {"id": "r1", "label": "no", "timestamp": "2026-03-01T13:00:00+00:00"},
+        {"id": "r2", "label": "no", "timestamp": "2026-03-01T17:00:00+00:00"},
+    ]))
+    noon = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    result = ingest(store, sample_schema(), DAY, DAY, until=noon)
+    c = result.report.counts
+    assert list(result.records["id"]) == ["r1"]
+    assert result.records["label"].tolist() == ["yes"]  # the 13:00 correction is future
+    assert (c.after_cutoff, c.labels_after_cutoff) == (1, 2)
+    assert c.balanced()
+    assert "after the run's logical time" in result.report.summary()

@@ -43,6 +43,7 @@ def ingest(
     schema_uri: str,
     run_id: str,
     run_date: str,
+    scheduled_time: str,
     window_days: int,
     lookback_days: int,
     records: Output[Dataset],
@@ -60,8 +61,13 @@ def ingest(
         store_uri: Store root: a folder or gs://bucket/prefix.
         schema_uri: Schema file (JSON or YAML, local or gs://).
         run_id: The run's id; its folder under runs/ in the store.
-        run_date: ISO date of the logical run ("" = now, UTC); its day is the last one read.
-        window_days: Days whose records count as the current window for drift.
+        run_date: ISO date (or time) of the logical run, for a replay ("" = the scheduled
+            time): a date means the end of that day. Nothing stamped later is read.
+        scheduled_time: KFP's PIPELINE_JOB_SCHEDULE_TIME_UTC placeholder: a recurring run's
+            scheduled time, so a late or catch-up run judges the same window (unresolved
+            or "" = now).
+        window_days: Complete days before the logical time whose records form the current
+            window for drift.
         lookback_days: Days of records and feedback read for labels and training.
         records: Every accepted record of the lookback, labels joined (Parquet).
         current: The current window's records (Parquet).
@@ -77,7 +83,8 @@ def ingest(
     from driftloop import steps
 
     out = steps.ingest_step(
-        store_uri, schema_uri, run_id=run_id, run_date=run_date, window_days=window_days,
+        store_uri, schema_uri, run_id=run_id, run_date=run_date,
+        scheduled_time=scheduled_time, window_days=window_days,
         lookback_days=lookback_days, records_path=records.path, current_path=current.path,
         quarantine_path=quarantine.path,
     )

@@ -168,7 +168,7 @@ def run_local(
     if lookback_days is not None:
         arguments["lookback_days"] = lookback_days
     store = open_store(store_uri)
-    pipeline = build_pipeline(gcs_secret="")
+    pipeline = build_pipeline(gcs_secret="", schedule_time=False)
     temporary = pipeline_root is None
     root = Path(tempfile.mkdtemp(prefix="driftloop-kfp-") if temporary else str(pipeline_root))
     root = root.resolve()

@@ -58,13 +58,17 @@ def _mount_store_credentials(task: dsl.PipelineTask, secret: str) -> None:
                           f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}")
 
 
-def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
+def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) -> Any:
     """Build the pipeline.
 
     Args:
         gcs_secret: Name of the Kubernetes Secret holding the storage service-account key
             (``key.json``), mounted into every task that reads or writes the store.
             ``""``: no secret (workload identity, or a local run).
+        schedule_time: Pass KFP's schedule-time placeholder to ingest (a recurring run's
+            logical time). ``False`` for ``kfp.local``: kfp 2.17's local runner cannot
+            resolve that placeholder (``placeholder_utils.resolve_io_placeholders`` raises
+            IndexError on it), and a local run's logical time is ``run_date`` or now.
 
     Returns:
         The ``@dsl.pipeline`` graph component: call it under ``kfp.local`` or compile it.
@@ -101,7 +105,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
             model_name: Model name in the registry.
             isvc_name: KServe InferenceService serving the model.
             namespace: Kubernetes namespace of the InferenceService.
-            run_date: ISO date of the logical run ("" = today, UTC).
+            run_date: ISO date of the logical run, for a replay ("" = the run's scheduled
+                time; a one-off run: now). The run judges the complete days before it.
             window_days: Days whose records form the current window for drift.
             lookback_days: Days of records and feedback read for labels and training.
             p_value: Significance level of the drift tests, before correction.
@@ -122,12 +127,15 @@ def build_pipeline(gcs_secret: str = GCS_SECRET) -> Any:
             rollout_state: The local backend's state folder ("" = <store>/rollout).
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
         finale = notify_on_exit(store_uri=store_uri, model_name=model_name, run_id=run_id,
                                 webhook=notify_webhook)
         store_tasks = [finale]
         with dsl.ExitHandler(finale, name="run"):
             ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
-                              run_date=run_date, window_days=window_days,
+                              run_date=run_date,
+                              scheduled_time=scheduled,
+                              window_days=window_days,
                               lookback_days=lookback_days)
             canary = analyse_canary(
                 store_uri=store_uri, model_name=model_name, run_id=run_id,
