@@ -54,25 +54,57 @@ class TriggerConfig:
 
     Attributes:
         min_new_labels: Labelled records since the last training cutoff (of any version,
-            promoted or not) that trigger.
-        perf_drop: Relative drop of the champion's primary metric that triggers (0.10 = 10%).
-        perf_min_samples: Labelled records needed before the performance rule may decide.
+            promoted or not) the label-volume rule needs at least.
+        label_share: ... and the new labels must be at least this share of the champion's
+            training rows (1.0: they would double its data). A fixed count alone turns the
+            rule into "every k runs" on a stationary stream; a share makes retrains
+            geometrically rarer as data grows, where learning curves flatten.
+        perf_drop: Relative drop of the champion's live accuracy below its held-out
+            baseline that counts as material (the effect size of the performance rule).
+        perf_alpha: One-sided significance level of the performance rule: with nothing
+            changed it fires in at most this share of runs.
+        perf_min_samples: Labelled records of the recent window needed before the
+            performance rule may decide.
+        perf_window_days: The performance rule judges the champion on records served in
+            this many days before the run (a recent drop is not averaged away).
         max_age_days: Retrain on schedule when no version (promoted or not) has been
             trained for this many days.
         cooldown_hours: No retrain (except forced) this soon after the last one.
+        drift_growth: After a drift-triggered challenger was not promoted, drift fires
+            again on the same reference only when its effect size grew by this factor...
+        drift_refire_labels: ... or this many new labels arrived since that attempt (a new
+            challenger would learn from them) ...
+        drift_cooldown_days: ... or this many days passed since that attempt.
+        change_alpha: Significance of the change point searched in the champion's error
+            stream when drift or performance fires (Bonferroni over the split points).
+        min_post_change_rows: Labelled rows after a detected change needed to train on the
+            post-change rows only; fewer: the whole window is used (and the reason says so).
     """
 
     min_new_labels: int = 500
+    label_share: float = 1.0
     perf_drop: float = 0.10
+    perf_alpha: float = 0.01
     perf_min_samples: int = 100
+    perf_window_days: float = 3.0
     max_age_days: float = 7.0
     cooldown_hours: float = 0.0
+    drift_growth: float = 1.5
+    drift_refire_labels: int = 500
+    drift_cooldown_days: float = 7.0
+    change_alpha: float = 0.01
+    min_post_change_rows: int = 200
 
     def __post_init__(self) -> None:
         _check(self.min_new_labels >= 1, "trigger.min_new_labels", "must be >= 1")
+        _check(self.label_share >= 0, "trigger.label_share", "must be >= 0")
         _check(0 < self.perf_drop < 1, "trigger.perf_drop", "must be in (0, 1)")
+        _check(0 < self.perf_alpha < 1, "trigger.perf_alpha", "must be in (0, 1)")
+        _check(self.perf_window_days > 0, "trigger.perf_window_days", "must be > 0")
         _check(self.max_age_days > 0, "trigger.max_age_days", "must be > 0")
         _check(self.cooldown_hours >= 0, "trigger.cooldown_hours", "must be >= 0")
+        _check(self.drift_growth >= 1, "trigger.drift_growth", "must be >= 1")
+        _check(0 < self.change_alpha < 1, "trigger.change_alpha", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from driftloop.clock import parse_time
+from driftloop.clock import parse_time, utc_now_iso
 from driftloop.config import Config
-from driftloop.drift import DriftReport, ReferenceProfile, build_reference_profile, detect_drift
+from driftloop.distance import histogram_shares, quantile_bin_edges
+from driftloop.drift import (
+    DriftReport,
+    ReferenceProfile,
+    build_reference_profile,
+    detect_drift,
+    proba_columns,
+)
 from driftloop.evaluate import Verdict, evaluate_challenger
 from driftloop.ingest import IngestResult, ingest, read_file
-from driftloop.metrics import compute_metrics
 from driftloop.notify import Event, Notifier, NullNotifier
 from driftloop.registry import AliasState, Registry
 from driftloop.rollout.base import RolloutBackend
@@ -33,20 +39,31 @@ from driftloop.storage import Store
 from driftloop.train import (
     ModelMetadata,
     assemble_training_set,
+    out_of_fold_proba,
     predict_frame,
     save_model_artifact,
     split_holdout,
     train_model,
     training_problem,
 )
-from driftloop.trigger import ChampionInfo, RetrainDecision, count_new_labels, decide_retrain
+from driftloop.trigger import (
+    ChampionInfo,
+    LastAttempt,
+    RetrainDecision,
+    count_new_labels,
+    decide_retrain,
+    drift_effect,
+)
 from driftloop.validate import validate_records
 
 if TYPE_CHECKING:
     from driftloop.progressive import RolloutStep
 
 PROFILE_FILES = ("drift_profile.npz", "drift_profile.json")
+#: Fresh held-out labels the gate needs before it judges a challenger.
 MIN_EVAL_ROWS = 50
+#: Served records the drift reference of the input features should hold at least.
+MIN_FEATURE_REFERENCE_ROWS = 1000
 
 
 def record_result(store: Store, run_id: str, name: str, result: Any) -> str:
@@ -136,6 +153,9 @@ class Champion:
             primary_metric=meta.primary_metric,
             # NaN when the training set was too small or too one-sided to validate
             baseline=float(meta.validation_metrics.get(meta.primary_metric, float("nan"))),
+            baseline_accuracy=float(meta.validation_metrics.get("accuracy", float("nan"))),
+            baseline_n=int(meta.n_validation_rows),
+            n_train=int(meta.n_rows),
         )
 
 
@@ -178,19 +198,83 @@ def _last_retrain(registry: Registry) -> tuple[dt.datetime | None, dt.datetime |
     return created, cutoff
 
 
-def champion_metric_on_new_labels(
-    champion: Champion, records: pd.DataFrame, schema: Schema
+def champion_live_accuracy(
+    champion: Champion, records: pd.DataFrame, schema: Schema, *, now: dt.datetime,
+    days: float,
 ) -> tuple[float | None, int]:
-    """The champion's primary metric on records labelled after its training cutoff."""
-    cutoff = pd.Timestamp(champion.info().training_cutoff)
-    new = records.loc[records["label"].notna() & (records["label_timestamp"] > cutoff)]
-    if new.empty:
+    """The champion's live accuracy on recent rows it never saw, and how many there are.
+
+    The rows: labelled records served in the ``days`` before ``now`` and after the
+    champion's training cutoff.
+    """
+    if records.empty:
         return None, 0
-    pred, proba = predict_frame(champion.model, new, schema)
-    classes = [str(c) for c in champion.model.classes_]
-    metrics = compute_metrics(new["label"].astype(str).to_numpy(), pred, proba, classes)
-    value = metrics.get(champion.metadata.primary_metric)
-    return (None if value is None else float(value)), len(new)
+    served = pd.to_datetime(records["timestamp"], utc=True)
+    cutoff = pd.Timestamp(champion.info().training_cutoff)
+    recent = served >= pd.Timestamp(now) - pd.Timedelta(days=days)
+    rows = records.loc[records["label"].notna() & (served > cutoff) & recent]
+    if rows.empty:
+        return None, 0
+    pred, _ = predict_frame(champion.model, rows, schema)
+    return float((pred == rows["label"].astype(str).to_numpy()).mean()), len(rows)
+
+
+def last_attempt(registry: Registry, champion: Champion, records: pd.DataFrame
+                 ) -> LastAttempt | None:
+    """The latest version trained after the champion and not promoted (None: none).
+
+    It is the drift rule's memory: the evidence that version was trained on.
+    """
+    created = parse_time(champion.metadata.created_at)
+    later = [m for m in (registry.metadata(v) for v in registry.versions())
+             if m["version"] != champion.version and parse_time(m["created_at"]) > created]
+    if not later:
+        return None
+    meta = max(later, key=lambda m: parse_time(m["created_at"]))
+    why = meta.get("trigger") or {}
+    cutoff = parse_time(meta.get("training_cutoff") or meta["created_at"])
+    effect = why.get("drift_effect")
+    return LastAttempt(meta["version"], parse_time(meta["created_at"]),
+                       tuple(why.get("fired", ())),
+                       float(effect) if effect is not None else None,
+                       count_new_labels(records, cutoff))
+
+
+def training_start(
+    champion: Champion | None, records: pd.DataFrame, schema: Schema, config: Config,
+    fired: list[str],
+) -> tuple[dt.datetime | None, str]:
+    """Where a challenger's training window starts, and why.
+
+    When drift or a performance drop fired, the champion's errors on the labelled
+    records it never saw (served after its cutoff, in time order) are searched for a
+    step up (:func:`driftloop.changepoint.error_change_point`); with at least
+    ``trigger.min_post_change_rows`` labelled rows after it, the challenger trains on
+    the rows from the change on only. Otherwise: the whole window (``None``).
+    """
+    if champion is None or not {"drift", "performance"} & set(fired) or records.empty:
+        return None, "the whole window (no drift or performance rule fired)"
+    from driftloop.changepoint import error_change_point
+
+    served = pd.to_datetime(records["timestamp"], utc=True)
+    cutoff = pd.Timestamp(champion.info().training_cutoff)
+    rows = records.loc[records["label"].notna() & (served > cutoff)]
+    if rows.empty:
+        return None, "the whole window (no labelled record after the champion's cutoff)"
+    rows, ts = _by_time(rows)
+    pred, _ = predict_frame(champion.model, rows, schema)
+    errors = pred != rows["label"].astype(str).to_numpy()
+    cp = error_change_point(errors, alpha=config.trigger.change_alpha)
+    if cp is None:
+        return None, (f"the whole window (no significant step in the champion's error rate "
+                      f"over {len(rows)} labelled rows, alpha {config.trigger.change_alpha:g})")
+    start = ts.iloc[cp.index].to_pydatetime()
+    found = (f"the champion's error rate stepped from {cp.error_before:.3f} to "
+             f"{cp.error_after:.3f} at {start.isoformat()} (z {cp.z:.1f} > {cp.threshold:.1f})")
+    if cp.n_after < config.trigger.min_post_change_rows:
+        return None, (f"the whole window: {found}, but only {cp.n_after} labelled rows after "
+                      f"it (< {config.trigger.min_post_change_rows})")
+    return start, f"rows from the change on: {found}; {cp.n_after} labelled rows after it"
 
 
 def run_decide(
@@ -207,7 +291,8 @@ def run_decide(
     if champion is None:
         return decide_retrain(None, now=now, config=config.trigger, force=force)
     info = champion.info()
-    metric, samples = champion_metric_on_new_labels(champion, window.records, schema)
+    metric, samples = champion_live_accuracy(champion, window.records, schema, now=now,
+                                             days=config.trigger.perf_window_days)
     last_at, last_cutoff = _last_retrain(registry)
     # Count labels since the latest training, promoted or not: a rejected challenger has
     # already seen the labels before its cutoff, so they must not trigger again.
@@ -217,13 +302,18 @@ def run_decide(
         new_labels=count_new_labels(window.records, since), current_metric=metric,
         metric_samples=samples, last_retrain_at=last_at, force=force,
         canary_in_progress=canary_in_progress,
+        last_attempt=last_attempt(registry, champion, window.records),
     )
     decision = decide()
     if not decision.retrain:
         return decision  # a quiet run reads no reference and plans nothing
     reference = load_reference(registry.store, schema, registry.model_name, champion.version)
-    plan = plan_training(reference, window.records, info, now=now, config=config)
+    start, _ = training_start(champion, window.records, schema, config, decision.fired)
+    plan = plan_training(reference, window.records, info, now=now, config=config,
+                         train_start=start)
     problem = training_problem(plan.training, schema)
+    if problem is None and plan.eval_needed:
+        return decide(eval_needed=plan.eval_needed, eval_have=len(plan.eval_set))
     return decision if problem is None else decide(train_problem=problem)
 
 
@@ -257,11 +347,20 @@ class TrainingPlan:
     """What a challenger is trained on, judged on and profiled on, fixed before training.
 
     Attributes:
-        training: The training rows (reference plus held-in production labels).
-        eval_set: Held-out rows both models are scored on.
+        training: The training rows (reference plus labelled production rows, minus the
+            evaluation rows).
+        eval_set: Held-out rows both models are scored on: labelled production rows that
+            neither the champion nor the challenger trained on.
         eval_source: Where ``eval_set`` comes from, in words.
-        profile_rows: Rows the new model never trained on, for its drift reference.
+        profile_rows: Rows the new model never trained on, for the drift tests of its
+            predicted probabilities (they need rows the model has not seen).
         profile_source: Where ``profile_rows`` come from, in words.
+        feature_rows: A large, representative sample of the traffic the model's data
+            covers, for the drift tests of the input features (``None``: use
+            ``profile_rows``).
+        feature_source: Where ``feature_rows`` come from, in words.
+        eval_needed: Fresh held-out labels still missing before the gate can judge a
+            challenger (0: enough; always 0 for the first model, which is not compared).
     """
 
     training: pd.DataFrame
@@ -269,6 +368,9 @@ class TrainingPlan:
     eval_source: str
     profile_rows: pd.DataFrame
     profile_source: str
+    feature_rows: pd.DataFrame | None = None
+    feature_source: str = ""
+    eval_needed: int = 0
 
 
 def _by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
@@ -286,42 +388,94 @@ def newest_rows(frame: pd.DataFrame, now: dt.datetime, days: float, at_least: in
     return ordered.tail(max(recent, min(at_least, len(ordered)))).reset_index(drop=True)
 
 
+#: Salt and seed of the evaluation hold-out: fixed, not taken from the configuration, so
+#: changing ``train.seed`` cannot move rows that judged a model into a training set.
+EVAL_SALT, EVAL_SEED = "eval", 0
+
+
+def _feature_reference(records: pd.DataFrame, training: pd.DataFrame, now: dt.datetime,
+                       config: Config) -> tuple[pd.DataFrame, str]:
+    """All traffic (labelled or not) of the complete days the new model's data covers.
+
+    Feedback rarely comes for a random sample of the traffic, so a reference built from
+    held-out or labelled rows only is selection-biased; the feature tests need the whole
+    population of those days. Below ``drift.min_reference_rows`` the training rows are
+    added (and the source says so).
+
+    ``MIN_FEATURE_REFERENCE_ROWS`` is 1,000: at that size the KS and chi-square tests
+    against it reach 95 % power for a PSI-0.2 shift (``benchmarks/drift_false_alarms.py``).
+    """
+    end = pd.Timestamp(window_end(now))
+    starts = pd.to_datetime(training["timestamp"], utc=True) if len(training) else None
+    first = starts.min() if starts is not None and len(starts) else None
+    served = (pd.to_datetime(records["timestamp"], utc=True) if len(records)
+              else pd.Series([], dtype="datetime64[ns, UTC]"))
+    keep = served < end
+    if first is not None and not pd.isna(first):
+        keep &= served >= first.floor("D")
+    traffic = records.loc[keep.to_numpy()] if len(records) else records
+    wanted = MIN_FEATURE_REFERENCE_ROWS
+    if len(traffic) >= wanted:
+        return traffic.reset_index(drop=True), (
+            f"all {len(traffic)} records served in the complete days the training data "
+            f"covers (before {end.date()})")
+    pool = pd.concat([traffic, training], ignore_index=True).drop_duplicates("id")
+    return pool.reset_index(drop=True), (
+        f"{len(traffic)} served records of the training period plus the training rows "
+        f"({len(pool)} in all): fewer than {wanted} served records")
+
+
 def plan_training(
     reference: pd.DataFrame, records: pd.DataFrame, champion: ChampionInfo | None, *,
-    now: dt.datetime, config: Config,
+    now: dt.datetime, config: Config, train_start: dt.datetime | None = None,
 ) -> TrainingPlan:
     """Choose the training, evaluation and drift-reference rows of a challenger.
 
-    The labelled production records are split by a hash of ``id`` into training and
-    held-out rows. With a champion, both models are judged on the held-out labels since
-    its training cutoff, narrowed to the last ``gate.eval_days`` (what changed is what the
-    challenger must be good at). With fewer than ``MIN_EVAL_ROWS`` such rows (before the
-    first model, or when labels are scarce) part of the reference is held out as well.
-    The drift reference is rows the model never trained on (held-out and unlabelled
-    records) of the last ``gate.eval_days``: its probabilities on its own training rows
-    are over-confident, so a test against them would fire on unchanged data.
+    Evaluation (the gate): labelled production records held out by a fixed hash of their
+    id (``EVAL_SALT``/``EVAL_SEED``, whatever the configuration) and never in the
+    champion's training set (``reference`` is that set), labelled after the champion's
+    cutoff and served in the last ``gate.eval_days`` (or the newest ``MIN_EVAL_ROWS``).
+    No model is ever judged on rows it trained on: the challenger's training excludes
+    every evaluation row, and with fewer than ``MIN_EVAL_ROWS`` such rows
+    ``eval_needed`` says how many more fresh labels the gate must wait for. The first
+    model is not compared with anything, so it trains on every row (nothing is held out
+    for a comparison it never makes) and is scored on whatever fresh held-out labels
+    exist. The reference is never split: it does not shrink from cycle to cycle.
+
+    Args:
+        reference: The champion's training set (before the first model: the seed set).
+        records: The lookback's accepted records, labels joined.
+        champion: The serving champion, or ``None`` before the first model.
+        now: The run's logical time.
+        config: Every threshold.
+        train_start: Train only on rows served from this time on (a detected change
+            point); the reference is then left out as well (it predates the change).
     """
     labelled = records.loc[records["label"].notna()] if len(records) else records
-    train_part, eval_part = split_holdout(labelled, config.train.eval_fraction, config.train.seed)
-    eval_set, source = eval_part, "production labels held out from training"
-    if champion is not None:
-        labelled_at = pd.to_datetime(eval_part["label_timestamp"], utc=True)
-        since = eval_part.loc[labelled_at > pd.Timestamp(champion.training_cutoff)]
-        if len(since) >= MIN_EVAL_ROWS:
-            eval_set = newest_rows(since, now, config.gate.eval_days, MIN_EVAL_ROWS)
-            source = (f"held-out production labels since the champion's cutoff, served in "
-                      f"the last {config.gate.eval_days:g} days (or the newest {MIN_EVAL_ROWS})")
-    if len(eval_set) < MIN_EVAL_ROWS and len(reference):
-        # A salt of its own per champion: the reference is the training side of earlier
-        # splits, and the same split again would hold out nothing.
-        salt = f"reference:{champion.version}" if champion else "reference"
-        reference, ref_eval = split_holdout(reference, config.train.eval_fraction,
-                                            config.train.seed, salt=salt)
-        source = (f"reference hold-out plus {len(eval_set)} production labels (fewer than "
-                  f"{MIN_EVAL_ROWS} production labels held out"
-                  + ("; the champion trained on the reference rows)" if champion else ")"))
-        eval_set = pd.concat([eval_set, ref_eval], ignore_index=True)
-    training = assemble_training_set(reference, train_part, config.train, now)
+    _, held = split_holdout(labelled, config.train.eval_fraction, EVAL_SEED, salt=EVAL_SALT)
+    eval_needed = 0
+    if champion is None:
+        eval_set = held
+        source = "production labels held out from training (first model: not compared)"
+        train_prod = labelled.loc[~labelled["id"].isin(held["id"])]
+    else:
+        fresh = held.loc[~held["id"].isin(reference["id"])] if len(reference) else held
+        labelled_at = pd.to_datetime(fresh["label_timestamp"], utc=True)
+        since = fresh.loc[labelled_at > pd.Timestamp(champion.training_cutoff)]
+        eval_set = newest_rows(since, now, config.gate.eval_days, MIN_EVAL_ROWS)
+        source = (f"held-out production labels neither model trained on, labelled after "
+                  f"the champion's cutoff, served in the last {config.gate.eval_days:g} days "
+                  f"(or the newest {MIN_EVAL_ROWS})")
+        eval_needed = max(0, MIN_EVAL_ROWS - len(eval_set))
+        train_prod = labelled.loc[~labelled["id"].isin(eval_set["id"])]
+    base = reference
+    if train_start is not None:
+        served = pd.to_datetime(train_prod["timestamp"], utc=True)
+        train_prod = train_prod.loc[served >= pd.Timestamp(train_start)]
+        base = None
+    training = assemble_training_set(base, train_prod, config.train, now)
+    if len(eval_set):
+        training = training.loc[~training["id"].isin(eval_set["id"])].reset_index(drop=True)
     unseen = records.loc[~records["id"].isin(training["id"])] if len(records) else records
     pool = pd.concat([eval_set, unseen], ignore_index=True).drop_duplicates("id")
     wanted = max(config.drift.min_samples, MIN_EVAL_ROWS)
@@ -331,10 +485,42 @@ def plan_training(
                           f"{config.gate.eval_days:g} days (or the newest {wanted})")
     else:
         profile = training
-        profile_source = (f"the training rows: only {len(pool)} records not trained on "
-                          f"(fewer than {wanted}); probabilities may look over-confident")
+        profile_source = (f"the training rows, probabilities cross-fitted (5 folds): only "
+                          f"{len(pool)} records not trained on (fewer than {wanted})")
+    features, feature_source = _feature_reference(records, training, now, config)
     return TrainingPlan(training, eval_set.reset_index(drop=True), source, profile,
-                        profile_source)
+                        profile_source, features, feature_source, eval_needed)
+
+
+def build_profile(plan: TrainingPlan, schema: Schema, config: Config, version: str,
+                  model: Any) -> ReferenceProfile:
+    """The new version's drift profile, from two row sets of the plan.
+
+    The input-feature tests compare against the representative traffic of the training
+    period (``plan.feature_rows``); the model-output (probability) tests of a text model
+    against rows the model never saw (``plan.profile_rows``): on its own training rows
+    its probabilities are over-confident.
+    """
+    features = plan.feature_rows if plan.feature_rows is not None else plan.profile_rows
+    profile = build_reference_profile(features, schema, config.drift, model_version=version,
+                                      model=model)
+    if schema.model_kind != "text":
+        return profile
+    if plan.profile_rows is plan.training:  # no unseen rows: cross-fitted probabilities
+        proba = out_of_fold_proba(plan.training, schema, config.train, profile.classes,
+                                  max_rows=config.drift.max_reference_rows)
+        profile.reference_proba = proba
+        profile.proba_edges = [quantile_bin_edges(proba[:, c], config.drift.bins)
+                               for c in proba_columns(profile.classes)]
+        profile.proba_shares = [histogram_shares(proba[:, c], e) for c, e in
+                                zip(proba_columns(profile.classes), profile.proba_edges,
+                                    strict=True)]
+    elif features is not plan.profile_rows:
+        outputs = build_reference_profile(plan.profile_rows, schema, config.drift,
+                                          model_version=version, model=model)
+        profile.classes, profile.reference_proba = outputs.classes, outputs.reference_proba
+        profile.proba_edges, profile.proba_shares = outputs.proba_edges, outputs.proba_shares
+    return profile
 
 
 @dataclass
@@ -352,27 +538,36 @@ class TrainOutcome:
 def run_train(
     store: Store, registry: Registry, champion: Champion | None, window: Window, schema: Schema,
     *, now: dt.datetime, config: Config, model_name: str,
+    decision: RetrainDecision | None = None, drift: DriftReport | None = None,
 ) -> TrainOutcome:
     """Train a challenger on the reference plus labelled production records and register it.
 
-    The rows are chosen by :func:`plan_training`; the model, its metadata and its drift
-    profile are registered and its training set becomes the next reference.
+    The rows are chosen by :func:`plan_training` (from the detected change on when drift
+    or a performance drop fired, :func:`training_start`); the model, its metadata (with
+    why it was trained and on which window) and its drift profile are registered and its
+    training set becomes the next reference.
 
     Raises:
         TrainingError: The planned training rows cannot train a model (the decision step
             postpones such a retrain unless forced).
     """
     reference = load_reference(store, schema, model_name, champion.version if champion else None)
+    fired = list(decision.fired) if decision is not None else []
+    start, why = training_start(champion, window.records, schema, config, fired)
     plan = plan_training(reference, window.records, champion.info() if champion else None,
-                         now=now, config=config)
+                         now=now, config=config, train_start=start)
     result = train_model(plan.training, schema, config.train, model_name=model_name,
                          primary_metric=config.gate.primary_metric, now=now)
+    result.metadata.trigger = {
+        "fired": fired,
+        "drift_effect": drift_effect(drift) if drift is not None and "drift" in fired
+        else None,
+        "training_window": {"start": start.isoformat() if start else None, "reason": why},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / result.metadata.version
         save_model_artifact(result, folder)
-        profile = build_reference_profile(plan.profile_rows, schema, config.drift,
-                                          model_version=result.metadata.version,
-                                          model=result.model)
+        profile = build_profile(plan, schema, config, result.metadata.version, result.model)
         profile.save(folder)
         version = registry.register(folder)
     store.write_bytes(f"reference/{model_name}/{version}.parquet",
@@ -440,8 +635,14 @@ def run_evaluate(
     registry: Registry, champion: Champion | None, challenger_version: str,
     eval_set: pd.DataFrame, schema: Schema, config: Config,
 ) -> Verdict:
-    """Score champion and challenger on the same held-out rows and apply the gate."""
+    """Score champion and challenger on the same held-out rows and apply the gate.
+
+    The first model is not compared with anything; without a fresh held-out label it is
+    promoted on its validation metrics (never on rows it trained on).
+    """
     challenger = registry.load_model(challenger_version)
+    if champion is None and ("label" not in eval_set or not eval_set["label"].notna().any()):
+        return first_model_verdict(registry, challenger_version, config)
     return evaluate_challenger(
         challenger,
         champion.model if champion else None,
@@ -451,6 +652,21 @@ def run_evaluate(
         challenger_version=challenger_version,
         champion_version=champion.version if champion else None,
     )
+
+
+def first_model_verdict(registry: Registry, version: str, config: Config) -> Verdict:
+    """The verdict of a first model without held-out production labels: promote."""
+    from driftloop.evaluate import ModelScore, RuleResult
+
+    meta = registry.metadata(version)
+    metrics = {k: float(v) for k, v in (meta.get("validation_metrics") or {}).items()}
+    rule = RuleResult("champion", True, None, None,
+                      "no champion is serving: this is the first model, promoted without "
+                      "comparison (no held-out production label yet; scores are its "
+                      "validation split's)")
+    score = ModelScore(version, int(meta.get("n_validation_rows") or 0), metrics, 0.0, 0.0, {})
+    return Verdict("promote", True, [rule.detail], [rule], config.gate.primary_metric, None,
+                   None, None, None, score, utc_now_iso(), config.gate.confidence)
 
 
 def run_promote(
@@ -548,7 +764,7 @@ def run_loop(
     if not decision.retrain:
         return result
     result.train = run_train(store, registry, champion, window, schema, now=now, config=config,
-                             model_name=model_name)
+                             model_name=model_name, decision=decision, drift=drift)
     record_result(store, run_id, "train", summarise_training(result.train, registry))
     result.verdict = run_evaluate(registry, champion, result.train.version,
                                   result.train.eval_set, schema, config)

@@ -434,6 +434,12 @@ def decide_step(
 # --- train ---------------------------------------------------------------------------------
 
 
+def _recorded(store: Store, run_id: str, name: str, cls: type[Any]) -> Any:
+    """This run's recorded result ``runs/<run-id>/<name>.json``, or None."""
+    key = f"runs/{run_id}/{name}.json"
+    return loads(cls, store.read_text(key)) if store.exists(key) else None
+
+
 def train_step(
     store_uri: str, schema_uri: str, model_name: str, records_path: str | Path, *,
     run_id: str, now: str, model_dir: str | Path, eval_path: str | Path,
@@ -456,9 +462,12 @@ def train_step(
     run_id = run_key(run_id)
     store, schema = _open(store_uri, schema_uri)
     registry = Registry(store, model_name)
+    decision, drift = _recorded(store, run_id, "decision", RetrainDecision), _recorded(
+        store, run_id, "drift", DriftReport)
     outcome = loop.run_train(store, registry, loop.load_champion(registry),
                              _window(read_frame(records_path)), schema,
-                             now=logical_time(now), config=Config(), model_name=model_name)
+                             now=logical_time(now), config=Config(), model_name=model_name,
+                             decision=decision, drift=drift)
     _write_frame(outcome.eval_set, eval_path)
     registry.download(outcome.version, Path(model_dir))
     summary = loop.summarise_training(outcome, registry)

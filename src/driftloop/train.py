@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,9 @@ class ModelMetadata(JsonResult):
     primary_metric: str
     seed: int
     n_validation_rows: int = 0
+    #: Why it was trained: the rules that fired, the drift effect size of that run and the
+    #: training window chosen (``{"start": ISO or None, "reason": ...}``).
+    trigger: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -355,3 +358,40 @@ def save_model_artifact(result: TrainResult, folder: Path) -> Path:
     result.metadata.model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
     (folder / "metadata.json").write_text(result.metadata.to_json() + "\n")
     return folder
+
+
+def out_of_fold_proba(
+    train_df: pd.DataFrame, schema: Schema, config: TrainConfig, classes: list[str], *,
+    folds: int = 5, max_rows: int = 5000,
+) -> np.ndarray:
+    """Class probabilities of the training rows, each from a model that did not see it.
+
+    The drift test of a model's outputs needs the probabilities the model gives rows it
+    never trained on (on its own rows it is over-confident, and unchanged traffic would
+    look like drift). When no such rows exist (a first model trained on the whole seed
+    set), ``folds``-fold cross-fitting gives them: each fold's rows are predicted by a
+    copy of the pipeline fitted on the other folds (same estimator and settings), and the
+    columns follow ``classes`` (a class a fold's model lacks has probability 0). Rows are
+    sampled to at most ``max_rows`` first (seeded).
+
+    Returns:
+        ``(n_rows, len(classes))`` probabilities.
+    """
+    df = train_df.loc[train_df["label"].notna()].reset_index(drop=True)
+    if len(df) > max_rows:
+        pick = np.random.default_rng(config.seed).choice(len(df), size=max_rows, replace=False)
+        df = df.iloc[np.sort(pick)].reset_index(drop=True)
+    X, y = feature_frame(df, schema), df["label"].astype(str).to_numpy()
+    fold = np.random.default_rng(config.seed).permutation(len(df)) % folds
+    out = np.zeros((len(df), len(classes)))
+    col = {c: i for i, c in enumerate(classes)}
+    for k in range(folds):
+        test, fit = fold == k, fold != k
+        if not test.any() or len(set(y[fit])) < 2:
+            continue
+        model = build_pipeline(schema, config).fit(X.loc[fit], y[fit])
+        proba = model.predict_proba(X.loc[test])
+        for j, c in enumerate(str(c) for c in model.classes_):
+            if c in col:
+                out[test, col[c]] = proba[:, j]
+    return out

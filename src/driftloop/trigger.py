@@ -1,12 +1,31 @@
-"""Decide whether to retrain, with the measured value and threshold behind every rule."""
+"""Decide whether to retrain, with the measured value and threshold behind every rule.
+
+The rules and the error each controls:
+
+* ``drift``: the drift report's decision (a test significant after correction AND an
+  effect size above its threshold, :mod:`driftloop.drift`). It has memory: after a
+  drift-triggered challenger was not promoted, the same evidence does not fire again
+  until the drift grew by ``drift_growth``, ``drift_refire_labels`` new labels arrived
+  or ``drift_cooldown_days`` passed (the reason says which).
+* ``performance``: the champion's live accuracy on the last ``perf_window_days`` of
+  labelled records is credibly below its held-out baseline -- a one-sided two-proportion
+  z-test at ``perf_alpha`` (false alarms per run with nothing changed <= ``perf_alpha``)
+  AND a relative drop of at least ``perf_drop`` (so a tiny but significant drop on many
+  labels does not fire).
+* ``label_volume``: new labels since the last training are at least ``min_new_labels``
+  and ``label_share`` of the champion's training rows.
+* ``schedule``: no training for ``max_age_days``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import pandas as pd
+from scipy.stats import norm
 
 from driftloop.config import TriggerConfig
 from driftloop.serde import JsonResult
@@ -22,13 +41,47 @@ class DriftLike(Protocol):
 
 @dataclass(frozen=True)
 class ChampionInfo:
-    """The facts about the current champion the trigger rules look at."""
+    """The facts about the current champion the trigger rules look at.
+
+    Attributes:
+        version: The champion's version.
+        created_at: When it was trained.
+        training_cutoff: The newest record or label time of its training data.
+        primary_metric: The gate's metric.
+        baseline: Its primary metric on held-out rows (its validation split).
+        baseline_accuracy: Its accuracy on the same held-out rows (NaN: unknown).
+        baseline_n: How many held-out rows ``baseline_accuracy`` comes from.
+        n_train: Rows it was trained on.
+    """
 
     version: str
     created_at: dt.datetime
     training_cutoff: dt.datetime
     primary_metric: str
     baseline: float
+    baseline_accuracy: float = float("nan")
+    baseline_n: int = 0
+    n_train: int = 0
+
+
+@dataclass(frozen=True)
+class LastAttempt:
+    """The latest challenger trained after the champion and not promoted (yet).
+
+    Attributes:
+        version: Its version.
+        trained_at: When it was trained.
+        fired: The rules that triggered it.
+        drift_effect: The largest drift effect size of the run that trained it (None:
+            drift did not fire).
+        new_labels: Labels that arrived since it was trained.
+    """
+
+    version: str
+    trained_at: dt.datetime
+    fired: tuple[str, ...]
+    drift_effect: float | None
+    new_labels: int
 
 
 @dataclass
@@ -77,30 +130,106 @@ def count_new_labels(records: pd.DataFrame, cutoff: dt.datetime | None) -> int:
     return int((labelled & after).sum())
 
 
+def performance_test(baseline: float, baseline_n: int, live: float, live_n: int
+                     ) -> tuple[float, float]:
+    """One-sided test that live accuracy is below the baseline: ``(z, p)``.
+
+    Two independent proportions, unpooled standard error with one pseudo-success and
+    one pseudo-failure per side (Agresti-Caffo), so 100 % or 0 % accuracy does not give
+    a zero-width interval.
+    """
+    b = (baseline * baseline_n + 1) / (baseline_n + 2)
+    c = (live * live_n + 1) / (live_n + 2)
+    se = math.sqrt(b * (1 - b) / (baseline_n + 2) + c * (1 - c) / (live_n + 2))
+    z = (c - b) / se
+    return z, float(norm.cdf(z))
+
+
 def _performance_rule(
     champion: ChampionInfo, current: float | None, samples: int, config: TriggerConfig
 ) -> TriggerRule:
     name = "performance"
+    window = f"the last {config.perf_window_days:g} days"
     if current is None or samples < config.perf_min_samples:
         return TriggerRule(
             name, False, float(samples), float(config.perf_min_samples),
-            f"{samples} newly labelled records, fewer than the {config.perf_min_samples} "
-            "needed to judge the champion's performance",
+            f"{samples} labelled records served in {window}, fewer than the "
+            f"{config.perf_min_samples} needed to judge the champion's live accuracy",
         )
-    if not champion.baseline > 0:  # NaN: the champion was trained without a validation split
+    base, base_n = champion.baseline_accuracy, champion.baseline_n
+    if not (base > 0) or base_n < 1:  # NaN: trained without a held-out validation split
         return TriggerRule(
             name, False, current, None,
-            f"{champion.primary_metric} {current:.3f} on {samples} new labels; champion "
-            f"{champion.version} has no validation {champion.primary_metric} to compare with",
+            f"live accuracy {current:.3f} on {samples} labels of {window}; champion "
+            f"{champion.version} has no held-out accuracy to compare with",
         )
-    drop = (champion.baseline - current) / champion.baseline
-    fired = drop >= config.perf_drop
+    drop = (base - current) / base
+    _, p = performance_test(base, base_n, current, samples)
+    significant, material = p < config.perf_alpha, drop >= config.perf_drop
+    fired = significant and material
+    verdict = ("credibly and materially below" if fired else
+               "below but not materially" if significant else "not credibly below")
     return TriggerRule(
         name, fired, drop, config.perf_drop,
-        f"{champion.primary_metric} {current:.3f} on {samples} new labels vs baseline "
-        f"{champion.baseline:.3f}: relative drop {drop:.1%} "
-        f"{'>=' if fired else '<'} {config.perf_drop:.0%}",
+        f"live accuracy {current:.3f} on {samples} labels served in {window} vs held-out "
+        f"baseline {base:.3f} (n={base_n}): relative drop {drop:+.1%} "
+        f"({'>=' if material else '<'} {config.perf_drop:.0%}), one-sided p={p:.2g} "
+        f"({'<' if significant else '>='} {config.perf_alpha:g}): {verdict}",
     )
+
+
+def _drift_rule(drift: DriftLike | None, attempt: LastAttempt | None, now: dt.datetime,
+                config: TriggerConfig) -> TriggerRule:
+    if drift is None:
+        return TriggerRule("drift", False, None, None, "drift not computed")
+    detail = "; ".join(drift.reasons) or drift.status
+    effect = drift_effect(drift)
+    if not drift.drifted or attempt is None or attempt.drift_effect is None:
+        return TriggerRule("drift", bool(drift.drifted), effect, None,
+                           f"{drift.status}: {detail}")
+    # The same evidence already trained a challenger that was not promoted: fire again
+    # only on new evidence.
+    days = (now - attempt.trained_at).total_seconds() / 86400
+    grown = effect is not None and effect >= config.drift_growth * attempt.drift_effect
+    labels = attempt.new_labels >= config.drift_refire_labels
+    cooled = days >= config.drift_cooldown_days
+    why = (f"it grew from {attempt.drift_effect:.3g} to {effect:.3g} (x{config.drift_growth:g})"
+           if grown and effect is not None else
+           f"it persists and {attempt.new_labels} new labels arrived since "
+           f"(>= {config.drift_refire_labels})" if labels else
+           f"{days:.1f} days passed (cooldown {config.drift_cooldown_days:g})" if cooled
+           else "")
+    prev = (f"challenger {attempt.version}, trained {days:.1f} days ago on drift of "
+            f"effect {attempt.drift_effect:.3g}, was not promoted")
+    if why:
+        return TriggerRule("drift", True, effect, attempt.drift_effect,
+                           f"{drift.status}: {detail}; fires again: {prev}, and {why}")
+    return TriggerRule(
+        "drift", False, effect, attempt.drift_effect,
+        f"{drift.status} on the same evidence: {prev}; fires again when the effect reaches "
+        f"{config.drift_growth * attempt.drift_effect:.3g}, after "
+        f"{config.drift_refire_labels} new labels (now {attempt.new_labels}) or "
+        f"{config.drift_cooldown_days:g} days")
+
+
+def drift_effect(drift: Any) -> float | None:
+    """The largest effect size among the drifted features of a report.
+
+    Falls back to PSI, then the test statistic, for reports without effect sizes;
+    ``None`` without a drifted feature.
+    """
+    values = []
+    for f in getattr(drift, "features", []) or []:
+        if not getattr(f, "drifted", False):
+            continue
+        value = getattr(f, "effect", None)
+        if value is None:
+            value = getattr(f, "psi", None)
+        if value is None:
+            value = getattr(f, "statistic", None)
+        if value is not None and math.isfinite(value):
+            values.append(float(value))
+    return max(values) if values else None
 
 
 def decide_retrain(
@@ -116,6 +245,9 @@ def decide_retrain(
     force: bool = False,
     canary_in_progress: str | None = None,
     train_problem: str | None = None,
+    last_attempt: LastAttempt | None = None,
+    eval_needed: int = 0,
+    eval_have: int = 0,
 ) -> RetrainDecision:
     """Combine the retrain rules into one decision.
 
@@ -126,7 +258,8 @@ def decide_retrain(
         drift: The drift report of the current window (``None``: not computed).
         new_labels: Labelled records since the latest training cutoff (``None``: not
             counted). Zero postpones a retrain (unless forced): nothing new to learn from.
-        current_metric: The champion's primary metric on the newly labelled records.
+        current_metric: The champion's live accuracy on the labelled records served in the
+            last ``config.perf_window_days`` after its training cutoff.
         metric_samples: How many labelled records ``current_metric`` is based on.
         last_retrain_at: When the latest version (promoted or not) was trained: the
             cooldown and the schedule count from it.
@@ -135,6 +268,12 @@ def decide_retrain(
             challenger is trained until it finished or was rolled back (unless forced).
         train_problem: Why the rows a challenger would be trained on cannot train a model
             (e.g. one class), if so: the retrain is postponed, even when forced.
+        last_attempt: The latest challenger trained after the champion and not promoted:
+            the drift rule's memory.
+        eval_needed: Fresh held-out labels (neither model trained on them) still missing
+            before the gate could judge a challenger: the retrain waits for them, even
+            when forced (a challenger that cannot be judged cannot ship).
+        eval_have: How many such labels there are now (for the reason).
 
     Returns:
         The decision; ``rules`` holds every evaluated rule, fired or not.
@@ -147,21 +286,18 @@ def decide_retrain(
 
     rules = [TriggerRule("force", force, None, None,
                          "forced by the run's parameters" if force else "not forced")]
-    if drift is None:
-        rules.append(TriggerRule("drift", False, None, None, "drift not computed"))
-    else:
-        detail = "; ".join(drift.reasons) or drift.status
-        rules.append(TriggerRule("drift", bool(drift.drifted), None, None,
-                                 f"{drift.status}: {detail}"))
+    rules.append(_drift_rule(drift, last_attempt, now, config))
     if new_labels is None:
         rules.append(TriggerRule("label_volume", False, None, float(config.min_new_labels),
                                  "new labels not counted"))
     else:
-        vol = new_labels >= config.min_new_labels
+        need = max(config.min_new_labels, math.ceil(config.label_share * champion.n_train))
+        vol = new_labels >= need
         rules.append(TriggerRule(
-            "label_volume", vol, float(new_labels), float(config.min_new_labels),
+            "label_volume", vol, float(new_labels), float(need),
             f"{new_labels} new labels since the last training cutoff "
-            f"{'>=' if vol else '<'} {config.min_new_labels}",
+            f"{'>=' if vol else '<'} {need} (at least {config.min_new_labels} and "
+            f"{config.label_share:g} x the champion's {champion.n_train} training rows)",
         ))
     rules.append(_performance_rule(champion, current_metric, metric_samples, config))
     # The schedule counts from the latest training of any version: a challenger trained
@@ -211,6 +347,12 @@ def decide_retrain(
     if retrain and not blocked and train_problem is not None:
         blocked = True
         rules.append(TriggerRule("training_data", True, None, None, train_problem))
+    if retrain and not blocked and eval_needed > 0:
+        blocked = True
+        rules.append(TriggerRule(
+            "eval_labels", True, float(eval_have), float(eval_have + eval_needed),
+            f"wait for labels: {eval_have} fresh held-out labels neither model trained on, "
+            f"the gate needs {eval_have + eval_needed} ({eval_needed} more)"))
     if retrain and blocked:
         retrain = False
         reasons = [rules[-1].detail + ": retrain postponed"]

@@ -107,7 +107,7 @@ def test_label_volume_counts_from_the_last_training_even_when_not_promoted(tmp_p
     assert rule.measured == since_challenger < since_champion
 
 
-def test_drift_without_new_labels_waits_and_a_forced_run_is_judged_on_the_reference(
+def test_drift_without_new_labels_waits_and_even_a_forced_run_waits_for_fresh_labels(
     tmp_path: Path,
 ):
     # No feedback at all: drift alone used to train a challenger on the champion's rows
@@ -124,6 +124,8 @@ def test_drift_without_new_labels_waits_and_a_forced_run_is_judged_on_the_refere
     assert any(r.name == "nothing_new" and r.fired for r in waiting.decision.rules)
     forced = run_loop(store, schema, "sample", now=days[2], run_id="d2", lookback_days=3,
                       force=True)
-    assert forced.train is not None and forced.verdict is not None
-    assert len(forced.train.eval_set) > 0
-    assert forced.train.eval_source.startswith("reference hold-out plus 0 production labels")
+    # Judging the champion on its own training rows (the old reference hold-out) is not an
+    # option: the run trains nothing and says how many fresh labels the gate needs.
+    assert forced.train is None and not forced.decision.retrain
+    wait = [r for r in forced.decision.rules if r.name == "eval_labels"]
+    assert wait and wait[0].fired and "wait for labels" in forced.decision.reasons[0]

@@ -223,3 +223,29 @@ def test_validation_split_is_independent_of_the_eval_split(tab_data):
     result = train_model(rest, TABULAR, CONFIG, model_name="m", now=NOW)
     assert result.metadata.n_validation_rows > 0.1 * len(rest)
     assert "f1_macro" in result.metadata.validation_metrics
+
+
+def test_out_of_fold_probabilities_are_not_the_over_confident_in_sample_ones():
+    import numpy as np
+
+    from driftloop.config import TrainConfig
+    from driftloop.schema import schema_from_dict
+    from driftloop.train import build_pipeline, feature_frame, out_of_fold_proba
+
+    rng = np.random.default_rng(0)
+    n = 600
+    words = np.array(["good", "bad", "fine", "meh", "great", "awful", "ok", "so"])
+    labels = rng.choice(["neg", "pos"], size=n)
+    text = [" ".join(rng.choice(words, size=6)) + (" good" if y == "pos" else " bad")
+            for y in labels]
+    df = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": text, "label": labels})
+    schema = schema_from_dict({"columns": [{"name": "text", "kind": "text"}],
+                               "labels": ["neg", "pos"]})
+    config = TrainConfig()
+    model = build_pipeline(schema, config).fit(feature_frame(df, schema), labels)
+    inside = model.predict_proba(feature_frame(df, schema)).max(axis=1)
+    oof = out_of_fold_proba(df, schema, config, ["neg", "pos"])
+    assert oof.shape == (n, 2) and np.allclose(oof.sum(axis=1), 1)
+    assert oof.max(axis=1).mean() < inside.mean()
+    # the same rows and seed give the same probabilities
+    assert np.array_equal(oof, out_of_fold_proba(df, schema, config, ["neg", "pos"]))

@@ -66,18 +66,71 @@ def test_too_few_recent_labels_widen_to_the_newest_held_out_rows_since_the_cutof
     assert (pd.to_datetime(plan.eval_set["label_timestamp"], utc=True) > cutoff).all()
 
 
-def test_without_production_labels_part_of_the_champions_reference_is_held_out():
-    # The champion's reference is the training side of an earlier "eval" split: the same
-    # split again would hold out nothing, so an empty evaluation set used to fail the run.
+def test_with_too_few_fresh_labels_the_gate_waits_instead_of_judging_on_training_rows():
+    # Regression: with fewer than 50 held-out production labels part of the champion's own
+    # training set (the reference) was held out, and the champion was judged on it.
     seed = _records(10, 60, prefix="s")
     reference, _ = split_holdout(seed, Config().train.eval_fraction, Config().train.seed)
-    unlabelled = _records(2, 100, labelled=False)
+    records = pd.concat([_records(1, 40, prefix="p").assign(
+        timestamp=lambda f: f["timestamp"] + pd.Timedelta(days=11),
+        label_timestamp=lambda f: f["label_timestamp"] + pd.Timedelta(days=11)),
+        _records(2, 100, labelled=False)], ignore_index=True)
     now = T0 + dt.timedelta(days=12)
-    plan = plan_training(reference, unlabelled, _champion(10), now=now, config=Config())
-    assert len(plan.eval_set) >= MIN_EVAL_ROWS
-    assert set(plan.eval_set["id"]) <= set(reference["id"])
+    plan = plan_training(reference, records, _champion(10), now=now, config=Config())
+    assert not set(plan.eval_set["id"]) & set(reference["id"])
     assert not set(plan.eval_set["id"]) & set(plan.training["id"])
-    assert "reference hold-out" in plan.eval_source and "champion trained" in plan.eval_source
+    assert 0 < len(plan.eval_set) < MIN_EVAL_ROWS
+    assert plan.eval_needed == MIN_EVAL_ROWS - len(plan.eval_set)
+
+
+def test_the_reference_never_shrinks_and_the_first_model_trains_on_every_seed_row():
+    # Regression: each cycle held out 30 % of the reference for good (1,500 -> 286 rows in
+    # five cycles) and the first model dropped 31 % of the seed set for no comparison.
+    seed = _records(10, 150, prefix="s")
+    first = plan_training(seed, seed.iloc[0:0], None, now=T0 + dt.timedelta(days=10),
+                          config=Config())
+    assert set(first.training["id"]) == set(seed["id"])
+    reference = first.training
+    for cycle in range(5):
+        now = T0 + dt.timedelta(days=11 + cycle)
+        prod = _records(1, 200, prefix=f"c{cycle}-").assign(
+            timestamp=lambda f, d=10 + cycle: f["timestamp"] + pd.Timedelta(days=d),
+            label_timestamp=lambda f, d=10 + cycle: f["label_timestamp"] + pd.Timedelta(days=d))
+        plan = plan_training(reference, prod, _champion(9.9 + cycle), now=now, config=Config())
+        assert set(reference["id"]) <= set(plan.training["id"])
+        reference = plan.training
+    assert len(reference) >= len(seed)
+
+
+@pytest.mark.parametrize("changed", [{"seed": 7}, {"eval_fraction": 0.5}])
+def test_rows_that_judge_a_model_stay_out_of_training_whatever_the_configuration(changed):
+    # Regression: changing train.seed or train.eval_fraction put 438 of 589 eval rows into
+    # both models' training sets.
+    import dataclasses
+
+    records = _records(20, 100)
+    base = Config()
+    first = plan_training(pd.DataFrame(), records.iloc[:1000], None,
+                          now=T0 + dt.timedelta(days=10), config=base)
+    other = dataclasses.replace(base, train=dataclasses.replace(base.train, **changed))
+    plan = plan_training(first.training, records, _champion(10.5),
+                         now=T0 + dt.timedelta(days=20), config=other)
+    assert len(plan.eval_set) >= MIN_EVAL_ROWS
+    judged = set(plan.eval_set["id"])
+    assert not judged & set(first.training["id"])  # not in the champion's training
+    assert not judged & set(plan.training["id"])  # nor in the challenger's
+
+
+def test_the_feature_reference_is_all_traffic_of_the_training_period_not_the_labelled_rows():
+    # Regression: the reference was only rows the model did not train on (as few as 100),
+    # skewed when feedback comes mostly for some kind of row.
+    labelled = _records(10, 100)
+    unlabelled = _records(10, 300, labelled=False, prefix="u")
+    records = pd.concat([labelled, unlabelled], ignore_index=True)
+    now = T0 + dt.timedelta(days=10)
+    plan = plan_training(pd.DataFrame(), records, None, now=now, config=Config())
+    assert plan.feature_rows is not None and len(plan.feature_rows) == len(records)
+    assert "complete days" in plan.feature_source
 
 
 def test_the_drift_profile_uses_recent_rows_the_model_never_trained_on():
@@ -99,7 +152,7 @@ def test_the_drift_profile_falls_back_to_training_rows_and_says_so():
     plan = plan_training(pd.DataFrame(), records, None, now=now, config=Config())
     assert len(plan.eval_set) < Config().drift.min_samples
     assert plan.profile_rows is plan.training
-    assert "over-confident" in plan.profile_source
+    assert "cross-fitted" in plan.profile_source
 
 
 @pytest.mark.parametrize(("labels", "problem"), [
