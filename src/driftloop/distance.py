@@ -1,4 +1,7 @@
-"""Distribution distances (PSI, Jensen-Shannon) over bins fixed from the reference.
+"""Distribution distances (PSI, Jensen-Shannon, total variation) over bins fixed from the reference.
+
+Also the pooling of rare categories that the chi-squared test and the categorical effect
+size share (:func:`pool_rare_categories`).
 
 Missing values (NaN, None) are not counted in any share: a column's share vector describes
 the distribution of its present values. Empty input gives an all-zero share vector, and a
@@ -93,6 +96,58 @@ def shares_of_codes(codes: np.ndarray, n_categories: int) -> np.ndarray:
     """Shares of ``n_categories`` categories plus ``unseen`` from :func:`category_codes` output."""
     counts = np.bincount(codes[codes >= 0], minlength=n_categories + 1)
     return _normalise(counts.astype(np.float64))
+
+
+def pool_rare_categories(ref_shares: np.ndarray, n_rows: float,
+                         min_expected: float = 5.0) -> np.ndarray:
+    """Map categories to buckets, pooling the rare ones into a final ``other`` bucket.
+
+    A category keeps its own bucket when its expected count ``ref_share * n_rows`` reaches
+    ``min_expected``; the others, and the last entry (the ``unseen`` bucket of
+    :func:`category_shares`), share the final bucket. The mapping depends on the reference
+    and the sample size only, never on the current values, so the test stays valid.
+
+    Args:
+        ref_shares: Reference share per category, the last entry being ``unseen``.
+        n_rows: Rows of the smaller of the two samples compared.
+        min_expected: Smallest expected count of a bucket of its own.
+
+    Returns:
+        Bucket index per entry of ``ref_shares``: ``0..k-1`` for the ``k`` kept categories
+        (in order) and ``k`` for ``other``.
+    """
+    shares = _normalise(np.asarray(ref_shares, dtype=np.float64))
+    keep = shares * n_rows >= min_expected
+    keep[-1:] = False
+    buckets = np.full(shares.size, int(keep.sum()), dtype=np.int64)
+    buckets[keep] = np.arange(int(keep.sum()))
+    return buckets
+
+
+def pool(values: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """Sum ``values`` (counts or shares per category) into :func:`pool_rare_categories` buckets."""
+    b = np.asarray(buckets, dtype=np.int64)
+    return np.bincount(b, weights=np.asarray(values, dtype=np.float64),
+                       minlength=int(b.max()) + 1 if b.size else 0)
+
+
+def total_variation(ref_shares: np.ndarray, cur_shares: np.ndarray) -> float:
+    """Total variation distance ``max over sets of |cur - ref|`` = half the L1 distance.
+
+    The categorical counterpart of the KS statistic (which takes the maximum over half-lines
+    only): both are the largest change in the probability of some event.
+
+    Args:
+        ref_shares: Reference shares per bin.
+        cur_shares: Current shares over the same bins.
+
+    Returns:
+        A value in ``[0, 1]``; NaN when either side has no values.
+    """
+    ref, cur = _pair(ref_shares, cur_shares)
+    if ref is None or cur is None:
+        return float("nan")
+    return float(0.5 * np.abs(cur - ref).sum())
 
 
 def psi(ref_shares: np.ndarray, cur_shares: np.ndarray, eps: float = 1e-4) -> float:

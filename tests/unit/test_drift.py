@@ -302,3 +302,49 @@ def test_single_kind_schemas(columns, shift, test):
     assert calm.status == "no_drift" and moved.status == "drift"
     assert moved.features[0].test == test and moved.features[0].threshold == 0.05
     assert "(bonferroni over 1 feature)" in moved.reasons[0]
+
+
+# --- effect size (issue "Retrain only when it pays", defect 3) -------------------------
+
+ONE_NUMERIC = schema_from_dict({"columns": [{"name": "x0", "kind": "numeric"}]})
+BIG = DriftConfig(max_reference_rows=20_000)
+
+
+@pytest.fixture(scope="module")
+def big_profile():
+    return build_reference_profile(records(20_000, 30), ONE_NUMERIC, BIG, model_version="v1")
+
+
+def test_tiny_significant_shift_is_not_drift(big_profile):
+    # 0.08 sd with 20,000 rows per side: KS is significant, PSI ~0.006 is far below 0.1
+    report = detect_drift(big_profile, records(20_000, 31, x0_shift=0.08), ONE_NUMERIC, BIG,
+                          now=NOW)
+    assert report.drifted is False and report.status == "no_drift"
+    x0 = report.features[0]
+    assert x0.p_value < x0.threshold
+    assert x0.significant is True and x0.drifted is False
+    assert x0.effect < 0.02 and x0.effect_threshold == BIG.effect_threshold
+    assert any("significant but small: PSI" in r and "< 0.1" in r for r in report.reasons)
+
+
+# --- chi-squared on many categories (defect 4) -----------------------------------------
+
+ONE_CATEGORICAL = schema_from_dict({"columns": [{"name": "c0", "kind": "categorical"}]})
+
+
+def test_chi2_false_alarms_on_many_rare_categories_stay_near_nominal():
+    # Stationary Zipf data over 3,000 categories: most have expected counts far below 5
+    # in 100 current rows; without pooling the chi-squared test fired ~35% of the time.
+    cats = np.array([f"k{i}" for i in range(3000)], dtype=object)
+    shares = 1.0 / np.arange(1, 3001)
+    shares /= shares.sum()
+    config = DriftConfig(min_samples=50)
+    alarms = 0
+    for rep in range(100):
+        rng = np.random.default_rng(1000 + rep)
+        ref = pd.DataFrame({"c0": cats[rng.choice(3000, size=5000, p=shares)]})
+        cur = pd.DataFrame({"c0": cats[rng.choice(3000, size=100, p=shares)]})
+        prof = build_reference_profile(ref, ONE_CATEGORICAL, config, model_version="z")
+        report = detect_drift(prof, cur, ONE_CATEGORICAL, config, now=NOW)
+        alarms += report.features[0].p_value < report.features[0].threshold
+    assert alarms <= 10
