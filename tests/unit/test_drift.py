@@ -1,5 +1,6 @@
 import datetime as dt
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from driftloop.config import DriftConfig
+from driftloop.config import DriftConfig, config_from_dict
 from driftloop.drift import (
     PROFILE_JSON,
     PROFILE_NPZ,
@@ -20,7 +21,7 @@ from driftloop.drift import (
     oov_rate,
     tokenize,
 )
-from driftloop.errors import DriftloopError, StoreError
+from driftloop.errors import ConfigError, DriftloopError, StoreError
 from driftloop.schema import schema_from_dict
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
@@ -325,6 +326,85 @@ def test_tiny_significant_shift_is_not_drift(big_profile):
     assert x0.significant is True and x0.drifted is False
     assert x0.effect < 0.02 and x0.effect_threshold == BIG.effect_threshold
     assert any("significant but small: PSI" in r and "< 0.1" in r for r in report.reasons)
+    assert report.significant_features == ["x0"] and report.drifted_features == []
+
+
+def test_large_shift_is_drift_with_both_measures_in_the_reason(big_profile):
+    report = detect_drift(big_profile, records(20_000, 32, x0_shift=0.5), ONE_NUMERIC, BIG,
+                          now=NOW)
+    x0 = report.features[0]
+    assert report.drifted and x0.significant and x0.drifted
+    assert x0.effect == pytest.approx(0.25, abs=0.05) and x0.effect == pytest.approx(x0.psi)
+    assert re.fullmatch(r"feature 'x0': KS p=\S+ < 0\.05 \(bonferroni over 1 feature\) and "
+                        r"PSI 0\.2\d* >= 0\.1 \(drift\.effect_threshold\)", report.reasons[0])
+
+
+def test_per_feature_threshold_override_from_json_config(big_profile):
+    # JSON lists of lists arrive as a tuple of lists: normalised to a tuple of pairs
+    config = config_from_dict({"drift": {"max_reference_rows": 20_000,
+                                         "feature_thresholds": [["x0", 0.005]]}}).drift
+    assert config.feature_thresholds == (("x0", 0.005),)
+    assert hash(config) == hash(DriftConfig(max_reference_rows=20_000,
+                                            feature_thresholds={"x0": 0.005}))
+    report = detect_drift(big_profile, records(20_000, 31, x0_shift=0.08), ONE_NUMERIC,
+                          config, now=NOW)
+    assert report.drifted_features == ["x0"] and report.features[0].effect_threshold == 0.005
+    assert "(drift.feature_thresholds)" in report.reasons[0]
+    strict = DriftConfig(max_reference_rows=20_000, feature_thresholds=(("x0", 0.5),))
+    moved = detect_drift(big_profile, records(20_000, 32, x0_shift=0.5), ONE_NUMERIC, strict,
+                         now=NOW)
+    assert moved.drifted is False and moved.significant_features == ["x0"]
+    with pytest.raises(ConfigError, match="feature_thresholds"):
+        DriftConfig(feature_thresholds=(("x0", -1.0),))
+    with pytest.raises(ConfigError, match="effect_size"):
+        DriftConfig(effect_size="wasserstein")
+
+
+@pytest.mark.parametrize(("effect_size", "name"), [("ks", "KS"), ("js", "JS")])
+def test_other_effect_sizes(big_profile, effect_size, name):
+    config = DriftConfig(max_reference_rows=20_000, effect_size=effect_size)
+    small = detect_drift(big_profile, records(20_000, 31, x0_shift=0.08), ONE_NUMERIC, config,
+                         now=NOW)
+    large = detect_drift(big_profile, records(20_000, 32, x0_shift=0.5), ONE_NUMERIC, config,
+                         now=NOW)
+    assert small.drifted is False and f"significant but small: {name} " in small.reasons[0]
+    assert large.drifted and f" and {name} " in large.reasons[0]
+    if effect_size == "ks":
+        assert large.features[0].effect == large.features[0].statistic
+
+
+def test_missing_values_count_in_the_effect_size(profile):
+    report = detect_drift(profile, records(400, 6, x1_missing=0.4), TABULAR, CONFIG, now=NOW)
+    x1 = by_name(report)["x1"]
+    assert x1.psi < 0.1 < x1.effect  # present values unchanged; 40% now missing
+
+
+def test_markdown_shows_the_effect_next_to_p(big_profile):
+    report = detect_drift(big_profile, records(20_000, 31, x0_shift=0.08), ONE_NUMERIC, BIG,
+                          now=NOW)
+    md = report.to_markdown()
+    head, _, row = [line for line in md.splitlines() if line.startswith("|")]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    header = [c.strip() for c in head.split("|")[1:-1]]
+    assert header[4:9] == ["p-value", "threshold", "effect (PSI)", "effect threshold",
+                           "significant"]
+    assert cells[6] == f"{report.features[0].effect:.4g}" and cells[7] == "0.1"
+    assert cells[8] == "yes" and cells[-1] == "no"
+    assert "effect PSI >= 0.1" in md
+
+
+def test_report_written_before_effect_sizes_still_loads(profile):
+    report = detect_drift(profile, records(400, 11, x0_shift=1.0), TABULAR, CONFIG, now=NOW)
+    old = json.loads(report.to_json())
+    for key in ("effect_size", "effect_threshold"):
+        del old[key]
+    for f in old["features"]:
+        for key in ("effect", "effect_threshold", "significant", "pooled"):
+            del f[key]
+    again = DriftReport.from_json(json.dumps(old))
+    assert again.drifted_features == ["x0"] and again.significant_features == ["x0"]
+    assert again.features[0].effect is None and again.effect_size == ""
+    assert "effect (-)" in again.to_markdown()
 
 
 # --- chi-squared on many categories (defect 4) -----------------------------------------
