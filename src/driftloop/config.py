@@ -234,7 +234,8 @@ class CanaryConfig:
         stratum_hours: Width of the time buckets (from the Unix epoch, UTC; 24 = calendar
             days) within which canary and champion are compared; buckets where only one
             version served carry no weight.
-        skip_steps: Overwhelming evidence (CS lower bound > +tolerance) goes straight to 100.
+        skip_steps: Overwhelming evidence (CS lower bound > +tolerance) goes straight to 100
+            (off by default: every step also checks error rate and latency at its load).
         min_requests: Requests each version needs before the error-rate and latency rules
             give a verdict.
         max_error_rate_increase: Rollback when the canary's error rate credibly exceeds the
@@ -257,7 +258,7 @@ class CanaryConfig:
     alpha: float = 0.05
     power: float = 0.95
     stratum_hours: float = 24.0
-    skip_steps: bool = True
+    skip_steps: bool = False
     min_requests: int = 500
 
     def __post_init__(self) -> None:
