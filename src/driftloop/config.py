@@ -166,15 +166,26 @@ class GateConfig:
 
     Attributes:
         primary_metric: Metric compared between champion and challenger.
-        auto_threshold: Relative improvement needed to promote without a person (0.05 = 5%).
-        latency_ratio: Challenger p95 latency must be within this multiple of the champion's.
-        slice_tolerance: Largest allowed drop (absolute) of the primary metric on any slice.
-        min_slice_size: Slices with fewer rows are reported but not judged.
+        auto_threshold: Improvement needed to promote without a person, measured under
+            ``improvement_rule`` (0.05 = 5% of the champion's error removed by default).
+        improvement_rule: ``error_reduction`` (default: ``(after - before) / (1 - before)``,
+            the share of the champion's error removed; no ceiling), ``relative``
+            (``(after - before) / before``, the former "5% relative improvement", which a
+            champion above 1 / 1.05 = 0.952 can never meet) or ``absolute``
+            (``after - before``; the interval's lower bound must then exceed it too).
+        latency_ratio: Challenger median per-row CPU time must be within this multiple of
+            the champion's.
+        slice_tolerance: Largest allowed drop (absolute) of the primary metric on any slice;
+            a slice fails only when it is credibly (on a Holm-corrected interval) worse
+            by more than this.
+        min_slice_size: Floor of the rows a slice needs to be judged; the gate also
+            derives a minimum from ``slice_tolerance`` (73 rows for 0.05) and uses the
+            larger. Smaller slices are reported but not judged.
         bootstrap: Paired bootstrap resamples for the confidence interval.
         confidence: Confidence level of the interval.
         seed: Seed of the bootstrap.
         latency_rows: Rows timed one by one per model for the latency rule.
-        latency_repeats: Timed calls per row and model (the fastest counts).
+        latency_repeats: Timed calls per row and model (the fastest CPU time counts).
         eval_days: Both models are judged on held-out labels of records served in this
             many days before the run (and after the champion's training cutoff): after a
             change that is what the challenger must be good at. When that gives fewer than
@@ -183,6 +194,7 @@ class GateConfig:
 
     primary_metric: str = "f1_macro"
     auto_threshold: float = 0.05
+    improvement_rule: str = "error_reduction"
     latency_ratio: float = 1.10
     slice_tolerance: float = 0.05
     min_slice_size: int = 30
@@ -197,6 +209,9 @@ class GateConfig:
         _check(self.primary_metric in PRIMARY_METRICS, "gate.primary_metric",
                f"must be one of {', '.join(PRIMARY_METRICS)}")
         _check(self.auto_threshold >= 0, "gate.auto_threshold", "must be >= 0")
+        _check(self.improvement_rule in ("error_reduction", "relative", "absolute"),
+               "gate.improvement_rule", "must be one of error_reduction, relative, absolute")
+        _check(self.slice_tolerance > 0, "gate.slice_tolerance", "must be > 0")
         _check(self.latency_ratio >= 1, "gate.latency_ratio", "must be >= 1")
         _check(0 < self.confidence < 1, "gate.confidence", "must be in (0, 1)")
         _check(self.bootstrap >= 100, "gate.bootstrap", "must be >= 100")
