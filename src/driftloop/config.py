@@ -47,7 +47,7 @@ class DriftConfig:
             ``effect_threshold`` (names as in the report, e.g. ``proba[positive]``). A JSON
             list of pairs or an object ``{name: threshold}`` is accepted and normalised.
         min_expected: Categories whose expected count in the smaller of the two samples
-            (reference share x rows) is below this are pooled with the categories unseen in
+            (share in both samples together x rows) is below this are pooled with those unseen in
             the reference into one ``other`` bucket before the chi-squared test (its
             approximation needs expected counts of about 5).
     """

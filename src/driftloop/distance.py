@@ -98,28 +98,34 @@ def shares_of_codes(codes: np.ndarray, n_categories: int) -> np.ndarray:
     return _normalise(counts.astype(np.float64))
 
 
-def pool_rare_categories(ref_shares: np.ndarray, n_rows: float,
+def pool_rare_categories(shares: np.ndarray, n_rows: float,
                          min_expected: float = 5.0) -> np.ndarray:
     """Map categories to buckets, pooling the rare ones into a final ``other`` bucket.
 
-    A category keeps its own bucket when its expected count ``ref_share * n_rows`` reaches
+    A category keeps its own bucket when its expected count ``share * n_rows`` reaches
     ``min_expected``; the others, and the last entry (the ``unseen`` bucket of
-    :func:`category_shares`), share the final bucket. The mapping depends on the reference
-    and the sample size only, never on the current values, so the test stays valid.
+    :func:`category_shares`), share the final bucket.
+
+    For the chi-squared test of homogeneity pass the reference and current counts summed
+    (the column totals of its table) and the smaller sample's size: the expected count of a
+    cell is ``total share * rows of its sample``, and the test's null distribution is
+    conditional on the column totals, so choosing buckets from them keeps it valid. Choosing
+    them from the reference counts alone would not: categories that happened to be common
+    in a small reference would be kept and look like they shrank.
 
     Args:
-        ref_shares: Reference share per category, the last entry being ``unseen``.
+        shares: Share (or count) per category, the last entry being ``unseen``.
         n_rows: Rows of the smaller of the two samples compared.
         min_expected: Smallest expected count of a bucket of its own.
 
     Returns:
-        Bucket index per entry of ``ref_shares``: ``0..k-1`` for the ``k`` kept categories
+        Bucket index per entry of ``shares``: ``0..k-1`` for the ``k`` kept categories
         (in order) and ``k`` for ``other``.
     """
-    shares = _normalise(np.asarray(ref_shares, dtype=np.float64))
-    keep = shares * n_rows >= min_expected
+    weights = _normalise(np.asarray(shares, dtype=np.float64))
+    keep = weights * n_rows >= min_expected
     keep[-1:] = False
-    buckets = np.full(shares.size, int(keep.sum()), dtype=np.int64)
+    buckets = np.full(weights.size, int(keep.sum()), dtype=np.int64)
     buckets[keep] = np.arange(int(keep.sum()))
     return buckets
 

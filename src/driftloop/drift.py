@@ -220,8 +220,8 @@ class ReferenceProfile:
     """What drift detection needs to know about a model version's reference data.
 
     Built once per model version by :func:`build_reference_profile` and stored beside the
-    model. The alibi-detect detectors are not stored: :func:`detect_drift` rebuilds them from
-    the sampled reference arrays held here, which is cheap (no fitting beyond a copy).
+    model. No detector is stored: :func:`detect_drift` tests the current window against the
+    sampled reference arrays held here (nothing is fitted).
 
     Attributes:
         model_version: Model version the profile belongs to.
@@ -519,10 +519,9 @@ def _tabular_columns(profile: ReferenceProfile, current: pd.DataFrame,
         ref_counts = np.bincount(ref_codes[ref_codes >= 0], minlength=len(cats) + 1)
         cur_counts = np.bincount(codes[codes >= 0], minlength=len(cats) + 1)
         # Rare categories (and unseen ones) share one bucket: the chi-squared approximation
-        # needs expected counts of ~5 in both samples, hence the smaller sample's size.
+        # needs expected counts (column total share x sample rows) of ~5 in both samples.
         n_small = min(int(ref_counts.sum()), int(cur_counts.sum()))
-        buckets = pool_rare_categories(profile.categorical_shares[name], n_small,
-                                       config.min_expected)
+        buckets = pool_rare_categories(ref_counts + cur_counts, n_small, config.min_expected)
         kept = int(buckets.max())
         cols.append(_Column(
             name, "categorical", TestInput("chi2", pool(ref_counts, buckets),

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from driftloop.config import DriftConfig, config_from_dict
+from driftloop.detectors import TestInput, chi2_pooled, corrected_thresholds, run_tests
 from driftloop.drift import (
     PROFILE_JSON,
     PROFILE_NPZ,
@@ -428,3 +429,33 @@ def test_chi2_false_alarms_on_many_rare_categories_stay_near_nominal():
         report = detect_drift(prof, cur, ONE_CATEGORICAL, config, now=NOW)
         alarms += report.features[0].p_value < report.features[0].threshold
     assert alarms <= 10
+
+
+# --- the tests themselves ----------------------------------------------------------------
+
+
+def test_ks_uses_the_exact_p_value_for_small_samples():
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(40)
+    a, b = rng.normal(size=150), rng.normal(0.2, 1.0, size=120)
+    res = run_tests([TestInput("ks", a, b)], p_value=0.05, correction="bonferroni")
+    exact = ks_2samp(a, b, method="exact")
+    assert res.p_values[0] == pytest.approx(exact.pvalue, rel=1e-9)
+    assert res.p_values[0] != pytest.approx(ks_2samp(a, b, method="asymp").pvalue, rel=1e-3)
+    assert res.detector == "ks_2samp" and res.statistics[0] == pytest.approx(exact.statistic)
+
+
+def test_benjamini_hochberg_thresholds():
+    p = np.array([0.001, 0.04, 0.03, 0.5])
+    # sorted 0.001 0.03 0.04 0.5 vs cut-offs 0.0125 0.025 0.0375 0.05: largest rank below is 1
+    assert corrected_thresholds(p, 0.05, "fdr") == pytest.approx([0.0125] * 4)
+    p = np.array([0.2, 0.9, 0.06])
+    assert corrected_thresholds(p, 0.05, "fdr") == pytest.approx([0.05 * 2 / 3, 0.05, 0.05 / 3])
+    assert corrected_thresholds(p, 0.05, "bonferroni") == pytest.approx([0.05 / 3] * 3)
+
+
+def test_chi2_on_pooled_counts_drops_empty_buckets():
+    stat, p = chi2_pooled(np.array([50, 30, 20, 0]), np.array([20, 30, 50, 0]))
+    assert p < 1e-5 and stat > 20
+    assert chi2_pooled(np.array([10, 0]), np.array([7, 0])) == (0.0, 1.0)  # one bucket left
