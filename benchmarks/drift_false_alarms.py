@@ -201,7 +201,8 @@ def run_cell(kind: Kind, kind_index: int, n: int, reps: int, seed: int, config: 
     cell = Cell(kind.name, n)
     schema = kind.schema
     t0 = time.perf_counter()
-    eff0, eff1 = [], []
+    eff0: list[float] = []
+    eff1: list[float] = []
     for rep in range(reps):
         rng = np.random.default_rng([seed, kind_index, n, rep])
         reference = pd.DataFrame({"x": kind.draw(rng, n, 0.0)})
@@ -215,14 +216,14 @@ def run_cell(kind: Kind, kind_index: int, n: int, reps: int, seed: int, config: 
             if scenario == "stationary":
                 cell.alarms += new
                 cell.alarms_old += old
-                eff0.append(effect)
+                eff0.append(np.nan if effect is None else effect)
             elif scenario == "tiny":
                 cell.tiny += new
                 cell.tiny_old += old
             else:
                 cell.hits += new
                 cell.hits_old += old
-                eff1.append(effect)
+                eff1.append(np.nan if effect is None else effect)
         cell.reps += 1
     cell.effect_stationary = float(np.median(eff0))
     cell.effect_shift = float(np.median(eff1))
