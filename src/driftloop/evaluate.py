@@ -358,6 +358,15 @@ def _label_replicates(
     g = groups if groups is not None else np.zeros(n, dtype=np.int64)
     width = max(n_groups, 1)
     cell_a, cell_b = (g * k + t) * k + ca, (g * k + t) * k + cb
+    # Rows with the same (slice, truth, champion, challenger) are interchangeable: count
+    # each resample's rows per such category, then both models' confusions from the counts.
+    joint, cat = np.unique(cell_a * (k * k * width) + cell_b, return_inverse=True)
+    cat = cat.ravel()
+    n_cat, cells = joint.size, width * k * k
+    to_a = np.zeros((n_cat, cells))
+    to_a[np.arange(n_cat), joint // cells] = 1
+    to_b = np.zeros((n_cat, cells))
+    to_b[np.arange(n_cat), joint % cells] = 1
     rng = np.random.default_rng(seed)
     overall = np.empty(resamples)
     n_cols = n_groups if groups is not None else (0 if class_idx is None else class_idx.size)
@@ -366,11 +375,11 @@ def _label_replicates(
     for start in range(0, resamples, chunk):
         r = min(chunk, resamples - start)
         idx = rng.integers(0, n, size=(r, n))
-        offset = np.arange(r)[:, None] * (width * k * k)
-        size = r * width * k * k
-        conf_a = np.bincount((cell_a[idx] + offset).ravel(), minlength=size)
-        conf_b = np.bincount((cell_b[idx] + offset).ravel(), minlength=size)
-        conf_a, conf_b = conf_a.reshape(r, width, k, k), conf_b.reshape(r, width, k, k)
+        offset = np.arange(r)[:, None] * n_cat
+        counts = np.bincount((cat[idx] + offset).ravel(), minlength=r * n_cat)
+        counts = counts.reshape(r, n_cat).astype(float)
+        conf_a = (counts @ to_a).reshape(r, width, k, k)
+        conf_b = (counts @ to_b).reshape(r, width, k, k)
         all_a, all_b = conf_a.sum(axis=1), conf_b.sum(axis=1)
         rows = slice(start, start + r)
         overall[rows] = (confusion_metrics(all_b, labels=avg)[metric]
