@@ -267,8 +267,9 @@ def strata_counts(records: pd.DataFrame, champion_version: str, canary_version: 
     if rows.empty:
         return empty, empty, empty, empty
     if "timestamp" in rows:
-        seconds = pd.to_datetime(rows["timestamp"], utc=True).astype("int64") / 1e9
-        bucket = np.floor(seconds.to_numpy() / (stratum_hours * 3600.0)).astype(np.int64)
+        since_epoch = pd.to_datetime(rows["timestamp"], utc=True) - pd.Timestamp(0, tz="UTC")
+        hours = (since_epoch / pd.Timedelta(hours=1)).to_numpy(dtype=float)  # any unit
+        bucket = np.floor(hours / stratum_hours).astype(np.int64)
     else:
         bucket = np.zeros(len(rows), dtype=np.int64)
     frame = pd.DataFrame({

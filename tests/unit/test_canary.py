@@ -228,3 +228,16 @@ def test_analysis_json_from_before_the_sequential_rule_still_loads():
         old.pop(key, None)
     loaded = CanaryAnalysis.from_json(json.dumps(old))
     assert loaded.labels_needed is None
+
+
+def test_strata_are_utc_time_buckets_of_stratum_hours_in_any_time_unit():
+    from driftloop.canary import strata_counts
+
+    ts = pd.Series(pd.to_datetime(["2026-03-01T01:00Z", "2026-03-01T23:00Z",
+                                   "2026-03-02T00:30Z"])).astype("datetime64[ms, UTC]")
+    frame = pd.DataFrame({"timestamp": ts, "model_version": ["v1", "v2", "v2"],
+                          "prediction": ["a", "a", "b"], "label": ["a", "a", "a"]})
+    _x1, n1, x2, n2 = strata_counts(frame, "v1", "v2", 24.0)
+    assert (list(n1), list(n2), list(x2)) == ([1, 0], [1, 1], [1, 0])
+    assert len(strata_counts(frame, "v1", "v2", 6.0)[0]) == 3
+    assert len(strata_counts(frame.drop(columns="timestamp"), "v1", "v2", 24.0)[0]) == 1
