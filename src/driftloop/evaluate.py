@@ -332,9 +332,10 @@ def latency_rule(champion_p50_ms: float, challenger_p50_ms: float, ratio: float)
 
 
 def _codes(values: Any, vocab: Sequence[str]) -> np.ndarray:
-    where = {c: k for k, c in enumerate(vocab)}
-    return np.fromiter((where[str(v)] for v in values), dtype=np.int64,
-                       count=len(values))
+    """Positions in ``vocab`` of ``values`` (every value must be in it)."""
+    names = np.asarray(vocab, dtype=str)
+    order = np.argsort(names)
+    return order[np.searchsorted(names[order], np.asarray(values, dtype=str))].astype(np.int64)
 
 
 @dataclass
@@ -350,48 +351,49 @@ def _label_replicates(
 ) -> _Replicates:
     """Label-metric differences on resampled rows, via stacked confusion matrices.
 
-    One index matrix serves both models (paired) and every slice: a slice's replicate
-    is its rows among the resampled ones.
+    A resample draws ``n`` rows with replacement. Rows with the same (slice, truth,
+    champion's prediction, challenger's prediction) are interchangeable, so a resample
+    is fully described by how many rows it draws of each such category: a multinomial
+    draw (the same distribution as drawing row indices, in ``O(categories)`` instead of
+    ``O(n)``). Both models' confusion matrices, overall and per slice, come from the
+    same draw: the resamples are paired. Categories are ordered symmetrically in the
+    two models, so swapping champion and challenger mirrors every difference (exactly,
+    unless two mirrored categories have the same count).
     """
     n = t.size
     n_groups = len(group_avg) if groups is not None else 0
     g = groups if groups is not None else np.zeros(n, dtype=np.int64)
     width = max(n_groups, 1)
+    cells = width * k * k
     cell_a, cell_b = (g * k + t) * k + ca, (g * k + t) * k + cb
-    # Rows with the same (slice, truth, champion, challenger) are interchangeable: count
-    # each resample's rows per such category, then both models' confusions from the counts.
-    joint, cat = np.unique(cell_a * (k * k * width) + cell_b, return_inverse=True)
-    cat = cat.ravel()
-    n_cat, cells = joint.size, width * k * k
+    joint, freq = np.unique(cell_a * cells + cell_b, return_counts=True)
+    ja, jb = joint // cells, joint % cells
+    xa, xb = ja % k, jb % k
+    order = np.lexsort((xa > xb, freq, np.maximum(xa, xb), np.minimum(xa, xb), ja // k))
+    ja, jb, freq = ja[order], jb[order], freq[order]
+    n_cat = freq.size
     to_a = np.zeros((n_cat, cells))
-    to_a[np.arange(n_cat), joint // cells] = 1
+    to_a[np.arange(n_cat), ja] = 1
     to_b = np.zeros((n_cat, cells))
-    to_b[np.arange(n_cat), joint % cells] = 1
+    to_b[np.arange(n_cat), jb] = 1
     rng = np.random.default_rng(seed)
-    overall = np.empty(resamples)
-    n_cols = n_groups if groups is not None else (0 if class_idx is None else class_idx.size)
-    per = np.empty((resamples, n_cols))
-    chunk = max(1, 2_000_000 // n)  # bounds the (chunk x n) index matrix in memory
-    for start in range(0, resamples, chunk):
-        r = min(chunk, resamples - start)
-        idx = rng.integers(0, n, size=(r, n))
-        offset = np.arange(r)[:, None] * n_cat
-        counts = np.bincount((cat[idx] + offset).ravel(), minlength=r * n_cat)
-        counts = counts.reshape(r, n_cat).astype(float)
-        conf_a = (counts @ to_a).reshape(r, width, k, k)
-        conf_b = (counts @ to_b).reshape(r, width, k, k)
-        all_a, all_b = conf_a.sum(axis=1), conf_b.sum(axis=1)
-        rows = slice(start, start + r)
-        overall[rows] = (confusion_metrics(all_b, labels=avg)[metric]
-                         - confusion_metrics(all_a, labels=avg)[metric])
-        if groups is not None:
-            for s, labels in enumerate(group_avg):
-                per[rows, s] = (confusion_metrics(conf_b[:, s], labels=labels)[metric]
-                                - confusion_metrics(conf_a[:, s], labels=labels)[metric])
-        elif class_idx is not None:
-            key = _CLASS_METRIC[metric]
-            per[rows] = (confusion_class_metrics(all_b)[key][:, class_idx]
-                         - confusion_class_metrics(all_a)[key][:, class_idx])
+    counts = rng.multinomial(n, freq / n, size=resamples).astype(float)
+    conf_a = (counts @ to_a).reshape(resamples, width, k, k)
+    conf_b = (counts @ to_b).reshape(resamples, width, k, k)
+    all_a, all_b = conf_a.sum(axis=1), conf_b.sum(axis=1)
+    overall = (confusion_metrics(all_b, labels=avg)[metric]
+               - confusion_metrics(all_a, labels=avg)[metric])
+    if groups is not None:
+        per = np.empty((resamples, n_groups))
+        for s, labels in enumerate(group_avg):
+            per[:, s] = (confusion_metrics(conf_b[:, s], labels=labels)[metric]
+                         - confusion_metrics(conf_a[:, s], labels=labels)[metric])
+    elif class_idx is not None:
+        key = _CLASS_METRIC[metric]
+        per = (confusion_class_metrics(all_b)[key][:, class_idx]
+               - confusion_class_metrics(all_a)[key][:, class_idx])
+    else:
+        per = np.empty((resamples, 0))
     return _Replicates(overall, per)
 
 
