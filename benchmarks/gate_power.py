@@ -266,6 +266,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     slice_counts = sorted({r["slices"] for r in rows})
     fig, axes = plt.subplots(2, len(slice_counts), figsize=(5 * len(slice_counts), 7),
@@ -289,10 +290,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.axhline(TARGET_FALSE if key == "promote" else TARGET_POWER, color="grey",
                        lw=0.8, ls=":")
             ax.set_xscale("log")
+            sizes = sorted({r["rows"] for r in rows})
+            ax.set_xticks(sizes, [f"{v:,}" for v in sizes])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_title(f"{title}, {s} slices", fontsize=10)
             ax.set_xlabel("eval rows")
             ax.set_ylim(-0.02, 1.02)
-    axes[0][0].legend(fontsize=7, ncol=2)
+    axes[1][0].legend(fontsize=7, ncol=2, loc="center right")
     fig.suptitle("Promotion gate: new rules (solid) vs old (dashed)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -320,7 +324,17 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="bootstrap resamples per gate decision (GateConfig default 1000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the PNG from the CSV of a finished run")
     args = parser.parse_args()
+    if args.replot:
+        name = f"{NAME}_quick" if args.quick else NAME
+        with (RESULTS / f"{name}.csv").open() as fh:
+            saved = [{k: (float(v) if k.startswith(("new_", "old_")) else
+                          int(v) if k in ("rows", "slices") else v) for k, v in r.items()}
+                     for r in csv.DictReader(fh)]
+        plot(saved, RESULTS / f"{name}.png")
+        return
     reps = 60 if args.quick else args.reps
     config = GateConfig(bootstrap=300 if args.quick else args.bootstrap)
     name = f"{NAME}_quick" if args.quick else NAME
