@@ -382,8 +382,9 @@ def quality_decision(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndar
                                f"labels) and not clearly worse: a canary worse by {tol:g} "
                                f"would have been caught with {config.power:.0%} power", True)
     return QualityDecision(HOLD, current_percent, est.diff, low, high, needed,
-                           f"{text}; inconclusive: the sequence straddles -{tol:g} and 0, "
-                           f"about {needed} canary labels decide (has {have2})", True)
+                           f"{text}; inconclusive: lower bound <= -{tol:g} and upper bound >= "
+                           f"0, about {needed} canary labels decide at this traffic split "
+                           f"(has {have2})", True)
 
 
 def _error_rule(champ: LiveStats, canary: LiveStats, config: CanaryConfig) -> CanaryRule | None:
