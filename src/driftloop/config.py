@@ -238,7 +238,7 @@ class CanaryConfig:
         min_labelled: Labelled responses each version needs before any quality verdict
             (the normal approximation behind the CS), and what the canary needs to leave a
             step before the last when it is not credibly worse (a screen for gross
-            failures: at 100 canary labels the CS half-width is ~0.15).
+            failures: at 100 canary labels the CS half-width is ~0.1).
         tolerance: The canary may be at most this much less accurate (absolute) and still
             advance; it also sets the label budget (:attr:`labels_needed` of an analysis).
         z: Unused since the sequential rule (kept so old configs still load).
