@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -516,7 +517,8 @@ def _slice_rule(
 ) -> tuple[RuleResult, list[SliceCheck]]:
     tol = config.slice_tolerance
     n_min = min_judged_slice_size(config)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN slice: not judged
         se = (np.nanstd(reps, axis=0, ddof=1) if reps.shape[0] > 1 and reps.shape[1]
               else np.full(len(keys), np.nan))
     judged = [i for i in range(len(keys))
