@@ -1,10 +1,35 @@
 """Judge a canary on live traffic: advance, hold or roll back, with the numbers behind it.
 
-Inputs are the logged responses (records with ``model_version`` and ``prediction``, joined
-with feedback labels by ingest). The live quality metric is accuracy on labelled responses:
-a proportion, so the confidence interval of the canary-minus-champion difference is the
-normal approximation ``diff ± z·se``. Error rate and p95 latency are judged when the records
-carry ``error`` / ``latency_ms`` columns, and reported as not measured otherwise.
+Inputs are the logged responses (records with ``timestamp``, ``model_version``,
+``prediction``, joined with feedback labels by ingest) and, optionally, per-version request,
+error and latency counts from the serving side (:class:`ServingStats`, e.g. Prometheus).
+
+Quality is accuracy on labelled responses, compared **within the same time buckets**
+(``CanaryConfig.stratum_hours``, calendar days by default): the canary serves 10% one day
+and 50% later, so pooling every response would compare the canary's mostly-late traffic
+with the champion's mostly-early traffic (Simpson's paradox). The per-bucket differences
+are combined as a Mantel-Haenszel risk difference and judged with an anytime-valid
+confidence sequence (:mod:`driftloop.sequential`): every run re-checks the cumulative data
+and the error rate stays ``alpha``.
+
+The quality rule (:func:`quality_decision`), with ``[low, high]`` the CS of canary minus
+champion accuracy, ``tol`` the tolerance and the label budget the information at which a
+canary worse by ``tol`` has its upper bound below 0 with probability ``power``:
+
+1. fewer than ``min_labelled`` labels on either version: **hold**;
+2. ``high < 0`` (credibly worse than the champion at all): **rollback**;
+3. ``low > +tol`` and ``skip_steps``: **advance to 100** (overwhelming evidence);
+4. ``low > -tol`` (credibly not worse by more than the tolerance): **advance**;
+5. a step before the last (not credibly worse, ``min_labelled`` labels): **advance** (the
+   early steps screen for gross failures, the last step decides);
+6. label budget spent, still not credibly worse: **advance** (completes: an inconclusive
+   canary at the end of its budget is not worse by ``tol`` with probability ``power``);
+7. otherwise **hold** (``labels_needed`` says how many canary labels the budget takes).
+
+Error rate: with ``min_requests`` on both versions, rollback when the CS lower bound of the
+error-rate increase exceeds ``max_error_rate_increase`` (a missing ``error`` value is not an
+error). Latency: with ``min_requests`` on both, rollback when the canary's p95 exceeds
+``latency_ratio`` times the champion's.
 """
 
 from __future__ import annotations
@@ -17,9 +42,34 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import CanaryConfig
+from driftloop.sequential import (
+    StratifiedDifference,
+    confidence_sequence,
+    planned_information,
+    stratified_difference,
+)
 from driftloop.serde import JsonResult
 
 ADVANCE, HOLD, ROLLBACK = "advance", "hold", "rollback"
+#: ``CanaryAnalysis.method`` of the stratified, anytime-valid rule.
+METHOD = "mantel-haenszel risk difference, normal-mixture confidence sequence"
+#: Accuracy assumed for ``labels_needed`` before anything can be measured.
+PLANNING_ACCURACY = 0.9
+
+
+@dataclass
+class ServingStats:
+    """One model version's serving counts from outside the logged records (e.g. Prometheus).
+
+    Attributes:
+        requests: Requests served over the analysed window.
+        errors: Of those, how many failed.
+        latency_p95_ms: p95 latency in milliseconds (None: not measured).
+    """
+
+    requests: int
+    errors: int
+    latency_p95_ms: float | None = None
 
 
 @dataclass
@@ -32,6 +82,7 @@ class LiveStats:
     accuracy: float | None
     error_rate: float | None
     latency_p95_ms: float | None
+    errors: int | None = None
 
 
 @dataclass
@@ -47,7 +98,26 @@ class CanaryRule:
 
 @dataclass
 class CanaryAnalysis(JsonResult):
-    """The decision on a canary at its current traffic step."""
+    """The decision on a canary at its current traffic step.
+
+    Attributes:
+        decision: ``advance``, ``hold`` or ``rollback``.
+        current_percent: The canary's traffic share when analysed.
+        next_percent: Its share after the decision (100 completes, 0 is a rollback; an
+            overwhelming result may skip steps).
+        champion: The champion's live numbers.
+        canary: The canary's live numbers.
+        reasons: Why, in words.
+        rules: Every rule with its measurement and threshold.
+        diff: Stratified canary-minus-champion accuracy (None: not judged).
+        ci_low: Lower bound of its confidence sequence.
+        ci_high: Upper bound of its confidence sequence.
+        analysed_at: When (ISO-8601 UTC).
+        labels_needed: Canary labels at which the label budget is spent and the canary is
+            decided for sure (at the current traffic split; None in analyses from before
+            the sequential rule).
+        method: How quality was judged ("" in analyses from before the sequential rule).
+    """
 
     decision: str
     current_percent: int
@@ -60,6 +130,8 @@ class CanaryAnalysis(JsonResult):
     ci_low: float | None = None
     ci_high: float | None = None
     analysed_at: str = ""
+    labels_needed: int | None = None
+    method: str = ""
 
     @property
     def completes(self) -> bool:
@@ -71,6 +143,9 @@ class CanaryAnalysis(JsonResult):
         lines = [f"### Canary analysis: **{self.decision}** "
                  f"({self.current_percent}% → {self.next_percent}%)", ""]
         lines += [f"- {r}" for r in self.reasons]
+        if self.labels_needed is not None:
+            lines.append(f"- label budget: {self.labels_needed} labelled canary responses "
+                         f"(has {self.canary.labelled}); {self.method}")
         lines += ["", "| version | role | requests | labelled | accuracy | error rate | p95 ms |",
                   "|---|---|---|---|---|---|---|"]
         for role, s in (("champion", self.champion), ("canary", self.canary)):
@@ -106,23 +181,59 @@ def since_canary_started(records: pd.DataFrame, canary_version: str) -> pd.DataF
     return records.loc[ts >= served.min()].reset_index(drop=True)
 
 
-def live_stats(records: pd.DataFrame, version: str) -> LiveStats:
-    """Requests, labelled accuracy, error rate and p95 latency of one version."""
+def _errors(rows: pd.DataFrame) -> int | None:
+    """Failed requests among ``rows``: a missing ``error`` value (NaN/None) is no error."""
+    if "error" not in rows:
+        return None
+    col = rows["error"]
+    known = col[col.notna()]
+    if known.empty:
+        return 0
+    if known.dtype == object:
+        known = known.map(lambda v: str(v).strip().lower() not in ("", "0", "false", "no")
+                          if isinstance(v, str) else bool(v))
+    return int(known.astype(bool).sum())
+
+
+def live_stats(records: pd.DataFrame, version: str,
+               serving: ServingStats | None = None) -> LiveStats:
+    """Requests, labelled accuracy, error rate and p95 latency of one version.
+
+    Args:
+        records: The logged responses (joined labels; optional ``error``, ``latency_ms``).
+        version: The model version.
+        serving: Counts from the serving side; when given they replace the records'
+            request count, error rate and p95 latency (accuracy always comes from records).
+
+    Returns:
+        The version's live numbers.
+    """
     missing = [c for c in ("model_version", "prediction", "label") if c not in records]
     if missing:  # e.g. batch drops that were never served: no live numbers for anyone
+        rows = records.iloc[0:0]
+        labelled = rows
+        accuracy = None
+    else:
+        rows = records.loc[records["model_version"].astype(str) == version]
+        labelled = rows.loc[rows["label"].notna() & rows["prediction"].notna()]
+        accuracy = (
+            float((labelled["prediction"].astype(str) == labelled["label"].astype(str)).mean())
+            if len(labelled) else None
+        )
+    if serving is not None:
+        rate = serving.errors / serving.requests if serving.requests else None
+        return LiveStats(version, int(serving.requests), len(labelled), accuracy, rate,
+                         serving.latency_p95_ms, int(serving.errors))
+    if missing:
         return LiveStats(version, 0, 0, None, None, None)
-    rows = records.loc[records["model_version"].astype(str) == version]
-    labelled = rows.loc[rows["label"].notna() & rows["prediction"].notna()]
-    accuracy = (
-        float((labelled["prediction"].astype(str) == labelled["label"].astype(str)).mean())
-        if len(labelled) else None
-    )
-    error_rate = float(rows["error"].astype(bool).mean()) if "error" in rows and len(rows) else None
+    errors = _errors(rows)
+    error_rate = errors / len(rows) if errors is not None and len(rows) else None
     latency = (
         float(np.percentile(rows["latency_ms"].dropna(), 95))
         if "latency_ms" in rows and rows["latency_ms"].notna().any() else None
     )
-    return LiveStats(version, len(rows), len(labelled), accuracy, error_rate, latency)
+    return LiveStats(version, len(rows), len(labelled), accuracy, error_rate, latency,
+                     errors if len(rows) else None)
 
 
 def next_step(current: int, steps: tuple[int, ...]) -> int:
@@ -131,30 +242,191 @@ def next_step(current: int, steps: tuple[int, ...]) -> int:
     return later[0] if later else 100
 
 
-def _quality_rule(
-    champ: LiveStats, canary: LiveStats, config: CanaryConfig
-) -> tuple[CanaryRule, str, float | None, float | None, float | None]:
-    assert champ.accuracy is not None and canary.accuracy is not None
-    diff = canary.accuracy - champ.accuracy
-    se = math.sqrt(
-        champ.accuracy * (1 - champ.accuracy) / champ.labelled
-        + canary.accuracy * (1 - canary.accuracy) / canary.labelled
-    )
-    low, high = diff - config.z * se, diff + config.z * se
-    interval = (f"accuracy {canary.accuracy:.3f} (canary, n={canary.labelled}) vs "
-                f"{champ.accuracy:.3f} (champion, n={champ.labelled}): difference {diff:+.3f}, "
-                f"interval [{low:+.3f}, {high:+.3f}]")
-    if high < -config.tolerance:
-        rule = CanaryRule("quality", False, diff, -config.tolerance,
-                          f"{interval}; clearly worse: upper bound < -{config.tolerance:g}")
-        return rule, ROLLBACK, diff, low, high
-    if low >= -config.tolerance:
-        rule = CanaryRule("quality", True, diff, -config.tolerance,
-                          f"{interval}; not worse: lower bound >= -{config.tolerance:g}")
-        return rule, ADVANCE, diff, low, high
-    rule = CanaryRule("quality", False, diff, -config.tolerance,
-                      f"{interval}; inconclusive: the interval straddles -{config.tolerance:g}")
-    return rule, HOLD, diff, low, high
+def strata_counts(records: pd.DataFrame, champion_version: str, canary_version: str,
+                  stratum_hours: float) -> tuple[np.ndarray, ...]:
+    """Correct and labelled responses of champion and canary per time bucket.
+
+    Buckets are ``stratum_hours`` wide from the Unix epoch (UTC; 24 = calendar days);
+    records without a ``timestamp`` column form one bucket.
+
+    Args:
+        records: Logged responses with ``model_version``, ``prediction`` and ``label``.
+        champion_version: Version 1.
+        canary_version: Version 2.
+        stratum_hours: Bucket width in hours.
+
+    Returns:
+        ``(x1, n1, x2, n2)``: per-bucket correct and labelled counts of champion and canary.
+    """
+    empty = np.zeros(0)
+    if any(c not in records for c in ("model_version", "prediction", "label")):
+        return empty, empty, empty, empty
+    rows = records.loc[records["label"].notna() & records["prediction"].notna()]
+    version = rows["model_version"].astype(str)
+    rows = rows.loc[version.isin([champion_version, canary_version])]
+    if rows.empty:
+        return empty, empty, empty, empty
+    if "timestamp" in rows:
+        since_epoch = pd.to_datetime(rows["timestamp"], utc=True) - pd.Timestamp(0, tz="UTC")
+        hours = (since_epoch / pd.Timedelta(hours=1)).to_numpy(dtype=float)  # any unit
+        bucket = np.floor(hours / stratum_hours).astype(np.int64)
+    else:
+        bucket = np.zeros(len(rows), dtype=np.int64)
+    frame = pd.DataFrame({
+        "bucket": bucket,
+        "canary": (rows["model_version"].astype(str) == canary_version).to_numpy(),
+        "correct": (rows["prediction"].astype(str) == rows["label"].astype(str)).to_numpy(),
+    })
+    table = frame.groupby(["bucket", "canary"])["correct"].agg(["sum", "count"]).unstack(
+        "canary", fill_value=0)
+    def col(stat: str, flag: bool) -> np.ndarray:
+        key = (stat, flag)
+        return table[key].to_numpy(dtype=float) if key in table else np.zeros(len(table))
+    return col("sum", False), col("count", False), col("sum", True), col("count", True)
+
+
+@dataclass(frozen=True)
+class QualityDecision:
+    """The quality rule's outcome (:func:`quality_decision`).
+
+    Attributes:
+        decision: ``advance``, ``hold`` or ``rollback``.
+        next_percent: The traffic share after it.
+        diff: Stratified canary-minus-champion accuracy (nan: not judged).
+        low: CS lower bound (nan: not judged).
+        high: CS upper bound (nan: not judged).
+        labels_needed: Canary labels at which the label budget is spent.
+        detail: In words, with the numbers.
+        judged: Whether the CS was computed (False: too few labels).
+    """
+
+    decision: str
+    next_percent: int
+    diff: float
+    low: float
+    high: float
+    labels_needed: int
+    detail: str
+    judged: bool
+
+
+def label_budget(config: CanaryConfig) -> float:
+    """The planned information (1 / variance of the difference) of a canary's budget.
+
+    A canary worse by ``tolerance`` has its CS upper bound below 0 with probability
+    ``power`` at this information (:func:`driftloop.sequential.planned_information`).
+    """
+    return planned_information(config.tolerance, config.alpha, config.power)
+
+
+def _labels_needed(est: StratifiedDifference, planned: float, current_percent: int) -> int:
+    if est.information > 0 and est.n2 > 0:
+        return math.ceil(est.n2 * planned / est.information)
+    share = min(max(current_percent, 1), 99) / 100.0
+    pq = PLANNING_ACCURACY * (1 - PLANNING_ACCURACY)
+    return math.ceil(planned * pq / (1.0 - share))  # n2 with n1 = n2 (1 - share) / share
+
+
+def quality_decision(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray, *,
+                     current_percent: int, config: CanaryConfig) -> QualityDecision:
+    """The quality rule on per-stratum counts (the numpy core of :func:`analyse_canary`).
+
+    See the module docstring for the rule. ``x*``/``n*`` are correct and labelled
+    responses per time bucket of the champion (1) and the canary (2).
+
+    Args:
+        x1: Champion's correct responses per stratum.
+        n1: Champion's labelled responses per stratum.
+        x2: Canary's correct responses per stratum.
+        n2: Canary's labelled responses per stratum.
+        current_percent: The canary's current traffic share.
+        config: Steps and thresholds.
+
+    Returns:
+        The decision with the numbers behind it.
+    """
+    tol = config.tolerance
+    planned = label_budget(config)
+    est = stratified_difference(x1, n1, x2, n2)
+    needed = _labels_needed(est, planned, current_percent)
+    have1, have2 = int(np.sum(n1)), int(np.sum(n2))
+    nxt = next_step(current_percent, config.steps)
+    nan = math.nan
+    if min(have1, have2) < config.min_labelled or est.strata == 0:
+        return QualityDecision(HOLD, current_percent, nan, nan, nan, needed,
+                               f"labelled responses: canary {have2}, champion {have1} (each "
+                               f"needs >= {config.min_labelled}, in the same periods)", False)
+    low, high = confidence_sequence(est, config.alpha, planned)
+    text = (f"stratified accuracy difference {est.diff:+.3f} over {est.strata} period(s) "
+            f"(canary n={est.n2}, champion n={est.n1}), {1 - config.alpha:.0%} confidence "
+            f"sequence [{low:+.3f}, {high:+.3f}]")
+    spent = est.information >= planned
+    if high < 0:
+        return QualityDecision(ROLLBACK, 0, est.diff, low, high, needed,
+                               f"{text}; clearly worse: upper bound < 0", True)
+    if config.skip_steps and low > tol:
+        return QualityDecision(ADVANCE, 100, est.diff, low, high, needed,
+                               f"{text}; clearly better: lower bound > +{tol:g}, straight to "
+                               "100%", True)
+    if low > -tol:
+        return QualityDecision(ADVANCE, nxt, est.diff, low, high, needed,
+                               f"{text}; not worse: lower bound > -{tol:g}", True)
+    if nxt < 100:
+        return QualityDecision(ADVANCE, nxt, est.diff, low, high, needed,
+                               f"{text}; not clearly worse after {have2} canary labels "
+                               f"(>= {config.min_labelled}): next step, the last step "
+                               "decides", True)
+    if spent:
+        return QualityDecision(ADVANCE, nxt, est.diff, low, high, needed,
+                               f"{text}; label budget spent ({have2} >= {needed} canary "
+                               f"labels) and not clearly worse: a canary worse by {tol:g} "
+                               f"would have been caught with {config.power:.0%} power", True)
+    return QualityDecision(HOLD, current_percent, est.diff, low, high, needed,
+                           f"{text}; inconclusive: lower bound <= -{tol:g} and upper bound >= "
+                           f"0, about {needed} canary labels decide at this traffic split "
+                           f"(has {have2})", True)
+
+
+def _error_rule(champ: LiveStats, canary: LiveStats, config: CanaryConfig) -> CanaryRule | None:
+    if champ.errors is None or canary.errors is None or champ.error_rate is None \
+            or canary.error_rate is None:
+        return None
+    rise = canary.error_rate - champ.error_rate
+    limit = config.max_error_rate_increase
+    rates = (f"error rate {canary.error_rate:.3%} (canary, {canary.requests} requests) vs "
+             f"{champ.error_rate:.3%} (champion, {champ.requests}): increase {rise:+.3%}")
+    if min(champ.requests, canary.requests) < config.min_requests:
+        return CanaryRule("error_rate", True, rise, limit,
+                          f"{rates}; too few requests for a verdict (each needs >= "
+                          f"{config.min_requests})")
+    # "success" = error: the CS of the error-rate increase, canary minus champion
+    est = stratified_difference([champ.errors], [champ.requests], [canary.errors],
+                                [canary.requests])
+    planned = planned_information(max(limit, 1e-3), config.alpha, config.power)
+    low, high = confidence_sequence(est, config.alpha, planned)
+    ok = not low > limit
+    verdict = (f"clearly above the allowed +{limit:.3%}" if not ok
+               else f"not clearly above the allowed +{limit:.3%}")
+    return CanaryRule("error_rate", ok, rise, limit,
+                      f"{rates}, sequence [{low:+.3%}, {high:+.3%}]: {verdict}")
+
+
+def _latency_rule(champ: LiveStats, canary: LiveStats,
+                  config: CanaryConfig) -> CanaryRule | None:
+    if champ.latency_p95_ms is None or canary.latency_p95_ms is None:
+        return None
+    limit = champ.latency_p95_ms * config.latency_ratio
+    text = f"p95 {canary.latency_p95_ms:.2f} ms vs allowed {limit:.2f} ms"
+    if min(champ.requests, canary.requests) < config.min_requests:
+        return CanaryRule("latency", True, canary.latency_p95_ms, limit,
+                          f"{text}; too few requests for a verdict (each needs >= "
+                          f"{config.min_requests})")
+    ok = canary.latency_p95_ms <= limit
+    return CanaryRule("latency", ok, canary.latency_p95_ms, limit, text)
+
+
+def _none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def analyse_canary(
@@ -165,60 +437,58 @@ def analyse_canary(
     current_percent: int,
     config: CanaryConfig,
     now: dt.datetime | None = None,
+    serving: dict[str, ServingStats] | None = None,
 ) -> CanaryAnalysis:
-    """Decide whether the canary advances to the next step, holds, or is rolled back.
+    """Decide whether the canary advances (maybe several steps), holds, or is rolled back.
 
     Args:
-        records: Logged responses with ``model_version``, ``prediction`` and ``label``
-            (labels joined by ingest); optional ``error`` (bool) and ``latency_ms``.
+        records: Logged responses with ``timestamp``, ``model_version``, ``prediction``
+            and ``label`` (labels joined by ingest); optional ``error`` (bool; missing
+            values are no error) and ``latency_ms``.
         champion_version: The stable version serving the rest of the traffic.
         canary_version: The version under test.
         current_percent: The canary's current canaryTrafficPercent.
         config: Steps and thresholds.
         now: Time stamp of the analysis (default: now, UTC).
+        serving: Per-version request, error and p95 latency counts from the serving side
+            (e.g. Prometheus); a version found here uses them instead of the records'
+            ``error`` / ``latency_ms`` columns.
 
     Returns:
-        ``rollback`` when the canary is clearly worse on quality, error rate or latency;
-        ``hold`` while either version has fewer than ``min_labelled`` labelled responses or
-        the quality interval is inconclusive; ``advance`` otherwise (to the next step; the
-        step to 100 completes the rollout).
+        ``rollback`` when the canary is clearly worse on quality (CS upper bound < 0),
+        error rate or latency; otherwise the quality rule of :func:`quality_decision`.
     """
     stamp = (now or dt.datetime.now(dt.UTC)).isoformat()
-    champ, canary = live_stats(records, champion_version), live_stats(records, canary_version)
+    serving = serving or {}
+    champ = live_stats(records, champion_version, serving.get(champion_version))
+    canary = live_stats(records, canary_version, serving.get(canary_version))
     rules: list[CanaryRule] = []
     hard_fail: list[str] = []
-    if champ.error_rate is not None and canary.error_rate is not None:
-        rise = canary.error_rate - champ.error_rate
-        ok = rise <= config.max_error_rate_increase
-        rules.append(CanaryRule("error_rate", ok, rise, config.max_error_rate_increase,
-                                f"error rate {canary.error_rate:.3%} vs {champ.error_rate:.3%}: "
-                                f"increase {rise:+.3%}"))
-        if not ok:
-            hard_fail.append(rules[-1].detail)
-    if champ.latency_p95_ms is not None and canary.latency_p95_ms is not None:
-        limit = champ.latency_p95_ms * config.latency_ratio
-        ok = canary.latency_p95_ms <= limit
-        rules.append(CanaryRule("latency", ok, canary.latency_p95_ms, limit,
-                                f"p95 {canary.latency_p95_ms:.2f} ms vs allowed {limit:.2f} ms"))
-        if not ok:
-            hard_fail.append(rules[-1].detail)
-    enough = min(champ.labelled, canary.labelled) >= config.min_labelled
-    rules.append(CanaryRule(
-        "sample_size", enough, float(min(champ.labelled, canary.labelled)),
-        float(config.min_labelled),
-        f"labelled responses: canary {canary.labelled}, champion {champ.labelled} "
-        f"(each needs >= {config.min_labelled})",
-    ))
-    diff = low = high = None
-    if hard_fail:
-        decision, reasons = ROLLBACK, hard_fail
-    elif not enough:
-        decision, reasons = HOLD, [rules[-1].detail + ": too few to judge yet"]
+    for rule in (_error_rule(champ, canary, config), _latency_rule(champ, canary, config)):
+        if rule is not None:
+            rules.append(rule)
+            if not rule.passed:
+                hard_fail.append(rule.detail)
+    x1, n1, x2, n2 = strata_counts(records, champion_version, canary_version,
+                                   config.stratum_hours)
+    quality = quality_decision(x1, n1, x2, n2, current_percent=current_percent, config=config)
+    have = float(min(champ.labelled, canary.labelled))
+    if not quality.judged:
+        rules.append(CanaryRule("sample_size", False, have, float(config.min_labelled),
+                                quality.detail))
     else:
-        rule, decision, diff, low, high = _quality_rule(champ, canary, config)
-        rules.append(rule)
-        reasons = [rule.detail]
-    target = {ADVANCE: next_step(current_percent, config.steps), HOLD: current_percent,
-              ROLLBACK: 0}[decision]
+        rules.append(CanaryRule("sample_size", True, have, float(config.min_labelled),
+                                f"labelled responses: canary {canary.labelled}, champion "
+                                f"{champ.labelled} (each needs >= {config.min_labelled})"))
+        rules.append(CanaryRule("quality", quality.decision != ROLLBACK, _none(quality.diff),
+                                0.0, quality.detail))
+    if hard_fail:
+        decision, target, reasons = ROLLBACK, 0, hard_fail
+    elif not quality.judged:
+        decision, target = HOLD, current_percent
+        reasons = [quality.detail + ": too few to judge yet"]
+    else:
+        decision, target, reasons = quality.decision, quality.next_percent, [quality.detail]
     return CanaryAnalysis(decision, current_percent, target, champ, canary, reasons, rules,
-                          diff, low, high, stamp)
+                          _none(quality.diff), _none(quality.low), _none(quality.high), stamp,
+                          labels_needed=quality.labels_needed, method=METHOD)

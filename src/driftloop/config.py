@@ -29,6 +29,27 @@ class DriftConfig:
         oov_threshold: Out-of-vocabulary rate increase (absolute) that counts as drift for text.
         max_reference_rows: Rows of the reference kept for the stored detector (sampled).
         seed: Seed for sampling the reference.
+        effect_size: Effect size a significant column must also reach to count as drifted:
+            ``psi`` (population stability index), ``ks`` (KS statistic; total variation
+            distance for categorical columns, its categorical counterpart) or ``js``
+            (Jensen-Shannon distance, base 2). Measured over the reference's quantile bins
+            plus a missing-value bin (numeric, model output) or over the categories the
+            chi-squared test compares, rare ones pooled (categorical).
+        effect_threshold: Smallest effect that counts as drift. 0.1 is the classic PSI bound
+            of a "moderate" shift (below 0.1: no meaningful change; 0.2 and up: major). For
+            a small normal mean shift KS ~= 0.4 sqrt(PSI) and JS ~= sqrt(PSI / 5.5), so 0.1 is a
+            comparable bound for ``ks`` (PSI ~0.065) and ``js`` (PSI ~0.055) too. With the
+            default 10 bins a stationary column's estimated PSI is biased upward by about
+            ``9 / n`` per side (0.18 at 100 rows per side), so the bound only bites with
+            large windows: there the test alone fires on shifts too small to matter, and
+            small windows are protected by the test's significance level.
+        feature_thresholds: Per-column ``(name, threshold)`` overrides of
+            ``effect_threshold`` (names as in the report, e.g. ``proba[positive]``). A JSON
+            list of pairs or an object ``{name: threshold}`` is accepted and normalised.
+        min_expected: Categories whose expected count in the smaller of the two samples
+            (share in both samples together x rows) is below this are pooled with those unseen in
+            the reference into one ``other`` bucket before the chi-squared test (its
+            approximation needs expected counts of about 5).
     """
 
     p_value: float = 0.05
@@ -39,6 +60,10 @@ class DriftConfig:
     oov_threshold: float = 0.10
     max_reference_rows: int = 5000
     seed: int = 0
+    effect_size: str = "psi"
+    effect_threshold: float = 0.1
+    feature_thresholds: tuple[tuple[str, float], ...] = ()
+    min_expected: float = 5.0
 
     def __post_init__(self) -> None:
         _check(0 < self.p_value < 1, "drift.p_value", "must be in (0, 1)")
@@ -46,6 +71,32 @@ class DriftConfig:
                "must be bonferroni or fdr")
         _check(self.min_samples >= 1, "drift.min_samples", "must be >= 1")
         _check(self.bins >= 2, "drift.bins", "must be >= 2")
+        _check(self.effect_size in ("psi", "ks", "js"), "drift.effect_size",
+               "must be psi, ks or js")
+        _check(self.effect_threshold >= 0, "drift.effect_threshold", "must be >= 0")
+        _check(self.min_expected >= 0, "drift.min_expected", "must be >= 0")
+        # config_from_dict turns the outer JSON list into a tuple but leaves the pairs lists
+        raw: object = self.feature_thresholds
+        items = list(raw.items()) if isinstance(raw, dict) else list(raw)  # type: ignore[call-overload]
+        pairs: list[tuple[str, float]] = []
+        for item in items:
+            ok = (isinstance(item, list | tuple) and len(item) == 2
+                  and isinstance(item[0], str) and isinstance(item[1], int | float)
+                  and not isinstance(item[1], bool) and item[1] >= 0)
+            _check(ok, "drift.feature_thresholds",
+                   f"each entry must be a [name, threshold >= 0] pair, got {item!r}")
+            pairs.append((item[0], float(item[1])))
+        names = [n for n, _ in pairs]
+        _check(len(set(names)) == len(names), "drift.feature_thresholds",
+               "names must be unique")
+        object.__setattr__(self, "feature_thresholds", tuple(pairs))
+
+    def effect_threshold_for(self, name: str) -> tuple[float, bool]:
+        """The effect threshold of column ``name`` and whether it is a per-column override."""
+        for feature, threshold in self.feature_thresholds:
+            if feature == name:
+                return threshold, True
+        return self.effect_threshold, False
 
 
 @dataclass(frozen=True)
@@ -147,15 +198,26 @@ class GateConfig:
 
     Attributes:
         primary_metric: Metric compared between champion and challenger.
-        auto_threshold: Relative improvement needed to promote without a person (0.05 = 5%).
-        latency_ratio: Challenger p95 latency must be within this multiple of the champion's.
-        slice_tolerance: Largest allowed drop (absolute) of the primary metric on any slice.
-        min_slice_size: Slices with fewer rows are reported but not judged.
+        auto_threshold: Improvement needed to promote without a person, measured under
+            ``improvement_rule`` (0.05 = 5% of the champion's error removed by default).
+        improvement_rule: ``error_reduction`` (default: ``(after - before) / (1 - before)``,
+            the share of the champion's error removed; no ceiling), ``relative``
+            (``(after - before) / before``, the former "5% relative improvement", which a
+            champion above 1 / 1.05 = 0.952 can never meet) or ``absolute``
+            (``after - before``; the interval's lower bound must then exceed it too).
+        latency_ratio: Challenger median per-row CPU time must be within this multiple of
+            the champion's.
+        slice_tolerance: Largest allowed drop (absolute) of the primary metric on any slice;
+            a slice fails only when it is credibly (on a Holm-corrected interval) worse
+            by more than this.
+        min_slice_size: Floor of the rows a slice needs to be judged; the gate also
+            derives a minimum from ``slice_tolerance`` (73 rows for 0.05) and uses the
+            larger. Smaller slices are reported but not judged.
         bootstrap: Paired bootstrap resamples for the confidence interval.
         confidence: Confidence level of the interval.
         seed: Seed of the bootstrap.
         latency_rows: Rows timed one by one per model for the latency rule.
-        latency_repeats: Timed calls per row and model (the fastest counts).
+        latency_repeats: Timed calls per row and model (the fastest CPU time counts).
         eval_days: Both models are judged on held-out labels of records served in this
             many days before the run (and after the champion's training cutoff): after a
             change that is what the challenger must be good at. When that gives fewer than
@@ -164,6 +226,7 @@ class GateConfig:
 
     primary_metric: str = "f1_macro"
     auto_threshold: float = 0.05
+    improvement_rule: str = "error_reduction"
     latency_ratio: float = 1.10
     slice_tolerance: float = 0.05
     min_slice_size: int = 30
@@ -178,6 +241,9 @@ class GateConfig:
         _check(self.primary_metric in PRIMARY_METRICS, "gate.primary_metric",
                f"must be one of {', '.join(PRIMARY_METRICS)}")
         _check(self.auto_threshold >= 0, "gate.auto_threshold", "must be >= 0")
+        _check(self.improvement_rule in ("error_reduction", "relative", "absolute"),
+               "gate.improvement_rule", "must be one of error_reduction, relative, absolute")
+        _check(self.slice_tolerance > 0, "gate.slice_tolerance", "must be > 0")
         _check(self.latency_ratio >= 1, "gate.latency_ratio", "must be >= 1")
         _check(0 < self.confidence < 1, "gate.confidence", "must be in (0, 1)")
         _check(self.bootstrap >= 100, "gate.bootstrap", "must be >= 100")
@@ -188,23 +254,45 @@ class GateConfig:
 class CanaryConfig:
     """The progressive rollout and how a canary is judged on live traffic.
 
-    The live metric is accuracy on labelled responses (a proportion, so its confidence
-    interval needs no resampling).
+    The live metric is accuracy on labelled responses, compared within the same time
+    buckets (``stratum_hours``) as a Mantel-Haenszel risk difference and judged with an
+    anytime-valid confidence sequence (:mod:`driftloop.sequential`), so checking the
+    cumulative data on every run keeps the error rate ``alpha``. The rule
+    (:func:`driftloop.canary.quality_decision`): rollback when the canary is credibly worse
+    (CS upper bound < 0); advance when it is credibly not worse by more than ``tolerance``
+    (CS lower bound > -tolerance), or, at a step before the last, once it has
+    ``min_labelled`` labels and is not credibly worse; complete (advance to 100) also when
+    the label budget (a canary worse by ``tolerance`` is caught with ``power``) is spent and
+    it is still not credibly worse; hold otherwise.
 
     Attributes:
         steps: canaryTrafficPercent steps; the last must be 100 (full rollout).
-        min_labelled: Labelled responses each version needs before the canary is judged.
+        min_labelled: Labelled responses each version needs before any quality verdict
+            (the normal approximation behind the CS), and what the canary needs to leave a
+            step before the last when it is not credibly worse (a screen for gross
+            failures: at 100 canary labels the CS half-width is ~0.1).
         tolerance: The canary may be at most this much less accurate (absolute) and still
-            advance; clearly worse than this rolls it back.
-        z: Two-sided normal quantile of the confidence interval (1.96 = 95%).
-        max_error_rate_increase: Rollback when the canary's error rate exceeds the
-            champion's by more than this (absolute).
+            advance; it also sets the label budget (:attr:`labels_needed` of an analysis).
+        z: Unused since the sequential rule (kept so old configs still load).
+        alpha: Two-sided error level of the confidence sequence over all runs: an equally
+            good canary is rolled back with probability <= alpha (about alpha / 2).
+        power: Probability that a canary worse by ``tolerance`` is rolled back once the
+            label budget is spent (the budget is planned for it).
+        stratum_hours: Width of the time buckets (from the Unix epoch, UTC; 24 = calendar
+            days) within which canary and champion are compared; buckets where only one
+            version served carry no weight.
+        skip_steps: Overwhelming evidence (CS lower bound > +tolerance) goes straight to 100
+            (off by default: every step also checks error rate and latency at its load).
+        min_requests: Requests each version needs before the error-rate and latency rules
+            give a verdict.
+        max_error_rate_increase: Rollback when the canary's error rate credibly exceeds the
+            champion's by more than this (absolute; CS lower bound of the increase).
         latency_ratio: Rollback when the canary's p95 latency exceeds this multiple of the
             champion's.
-        max_holds: Runs in a row a canary may hold at one step (too few labels or an
-            inconclusive interval); the next hold rolls it back, so an undecidable canary
-            does not block retraining for ever (e.g. when the traffic moved on to data
-            neither model knows).
+        max_holds: Runs in a row a canary may hold at one step; the next hold rolls it back
+            (a backstop when labels stop coming, e.g. the traffic moved on to data neither
+            model knows; the label budget ends an inconclusive canary before that when
+            traffic flows). 14 = two weeks of daily runs.
     """
 
     steps: tuple[int, ...] = (10, 50, 100)
@@ -213,7 +301,12 @@ class CanaryConfig:
     z: float = 1.96
     max_error_rate_increase: float = 0.02
     latency_ratio: float = 1.5
-    max_holds: int = 3
+    max_holds: int = 14
+    alpha: float = 0.05
+    power: float = 0.95
+    stratum_hours: float = 24.0
+    skip_steps: bool = False
+    min_requests: int = 500
 
     def __post_init__(self) -> None:
         _check(self.max_holds >= 1, "canary.max_holds", "must be >= 1")
@@ -221,7 +314,11 @@ class CanaryConfig:
         _check(all(0 < a < b for a, b in zip(self.steps, self.steps[1:], strict=False))
                and self.steps[0] > 0, "canary.steps", "must be increasing percentages > 0")
         _check(self.min_labelled >= 1, "canary.min_labelled", "must be >= 1")
-        _check(self.tolerance >= 0, "canary.tolerance", "must be >= 0")
+        _check(self.tolerance > 0, "canary.tolerance", "must be > 0")
+        _check(0 < self.alpha < 1, "canary.alpha", "must be in (0, 1)")
+        _check(0.5 <= self.power < 1, "canary.power", "must be in [0.5, 1)")
+        _check(self.stratum_hours > 0, "canary.stratum_hours", "must be > 0")
+        _check(self.min_requests >= 1, "canary.min_requests", "must be >= 1")
 
 
 PRIMARY_METRICS: tuple[str, ...] = (

@@ -1,4 +1,7 @@
-"""Distribution distances (PSI, Jensen-Shannon) over bins fixed from the reference.
+"""Distribution distances (PSI, Jensen-Shannon, total variation) over bins fixed from the reference.
+
+Also the pooling of rare categories that the chi-squared test and the categorical effect
+size share (:func:`pool_rare_categories`).
 
 Missing values (NaN, None) are not counted in any share: a column's share vector describes
 the distribution of its present values. Empty input gives an all-zero share vector, and a
@@ -93,6 +96,64 @@ def shares_of_codes(codes: np.ndarray, n_categories: int) -> np.ndarray:
     """Shares of ``n_categories`` categories plus ``unseen`` from :func:`category_codes` output."""
     counts = np.bincount(codes[codes >= 0], minlength=n_categories + 1)
     return _normalise(counts.astype(np.float64))
+
+
+def pool_rare_categories(shares: np.ndarray, n_rows: float,
+                         min_expected: float = 5.0) -> np.ndarray:
+    """Map categories to buckets, pooling the rare ones into a final ``other`` bucket.
+
+    A category keeps its own bucket when its expected count ``share * n_rows`` reaches
+    ``min_expected``; the others, and the last entry (the ``unseen`` bucket of
+    :func:`category_shares`), share the final bucket.
+
+    For the chi-squared test of homogeneity pass the reference and current counts summed
+    (the column totals of its table) and the smaller sample's size: the expected count of a
+    cell is ``total share * rows of its sample``, and the test's null distribution is
+    conditional on the column totals, so choosing buckets from them keeps it valid. Choosing
+    them from the reference counts alone would not: categories that happened to be common
+    in a small reference would be kept and look like they shrank.
+
+    Args:
+        shares: Share (or count) per category, the last entry being ``unseen``.
+        n_rows: Rows of the smaller of the two samples compared.
+        min_expected: Smallest expected count of a bucket of its own.
+
+    Returns:
+        Bucket index per entry of ``shares``: ``0..k-1`` for the ``k`` kept categories
+        (in order) and ``k`` for ``other``.
+    """
+    weights = _normalise(np.asarray(shares, dtype=np.float64))
+    keep = weights * n_rows >= min_expected
+    keep[-1:] = False
+    buckets = np.full(weights.size, int(keep.sum()), dtype=np.int64)
+    buckets[keep] = np.arange(int(keep.sum()))
+    return buckets
+
+
+def pool(values: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """Sum ``values`` (counts or shares per category) into :func:`pool_rare_categories` buckets."""
+    b = np.asarray(buckets, dtype=np.int64)
+    return np.bincount(b, weights=np.asarray(values, dtype=np.float64),
+                       minlength=int(b.max()) + 1 if b.size else 0)
+
+
+def total_variation(ref_shares: np.ndarray, cur_shares: np.ndarray) -> float:
+    """Total variation distance ``max over sets of |cur - ref|`` = half the L1 distance.
+
+    The categorical counterpart of the KS statistic (which takes the maximum over half-lines
+    only): both are the largest change in the probability of some event.
+
+    Args:
+        ref_shares: Reference shares per bin.
+        cur_shares: Current shares over the same bins.
+
+    Returns:
+        A value in ``[0, 1]``; NaN when either side has no values.
+    """
+    ref, cur = _pair(ref_shares, cur_shares)
+    if ref is None or cur is None:
+        return float("nan")
+    return float(0.5 * np.abs(cur - ref).sum())
 
 
 def psi(ref_shares: np.ndarray, cur_shares: np.ndarray, eps: float = 1e-4) -> float:

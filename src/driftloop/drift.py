@@ -2,12 +2,18 @@
 
 The profile is built once when a model version is trained and stored beside it; every later
 run only loads it and compares the current window against it. Tests (in
-:mod:`driftloop.detectors`): KS per numeric feature, chi-squared per categorical feature and,
-for text models, KS on the model's predicted probabilities (black-box shift detection) plus an
-out-of-vocabulary rate check. One multiple-testing correction spans all tests of a run.
+:mod:`driftloop.detectors`): KS per numeric feature, chi-squared per categorical feature (rare
+categories pooled into one ``other`` bucket first) and, for text models, KS on the model's
+predicted probabilities (black-box shift detection) plus an out-of-vocabulary rate check. One
+multiple-testing correction spans all tests of a run.
+
+A column counts as drifted only when its test is significant *and* its effect size (PSI, KS or
+JS, :attr:`DriftConfig.effect_size`) reaches the effect threshold: with large windows the tests
+alone flag shifts far too small to be worth a retrain.
 
 Missing values: a missing numeric value enters the KS test as ``+inf`` (so a change in the
-missing rate moves the test) but is left out of PSI/JS; a missing categorical value is its own
+missing rate moves the test) and the effect size as a bin of its own, but is left out of the
+reported PSI/JS (which describe the present values); a missing categorical value is its own
 category ``<missing>``.
 """
 
@@ -25,15 +31,18 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import DriftConfig
-from driftloop.detectors import run_tests
+from driftloop.detectors import TestInput, run_tests
 from driftloop.distance import (
     category_codes,
     category_shares,
     histogram_shares,
     js_distance,
+    pool,
+    pool_rare_categories,
     psi,
     quantile_bin_edges,
     shares_of_codes,
+    total_variation,
 )
 from driftloop.errors import DriftloopError, SchemaError, StoreError
 from driftloop.schema import Schema
@@ -43,6 +52,7 @@ PROFILE_JSON = "drift_profile.json"
 PROFILE_NPZ = "drift_profile.npz"
 PROFILE_FORMAT = 1
 MISSING = "<missing>"
+_EFFECT_NAMES = {"psi": "PSI", "ks": "KS", "js": "JS"}
 _TOKEN = re.compile(r"\w+")
 
 
@@ -72,9 +82,23 @@ class FeatureDrift:
         statistic: KS or chi-squared statistic; for ``oov`` the OOV rate increase.
         p_value: p-value of the test (``None`` for ``oov``).
         threshold: Corrected p-value threshold; for ``oov`` the allowed OOV increase.
-        psi: Population stability index over the reference bins (``None`` if not measurable).
+        psi: Population stability index over the reference bins (numeric: present values
+            only; categorical: every reference category plus ``unseen``), ``None`` if not
+            measurable.
         js: Jensen-Shannon distance over the same bins.
-        drifted: Whether this test is significant after correction.
+        drifted: Whether the column drifted: its test is significant after correction *and*
+            its effect reaches ``effect_threshold`` (for ``oov``: the increase exceeds the
+            threshold).
+        effect: The effect size the decision used (:attr:`DriftReport.effect_size`): over
+            the quantile bins plus a missing-value bin (numeric, model output) or over the
+            buckets the chi-squared test compared (categorical, rare categories pooled).
+            ``None`` for ``oov``, in reports written before effect sizes existed, or when
+            not measurable (then the test alone decides).
+        effect_threshold: The effect threshold of this column (``None`` for ``oov``).
+        significant: Whether the test alone is significant after correction (read as
+            ``drifted`` from reports written before this field existed).
+        pooled: Reference categories pooled into the ``other`` bucket before the
+            chi-squared test (``None`` for other tests).
     """
 
     name: str
@@ -86,6 +110,14 @@ class FeatureDrift:
     psi: float | None
     js: float | None
     drifted: bool
+    effect: float | None = None
+    effect_threshold: float | None = None
+    significant: bool | None = None
+    pooled: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.significant is None:  # older reports: drifted meant significant
+            self.significant = self.drifted
 
 
 @dataclass
@@ -107,6 +139,10 @@ class DriftReport(JsonResult):
         oov_rate_current: OOV rate of the current text (``None`` for tabular).
         psi_threshold: PSI above which a feature's shift is noted in the reasons.
         created_at: ISO timestamp of the run.
+        effect_size: ``psi``, ``ks`` or ``js``: the effect size a significant column had to
+            reach (``""`` in reports written before effect sizes existed).
+        effect_threshold: The default effect threshold (columns may override it, see
+            :attr:`FeatureDrift.effect_threshold`).
     """
 
     status: str
@@ -123,11 +159,18 @@ class DriftReport(JsonResult):
     oov_rate_current: float | None = None
     psi_threshold: float = 0.2
     created_at: str = ""
+    effect_size: str = ""
+    effect_threshold: float | None = None
 
     @property
     def drifted_features(self) -> list[str]:
-        """Names of the features whose test is significant."""
+        """Names of the features that drifted (significant test and large enough effect)."""
         return [f.name for f in self.features if f.drifted]
+
+    @property
+    def significant_features(self) -> list[str]:
+        """Names of the features whose test alone is significant (drifted or not)."""
+        return [f.name for f in self.features if f.significant]
 
     @property
     def max_psi(self) -> float | None:
@@ -141,19 +184,26 @@ class DriftReport(JsonResult):
 
     def to_markdown(self) -> str:
         """Render the decision, a per-feature table and the reasons as Markdown."""
+        effect = f", effect {self.effect_size.upper()} >= {_num(self.effect_threshold)}" \
+            if self.effect_size else ""
         lines = [
             f"### Drift: **{self.status}** (model {self.model_version})",
             "",
             f"{self.n_current} current vs {self.n_reference} reference rows; "
-            f"p={_num(self.p_value)} with {self.correction} correction.",
+            f"p={_num(self.p_value)} with {self.correction} correction{effect}.",
             "",
         ]
         if self.features:
-            lines += ["| feature | kind | test | statistic | p-value | threshold | PSI | JS "
-                      "| drifted |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+            name = {"": "-", "ks": "KS; TV on categories"}.get(
+                self.effect_size, self.effect_size.upper())
+            lines += [f"| feature | kind | test | statistic | p-value | threshold "
+                      f"| effect ({name}) | effect threshold | significant | PSI | JS "
+                      "| drifted |", "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
             lines += [
                 f"| {f.name.replace('|', chr(92) + '|')} | {f.kind} | {f.test} "
                 f"| {_num(f.statistic)} | {_num(f.p_value)} | {_num(f.threshold)} "
+                f"| {_num(f.effect)} | {_num(f.effect_threshold)} "
+                f"| {'yes' if f.significant else 'no'} "
                 f"| {_num(f.psi)} | {_num(f.js)} | {'**yes**' if f.drifted else 'no'} |"
                 for f in self.features
             ]
@@ -170,8 +220,8 @@ class ReferenceProfile:
     """What drift detection needs to know about a model version's reference data.
 
     Built once per model version by :func:`build_reference_profile` and stored beside the
-    model. The alibi-detect detectors are not stored: :func:`detect_drift` rebuilds them from
-    the sampled reference arrays held here, which is cheap (no fitting beyond a copy).
+    model. No detector is stored: :func:`detect_drift` tests the current window against the
+    sampled reference arrays held here (nothing is fitted).
 
     Attributes:
         model_version: Model version the profile belongs to.
@@ -390,67 +440,114 @@ def detect_drift(
         n_current=len(current), min_samples=config.min_samples, p_value=config.p_value,
         correction=config.correction, model_version=profile.model_version,
         psi_threshold=config.psi_threshold, created_at=_now(now),
+        effect_size=config.effect_size, effect_threshold=config.effect_threshold,
     )
     if len(current) < config.min_samples:
         report.reasons.append(f"only {len(current)} current rows, need at least "
                               f"{config.min_samples} (drift.min_samples)")
         return report
     _require_columns(current, schema, "current data")
-    cols = _tabular_columns(profile, current)
+    cols = _tabular_columns(profile, current, config)
     if profile.text:
         cols += _proba_columns(profile, current, schema, model)
-    ref = np.column_stack([c.ref for c in cols])
-    cur = np.column_stack([c.cur for c in cols])
-    cat = [i for i, c in enumerate(cols) if c.kind == "categorical"]
-    res = run_tests(ref, cur, cat, p_value=config.p_value, correction=config.correction)
+    res = run_tests([c.test for c in cols], p_value=config.p_value,
+                    correction=config.correction)
     for i, c in enumerate(cols):
+        effect = _effect(c, res.statistics[i], config.effect_size)
+        threshold, _ = config.effect_threshold_for(c.name)
+        large = effect is None or effect >= threshold  # not measurable: the test decides
         report.features.append(FeatureDrift(
             name=c.name, kind=c.kind, test="ks_proba" if c.proba else res.tests[i],
             statistic=res.statistics[i], p_value=res.p_values[i],
             threshold=res.thresholds[i], psi=_finite(psi(c.ref_shares, c.cur_shares)),
-            js=_finite(js_distance(c.ref_shares, c.cur_shares)), drifted=res.drifted[i],
+            js=_finite(js_distance(c.ref_shares, c.cur_shares)),
+            drifted=res.drifted[i] and large, effect=effect, effect_threshold=threshold,
+            significant=res.drifted[i], pooled=c.pooled,
         ))
     unit = "test" if profile.text else "feature"
     family = f"{config.correction} over {len(cols)} {unit}{'s' if len(cols) > 1 else ''}"
-    report.reasons += _test_reasons(report.features, family)
+    report.reasons += _test_reasons(report.features, family, config)
     if profile.text:
         report.features.append(_oov_feature(report, profile, current, config))
     report.drifted = any(f.drifted for f in report.features)
     report.status = "drift" if report.drifted else "no_drift"
     report.reasons += [
         f"{_label(f)}: PSI {_num(f.psi)} > {_num(config.psi_threshold)} "
-        "(shift noted; the decision rests on the tests)"
-        for f in report.features if f.psi is not None and f.psi > config.psi_threshold
+        "(drift.psi_threshold; shift noted, not drift: that needs a significant test and a "
+        "large enough effect)"
+        for f in report.features
+        if f.psi is not None and f.psi > config.psi_threshold and not f.drifted
     ]
     return report
 
 
 @dataclass
 class _Column:
+    """One tested column: the test's input and the share vectors of the effect size.
+
+    ``ref_shares``/``cur_shares`` give the reported PSI/JS (present values; every category);
+    ``effect_ref``/``effect_cur`` the effect size (with a missing-value bin; pooled buckets).
+    """
+
     name: str
     kind: str
-    ref: np.ndarray
-    cur: np.ndarray
+    test: TestInput
     ref_shares: np.ndarray
     cur_shares: np.ndarray
+    effect_ref: np.ndarray
+    effect_cur: np.ndarray
     proba: bool = False
+    pooled: int | None = None
 
 
-def _tabular_columns(profile: ReferenceProfile, current: pd.DataFrame) -> list[_Column]:
+def _tabular_columns(profile: ReferenceProfile, current: pd.DataFrame,
+                     config: DriftConfig) -> list[_Column]:
     cols = []
     for name in profile.numeric:
         values = _numeric(current[name])
+        sample = profile.numeric_sample[name]
+        ref_shares = profile.numeric_shares[name]
+        cur_shares = histogram_shares(values, profile.bin_edges[name])
         cols.append(_Column(
-            name, "numeric", _nan_high(profile.numeric_sample[name]), _nan_high(values),
-            profile.numeric_shares[name], histogram_shares(values, profile.bin_edges[name])))
+            name, "numeric", TestInput("ks", _nan_high(sample), _nan_high(values)),
+            ref_shares, cur_shares, _with_missing(ref_shares, sample),
+            _with_missing(cur_shares, values)))
     for name in profile.categorical:
         cats = profile.categories[name]
         codes = category_codes(_categorical(current[name]), cats)
+        ref_codes = profile.categorical_sample[name]
+        ref_counts = np.bincount(ref_codes[ref_codes >= 0], minlength=len(cats) + 1)
+        cur_counts = np.bincount(codes[codes >= 0], minlength=len(cats) + 1)
+        # Rare categories (and unseen ones) share one bucket: the chi-squared approximation
+        # needs expected counts (column total share x sample rows) of ~5 in both samples.
+        n_small = min(int(ref_counts.sum()), int(cur_counts.sum()))
+        buckets = pool_rare_categories(ref_counts + cur_counts, n_small, config.min_expected)
+        kept = int(buckets.max())
         cols.append(_Column(
-            name, "categorical", profile.categorical_sample[name].astype(np.float64),
-            codes.astype(np.float64), profile.categorical_shares[name],
-            shares_of_codes(codes, len(cats))))
+            name, "categorical", TestInput("chi2", pool(ref_counts, buckets),
+                                           pool(cur_counts, buckets)),
+            profile.categorical_shares[name], shares_of_codes(codes, len(cats)),
+            pool(profile.categorical_shares[name], buckets),
+            pool(cur_counts / max(cur_counts.sum(), 1), buckets), pooled=len(cats) - kept))
     return cols
+
+
+def _with_missing(shares: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Shares of the present values scaled to all rows, plus a final missing-value bin."""
+    missing = float(np.isnan(values).mean()) if values.size else 0.0
+    return np.append(np.asarray(shares, dtype=np.float64) * (1.0 - missing), missing)
+
+
+def _effect(col: _Column, ks_statistic: float, effect_size: str) -> float | None:
+    if effect_size == "psi":
+        value = psi(col.effect_ref, col.effect_cur)
+    elif effect_size == "js":
+        value = js_distance(col.effect_ref, col.effect_cur)
+    elif col.test.test == "ks":
+        value = ks_statistic
+    else:
+        value = total_variation(col.effect_ref, col.effect_cur)
+    return _finite(value)
 
 
 def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Schema,
@@ -463,12 +560,15 @@ def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Sch
         raise DriftloopError(f"drift detection: model classes {classes} differ from the "
                              f"profile's {profile.classes} (model {profile.model_version})")
     proba = np.asarray(model.predict_proba(current[schema.feature_names]), dtype=np.float64)
-    return [
-        _Column(f"proba[{classes[col]}]", "text", profile.reference_proba[:, col], proba[:, col],
-                shares, histogram_shares(proba[:, col], edges), proba=True)
-        for col, edges, shares in zip(proba_columns(classes), profile.proba_edges,
-                                      profile.proba_shares, strict=True)
-    ]
+    cols = []
+    for col, edges, shares in zip(proba_columns(classes), profile.proba_edges,
+                                  profile.proba_shares, strict=True):
+        cur_shares = histogram_shares(proba[:, col], edges)
+        cols.append(_Column(
+            f"proba[{classes[col]}]", "text",
+            TestInput("ks", profile.reference_proba[:, col], proba[:, col]), shares,
+            cur_shares, shares, cur_shares, proba=True))
+    return cols
 
 
 def _oov_feature(report: DriftReport, profile: ReferenceProfile, current: pd.DataFrame,
@@ -491,14 +591,40 @@ def _label(f: FeatureDrift) -> str:
     return f"model output {f.name}" if f.test == "ks_proba" else f"feature {f.name!r}"
 
 
-def _test_reasons(features: list[FeatureDrift], family: str) -> list[str]:
+def _effect_name(f: FeatureDrift, effect_size: str) -> str:
+    """How the effect of ``f`` is named in the reasons (KS becomes TV on categories)."""
+    if effect_size == "ks" and f.test == "chi2":
+        return "TV"
+    return _EFFECT_NAMES[effect_size]
+
+
+def _test_reasons(features: list[FeatureDrift], family: str,
+                  config: DriftConfig) -> list[str]:
     def test(f: FeatureDrift) -> str:
         return "chi2" if f.test == "chi2" else "KS"
 
-    hits = [f for f in features if f.drifted]
-    if hits:
-        return [f"{_label(f)}: {test(f)} p={_num(f.p_value)} < {_num(f.threshold)} ({family})"
-                for f in hits]
+    def effect(f: FeatureDrift, op: str) -> str:
+        _, override = config.effect_threshold_for(f.name)
+        source = "drift.feature_thresholds" if override else "drift.effect_threshold"
+        pooled = f" over buckets with {f.pooled} rare categories pooled" if f.pooled else ""
+        return (f"{_effect_name(f, config.effect_size)} {_num(f.effect)} {op} "
+                f"{_num(f.effect_threshold)} ({source}){pooled}")
+
+    def p_text(f: FeatureDrift) -> str:
+        return f"{test(f)} p={_num(f.p_value)} < {_num(f.threshold)} ({family})"
+
+    reasons = []
+    for f in features:
+        if f.drifted and f.effect is None:
+            reasons.append(f"{_label(f)}: {p_text(f)}; effect size not measurable, the test "
+                           "decides")
+        elif f.drifted:
+            reasons.append(f"{_label(f)}: {p_text(f)} and {effect(f, '>=')}")
+        elif f.significant:
+            reasons.append(f"{_label(f)}: significant but small: {effect(f, '<')}, "
+                           f"though {p_text(f)}")
+    if any(f.significant for f in features):
+        return reasons
     best = min(features, key=lambda f: (f.p_value if f.p_value is not None else 1.0))
     return [f"no test significant: smallest {test(best)} p={_num(best.p_value)} at "
             f"{_label(best)} >= {_num(best.threshold)} ({family})"]

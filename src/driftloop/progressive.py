@@ -36,6 +36,7 @@ from driftloop.canary import (
     HOLD,
     ROLLBACK,
     CanaryAnalysis,
+    ServingStats,
     analyse_canary,
     since_canary_started,
 )
@@ -321,7 +322,7 @@ def _complete(registry: Registry, backend: RolloutBackend, version: str, *, reas
 def step_canary(
     registry: Registry, backend: RolloutBackend, records: pd.DataFrame, *,
     config: CanaryConfig, notifier: Notifier, run_id: str, model_name: str,
-    now: dt.datetime | None = None,
+    now: dt.datetime | None = None, serving: dict[str, ServingStats] | None = None,
 ) -> RolloutStep | None:
     """Judge the canary in progress on live traffic and act on the decision.
 
@@ -337,6 +338,8 @@ def step_canary(
             that already recorded a step for this canary gets that step back unchanged.
         model_name: The model's name (for events).
         now: Time stamp of the analysis.
+        serving: Per-version request, error and p95 latency counts from the serving side
+            (e.g. Prometheus), passed on to :func:`driftloop.canary.analyse_canary`.
 
     Returns:
         None when no canary is in progress; else the step taken.
@@ -373,7 +376,7 @@ def step_canary(
     analysis = analyse_canary(since_canary_started(records, version),
                               champion_version=aliases.champion,
                               canary_version=version, current_percent=current, config=config,
-                              now=now)
+                              now=now, serving=serving)
     if analysis.decision == ROLLBACK:
         return _rollback(registry, backend, version, reasons=analysis.reasons,
                          notifier=notifier, run_id=run_id, model_name=model_name,

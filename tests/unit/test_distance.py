@@ -8,8 +8,11 @@ from driftloop.distance import (
     category_shares,
     histogram_shares,
     js_distance,
+    pool,
+    pool_rare_categories,
     psi,
     quantile_bin_edges,
+    total_variation,
 )
 
 
@@ -83,3 +86,22 @@ def test_empty_side_is_not_measurable():
     assert math.isnan(js_distance(p, z))
     with pytest.raises(ValueError, match="differ in length"):
         psi(p, np.array([0.5, 0.5]))
+
+
+def test_rare_and_unseen_categories_share_the_other_bucket():
+    shares = np.array([0.6, 0.3, 0.06, 0.04, 0.0])  # last entry: unseen
+    # 100 rows: expected 60, 30, 6, 4 -> the 4 (below 5) joins unseen in "other"
+    buckets = pool_rare_categories(shares, 100)
+    assert buckets.tolist() == [0, 1, 2, 3, 3]
+    assert pool(np.array([60, 30, 6, 4, 7]), buckets).tolist() == [60, 30, 6, 11]
+    assert pool_rare_categories(shares, 10).tolist() == [0, 1, 1, 1, 1]  # only 6 >= 5
+    assert pool_rare_categories(shares, 10, min_expected=0).tolist() == [0, 1, 2, 3, 4]
+    assert pool_rare_categories(shares * 7, 100).tolist() == buckets.tolist()  # normalised
+
+
+def test_total_variation_is_half_the_l1_distance():
+    ref, cur = np.array([0.5, 0.3, 0.2]), np.array([0.3, 0.3, 0.4])
+    assert total_variation(ref, cur) == pytest.approx(0.2)
+    assert total_variation(ref, ref * 5) == pytest.approx(0.0)
+    assert total_variation(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+    assert math.isnan(total_variation(np.zeros(3), ref))

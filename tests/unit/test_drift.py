@@ -1,5 +1,6 @@
 import datetime as dt
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from driftloop.config import DriftConfig
+from driftloop.config import DriftConfig, config_from_dict
+from driftloop.detectors import TestInput, chi2_pooled, corrected_thresholds, run_tests
 from driftloop.drift import (
     PROFILE_JSON,
     PROFILE_NPZ,
@@ -20,7 +22,7 @@ from driftloop.drift import (
     oov_rate,
     tokenize,
 )
-from driftloop.errors import DriftloopError, StoreError
+from driftloop.errors import ConfigError, DriftloopError, StoreError
 from driftloop.schema import schema_from_dict
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
@@ -302,3 +304,158 @@ def test_single_kind_schemas(columns, shift, test):
     assert calm.status == "no_drift" and moved.status == "drift"
     assert moved.features[0].test == test and moved.features[0].threshold == 0.05
     assert "(bonferroni over 1 feature)" in moved.reasons[0]
+
+
+# --- effect size (issue "Retrain only when it pays", defect 3) -------------------------
+
+ONE_NUMERIC = schema_from_dict({"columns": [{"name": "x0", "kind": "numeric"}]})
+BIG = DriftConfig(max_reference_rows=20_000)
+
+
+@pytest.fixture(scope="module")
+def big_profile():
+    return build_reference_profile(records(20_000, 30), ONE_NUMERIC, BIG, model_version="v1")
+
+
+def test_tiny_significant_shift_is_not_drift(big_profile):
+    # 0.08 sd with 20,000 rows per side: KS is significant, PSI ~0.006 is far below 0.1
+    report = detect_drift(big_profile, records(20_000, 31, x0_shift=0.08), ONE_NUMERIC, BIG,
+                          now=NOW)
+    assert report.drifted is False and report.status == "no_drift"
+    x0 = report.features[0]
+    assert x0.p_value < x0.threshold
+    assert x0.significant is True and x0.drifted is False
+    assert x0.effect < 0.02 and x0.effect_threshold == BIG.effect_threshold
+    assert any("significant but small: PSI" in r and "< 0.1" in r for r in report.reasons)
+    assert report.significant_features == ["x0"] and report.drifted_features == []
+
+
+def test_large_shift_is_drift_with_both_measures_in_the_reason(big_profile):
+    report = detect_drift(big_profile, records(20_000, 32, x0_shift=0.5), ONE_NUMERIC, BIG,
+                          now=NOW)
+    x0 = report.features[0]
+    assert report.drifted and x0.significant and x0.drifted
+    assert x0.effect == pytest.approx(0.25, abs=0.05) and x0.effect == pytest.approx(x0.psi)
+    assert re.fullmatch(r"feature 'x0': KS p=\S+ < 0\.05 \(bonferroni over 1 feature\) and "
+                        r"PSI 0\.2\d* >= 0\.1 \(drift\.effect_threshold\)", report.reasons[0])
+
+
+def test_per_feature_threshold_override_from_json_config(big_profile):
+    # JSON lists of lists arrive as a tuple of lists: normalised to a tuple of pairs
+    config = config_from_dict({"drift": {"max_reference_rows": 20_000,
+                                         "feature_thresholds": [["x0", 0.005]]}}).drift
+    assert config.feature_thresholds == (("x0", 0.005),)
+    assert hash(config) == hash(DriftConfig(max_reference_rows=20_000,
+                                            feature_thresholds={"x0": 0.005}))
+    report = detect_drift(big_profile, records(20_000, 31, x0_shift=0.08), ONE_NUMERIC,
+                          config, now=NOW)
+    assert report.drifted_features == ["x0"] and report.features[0].effect_threshold == 0.005
+    assert "(drift.feature_thresholds)" in report.reasons[0]
+    strict = DriftConfig(max_reference_rows=20_000, feature_thresholds=(("x0", 0.5),))
+    moved = detect_drift(big_profile, records(20_000, 32, x0_shift=0.5), ONE_NUMERIC, strict,
+                         now=NOW)
+    assert moved.drifted is False and moved.significant_features == ["x0"]
+    with pytest.raises(ConfigError, match="feature_thresholds"):
+        DriftConfig(feature_thresholds=(("x0", -1.0),))
+    with pytest.raises(ConfigError, match="effect_size"):
+        DriftConfig(effect_size="wasserstein")
+
+
+@pytest.mark.parametrize(("effect_size", "name"), [("ks", "KS"), ("js", "JS")])
+def test_other_effect_sizes(big_profile, effect_size, name):
+    config = DriftConfig(max_reference_rows=20_000, effect_size=effect_size)
+    small = detect_drift(big_profile, records(20_000, 31, x0_shift=0.08), ONE_NUMERIC, config,
+                         now=NOW)
+    large = detect_drift(big_profile, records(20_000, 32, x0_shift=0.5), ONE_NUMERIC, config,
+                         now=NOW)
+    assert small.drifted is False and f"significant but small: {name} " in small.reasons[0]
+    assert large.drifted and f" and {name} " in large.reasons[0]
+    if effect_size == "ks":
+        assert large.features[0].effect == large.features[0].statistic
+
+
+def test_missing_values_count_in_the_effect_size(profile):
+    report = detect_drift(profile, records(400, 6, x1_missing=0.4), TABULAR, CONFIG, now=NOW)
+    x1 = by_name(report)["x1"]
+    assert x1.psi < 0.1 < x1.effect  # present values unchanged; 40% now missing
+
+
+def test_markdown_shows_the_effect_next_to_p(big_profile):
+    report = detect_drift(big_profile, records(20_000, 31, x0_shift=0.08), ONE_NUMERIC, BIG,
+                          now=NOW)
+    md = report.to_markdown()
+    head, _, row = [line for line in md.splitlines() if line.startswith("|")]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    header = [c.strip() for c in head.split("|")[1:-1]]
+    assert header[4:9] == ["p-value", "threshold", "effect (PSI)", "effect threshold",
+                           "significant"]
+    assert cells[6] == f"{report.features[0].effect:.4g}" and cells[7] == "0.1"
+    assert cells[8] == "yes" and cells[-1] == "no"
+    assert "effect PSI >= 0.1" in md
+
+
+def test_report_written_before_effect_sizes_still_loads(profile):
+    report = detect_drift(profile, records(400, 11, x0_shift=1.0), TABULAR, CONFIG, now=NOW)
+    old = json.loads(report.to_json())
+    for key in ("effect_size", "effect_threshold"):
+        del old[key]
+    for f in old["features"]:
+        for key in ("effect", "effect_threshold", "significant", "pooled"):
+            del f[key]
+    again = DriftReport.from_json(json.dumps(old))
+    assert again.drifted_features == ["x0"] and again.significant_features == ["x0"]
+    assert again.features[0].effect is None and again.effect_size == ""
+    assert "effect (-)" in again.to_markdown()
+
+
+# --- chi-squared on many categories (defect 4) -----------------------------------------
+
+ONE_CATEGORICAL = schema_from_dict({"columns": [{"name": "c0", "kind": "categorical"}]})
+
+
+def test_chi2_false_alarms_on_many_rare_categories_stay_near_nominal():
+    # Stationary Zipf data over 3,000 categories: most have expected counts far below 5
+    # in 100 current rows; without pooling the chi-squared test fired ~35% of the time.
+    cats = np.array([f"k{i}" for i in range(3000)], dtype=object)
+    shares = 1.0 / np.arange(1, 3001)
+    shares /= shares.sum()
+    config = DriftConfig(min_samples=50)
+    alarms = 0
+    for rep in range(100):
+        rng = np.random.default_rng(1000 + rep)
+        ref = pd.DataFrame({"c0": cats[rng.choice(3000, size=5000, p=shares)]})
+        cur = pd.DataFrame({"c0": cats[rng.choice(3000, size=100, p=shares)]})
+        prof = build_reference_profile(ref, ONE_CATEGORICAL, config, model_version="z")
+        report = detect_drift(prof, cur, ONE_CATEGORICAL, config, now=NOW)
+        alarms += report.features[0].p_value < report.features[0].threshold
+    assert alarms <= 10
+
+
+# --- the tests themselves ----------------------------------------------------------------
+
+
+def test_ks_uses_the_exact_p_value_for_small_samples():
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(40)
+    a, b = rng.normal(size=150), rng.normal(0.2, 1.0, size=120)
+    res = run_tests([TestInput("ks", a, b)], p_value=0.05, correction="bonferroni")
+    exact = ks_2samp(a, b, method="exact")
+    assert res.p_values[0] == pytest.approx(exact.pvalue, rel=1e-9)
+    assert res.p_values[0] != pytest.approx(ks_2samp(a, b, method="asymp").pvalue, rel=1e-3)
+    assert res.detector == "ks_2samp" and res.statistics[0] == pytest.approx(exact.statistic)
+
+
+def test_benjamini_hochberg_thresholds():
+    p = np.array([0.001, 0.04, 0.03, 0.5])
+    # sorted 0.001 0.03 0.04 0.5 vs cut-offs 0.0125 0.025 0.0375 0.05: largest rank below is 1
+    assert corrected_thresholds(p, 0.05, "fdr") == pytest.approx([0.0125] * 4)
+    p = np.array([0.2, 0.9, 0.06])
+    assert corrected_thresholds(p, 0.05, "fdr") == pytest.approx([0.05 * 2 / 3, 0.05, 0.05 / 3])
+    assert corrected_thresholds(p, 0.05, "bonferroni") == pytest.approx([0.05 / 3] * 3)
+
+
+def test_chi2_on_pooled_counts_drops_empty_buckets():
+    stat, p = chi2_pooled(np.array([50, 30, 20, 0]), np.array([20, 30, 50, 0]))
+    assert p < 1e-5 and stat > 20
+    assert chi2_pooled(np.array([10, 0]), np.array([7, 0])) == (0.0, 1.0)  # one bucket left
