@@ -9,10 +9,12 @@ process (no store, HTTP or KFP): :func:`~driftloop.drift.detect_drift` against t
 champion's profile,
 :func:`~driftloop.trigger.decide_retrain` with :func:`~driftloop.trigger.count_new_labels`
 since the latest training cutoff of any version,
-:func:`driftloop.loop.champion_metric_on_new_labels` and the training rows' problem (one
-class); a retrain picks its rows with :func:`driftloop.loop.plan_training`, trains with
-:func:`~driftloop.train.train_model`, builds the drift profile with
-:func:`~driftloop.drift.build_reference_profile` on the plan's profile rows and promotes
+:func:`driftloop.loop.champion_live_accuracy` (recent window), the drift rule's memory
+(:func:`driftloop.loop.last_attempt`, mirrored), the training rows' problem (one class) and
+the gate's fresh-label need; a retrain picks its window with
+:func:`driftloop.loop.training_start` and its rows with :func:`driftloop.loop.plan_training`,
+trains with :func:`~driftloop.train.train_model`, builds the drift profile with
+:func:`driftloop.loop.build_profile` and promotes
 only through :func:`~driftloop.evaluate.evaluate_challenger` (reduced bootstrap and
 latency sample). Where the loop's logic is inline it is mirrored (see ``decide`` and
 ``train_and_gate``). ``TrainConfig.max_rows`` = ``--window`` batches makes the training set
@@ -56,9 +58,15 @@ from threadpoolctl import threadpool_limits
 from driftloop.clock import parse_time
 from driftloop.config import Config, DriftConfig, GateConfig, TrainConfig, TriggerConfig
 from driftloop.datasets import fetch, load_elec2, load_tweets
-from driftloop.drift import build_reference_profile, detect_drift
+from driftloop.drift import detect_drift
 from driftloop.evaluate import evaluate_challenger
-from driftloop.loop import Champion, champion_metric_on_new_labels, plan_training
+from driftloop.loop import (
+    Champion,
+    build_profile,
+    champion_live_accuracy,
+    plan_training,
+    training_start,
+)
 from driftloop.schema import Schema, schema_from_dict
 from driftloop.train import (
     TrainingError,
@@ -68,7 +76,13 @@ from driftloop.train import (
     train_model,
     training_problem,
 )
-from driftloop.trigger import RetrainDecision, count_new_labels, decide_retrain
+from driftloop.trigger import (
+    LastAttempt,
+    RetrainDecision,
+    count_new_labels,
+    decide_retrain,
+    drift_effect,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -303,7 +317,10 @@ class Replay:
     seed_set: pd.DataFrame  # batches 0..k-1, labels inline: the loop's reference/<model>/seed*
     champion: Champion | None = None
     reference: pd.DataFrame | None = None  # the champion's training set (load_reference)
-    trained: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
+    #: every trained version: (version, created_at, training cutoff, rules fired, drift
+    #: effect) -- the registry's metadata as loop.last_attempt reads it
+    trained: list[tuple[str, dt.datetime, dt.datetime, tuple[str, ...], float | None]] = field(
+        default_factory=list)
     fit_s: float = 0.0
     gate: dict[str, int] = field(default_factory=dict)
     batches: list[dict[str, Any]] = field(default_factory=list)
@@ -355,7 +372,19 @@ def trigger_config(r: Replay) -> TriggerConfig:
     return replace(r.cfg.trigger, **off)
 
 
-def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame) -> RetrainDecision:
+def _last_attempt(r: Replay, records: pd.DataFrame) -> LastAttempt | None:
+    """Mirrors loop.last_attempt over the replay's list of trained versions."""
+    assert r.champion is not None
+    created = parse_time(r.champion.metadata.created_at)
+    later = [t for t in r.trained if t[0] != r.champion.version and t[1] > created]
+    if not later:
+        return None
+    version, at, cutoff, fired, effect = max(later, key=lambda t: t[1])
+    return LastAttempt(version, at, fired, effect, count_new_labels(records, cutoff))
+
+
+def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
+           ) -> tuple[RetrainDecision, Any]:
     """run_drift + run_decide at run ``b`` (mirrors loop.run_decide; every policy passes the
     same inputs, the ablations differ only in :func:`trigger_config`)."""
     champion = r.champion
@@ -364,55 +393,88 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame) -> R
     drift = detect_drift(champion.profile, current, r.stream.schema, r.cfg.drift,
                          model=champion.model, now=now)
     info = champion.info()
-    metric, samples = champion_metric_on_new_labels(champion, records, r.stream.schema)
+    tcfg = trigger_config(r)
+    metric, samples = champion_live_accuracy(champion, records, r.stream.schema, now=now,
+                                             days=tcfg.perf_window_days)
     # mirrors loop._last_retrain: latest created_at and latest training cutoff of any
     # registered version (promoted or not)
-    last_at = max(created for created, _ in r.trained)
-    last_cutoff = max(cutoff for _, cutoff in r.trained)
+    last_at = max(t[1] for t in r.trained)
+    last_cutoff = max(t[2] for t in r.trained)
     since = max(info.training_cutoff, last_cutoff)
-    plan = plan_training(r.reference, records, info, now=now, config=r.cfg)
-    return decide_retrain(info, now=now, config=trigger_config(r), drift=drift,
-                          new_labels=count_new_labels(records, since), current_metric=metric,
-                          metric_samples=samples, last_retrain_at=last_at,
-                          train_problem=training_problem(plan.training, r.stream.schema))
+
+    def run(**extra: Any) -> RetrainDecision:
+        return decide_retrain(info, now=now, config=tcfg, drift=drift,
+                              new_labels=count_new_labels(records, since),
+                              current_metric=metric, metric_samples=samples,
+                              last_retrain_at=last_at,
+                              last_attempt=_last_attempt(r, records), **extra)
+
+    decision = run()
+    if not decision.retrain:
+        return decision, drift
+    cfg = replace(r.cfg, trigger=tcfg)
+    start, _ = training_start(champion, records, r.stream.schema, cfg, decision.fired)
+    plan = plan_training(r.reference, records, info, now=now, config=cfg, train_start=start)
+    problem = training_problem(plan.training, r.stream.schema)
+    if problem is None and plan.eval_needed:
+        return run(eval_needed=plan.eval_needed, eval_have=len(plan.eval_set)), drift
+    return (decision if problem is None else run(train_problem=problem)), drift
 
 
 def _register(r: Replay, result: TrainResult) -> None:
     meta = result.metadata
-    r.trained.append((parse_time(meta.created_at),
-                      parse_time(meta.training_cutoff or meta.created_at)))
+    why = meta.trigger or {}
+    r.trained.append((meta.version, parse_time(meta.created_at),
+                      parse_time(meta.training_cutoff or meta.created_at),
+                      tuple(why.get("fired", ())), why.get("drift_effect")))
 
 
-def train_and_gate(r: Replay, b: int, records: pd.DataFrame) -> str:
+def train_and_gate(r: Replay, b: int, records: pd.DataFrame,
+                   decision: RetrainDecision | None = None, drift: Any = None) -> str:
     """run_train + run_evaluate + run_promote at run ``b``; returns the verdict.
 
     Mirrors loop.run_train: reference = the champion's training set (before the first
-    model: the seed set); :func:`driftloop.loop.plan_training` picks the training,
-    evaluation and drift-profile rows; train_model; build_reference_profile.
+    model: the seed set); :func:`driftloop.loop.training_start` (the change point when
+    drift or performance fired) and :func:`driftloop.loop.plan_training` pick the training,
+    evaluation and drift-profile rows; train_model; :func:`driftloop.loop.build_profile`.
     """
     cfg, schema, champion = r.cfg, r.stream.schema, r.champion
+    cfg = replace(cfg, trigger=trigger_config(r)) if champion is not None else cfg
     now = _at(b + 1, r.s)
     reference = r.reference if champion is not None else r.seed_set
     assert reference is not None
+    fired = list(decision.fired) if decision is not None else []
+    start_at, why = training_start(champion, records, schema, cfg, fired)
     plan = plan_training(reference, records, champion.info() if champion else None, now=now,
-                         config=cfg)
+                         config=cfg, train_start=start_at)
+    if champion is not None and plan.eval_needed:
+        return "wait_labels"  # the gate could not judge it (periodic policies; the trigger
+        # policies are postponed by decide_retrain's eval_labels rule before training)
     start = time.perf_counter()
     result = train_model(plan.training, schema, cfg.train, model_name=r.stream.name,
                          primary_metric=cfg.gate.primary_metric, version=f"b{b}", now=now)
     r.fit_s += time.perf_counter() - start
-    profile = build_reference_profile(plan.profile_rows, schema, cfg.drift,
-                                      model_version=f"b{b}", model=result.model)
+    result.metadata.trigger = {
+        "fired": fired,
+        "drift_effect": drift_effect(drift) if drift is not None and "drift" in fired
+        else None,
+        "training_window": {"start": start_at.isoformat() if start_at else None,
+                            "reason": why}}
+    profile = build_profile(plan, schema, cfg, f"b{b}", result.model)
     _register(r, result)
-    # run_evaluate (reduced bootstrap and latency sample, see make_config)
-    verdict = evaluate_challenger(
-        result.model, champion.model if champion else None, plan.eval_set, schema, cfg.gate,
-        challenger_version=f"b{b}", champion_version=champion.version if champion else None,
-        now=now)
-    r.gate[verdict.decision] = r.gate.get(verdict.decision, 0) + 1
-    if verdict.decision == "promote":  # run_promote without a rollout backend
+    if champion is None and not plan.eval_set["label"].notna().any():
+        verdict_decision = "promote"  # loop.first_model_verdict: nothing to compare with
+    else:
+        # run_evaluate (reduced bootstrap and latency sample, see make_config)
+        verdict_decision = evaluate_challenger(
+            result.model, champion.model if champion else None, plan.eval_set, schema,
+            cfg.gate, challenger_version=f"b{b}",
+            champion_version=champion.version if champion else None, now=now).decision
+    r.gate[verdict_decision] = r.gate.get(verdict_decision, 0) + 1
+    if verdict_decision == "promote":  # run_promote without a rollout backend
         r.champion = Champion(f"b{b}", result.model, result.metadata, profile)
         r.reference = plan.training
-    return verdict.decision
+    return verdict_decision
 
 
 def oracle_retrain(r: Replay, b: int, records: pd.DataFrame, since_row: int) -> str:
@@ -443,16 +505,17 @@ def oracle_runs(stream: Stream, delay: int) -> dict[int, int]:
 
 def wants_retrain(
     r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame, oracle: dict[int, int]
-) -> tuple[bool, str]:
-    """The policy's decision at the run of batch ``b`` and the rules that fired."""
+) -> tuple[bool, str, RetrainDecision | None, Any]:
+    """The policy's decision at the run of batch ``b``, the rules that fired, the trigger's
+    decision and drift report (trigger policies only)."""
     if r.policy == "never":
-        return False, ""
+        return False, "", None, None
     if r.policy.startswith("periodic_"):
-        return b % int(r.policy.split("_")[1]) == 0, "schedule"
+        return b % int(r.policy.split("_")[1]) == 0, "schedule", None, None
     if r.policy == "oracle":
-        return b in oracle, "oracle"
-    decision = decide(r, b, current, records)
-    return decision.retrain, "+".join(decision.fired)
+        return b in oracle, "oracle", None, None
+    decision, drift = decide(r, b, current, records)
+    return decision.retrain, "+".join(decision.fired), decision, drift
 
 
 def replay(stream: Stream, policy: str, cfg: Config, s: Settings) -> Replay:
@@ -471,7 +534,7 @@ def replay(stream: Stream, policy: str, cfg: Config, s: Settings) -> Replay:
         pred, _ = predict_frame(r.champion.model, current, stream.schema)
         correct = pred == current["label"].astype(str).to_numpy()
         records = window_records(r, b)
-        fire, why = wants_retrain(r, b, current, records, oracle)
+        fire, why, decision_b, drift_b = wants_retrain(r, b, current, records, oracle)
         verdict = ""
         if fire and not records["label"].notna().any():
             # a schedule with no label yet: nothing new to learn (the trigger policies are
@@ -480,7 +543,7 @@ def replay(stream: Stream, policy: str, cfg: Config, s: Settings) -> Replay:
         elif fire:
             try:
                 verdict = (oracle_retrain(r, b, records, oracle[b]) if policy == "oracle"
-                           else train_and_gate(r, b, records))
+                           else train_and_gate(r, b, records, decision_b, drift_b))
             except TrainingError:
                 # periodic/oracle only (e.g. one class in the window); the trigger policies
                 # are postponed by decide_retrain's training_data rule before training

@@ -27,13 +27,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TestPoint:
-    """One drift test of one run: its p-value against its (corrected) threshold."""
+    """One drift test of one run: p-value and effect size against their thresholds.
+
+    A feature drifts when both pass (:mod:`driftloop.drift`).
+    """
 
     name: str
     test: str
     p_value: float | None
     threshold: float
     drifted: bool
+    effect: float | None = None
+    effect_threshold: float | None = None
 
 
 @dataclass
@@ -90,7 +95,9 @@ class DayRow:
                                                   traffic.feedback_posted)
         if record.drift is not None:
             row.drift = record.drift.status
-            row.tests = [TestPoint(f.name, f.test, f.p_value, f.threshold, f.drifted)
+            row.tests = [TestPoint(f.name, f.test, f.p_value, f.threshold, f.drifted,
+                                   getattr(f, "effect", None),
+                                   getattr(f, "effect_threshold", None))
                          for f in record.drift.features]
             row.oov = record.drift.oov_rate_current
         if record.decision is not None:
@@ -134,7 +141,9 @@ def _drift_cell(row: DayRow) -> str:
     best = row.strongest
     if best is None:
         return row.drift
-    return f"{row.drift} (p={best.p_value:.1e} vs {best.threshold:.3g}, {best.name})"
+    effect = ("" if best.effect is None or best.effect_threshold is None else
+              f", effect {best.effect:.3g} vs {best.effect_threshold:.3g}")
+    return f"{row.drift} (p={best.p_value:.1e} vs {best.threshold:.3g}{effect}, {best.name})"
 
 
 def _accuracy_cell(row: DayRow) -> str:
@@ -249,15 +258,20 @@ def accuracy_plot(scenario: Scenario, rows: list[DayRow], served: pd.DataFrame) 
 
 
 def drift_plot(scenario: Scenario, rows: list[DayRow]) -> Any:
-    """Each drift test's p-value per day against its threshold (log scale)."""
+    """Each drift test's p-value and effect size per day against their thresholds.
+
+    A feature drifts only when both pass: p below its corrected threshold (top, log
+    scale) and the effect size at or above its threshold (bottom).
+    """
     plt = _pyplot()
 
     days = [r for r in rows if r.day >= 0]
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig, (ax, ax_e) = plt.subplots(2, 1, figsize=(10, 6.4), sharex=True)
     names = list(dict.fromkeys(t.name for r in days for t in r.tests))
     floor = 1e-12
     for name in names:
         xs, ps, ths, kind = [], [], [], ""
+        ex, es, ets = [], [], []
         for r in days:
             for t in r.tests:
                 if t.name == name and t.p_value is not None:
@@ -265,17 +279,28 @@ def drift_plot(scenario: Scenario, rows: list[DayRow]) -> Any:
                     ps.append(max(t.p_value, floor))
                     ths.append(t.threshold)
                     kind = t.test
+                if t.name == name and t.effect is not None:
+                    ex.append(r.day)
+                    es.append(t.effect)
+                    ets.append(t.effect_threshold)
         line = ax.plot(xs, ps, marker="o", ms=4, label=f"{name} ({kind})")[0]
         ax.plot(xs, ths, ls=":", color=line.get_color(), lw=1)
+        if ex:
+            ax_e.plot(ex, es, marker="o", ms=4, color=line.get_color())
+            ax_e.plot(ex, ets, ls=":", color=line.get_color(), lw=1)
     _change_lines(ax, scenario, len(days))
+    _change_lines(ax_e, scenario, len(days))
     ax.set_yscale("log")
-    ax.set(xlabel="simulated day", ylabel="p-value (dotted: threshold)",
-           xticks=[r.day for r in days])
+    ax.set(ylabel="p-value (dotted: threshold)")
+    ax_e.set(xlabel="simulated day", ylabel="effect size (dotted: threshold)",
+             xticks=[r.day for r in days])
     ax.grid(alpha=0.3)
+    ax_e.grid(alpha=0.3)
     if names:
-        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
-    ax.set_title("drift tests: below the dotted line = drifted (p-values under 1e-12 drawn at "
-                 "1e-12)")
+        ax_e.legend(*ax.get_legend_handles_labels(), fontsize=7, ncol=4, loc="upper center",
+                    bbox_to_anchor=(0.5, -0.2))
+    ax.set_title("drift tests: drifted = p below its dotted line AND effect above its dotted "
+                 "line (p under 1e-12 drawn at 1e-12)")
     return fig
 
 

@@ -83,6 +83,16 @@ def test_a_row_carries_the_measured_values_of_the_run():
     assert cells[9] == "…a9606e86 0.70 (n=10)"
 
 
+def test_the_drift_cell_and_plot_show_the_effect_size_next_to_p():
+    record = _record(drift_p=(1e-9, 0.2))
+    for f in record.drift.features:
+        f.effect, f.effect_threshold = 0.31, 0.1
+    row = DayRow.from_run(2, DAY, "apple", record, None,
+                          live_accuracy(pd.DataFrame(_served(2, "v1", 1, 0, 0))))
+    assert "p=1.0e-09 vs 0.0167, effect 0.31 vs 0.1" in table_rows([row])[0][4]
+    assert row.strongest is not None and row.strongest.effect == 0.31
+
+
 def test_a_blocked_trigger_is_shown_in_brackets_and_a_completed_canary_is_champion():
     # a run that trained nothing records no aliases: the champion comes from the step
     row = DayRow.from_run(3, DAY, "apple",
