@@ -250,7 +250,8 @@ def markdown(rows: list[dict[str, Any]], config: GateConfig, machine: str, wall:
         f"({worst_false['scenario']}, {worst_false['rows']:,} rows, {worst_false['slices']} "
         f"slices; 95% Wilson interval {pct(worst_false['new_promote_ci_low'])}-"
         f"{pct(worst_false['new_promote_ci_high'])}).",
-        "The old rule could never auto-promote the +3 challenger (3.5% relative < 5%); its "
+        "The old rule auto-promoted the +3 challenger only when the sample gain happened to "
+        "reach 5% relative (its true gain is 3.5% relative), the rarer the more rows; its "
         "point slice rule rejected a better challenger on noise as soon as slices had 30-75 "
         "rows. The new slice rule judges only slices of >= "
         f"{min_judged_slice_size(config)} rows (below that no interval can be narrower "
