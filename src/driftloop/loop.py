@@ -651,6 +651,7 @@ def run_evaluate(
         config.gate,
         challenger_version=challenger_version,
         champion_version=champion.version if champion else None,
+        store=registry.store.url("").rstrip("/") or None, model=registry.model_name,
     )
 
 
@@ -680,6 +681,12 @@ def run_promote(
     (:func:`driftloop.progressive.start_canary`; the first model is deployed at 100%).
     """
     version = verdict.challenger.version
+    if verdict.decision == "needs_approval":
+        # a person decides: tell them what to run (the verdict's next steps)
+        notifier.send(Event("info", f"challenger {version} needs approval", model_name,
+                            {"version": version, "reasons": verdict.reasons,
+                             "next_steps": list(getattr(verdict, "next_steps", []))},
+                            run_id=run_id))
     if verdict.decision != "promote":
         return registry.aliases()
     reason = "; ".join(verdict.reasons)

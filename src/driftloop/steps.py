@@ -507,10 +507,13 @@ def classification_curves(model: Any, eval_set: pd.DataFrame, schema: Schema) ->
     """
     from sklearn.metrics import confusion_matrix, roc_curve
 
-    df = eval_set.loc[eval_set["label"].notna()]
+    df = eval_set.loc[eval_set["label"].notna()] if "label" in eval_set else eval_set.iloc[0:0]
+    classes = [str(c) for c in model.classes_]
+    if df.empty:  # a first model without fresh held-out labels: nothing to draw
+        zeros = [[0] * len(classes) for _ in classes]
+        return Curves(classes, zeros, classes[-1] if classes else "", [], [], [])
     y = df["label"].astype(str).to_numpy()
     pred, proba = predict_frame(model, df, schema)
-    classes = [str(c) for c in model.classes_]
     matrix = confusion_matrix(y, np.asarray(pred, dtype=str), labels=classes)
     if len(classes) == 2:
         positive, truth, score = classes[1], (y == classes[1]).astype(int), proba[:, 1]

@@ -165,3 +165,30 @@ def test_training_problem_names_why_rows_cannot_train(labels, problem):
     frame = pd.DataFrame({"label": labels})
     found = training_problem(frame, SCHEMA)
     assert (found is None) if problem is None else (problem in found)
+
+
+def test_a_verdict_that_needs_approval_notifies_the_commands_to_run(tmp_path):
+    from driftloop.evaluate import ModelScore, Verdict
+    from driftloop.loop import run_promote
+    from driftloop.notify import Delivery, NullNotifier
+    from driftloop.registry import Registry
+    from driftloop.storage import LocalStore
+
+    class Recorder(NullNotifier):
+        def __init__(self) -> None:
+            self.events = []
+
+        def send(self, event):
+            self.events.append(event)
+            return Delivery(self.backend, True, None)
+
+    score = ModelScore("v2", 100, {"f1_macro": 0.9}, 0.1, 0.1, {})
+    verdict = Verdict("needs_approval", False, ["better, not clearly"], [], "f1_macro", 0.01,
+                      -0.01, 0.03, score, score, "2026-01-01T00:00:00+00:00",
+                      next_steps=["approve: `driftloop promote v2 --store S --model m`"])
+    registry = Registry(LocalStore(tmp_path / "s", create=True), "m")
+    notifier = Recorder()
+    run_promote(registry, verdict, notifier=notifier, run_id="r", model_name="m")
+    assert [e.kind for e in notifier.events] == ["info"]
+    assert "driftloop promote v2" in notifier.events[0].details["next_steps"][0]
+    assert registry.champion() is None  # nothing moved without a person
