@@ -241,7 +241,7 @@ class DriftOutcome:
         return self.report.to_markdown()
 
     def metrics(self) -> dict[str, float]:
-        """Drift scores for the KFP Metrics artifact (max and per-feature PSI / JS)."""
+        """Drift scores for the KFP Metrics artifact (max and per-feature PSI, p, effect)."""
         r = self.report
         if r is None:
             return {}
@@ -250,9 +250,11 @@ class DriftOutcome:
             "n_current": r.n_current, "n_reference": r.n_reference,
             "max_psi": r.max_psi, "max_js": r.max_js,
         }
+        values["significant_features"] = len(r.significant_features)
         for f in r.features:
             values[f"psi_{_metric_name(f.name)}"] = f.psi
             values[f"pvalue_{_metric_name(f.name)}"] = f.p_value
+            values[f"effect_{_metric_name(f.name)}"] = f.effect
         return _finite_metrics(values)
 
 

@@ -238,6 +238,7 @@ def test_drifted_day_detects_drift_retrains_and_promotes(chain):
     assert drift.drifted and drift.status == "drift"
     metrics = drift.metrics()
     assert metrics["drifted"] == 1.0 and metrics["psi_x0"] > 0.2 > metrics["psi_x1"]
+    assert metrics["effect_x0"] >= 0.1 and metrics["significant_features"] >= 1
     assert "drift" in day3["decision"].fired
     outcome = day3["evaluate"]
     assert outcome.decision == "promote"
