@@ -69,7 +69,7 @@ def run_key(job_name: str) -> str:
 
 def pipeline_config(
     *, p_value: float | None = None, min_samples: int | None = None,
-    min_new_labels: int | None = None, perf_drop: float | None = None,
+    effect_threshold: float | None = None, min_new_labels: int | None = None, perf_drop: float | None = None,
     max_age_days: float | None = None, auto_threshold: float | None = None,
 ) -> Config:
     """The default :class:`Config` with the pipeline's threshold parameters applied.
@@ -84,7 +84,8 @@ def pipeline_config(
 
     return replace(
         base,
-        drift=pick(base.drift, p_value=p_value, min_samples=min_samples),
+        drift=pick(base.drift, p_value=p_value, min_samples=min_samples,
+                   effect_threshold=effect_threshold),
         trigger=pick(base.trigger, min_new_labels=min_new_labels, perf_drop=perf_drop,
                      max_age_days=max_age_days),
         gate=pick(base.gate, auto_threshold=auto_threshold),
@@ -261,6 +262,7 @@ class DriftOutcome:
 def drift_step(
     store_uri: str, schema_uri: str, model_name: str, current_path: str | Path, *, run_id: str,
     p_value: float = DriftConfig.p_value, min_samples: int = DriftConfig.min_samples,
+    effect_threshold: float = DriftConfig.effect_threshold,
 ) -> DriftOutcome:
     """Compare the current window with the champion's stored reference profile.
 
@@ -274,10 +276,12 @@ def drift_step(
         run_id: The run's id (made path-safe by :func:`run_key`).
         p_value: Significance level of the per-feature tests, before correction.
         min_samples: Current rows needed for a drift decision.
+        effect_threshold: Effect size a significant feature needs to count as drifted.
     """
     run_id = run_key(run_id)
     store, schema = _open(store_uri, schema_uri)
-    config = pipeline_config(p_value=p_value, min_samples=min_samples)
+    config = pipeline_config(p_value=p_value, min_samples=min_samples,
+                             effect_threshold=effect_threshold)
     champion = loop.load_champion(Registry(store, model_name))
     report = loop.run_drift(champion, read_frame(current_path), schema, config)
     if report is not None:

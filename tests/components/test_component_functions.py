@@ -57,7 +57,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         records=a["records"], canary_report=a["canary_report"],
         canary_metrics=a["canary_metrics"])
     out["drift"] = components.detect_drift.python_func(
-        **common, model_name=MODEL, run_id=RUN, p_value=0.05, min_samples=100,
+        **common, model_name=MODEL, run_id=RUN, p_value=0.05, effect_threshold=0.1,
+        min_samples=100,
         current=a["current"], drift_report=a["drift_report"], drift_json=a["drift_json"],
         drift_metrics=a["drift_metrics"])
     out["decide"] = components.decide_retrain.python_func(

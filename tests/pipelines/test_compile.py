@@ -161,6 +161,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "window_days": ("NUMBER_INTEGER", WINDOW_DAYS),
         "lookback_days": ("NUMBER_INTEGER", LOOKBACK_DAYS),
         "p_value": ("NUMBER_DOUBLE", DriftConfig.p_value),
+        "effect_threshold": ("NUMBER_DOUBLE", DriftConfig.effect_threshold),
         "min_samples": ("NUMBER_INTEGER", DriftConfig.min_samples),
         "min_new_labels": ("NUMBER_INTEGER", TriggerConfig.min_new_labels),
         "perf_drop": ("NUMBER_DOUBLE", TriggerConfig.perf_drop),

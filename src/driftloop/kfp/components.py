@@ -105,6 +105,7 @@ def detect_drift(
     model_name: str,
     run_id: str,
     p_value: float,
+    effect_threshold: float,
     min_samples: int,
     current: Input[Dataset],
     drift_report: Output[Markdown],
@@ -113,10 +114,10 @@ def detect_drift(
 ) -> NamedTuple("DriftOutputs", [("drifted", bool), ("status", str)]):  # type: ignore[valid-type]
     """Compare the current window with the champion's stored reference profile.
 
-    Decides drift / no_drift / insufficient_data: KS per numeric and chi-squared per
-    categorical feature (text: KS on the champion's predicted probabilities and the
-    out-of-vocabulary rate), one multiple-testing correction over all tests; PSI and JS per
-    feature. Skipped (status "skipped", JSON null) while no champion serves. Records
+    Decides drift / no_drift / insufficient_data: a feature drifts when its test (KS per
+    numeric, chi-squared over pooled categories; text: KS on the champion's predicted
+    probabilities, and the out-of-vocabulary rate) is significant after one correction over
+    all tests AND its effect size reaches effect_threshold; PSI and JS per feature. Skipped (status "skipped", JSON null) while no champion serves. Records
     runs/<run-id>/drift.json and drift.md.
 
     Args:
@@ -125,6 +126,8 @@ def detect_drift(
         model_name: Model name in the registry.
         run_id: The run's id; its folder under runs/ in the store.
         p_value: Significance level of the per-feature tests, before correction.
+        effect_threshold: Effect size (PSI by default) a significant feature needs to count
+            as drifted.
         min_samples: Current rows needed for a drift decision.
         current: The current window's records (from ingest).
         drift_report: The drift report: decision, per-feature table, reasons.
@@ -141,7 +144,8 @@ def detect_drift(
     from driftloop import steps
 
     out = steps.drift_step(store_uri, schema_uri, model_name, current.path, run_id=run_id,
-                           p_value=p_value, min_samples=min_samples)
+                           p_value=p_value, effect_threshold=effect_threshold,
+                           min_samples=min_samples)
     Path(drift_report.path).write_text(out.to_markdown())
     Path(drift_json.path).write_text(out.to_json() + "\n")
     drift_json.metadata.update({"status": out.status, "drifted": out.drifted})

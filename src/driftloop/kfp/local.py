@@ -30,6 +30,7 @@ from driftloop.errors import DriftloopError
 #: Config fields a pipeline run can set, as (section, field, pipeline parameter).
 PIPELINE_THRESHOLDS: tuple[tuple[str, str, str], ...] = (
     ("drift", "p_value", "p_value"),
+    ("drift", "effect_threshold", "effect_threshold"),
     ("drift", "min_samples", "min_samples"),
     ("trigger", "min_new_labels", "min_new_labels"),
     ("trigger", "perf_drop", "perf_drop"),

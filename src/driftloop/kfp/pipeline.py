@@ -85,6 +85,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
         window_days: int = WINDOW_DAYS,
         lookback_days: int = LOOKBACK_DAYS,
         p_value: float = DriftConfig.p_value,
+        effect_threshold: float = DriftConfig.effect_threshold,
         min_samples: int = DriftConfig.min_samples,
         min_new_labels: int = TriggerConfig.min_new_labels,
         perf_drop: float = TriggerConfig.perf_drop,
@@ -110,6 +111,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
             window_days: Days whose records form the current window for drift.
             lookback_days: Days of records and feedback read for labels and training.
             p_value: Significance level of the drift tests, before correction.
+            effect_threshold: Effect size (PSI) a significant feature needs to drift.
             min_samples: Current rows needed for a drift decision.
             min_new_labels: New labels since the last training cutoff that trigger a retrain.
             perf_drop: Relative drop of the champion's primary metric that triggers.
@@ -147,6 +149,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
             )
             drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
                                  model_name=model_name, run_id=run_id, p_value=p_value,
+                                 effect_threshold=effect_threshold,
                                  min_samples=min_samples, current=ingested.outputs["current"]
                                  ).after(canary)  # a completed canary is the new champion
             decision = decide_retrain(
