@@ -69,7 +69,8 @@ def run_key(job_name: str) -> str:
 
 def pipeline_config(
     *, p_value: float | None = None, min_samples: int | None = None,
-    effect_threshold: float | None = None, min_new_labels: int | None = None, perf_drop: float | None = None,
+    effect_threshold: float | None = None, min_new_labels: int | None = None,
+    perf_drop: float | None = None,
     max_age_days: float | None = None, auto_threshold: float | None = None,
 ) -> Config:
     """The default :class:`Config` with the pipeline's threshold parameters applied.

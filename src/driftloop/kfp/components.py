@@ -117,7 +117,8 @@ def detect_drift(
     Decides drift / no_drift / insufficient_data: a feature drifts when its test (KS per
     numeric, chi-squared over pooled categories; text: KS on the champion's predicted
     probabilities, and the out-of-vocabulary rate) is significant after one correction over
-    all tests AND its effect size reaches effect_threshold; PSI and JS per feature. Skipped (status "skipped", JSON null) while no champion serves. Records
+    all tests AND its effect size reaches effect_threshold; PSI and JS per feature.
+    Skipped (status "skipped", JSON null) while no champion serves. Records
     runs/<run-id>/drift.json and drift.md.
 
     Args:
