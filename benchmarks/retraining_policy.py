@@ -413,8 +413,9 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
     if not decision.retrain:
         return decision, drift
     cfg = replace(r.cfg, trigger=tcfg)
-    start, _ = training_start(champion, records, r.stream.schema, cfg, decision.fired)
-    plan = plan_training(r.reference, records, info, now=now, config=cfg, train_start=start)
+    choice = training_start(champion, records, r.stream.schema, cfg, decision.fired)
+    plan = plan_training(r.reference, records, info, now=now, config=cfg,
+                         train_start=choice.train_start, eval_start=choice.change_at)
     problem = training_problem(plan.training, r.stream.schema)
     if problem is None and plan.eval_needed:
         return run(eval_needed=plan.eval_needed, eval_have=len(plan.eval_set)), drift
@@ -444,9 +445,10 @@ def train_and_gate(r: Replay, b: int, records: pd.DataFrame,
     reference = r.reference if champion is not None else r.seed_set
     assert reference is not None
     fired = list(decision.fired) if decision is not None else []
-    start_at, why = training_start(champion, records, schema, cfg, fired)
+    choice = training_start(champion, records, schema, cfg, fired)
     plan = plan_training(reference, records, champion.info() if champion else None, now=now,
-                         config=cfg, train_start=start_at)
+                         config=cfg, train_start=choice.train_start,
+                         eval_start=choice.change_at)
     if champion is not None and plan.eval_needed:
         return "wait_labels"  # the gate could not judge it (periodic policies; the trigger
         # policies are postponed by decide_retrain's eval_labels rule before training)
@@ -458,8 +460,9 @@ def train_and_gate(r: Replay, b: int, records: pd.DataFrame,
         "fired": fired,
         "drift_effect": drift_effect(drift) if drift is not None and "drift" in fired
         else None,
-        "training_window": {"start": start_at.isoformat() if start_at else None,
-                            "reason": why}}
+        "training_window": {
+            "start": choice.train_start.isoformat() if choice.train_start else None,
+            "reason": choice.reason}}
     profile = build_profile(plan, schema, cfg, f"b{b}", result.model)
     _register(r, result)
     if champion is None and not plan.eval_set["label"].notna().any():

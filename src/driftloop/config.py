@@ -134,8 +134,9 @@ class TriggerConfig:
         drift_cooldown_days: ... or this many days passed since that attempt.
         change_alpha: Significance of the change point searched in the champion's error
             stream when drift or performance fires (Bonferroni over the split points).
-        min_post_change_rows: Labelled rows after a detected change needed to train on the
-            post-change rows only; fewer: the whole window is used (and the reason says so).
+        min_post_change_rows: Training rows (labelled, not held out) after a detected
+            change needed to train on the post-change rows only; fewer: the whole window
+            is used (and the reason says so).
     """
 
     min_new_labels: int = 500
@@ -150,7 +151,7 @@ class TriggerConfig:
     drift_refire_labels: int = 500
     drift_cooldown_days: float = 7.0
     change_alpha: float = 0.01
-    min_post_change_rows: int = 200
+    min_post_change_rows: int = 500
 
     def __post_init__(self) -> None:
         _check(self.min_new_labels >= 1, "trigger.min_new_labels", "must be >= 1")

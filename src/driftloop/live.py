@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,12 +150,14 @@ class Traffic:
         body: dict[str, Any] = answer.json()
         return body
 
-    def replay_day(self, index: int, day: dt.date, frame: pd.DataFrame) -> DayTraffic:
+    def replay_day(self, index: int, day: dt.date, frame: pd.DataFrame, *,
+                   midday: Callable[[dt.datetime], None] | None = None) -> DayTraffic:
         """Send ``frame`` (``id``, features, ``label``) spread over ``day`` through the gateway.
 
         Requests are spread evenly between 00:00 and 23:00; before each one, the feedback
         that fell due is posted. The clock ends at 23:59 with everything due by then
-        posted.
+        posted. ``midday`` (e.g. the canary's own analysis) is called once with 12:00,
+        after the feedback due by then was posted and before the afternoon's requests.
 
         Raises:
             DriftloopError: The gateway or the sink answered with an error.
@@ -171,6 +174,12 @@ class Traffic:
             if not chunk:
                 break
             moment = start + step * r
+            if midday is not None and moment >= start + dt.timedelta(hours=12):
+                noon = start + dt.timedelta(hours=12)
+                self.clock.set(noon)
+                self.post_due()
+                midday(noon)
+                midday = None
             self.clock.set(moment)
             self.post_due()
             instances = [{"id": row["id"], **{f: row[f] for f in self.features}}

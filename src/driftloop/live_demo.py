@@ -45,12 +45,13 @@ def demo_config(base: Config | None = None) -> Config:
     A 10 % canary sees about 100 of a day's 1,000 requests, 30 of them labelled and about
     20 of those by the end of the day: the default ``min_labelled`` (100) would hold it for
     days. With 15, the accuracy interval decides (it stays inconclusive, so the canary
-    holds, while the difference is small for the number of labels). Label volume alone
+    holds, while the difference is small for the number of labels). The canary is also
+    judged at noon (its own cadence), so ``max_holds`` 4 is two days of holds. Label volume alone
     retrains after five days of feedback, so drift and performance are what trigger within a
     topic change.
     """
     config = base or Config()
-    return replace(config, canary=replace(config.canary, min_labelled=15, max_holds=2),
+    return replace(config, canary=replace(config.canary, min_labelled=15, max_holds=4),
                    trigger=replace(config.trigger, min_new_labels=1500))
 
 
@@ -150,6 +151,43 @@ class _Runner:
             run_id = run.run_id
         return read_run(self.store, run_id)
 
+    def canary(self, noon: dt.datetime, label: str) -> str:
+        """The canary's own analysis at ``noon`` (the ``canary-analysis`` pipeline).
+
+        Returns ``""`` when no canary is in flight, else the step (``"advance …x 50%"``).
+        """
+        from driftloop.progressive import recorded_step
+        from driftloop.registry import Registry
+        from driftloop.report import short
+
+        model = self.scenario.name
+        registry = Registry(self.store, model)
+        if registry.aliases().canary is None:
+            return ""
+        run_id = f"{label}-{noon:%Y-%m-%dT%H%M}"
+        if self.in_process:
+            from driftloop.loop import run_canary_analysis
+            from driftloop.rollout.local import LocalRolloutBackend
+
+            backend = LocalRolloutBackend(Path(self.store.root) / "rollout", model, NAMESPACE)
+            step = run_canary_analysis(self.store, self.scenario.schema, model, now=noon,
+                                       run_id=run_id, backend=backend, config=self.config,
+                                       lookback_days=self.lookback_days)
+        else:
+            from driftloop.kfp.local import run_local
+
+            run = run_local(str(self.store.root), str(self.schema_path), model,
+                            run_date=noon.isoformat(), lookback_days=self.lookback_days,
+                            config=self.config, namespace=NAMESPACE, canary_only=True)
+            if not run.ok or run.run_id is None:
+                raise DriftloopError(f"demo {label} ({noon}): canary analysis failed: "
+                                     f"{run.error}")
+            step = recorded_step(registry, run.run_id)
+        if step is None:
+            return ""
+        share = step.to_percent
+        return f"{step.action} {short(step.version)} {share}%"
+
 
 def run_live_demo(
     out: Path,
@@ -233,7 +271,13 @@ def run_live_demo(
                 day = FIRST_DAY + dt.timedelta(days=d)
                 progress.show(d, f"day {d} ({data.regimes[d]}): serving {len(frame)} requests")
                 t0 = time.perf_counter()
-                day_traffic: DayTraffic = users.replay_day(d, day, frame)
+                midday: list[str] = []
+
+                def at_noon(noon: dt.datetime, d: int = d, midday: list[str] = midday) -> None:
+                    progress.show(d, f"day {d}: the canary's own analysis at 12:00")
+                    midday.append(runner.canary(noon, f"noon-{d:02d}"))
+
+                day_traffic: DayTraffic = users.replay_day(d, day, frame, midday=at_noon)
                 t1 = time.perf_counter()
                 progress.show(d, f"day {d} ({data.regimes[d]}): running the pipeline")
                 record = runner.run(day, f"day-{d:02d}")
@@ -249,6 +293,7 @@ def run_live_demo(
                 accuracy = live_accuracy(pd.DataFrame(day_traffic.served))
                 rows.append(DayRow.from_run(d, day, data.regimes[d], record, day_traffic,
                                             accuracy))
+                rows[-1].midday = midday[0] if midday else ""
             progress.show(len(plan), "done")
             progress.clear()
             log_failures = gateway.log_failures

@@ -240,41 +240,70 @@ def last_attempt(registry: Registry, champion: Champion, records: pd.DataFrame
                        count_new_labels(records, cutoff))
 
 
+@dataclass(frozen=True)
+class WindowChoice:
+    """Which rows a challenger trains and is judged on after a change, and why.
+
+    Attributes:
+        train_start: Train only on rows served from this time on (``None``: the whole
+            window, the reference included).
+        change_at: The detected change in the champion's error rate (``None``: none):
+            the gate judges both models on rows served after it, when enough exist.
+        reason: Why, in words (recorded in the model's metadata).
+    """
+
+    train_start: dt.datetime | None
+    change_at: dt.datetime | None
+    reason: str
+
+
 def training_start(
     champion: Champion | None, records: pd.DataFrame, schema: Schema, config: Config,
     fired: list[str],
-) -> tuple[dt.datetime | None, str]:
+) -> WindowChoice:
     """Where a challenger's training window starts, and why.
 
     When drift or a performance drop fired, the champion's errors on the labelled
     records it never saw (served after its cutoff, in time order) are searched for a
-    step up (:func:`driftloop.changepoint.error_change_point`); with at least
-    ``trigger.min_post_change_rows`` labelled rows after it, the challenger trains on
-    the rows from the change on only. Otherwise: the whole window (``None``).
+    step up (:func:`driftloop.changepoint.error_change_point`). Once at least
+    ``trigger.min_post_change_rows`` training rows (labelled, not held out for the
+    gate) exist after it, the challenger trains on the rows from the change on only;
+    before that on the whole window (a model fitted on a few hundred post-change rows
+    is worse than one that also knows the past). Either way the gate then compares the
+    two models on rows served after the change: that is what the challenger must be
+    good at.
     """
     if champion is None or not {"drift", "performance"} & set(fired) or records.empty:
-        return None, "the whole window (no drift or performance rule fired)"
+        return WindowChoice(None, None, "the whole window (no drift or performance rule fired)")
     from driftloop.changepoint import error_change_point
 
     served = pd.to_datetime(records["timestamp"], utc=True)
     cutoff = pd.Timestamp(champion.info().training_cutoff)
     rows = records.loc[records["label"].notna() & (served > cutoff)]
     if rows.empty:
-        return None, "the whole window (no labelled record after the champion's cutoff)"
+        return WindowChoice(None, None, "the whole window (no labelled record after the "
+                                        "champion's cutoff)")
     rows, ts = _by_time(rows)
     pred, _ = predict_frame(champion.model, rows, schema)
     errors = pred != rows["label"].astype(str).to_numpy()
     cp = error_change_point(errors, alpha=config.trigger.change_alpha)
     if cp is None:
-        return None, (f"the whole window (no significant step in the champion's error rate "
-                      f"over {len(rows)} labelled rows, alpha {config.trigger.change_alpha:g})")
+        return WindowChoice(None, None, (
+            f"the whole window (no significant step in the champion's error rate over "
+            f"{len(rows)} labelled rows, alpha {config.trigger.change_alpha:g})"))
     start = ts.iloc[cp.index].to_pydatetime()
     found = (f"the champion's error rate stepped from {cp.error_before:.3f} to "
              f"{cp.error_after:.3f} at {start.isoformat()} (z {cp.z:.1f} > {cp.threshold:.1f})")
-    if cp.n_after < config.trigger.min_post_change_rows:
-        return None, (f"the whole window: {found}, but only {cp.n_after} labelled rows after "
-                      f"it (< {config.trigger.min_post_change_rows})")
-    return start, f"rows from the change on: {found}; {cp.n_after} labelled rows after it"
+    after = rows.iloc[cp.index:]
+    _, held = split_holdout(after, config.train.eval_fraction, EVAL_SEED, salt=EVAL_SALT)
+    n_train = len(after) - len(held)
+    need = config.trigger.min_post_change_rows
+    if n_train < need:
+        return WindowChoice(None, start, (
+            f"the whole window: {found}, but only {n_train} training rows after it "
+            f"(< {need}); the gate judges on the rows after it"))
+    return WindowChoice(start, start, (f"rows from the change on: {found}; {n_train} "
+                                       f"training rows after it"))
 
 
 def run_decide(
@@ -308,9 +337,9 @@ def run_decide(
     if not decision.retrain:
         return decision  # a quiet run reads no reference and plans nothing
     reference = load_reference(registry.store, schema, registry.model_name, champion.version)
-    start, _ = training_start(champion, window.records, schema, config, decision.fired)
+    choice = training_start(champion, window.records, schema, config, decision.fired)
     plan = plan_training(reference, window.records, info, now=now, config=config,
-                         train_start=start)
+                         train_start=choice.train_start, eval_start=choice.change_at)
     problem = training_problem(plan.training, schema)
     if problem is None and plan.eval_needed:
         return decide(eval_needed=plan.eval_needed, eval_have=len(plan.eval_set))
@@ -428,6 +457,7 @@ def _feature_reference(records: pd.DataFrame, training: pd.DataFrame, now: dt.da
 def plan_training(
     reference: pd.DataFrame, records: pd.DataFrame, champion: ChampionInfo | None, *,
     now: dt.datetime, config: Config, train_start: dt.datetime | None = None,
+    eval_start: dt.datetime | None = None,
 ) -> TrainingPlan:
     """Choose the training, evaluation and drift-reference rows of a challenger.
 
@@ -450,6 +480,8 @@ def plan_training(
         config: Every threshold.
         train_start: Train only on rows served from this time on (a detected change
             point); the reference is then left out as well (it predates the change).
+        eval_start: Judge both models on rows served from this time on (a detected
+            change), when at least ``MIN_EVAL_ROWS`` such rows exist.
     """
     labelled = records.loc[records["label"].notna()] if len(records) else records
     _, held = split_holdout(labelled, config.train.eval_fraction, EVAL_SEED, salt=EVAL_SALT)
@@ -466,6 +498,13 @@ def plan_training(
         source = (f"held-out production labels neither model trained on, labelled after "
                   f"the champion's cutoff, served in the last {config.gate.eval_days:g} days "
                   f"(or the newest {MIN_EVAL_ROWS})")
+        if eval_start is not None:
+            served_at = pd.to_datetime(since["timestamp"], utc=True)
+            after = since.loc[served_at >= pd.Timestamp(eval_start)]
+            if len(after) >= MIN_EVAL_ROWS:
+                eval_set = after.reset_index(drop=True)
+                source = (f"held-out production labels neither model trained on, served "
+                          f"after the detected change at {eval_start.isoformat()}")
         eval_needed = max(0, MIN_EVAL_ROWS - len(eval_set))
         train_prod = labelled.loc[~labelled["id"].isin(eval_set["id"])]
     base = reference
@@ -553,16 +592,20 @@ def run_train(
     """
     reference = load_reference(store, schema, model_name, champion.version if champion else None)
     fired = list(decision.fired) if decision is not None else []
-    start, why = training_start(champion, window.records, schema, config, fired)
+    choice = training_start(champion, window.records, schema, config, fired)
     plan = plan_training(reference, window.records, champion.info() if champion else None,
-                         now=now, config=config, train_start=start)
+                         now=now, config=config, train_start=choice.train_start,
+                         eval_start=choice.change_at)
     result = train_model(plan.training, schema, config.train, model_name=model_name,
                          primary_metric=config.gate.primary_metric, now=now)
     result.metadata.trigger = {
         "fired": fired,
         "drift_effect": drift_effect(drift) if drift is not None and "drift" in fired
         else None,
-        "training_window": {"start": start.isoformat() if start else None, "reason": why},
+        "training_window": {
+            "start": choice.train_start.isoformat() if choice.train_start else None,
+            "change_at": choice.change_at.isoformat() if choice.change_at else None,
+            "reason": choice.reason},
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / result.metadata.version
@@ -716,6 +759,30 @@ class LoopResult:
     verdict: Verdict | None = None
     aliases: AliasState | None = None
     rollout: RolloutStep | None = None
+
+
+def run_canary_analysis(
+    store: Store, schema: Schema, model_name: str, *, now: dt.datetime, run_id: str,
+    backend: RolloutBackend, config: Config | None = None, lookback_days: int = 30,
+    notifier: Notifier | None = None,
+) -> RolloutStep | None:
+    """The canary's own cadence: ingest up to ``now`` and judge the canary in progress.
+
+    What the ``canary-analysis`` pipeline runs (e.g. hourly): no drift, no training. The
+    confidence sequence behind the analysis stays valid however often it looks.
+
+    Returns:
+        The rollout step, or ``None`` when no canary is in progress.
+    """
+    from driftloop.progressive import step_canary
+
+    config = config or Config()
+    registry = Registry(store, model_name)
+    window = run_ingest(store, schema, now=now, lookback_days=lookback_days)
+    record_result(store, run_id, "ingest", window.result.report)
+    return step_canary(registry, backend, window.records, config=config.canary,
+                       notifier=notifier or NullNotifier(), run_id=run_id,
+                       model_name=model_name, now=now)
 
 
 def run_loop(

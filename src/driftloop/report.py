@@ -84,6 +84,8 @@ class DayRow:
     champion: str = "-"
     accuracy: dict[str, tuple[int, float]] = field(default_factory=dict)
     rolled_back: str = ""
+    #: The canary's own midday analysis (``"advance …x 50%"``), if one ran.
+    midday: str = ""
 
     @classmethod
     def from_run(cls, day: int, date: dt.date, regime: str, record: Any,
@@ -155,12 +157,13 @@ def _rollout_cell(row: DayRow) -> str:
     back = (f"rollback {short(row.rolled_back)}"
             if row.rolled_back and not (row.rollout == "rollback"
                                         and row.rollout_version == row.rolled_back) else "")
+    noon = f"12:00 {row.midday}; " if row.midday else ""
     if row.rollout == "-":
-        return back or "-"
+        return (noon + back).rstrip("; ") or "-"
     share = f" {row.canary_percent}%" if row.canary_percent else (
         " 100%" if row.rollout == "advance" else "")
     cell = f"{row.rollout} {short(row.rollout_version)}{share}"
-    return f"{back}; {cell}" if back else cell
+    return noon + (f"{back}; {cell}" if back else cell)
 
 
 HEADER = ("day", "regime", "requests", "labels", "drift (strongest test)", "trigger",

@@ -45,7 +45,7 @@ def _tasks(pipeline: dict) -> dict[str, dict]:
 
 def test_committed_yaml_equals_a_fresh_compile(fresh: Path):
     written = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
-    assert len(written) == 2 * len(COMPONENTS) + 1
+    assert len(written) == 2 * len(COMPONENTS) + 2  # + both pipelines
     stale = []
     for rel in written:
         committed = REPO / rel
@@ -207,3 +207,17 @@ def test_compiling_imports_neither_sklearn_nor_alibi_detect(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "pipelines" / "continuous_training.yaml").exists()
     assert (tmp_path / "components" / "train_model" / "component.yaml").exists()
+
+
+def test_the_canary_pipeline_only_ingests_and_judges_the_canary(fresh: Path):
+    # the canary is judged on its own cadence (an hourly recurring run), not once a day
+    doc = next(yaml.safe_load_all((fresh / "pipelines/canary_analysis.yaml").read_text()))
+    assert doc["pipelineInfo"]["name"] == "canary-analysis"
+    tasks = _tasks(doc)
+    assert {"ingest", "analyse-canary", "notify-on-exit"} <= set(tasks)
+    assert not {"train-model", "detect-drift", "promote-model"} & set(tasks)
+    params = tasks["ingest"]["inputs"]["parameters"]
+    assert params["scheduled_time"]["runtimeValue"]["constant"] == (
+        "{{$.pipeline_job_schedule_time_utc}}")
+    defaults = doc["root"]["inputDefinitions"]["parameters"]
+    assert defaults["canary_max_holds"]["defaultValue"] == 24 * CanaryConfig.max_holds

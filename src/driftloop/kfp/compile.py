@@ -22,9 +22,10 @@ from kfp import compiler
 
 from driftloop.kfp.components import COMPONENTS
 from driftloop.kfp.image import IMAGE
-from driftloop.kfp.pipeline import GCS_SECRET, build_pipeline
+from driftloop.kfp.pipeline import GCS_SECRET, build_canary_pipeline, build_pipeline
 
 PIPELINE_FILE = Path("pipelines/continuous_training.yaml")
+CANARY_PIPELINE_FILE = Path("pipelines/canary_analysis.yaml")
 COMPONENTS_DIR = Path("components")
 
 _TYPES = {
@@ -134,6 +135,16 @@ def compile_pipeline(out_dir: str | Path = ".", *, gcs_secret: str = GCS_SECRET)
     return path
 
 
+def compile_canary_pipeline(out_dir: str | Path = ".", *, gcs_secret: str = GCS_SECRET
+                            ) -> Path:
+    """Write ``pipelines/canary_analysis.yaml`` (the canary's own cadence)."""
+    path = Path(out_dir) / CANARY_PIPELINE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_canary_pipeline(gcs_secret), str(path))
+    return path
+
+
 def compile_all(out_dir: str | Path = ".", *, gcs_secret: str = GCS_SECRET) -> list[Path]:
     """Compile every component and the pipeline; return the files written."""
-    return [*compile_components(out_dir), compile_pipeline(out_dir, gcs_secret=gcs_secret)]
+    return [*compile_components(out_dir), compile_pipeline(out_dir, gcs_secret=gcs_secret),
+            compile_canary_pipeline(out_dir, gcs_secret=gcs_secret)]

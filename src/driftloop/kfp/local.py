@@ -131,8 +131,9 @@ def run_local(
     namespace: str = "local",
     pipeline_root: str | Path | None = None,
     stream: TextIO | None = None,
+    canary_only: bool = False,
 ) -> LocalRun:
-    """Run the continuous-training pipeline once through ``kfp.local``.
+    """Run the continuous-training pipeline (or the canary analysis) once through ``kfp.local``.
 
     Args:
         store_uri: Store root (a folder, or ``gs://`` with the caller's credentials).
@@ -148,6 +149,8 @@ def run_local(
         pipeline_root: Where kfp.local keeps the task artifacts; default a temporary
             folder removed after the run.
         stream: Where the tasks' output goes (default: captured in :attr:`LocalRun.log`).
+        canary_only: Run the ``canary-analysis`` pipeline instead (ingest → analyse_canary);
+            arguments it does not declare are left out.
 
     Returns:
         The run's outcome with the decision chain read back from the store. A failed run
@@ -155,7 +158,7 @@ def run_local(
     """
     from kfp import local
 
-    from driftloop.kfp.pipeline import build_pipeline
+    from driftloop.kfp.pipeline import build_canary_pipeline, build_pipeline
     from driftloop.steps import read_run, run_key
     from driftloop.storage import open_store
 
@@ -169,7 +172,12 @@ def run_local(
     if lookback_days is not None:
         arguments["lookback_days"] = lookback_days
     store = open_store(store_uri)
-    pipeline = build_pipeline(gcs_secret="", schedule_time=False)
+    if canary_only:
+        pipeline = build_canary_pipeline(gcs_secret="", schedule_time=False)
+        declared = set(pipeline.component_spec.inputs or {})
+        arguments = {k: v for k, v in arguments.items() if k in declared}
+    else:
+        pipeline = build_pipeline(gcs_secret="", schedule_time=False)
     temporary = pipeline_root is None
     root = Path(tempfile.mkdtemp(prefix="driftloop-kfp-") if temporary else str(pipeline_root))
     root = root.resolve()

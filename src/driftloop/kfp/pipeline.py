@@ -193,3 +193,79 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
 
 #: The pipeline as committed in ``pipelines/continuous_training.yaml``.
 continuous_training = build_pipeline()
+
+
+CANARY_PIPELINE_NAME = "canary-analysis"
+#: Holds in a row allowed to the hourly canary analysis: the daily default, in hours.
+CANARY_HOURLY_MAX_HOLDS = CanaryConfig.max_holds * 24
+
+
+def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) -> Any:
+    """Build the small pipeline that only judges the canary: ingest → analyse_canary.
+
+    A canary is judged on its own cadence (e.g. an hourly recurring run,
+    ``driftloop schedule --package pipelines/canary_analysis.yaml --cron "0 * * * *"``),
+    so 10 → 50 → 100 does not take one day per step: the confidence sequence behind the
+    analysis stays valid however often it looks. It reads everything logged up to its
+    logical time; holds are counted in runs, hence the larger ``canary_max_holds``
+    default (the daily default x 24).
+
+    Args:
+        gcs_secret: See :func:`build_pipeline`.
+        schedule_time: See :func:`build_pipeline`.
+    """
+
+    @dsl.pipeline(name=CANARY_PIPELINE_NAME)
+    def canary_analysis(
+        store_uri: str,
+        schema_uri: str,
+        model_name: str,
+        isvc_name: str,
+        namespace: str,
+        run_date: str = "",
+        lookback_days: int = LOOKBACK_DAYS,
+        canary_min_labelled: int = CanaryConfig.min_labelled,
+        canary_max_holds: int = CANARY_HOURLY_MAX_HOLDS,
+        notify_webhook: str = "",
+        rollout_backend: str = "local",
+        rollout_state: str = "",
+    ) -> None:
+        """Judge the canary in progress and advance, hold or roll it back.
+
+        Args:
+            store_uri: Store root: a folder or gs://bucket/prefix.
+            schema_uri: Schema file of the model's records (JSON or YAML, local or gs://).
+            model_name: Model name in the registry.
+            isvc_name: KServe InferenceService serving the model.
+            namespace: Kubernetes namespace of the InferenceService.
+            run_date: ISO date or time of the logical run for a replay ("" = the run's
+                scheduled time; a one-off run: now).
+            lookback_days: Days of records and feedback read.
+            canary_min_labelled: Labelled responses each version needs before the canary
+                is judged.
+            canary_max_holds: Runs in a row a canary may hold at one step before it is
+                rolled back.
+            notify_webhook: http(s) URL for promotion, rollback and failure events.
+            rollout_backend: local, kubernetes or none (see the main pipeline).
+            rollout_state: The local backend's state folder ("" = <store>/rollout).
+        """
+        run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
+        finale = notify_on_exit(store_uri=store_uri, model_name=model_name, run_id=run_id,
+                                webhook=notify_webhook)
+        with dsl.ExitHandler(finale, name="run"):
+            ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
+                              run_date=run_date, scheduled_time=scheduled,
+                              window_days=WINDOW_DAYS, lookback_days=lookback_days)
+            canary = analyse_canary(
+                store_uri=store_uri, model_name=model_name, run_id=run_id,
+                now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
+                rollout_backend=rollout_backend, rollout_state=rollout_state,
+                webhook=notify_webhook, min_labelled=canary_min_labelled,
+                max_holds=canary_max_holds, records=ingested.outputs["records"])
+        for task in (finale, ingested, canary):
+            task.set_caching_options(False)
+            if gcs_secret:
+                _mount_store_credentials(task, gcs_secret)
+
+    return canary_analysis
