@@ -324,13 +324,23 @@ def _need_version(args: argparse.Namespace) -> str:
 
 
 def _cluster_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's parameters, limited to those the package declares.
+
+    The ``canary-analysis`` package (``pipelines/canary_analysis.yaml``) declares only the
+    canary's parameters; the thresholds of drift, trigger and gate do not apply to it.
+    """
+    from driftloop.kfp.cluster import pipeline_parameters
     from driftloop.kfp.local import pipeline_arguments
 
-    return {
+    params = {
         "store_uri": args.store, "schema_uri": args.schema, "model_name": args.model,
         "isvc_name": args.isvc_name or args.model, "namespace": args.namespace,
         "force_retrain": args.force, **pipeline_arguments(_config(args)),
     }
+    declared = pipeline_parameters(Path(args.package))
+    if "force_retrain" in declared:  # the continuous-training pipeline: every parameter
+        return params
+    return {k: v for k, v in params.items() if k in declared}
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

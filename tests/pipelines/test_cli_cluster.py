@@ -67,3 +67,16 @@ def test_bad_cron_is_one_line_and_sends_nothing(api, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--cron" in err
     assert api.calls("POST") == []
+
+
+def test_the_canary_analysis_is_scheduled_hourly_with_only_its_own_parameters(api, capsys):
+    canary = PACKAGE.parent / "canary_analysis.yaml"
+    args = [a if a != str(PACKAGE) else str(canary) for a in _base(api)]
+    assert main(["schedule", *args, "--cron", "0 * * * *", "--name", "tweets-canary"]) == 0
+    (create,) = api.calls("POST", r"/apis/v2beta1/recurringruns$")
+    body = create.json
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 * * * *"
+    params = body["runtime_config"]["parameters"]
+    assert params["canary_min_labelled"] == 100 and "force_retrain" not in params
+    assert "p_value" not in params and params["model_name"] == "tweets"
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "canary-analysis"
