@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _machine import machine_info as _machine_info
 
 from driftloop.config import DriftConfig
 from driftloop.detectors import chi2_pooled, corrected_thresholds
@@ -322,18 +322,7 @@ def markdown(rows: list[dict[str, Any]], params: dict[str, dict[str, float]], ma
 
 
 def machine_info() -> str:
-    import os
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, numpy {np.__version__}, pandas {pd.__version__}")
+    return _machine_info(f"numpy {np.__version__}", f"pandas {pd.__version__}")
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -29,7 +29,6 @@ import csv
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _machine import machine_info as _machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "drift_vs_evidently"
@@ -280,18 +280,13 @@ def _evidently_version() -> str:
 
 
 def machine_info() -> str:
-    cpu = "unknown CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
         mem = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines()
                    if x.startswith("MemTotal")) / 2**20
     except (OSError, StopIteration):
         mem = float("nan")
-    return (f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
-            f"Python {platform.python_version()}, numpy {np.__version__}, pandas {pd.__version__}")
+    return _machine_info(f"{mem:.0f} GiB RAM", f"numpy {np.__version__}",
+                         f"pandas {pd.__version__}")
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

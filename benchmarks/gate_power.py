@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
-import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import machine_info as _machine_info
 from scipy.stats import norm
 
 from driftloop.config import GateConfig
@@ -305,16 +304,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def machine_info() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}, numpy {np.__version__}")
+    return _machine_info(f"numpy {np.__version__}")
 
 
 def main() -> None:

@@ -42,7 +42,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -52,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _machine import machine_info as _machine_info
 from river.datasets import synth
 from threadpoolctl import threadpool_limits
 
@@ -66,6 +66,7 @@ from driftloop.loop import (
     champion_live_accuracy,
     plan_training,
     training_start,
+    trigger_record,
 )
 from driftloop.schema import Schema, schema_from_dict
 from driftloop.train import (
@@ -81,7 +82,6 @@ from driftloop.trigger import (
     RetrainDecision,
     count_new_labels,
     decide_retrain,
-    drift_effect,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -456,13 +456,7 @@ def train_and_gate(r: Replay, b: int, records: pd.DataFrame,
     result = train_model(plan.training, schema, cfg.train, model_name=r.stream.name,
                          primary_metric=cfg.gate.primary_metric, version=f"b{b}", now=now)
     r.fit_s += time.perf_counter() - start
-    result.metadata.trigger = {
-        "fired": fired,
-        "drift_effect": drift_effect(drift) if drift is not None and "drift" in fired
-        else None,
-        "training_window": {
-            "start": choice.train_start.isoformat() if choice.train_start else None,
-            "reason": choice.reason}}
+    result.metadata.trigger = trigger_record(fired, drift, choice)
     profile = build_profile(plan, schema, cfg, f"b{b}", result.model)
     _register(r, result)
     if champion is None and not plan.eval_set["label"].notna().any():
@@ -848,16 +842,7 @@ def plot(batches: pd.DataFrame, prefix: str) -> list[Path]:
 
 def machine() -> str:
     """A one-line description of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}")
+    return _machine_info()
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -257,6 +257,23 @@ class WindowChoice:
     reason: str
 
 
+def trigger_record(fired: list[str], drift: Any, choice: WindowChoice) -> dict[str, Any]:
+    """Why a version was trained, as kept in its metadata (``trigger``).
+
+    The rules that fired, the drift effect size behind them (the drift rule's memory) and
+    the chosen training window.
+    """
+    return {
+        "fired": list(fired),
+        "drift_effect": drift_effect(drift) if drift is not None and "drift" in fired
+        else None,
+        "training_window": {
+            "start": choice.train_start.isoformat() if choice.train_start else None,
+            "change_at": choice.change_at.isoformat() if choice.change_at else None,
+            "reason": choice.reason},
+    }
+
+
 def training_start(
     champion: Champion | None, records: pd.DataFrame, schema: Schema, config: Config,
     fired: list[str],
@@ -598,15 +615,7 @@ def run_train(
                          eval_start=choice.change_at)
     result = train_model(plan.training, schema, config.train, model_name=model_name,
                          primary_metric=config.gate.primary_metric, now=now)
-    result.metadata.trigger = {
-        "fired": fired,
-        "drift_effect": drift_effect(drift) if drift is not None and "drift" in fired
-        else None,
-        "training_window": {
-            "start": choice.train_start.isoformat() if choice.train_start else None,
-            "change_at": choice.change_at.isoformat() if choice.change_at else None,
-            "reason": choice.reason},
-    }
+    result.metadata.trigger = trigger_record(fired, drift, choice)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / result.metadata.version
         save_model_artifact(result, folder)
