@@ -118,7 +118,11 @@ def _partition_keys(store: Store, kind: str, days: list[dt.date]) -> list[str]:
 
 def _parse_jsonl(data: bytes, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows, bad = [], []
-    for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+    # JSON Lines are separated by "\n" only: str.splitlines() also splits on U+2028,
+    # U+2029 and U+0085, which may stand unescaped inside a JSON string (a tweet).
+    text = data.decode("utf-8", errors="replace")
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

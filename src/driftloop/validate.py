@@ -27,11 +27,27 @@ def _add_reason(reasons: pd.Series, mask: pd.Series, text: str | pd.Series) -> p
     return reasons.where(~mask, joined)
 
 
+def _to_float(value: object) -> float:
+    """One value as a float; NaN when it is not a number a float can hold."""
+    if value is None or isinstance(value, bool):
+        return float("nan")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (OverflowError, TypeError, ValueError):
+        return float("nan")
+
+
 def _check_numeric(
     spec: ColumnSpec, col: pd.Series, missing: pd.Series, reasons: pd.Series
 ) -> tuple[pd.Series, pd.Series]:
     as_bool = col.map(lambda v: isinstance(v, bool))
-    values = pd.to_numeric(col.where(~as_bool.astype(bool)), errors="coerce").astype("float64")
+    kept = col.where(~as_bool.astype(bool))
+    try:
+        values = pd.to_numeric(kept, errors="coerce").astype("float64")
+    except (OverflowError, TypeError, ValueError):
+        # e.g. a JSON integer above ~1e308 (OverflowError): judge value by value, so one
+        # such row is quarantined instead of failing every run whose window holds it
+        values = kept.map(_to_float).astype("float64")
     bad = ~missing & values.isna()
     reasons = _add_reason(reasons, bad, f"{spec.name}: not a number")
     if spec.dtype == "int":

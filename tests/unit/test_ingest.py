@@ -170,3 +170,28 @@ def test_a_replay_never_reads_records_or_labels_stamped_after_its_logical_time(
     assert (c.after_cutoff, c.labels_after_cutoff) == (1, 2)
     assert c.balanced()
     assert "after the run's logical time" in result.report.summary()
+
+
+def test_an_integer_too_large_for_a_float_is_quarantined_not_a_crash(store: LocalStore):
+    # Regression: one JSON integer above ~1e308 raised OverflowError in validation, and
+    # every run whose lookback held that day failed.
+    big = "1" + "0" * 400
+    store.write_text(f"requests/dt={DAY}/a.jsonl",
+                     json.dumps(_rec(1)) + "\n" + json.dumps(_rec(2)).replace(
+                         '"x0": 0.5', f'"x0": {big}') + "\n")
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert list(result.records["id"]) == ["r1"]
+    assert result.report.counts.quarantined == 1 and result.report.counts.balanced()
+    assert "x0: not a number" in result.quarantine["_reason"].iloc[0]
+
+
+def test_line_separators_inside_a_string_do_not_split_a_record(store: LocalStore):
+    # Regression: str.splitlines() split JSONL on U+2028 / U+2029 / U+0085 too, and a
+    # record holding one was lost at ingest.
+    rows = [dict(_rec(i), segment="north") for i in range(3)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    text = text.replace('"r1"', '"r1\u2028x"').replace('"r2"', '"r2\u0085y"')
+    store.write_text(f"requests/dt={DAY}/a.jsonl", text)
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert len(result.records) == 3 and result.report.counts.quarantined == 0
+    assert "r1\u2028x" in set(result.records["id"])
