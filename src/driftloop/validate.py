@@ -6,6 +6,8 @@ out typed; every invalid row comes out with a reason naming each field and rule 
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from driftloop.schema import ColumnSpec, Schema
@@ -131,11 +133,46 @@ def _id_and_time(
     reasons = _add_reason(
         reasons, ts_missing, f"{schema.timestamp_column}: required value missing"
     )
-    ts = pd.to_datetime(ts_raw.where(~ts_missing), utc=True, errors="coerce", format="ISO8601")
+    ts = parse_timestamps(ts_raw.where(~ts_missing))
     reasons = _add_reason(
         reasons, ~ts_missing & ts.isna(), f"{schema.timestamp_column}: not an ISO-8601 time"
     )
     return ids, ts, reasons
+
+
+_OFFSET = re.compile(r"(?:Z|[+-]\d\d(?::?\d\d)?)$", re.IGNORECASE)
+
+
+def parse_timestamps(values: pd.Series) -> pd.Series:
+    """ISO-8601 times as UTC, each by its own offset; a time without one is UTC.
+
+    Naive and offset-carrying values are parsed apart: parsed together, pandas shifts a
+    naive value by another row's offset (a naive 10:00 became 04:30Z after a +05:30 row).
+    Anything that is not an ISO-8601 time becomes NaT.
+    """
+    text = values.map(lambda v: v.strip() if isinstance(v, str) else None)
+    aware = text.map(lambda v: bool(v) and _OFFSET.search(v) is not None).astype(bool)
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    for part in (aware, ~aware & text.notna()):
+        if part.any():
+            out.loc[part] = pd.to_datetime(text[part], utc=True, errors="coerce",
+                                           format="ISO8601")
+    other = values.notna() & text.isna()  # datetime objects (Parquet), numbers
+    for i in values.index[other]:
+        out.loc[i] = _one_timestamp(values.loc[i])
+    return out
+
+
+def _one_timestamp(value: object) -> pd.Timestamp:
+    if isinstance(value, bool | int | float):
+        return pd.NaT  # not a time, whatever pandas would make of it
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError, OverflowError):
+        return pd.NaT
+    if stamp is pd.NaT:
+        return pd.NaT
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _split(

@@ -195,3 +195,19 @@ def test_line_separators_inside_a_string_do_not_split_a_record(store: LocalStore
     result = ingest(store, sample_schema(), DAY, DAY)
     assert len(result.records) == 3 and result.report.counts.quarantined == 0
     assert "r1\u2028x" in set(result.records["id"])
+
+
+def test_a_naive_time_is_utc_whatever_offset_another_row_carries(store: LocalStore):
+    # Regression: parsed together with a +05:30 row, a naive 10:00 became 04:30Z and the
+    # "latest label wins" rule picked the wrong label.
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([
+        _rec(1, ts="2026-03-01T08:00:00+05:30"), _rec(2, ts="2026-03-01T10:00:00")]))
+    store.write_text(f"feedback/dt={DAY}/a.jsonl", _jsonl([
+        {"id": "r2", "label": "no", "timestamp": "2026-03-01T10:30:00"},
+        {"id": "r2", "label": "yes", "timestamp": "2026-03-01T15:00:00+05:30"},  # 09:30Z
+    ]))
+    result = ingest(store, sample_schema(), DAY, DAY)
+    by_id = result.records.set_index("id")
+    assert by_id.loc["r2", "timestamp"] == pd.Timestamp("2026-03-01T10:00:00Z")
+    assert by_id.loc["r1", "timestamp"] == pd.Timestamp("2026-03-01T02:30:00Z")
+    assert by_id.loc["r2", "label"] == "no"  # 10:30Z is later than 09:30Z
