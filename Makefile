@@ -7,7 +7,7 @@ OUT    ?= demo-out
 SCENARIO ?= tweets
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data demo test lint compile bench clean
+.PHONY: help setup data demo test lint compile bench clean prometheus
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,7 +26,15 @@ data: $(STAMP) ## Fetch the real data sets (tweets, Elec2) from PyPI wheels into
 demo: $(STAMP) data ## Serve a model, replay real data as days, run the pipeline daily (SCENARIO=tweets|elec2|sample)
 	$(BIN)/driftloop demo --scenario $(SCENARIO) --out $(OUT)
 
-test: $(STAMP) data ## Run the whole test suite (fetches the data sets first)
+prometheus: ## Install Debian's prometheus when missing (the serving-metrics tests scrape with it)
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -q prometheus >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q prometheus >/dev/null)) \
+	    && echo "installed prometheus (Debian package)"; \
+	  else echo "make: prometheus is missing and cannot be installed here (needs root and apt-get on Debian): install it, e.g. sudo apt-get install prometheus" >&2; exit 1; fi; }
+
+test: $(STAMP) data prometheus ## Run the whole test suite (fetches the data sets, installs prometheus)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## ruff + mypy

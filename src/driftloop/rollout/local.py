@@ -468,6 +468,10 @@ class LocalGateway:
         self._file_key: bytes | None = None
         self._routes: dict[str, str] = {}  # revision -> storageUri
         self._split = _Split({})
+        from prometheus_client import CollectorRegistry
+
+        #: The gateway's own Prometheus registry, served at ``/metrics``.
+        self.registry = CollectorRegistry()
         self._servers: dict[str, RunningServer] = {}
         self._problem: str | None = None
         self._server: RunningServer | None = None
@@ -622,6 +626,25 @@ class LocalGateway:
                  model.version, server.url)
         return server
 
+    def _version_of(self, revision: str) -> str:
+        """The registry version a revision serves (the last part of its storageUri)."""
+        with self._lock:
+            uri = self._routes.get(revision, "")
+        return uri.rstrip("/").rsplit("/", 1)[-1] or revision
+
+    def count(self, version: str, code: int, seconds: float) -> None:
+        """Count one inference request in the serving metrics (per version and code).
+
+        The same series a cluster gets per revision from Knative's queue-proxy
+        (``revision_request_count`` / ``revision_request_latencies``), named for the
+        registry version so the canary analysis can read them from Prometheus.
+        """
+        from driftloop.serving import metrics as m
+
+        labels = {"model_name": self.model_name, "model_version": version}
+        m.serving_requests(self.registry).labels(**labels, code=str(code)).inc()
+        m.serving_latency(self.registry).labels(**labels).observe(seconds)
+
     def _pick(self) -> tuple[str, RunningServer] | None:
         with self._lock:
             revision = self._split.pick()
@@ -697,14 +720,22 @@ class LocalGateway:
                 return JSONResponse({"error": gateway._problem or "no revision is ready"},
                                     status_code=503)
             revision, server = picked
+            version = gateway._version_of(revision)
+            began = time.perf_counter()
             assert gateway._client is not None
             headers = {k: v for k, v in request.headers.items()
                        if k.lower() in ("content-type", "accept", "ce-id", "ce-type",
                                         "ce-source", "ce-specversion")}
             body = await request.body()
-            answer = await gateway._client.request(
-                request.method, f"{server.url}{path}", params=request.query_params,
-                content=body, headers=headers)
+            try:
+                answer = await gateway._client.request(
+                    request.method, f"{server.url}{path}", params=request.query_params,
+                    content=body, headers=headers)
+            except httpx.HTTPError as exc:  # the revision did not answer: a 502 it served
+                gateway.count(version, 502, time.perf_counter() - began)
+                return JSONResponse({"error": f"revision {revision}: {exc}"}, status_code=502)
+            if request.method == "POST" and path.endswith((":predict", "/infer")):
+                gateway.count(version, answer.status_code, time.perf_counter() - began)
             if (gateway.logger_url and request.method == "POST" and answer.status_code == 200
                     and path.endswith((":predict", "/infer"))):
                 await gateway._log_pair(body, answer.content, revision)
@@ -714,8 +745,15 @@ class LocalGateway:
             return responses.Response(answer.content, status_code=answer.status_code,
                                       headers=out)
 
+        async def metrics(request: Request) -> Response:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            return responses.Response(generate_latest(gateway.registry),
+                                      media_type=CONTENT_TYPE_LATEST)
+
         return Starlette(
             routes=[Route("/", health, methods=["GET"]),
+                    Route("/metrics", metrics, methods=["GET"]),
                     Route("/{path:path}", forward, methods=["GET", "POST"])],
             lifespan=lifespan,
         )

@@ -102,3 +102,37 @@ def rejected_requests(registry: CollectorRegistry = REGISTRY) -> Counter:
         MODEL_LABELS,
         registry=registry,
     )
+
+
+#: Buckets of the request-latency histograms, in seconds.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+def serving_requests(registry: CollectorRegistry = REGISTRY) -> Counter:
+    """Inference requests by the version that answered and the HTTP status code.
+
+    Exposed as ``driftloop_serving_requests_total``: the canary's error rate per version
+    comes from here (KServe's payload logger sends a response event only for HTTP 200,
+    so the logged records never show a failed request).
+    """
+    return get_or_create(
+        Counter,
+        "driftloop_serving_requests",
+        "Inference requests by model version and HTTP status code.",
+        (*MODEL_LABELS, "code"),
+        registry=registry,
+    )
+
+
+def serving_latency(registry: CollectorRegistry = REGISTRY) -> Histogram:
+    """Inference request latency by the version that answered (seconds, end to end)."""
+    return get_or_create(
+        Histogram,
+        "driftloop_serving_request_duration_seconds",
+        "Inference request latency by model version, seconds.",
+        MODEL_LABELS,
+        registry=registry,
+        buckets=LATENCY_BUCKETS,
+    )
