@@ -342,11 +342,23 @@ class CanaryOutcome:
         return _finite_metrics(values)
 
 
+def _serving_stats(url: str, model_name: str, records: pd.DataFrame, canary: str,
+                   now: dt.datetime) -> dict[str, Any]:
+    """Each version's serving counts from Prometheus since the canary's first response."""
+    from driftloop.serving.prometheus import serving_stats
+
+    served = (pd.to_datetime(records.loc[records["model_version"].astype(str) == canary,
+                                         "timestamp"], utc=True)
+              if len(records) and "model_version" in records else pd.Series([], dtype=object))
+    since = served.min().to_pydatetime() if len(served) else now - dt.timedelta(days=1)
+    return dict(serving_stats(url, model_name, since=since, until=now))
+
+
 def analyse_canary_step(
     store_uri: str, model_name: str, records_path: str | Path, *, run_id: str, now: str,
     isvc_name: str = "", namespace: str = "", rollout_backend: str = "local",
     rollout_state: str = "", webhook: str = "", min_labelled: int | None = None,
-    max_holds: int | None = None,
+    max_holds: int | None = None, prometheus_url: str = "",
 ) -> CanaryOutcome:
     """Judge the canary in progress on live traffic and advance, hold or roll it back.
 
@@ -368,6 +380,9 @@ def analyse_canary_step(
         webhook: ``http(s)://`` URL for the rollback / promotion events (``""``: log).
         min_labelled: Labelled responses each version needs (default: CanaryConfig's).
         max_holds: Holds in a row before a rollback (default: CanaryConfig's).
+        prometheus_url: Prometheus' base URL: each version's requests, 5xx errors and
+            p95 latency since the canary started come from its serving metrics
+            (:mod:`driftloop.serving.prometheus`); ``""``: from the logged records only.
     """
     run_id = run_key(run_id)
     registry = Registry(open_store(store_uri), model_name)
@@ -387,11 +402,14 @@ def analyse_canary_step(
         canary_config = replace(canary_config, min_labelled=min_labelled)
     if max_holds is not None:
         canary_config = replace(canary_config, max_holds=max_holds)
+    records = read_frame(records_path)
+    serving = (_serving_stats(prometheus_url, model_name, records, canary, logical_time(now))
+               if prometheus_url else None)
     with backend:
         step = progressive.step_canary(
-            registry, backend, read_frame(records_path), config=canary_config,
+            registry, backend, records, config=canary_config,
             notifier=make_notifier(_notifier_config(webhook)), run_id=run_id,
-            model_name=model_name, now=logical_time(now))
+            model_name=model_name, now=logical_time(now), serving=serving)
     if step is not None and step.action == progressive.ROLLBACK:
         return CanaryOutcome("", step)  # nothing in flight: the rules may retrain now
     return CanaryOutcome(canary, step)

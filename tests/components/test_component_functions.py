@@ -53,7 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out["canary"] = components.analyse_canary.python_func(
         store_uri=common["store_uri"], model_name=MODEL, run_id=RUN, now=now,
         isvc_name="sample", namespace="ml", rollout_backend="local", rollout_state="",
-        webhook="", min_labelled=100, max_holds=3,
+        webhook="", min_labelled=100, max_holds=3, prometheus_url="",
         records=a["records"], canary_report=a["canary_report"],
         canary_metrics=a["canary_metrics"])
     out["drift"] = components.detect_drift.python_func(

@@ -171,6 +171,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "canary_max_holds": ("NUMBER_INTEGER", CanaryConfig.max_holds),
         "force_retrain": ("BOOLEAN", False), "notify_webhook": ("STRING", ""),
         "rollout_backend": ("STRING", "local"), "rollout_state": ("STRING", ""),
+        "prometheus_url": ("STRING", ""),
     }
     assert {k: (v["parameterType"], v.get("defaultValue")) for k, v in params.items()} == \
         expected

@@ -169,6 +169,7 @@ def analyse_canary(
     webhook: str,
     min_labelled: int,
     max_holds: int,
+    prometheus_url: str,
     records: Input[Dataset],
     canary_report: Output[Markdown],
     canary_metrics: Output[Metrics],
@@ -196,6 +197,8 @@ def analyse_canary(
         webhook: http(s) URL receiving rollback and promotion events ("" = log only).
         min_labelled: Labelled responses each version needs before the canary is judged.
         max_holds: Runs in a row the canary may hold at one step before it is rolled back.
+        prometheus_url: Prometheus base URL for each version's requests, 5xx errors and p95
+            latency ("" = from the logged records only).
         records: The lookback's records (from ingest).
         canary_report: The step and the analysis (per-version numbers, every rule).
         canary_metrics: Traffic shares, live accuracies and the interval.
@@ -212,6 +215,7 @@ def analyse_canary(
         store_uri, model_name, records.path, run_id=run_id, now=now, isvc_name=isvc_name,
         namespace=namespace, rollout_backend=rollout_backend, rollout_state=rollout_state,
         webhook=webhook, min_labelled=min_labelled, max_holds=max_holds,
+        prometheus_url=prometheus_url,
     )
     Path(canary_report.path).write_text(out.to_markdown())
     canary_report.metadata.update({

@@ -97,6 +97,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
         notify_webhook: str = "",
         rollout_backend: str = "local",
         rollout_state: str = "",
+        prometheus_url: str = "",
     ) -> None:
         """One continuous-training run: retrain on drift or new labels, promote if better.
 
@@ -127,6 +128,9 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
             rollout_backend: Where the canary runs: local (a state folder), kubernetes
                 (the cluster's KServe InferenceService) or none (registry aliases only).
             rollout_state: The local backend's state folder ("" = <store>/rollout).
+            prometheus_url: Prometheus base URL: the canary's requests, 5xx errors and p95
+                latency per version come from its serving metrics ("" = from the logged
+                records only).
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
@@ -144,7 +148,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
                 rollout_backend=rollout_backend, rollout_state=rollout_state,
                 webhook=notify_webhook, min_labelled=canary_min_labelled,
-                max_holds=canary_max_holds,
+                max_holds=canary_max_holds, prometheus_url=prometheus_url,
                 records=ingested.outputs["records"],
             )
             drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
@@ -229,6 +233,7 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
         notify_webhook: str = "",
         rollout_backend: str = "local",
         rollout_state: str = "",
+        prometheus_url: str = "",
     ) -> None:
         """Judge the canary in progress and advance, hold or roll it back.
 
@@ -248,6 +253,9 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
             notify_webhook: http(s) URL for promotion, rollback and failure events.
             rollout_backend: local, kubernetes or none (see the main pipeline).
             rollout_state: The local backend's state folder ("" = <store>/rollout).
+            prometheus_url: Prometheus base URL: the canary's requests, 5xx errors and p95
+                latency per version come from its serving metrics ("" = from the logged
+                records only).
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
@@ -262,7 +270,8 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
                 now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
                 rollout_backend=rollout_backend, rollout_state=rollout_state,
                 webhook=notify_webhook, min_labelled=canary_min_labelled,
-                max_holds=canary_max_holds, records=ingested.outputs["records"])
+                max_holds=canary_max_holds, prometheus_url=prometheus_url,
+                records=ingested.outputs["records"])
         for task in (finale, ingested, canary):
             task.set_caching_options(False)
             if gcs_secret:
