@@ -229,6 +229,11 @@ def test_metrics_count_confidence_and_classes_by_version(client, registered):
     after = client.get("/metrics")
     assert after.status_code == 200
     text = after.text
+    # every answer per version and code, the 400 too (the canary's error rate source)
+    served = "driftloop_serving_requests_total"
+    for code, n in (("200", 2), ("400", 1)):
+        assert (_metric(text, served, model_version=version, code=code)
+                - _metric(before, served, model_version=version, code=code)) == n
     count = "driftloop_prediction_confidence_count"
     assert (_metric(text, count, model_version=version)
             - _metric(before, count, model_version=version)) == 15

@@ -21,7 +21,7 @@ import pytest
 
 from driftloop.canary import analyse_canary
 from driftloop.config import CanaryConfig
-from driftloop.rollout.local import LocalGateway, LocalRolloutBackend
+from driftloop.rollout.local import GATEWAY_METRICS, LocalGateway, LocalRolloutBackend
 from driftloop.serving.prometheus import PrometheusError, serving_stats
 
 
@@ -86,16 +86,17 @@ def test_a_canary_whose_failures_never_reach_the_log_is_rolled_back(scraped):
     gateway, url = scraped
     for version in ("v-champion", "v-canary"):  # series exist at 0 before any request
         gateway.count(version, 200, 0.003)
-    _wait_for(url, 'driftloop_serving_requests_total{code="200"}', 2)
+    _wait_for(url, 'driftloop_gateway_requests_total{code="200"}', 2)
     since = dt.datetime.now(dt.UTC)
     time.sleep(1.5)
     for _ in range(600):
         gateway.count("v-champion", 200, 0.003)
     for i in range(600):  # half of the canary's requests fail, and it is 10x slower
         gateway.count("v-canary", 500 if i % 2 else 200, 0.03)
-    _wait_for(url, "driftloop_serving_requests_total", 1202)
+    _wait_for(url, "driftloop_gateway_requests_total", 1202)
     time.sleep(1.5)
-    stats = serving_stats(url, "m", since=since, until=dt.datetime.now(dt.UTC))
+    stats = serving_stats(url, "m", since=since, until=dt.datetime.now(dt.UTC),
+                          prefix=GATEWAY_METRICS)
     champ, canary = stats["v-champion"], stats["v-canary"]
     assert (champ.requests, champ.errors) == (600, 0)  # the counters' exact differences
     assert (canary.requests, canary.errors) == (600, 300)

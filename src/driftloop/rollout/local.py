@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 
 ISVC_DIR = "inferenceservices"
 REVISIONS_DIR = "revisions"
+#: Name prefix of the gateway's serving metrics (``driftloop_gateway_requests_total``, ...).
+GATEWAY_METRICS = "driftloop_gateway"
 #: The route domain of the simulated cluster (``status.url``).
 DOMAIN = "example.com"
 #: Annotations that do not reach the Knative revision template.
@@ -635,15 +637,18 @@ class LocalGateway:
     def count(self, version: str, code: int, seconds: float) -> None:
         """Count one inference request in the serving metrics (per version and code).
 
-        The same series a cluster gets per revision from Knative's queue-proxy
-        (``revision_request_count`` / ``revision_request_latencies``), named for the
-        registry version so the canary analysis can read them from Prometheus.
+        The numbers a cluster gets per revision from Knative's queue-proxy
+        (``revision_request_count`` / ``revision_request_latencies``), as
+        ``driftloop_gateway_*`` series named by registry version, so the canary analysis
+        can read them from Prometheus (``serving_stats(..., prefix=GATEWAY_METRICS)``).
         """
         from driftloop.serving import metrics as m
 
         labels = {"model_name": self.model_name, "model_version": version}
-        m.serving_requests(self.registry).labels(**labels, code=str(code)).inc()
-        m.serving_latency(self.registry).labels(**labels).observe(seconds)
+        m.serving_requests(self.registry, prefix=GATEWAY_METRICS).labels(
+            **labels, code=str(code)).inc()
+        m.serving_latency(self.registry, prefix=GATEWAY_METRICS).labels(**labels).observe(
+            seconds)
 
     def _pick(self) -> tuple[str, RunningServer] | None:
         with self._lock:

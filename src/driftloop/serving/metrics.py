@@ -110,27 +110,31 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 
-def serving_requests(registry: CollectorRegistry = REGISTRY) -> Counter:
+def serving_requests(registry: CollectorRegistry = REGISTRY, *,
+                     prefix: str = "driftloop_serving") -> Counter:
     """Inference requests by the version that answered and the HTTP status code.
 
-    Exposed as ``driftloop_serving_requests_total``: the canary's error rate per version
-    comes from here (KServe's payload logger sends a response event only for HTTP 200,
-    so the logged records never show a failed request).
+    Exposed as ``<prefix>_requests_total``: the canary's error rate per version comes from
+    here (KServe's payload logger sends a response event only for HTTP 200, so the logged
+    records never show a failed request). The predictor exports ``driftloop_serving_*``
+    (what it answered); the local gateway ``driftloop_gateway_*`` (end to end, including
+    revisions that did not answer), so a Prometheus scraping both counts nothing twice.
     """
     return get_or_create(
         Counter,
-        "driftloop_serving_requests",
+        f"{prefix}_requests",
         "Inference requests by model version and HTTP status code.",
         (*MODEL_LABELS, "code"),
         registry=registry,
     )
 
 
-def serving_latency(registry: CollectorRegistry = REGISTRY) -> Histogram:
-    """Inference request latency by the version that answered (seconds, end to end)."""
+def serving_latency(registry: CollectorRegistry = REGISTRY, *,
+                    prefix: str = "driftloop_serving") -> Histogram:
+    """Inference request latency by the version that answered, seconds."""
     return get_or_create(
         Histogram,
-        "driftloop_serving_request_duration_seconds",
+        f"{prefix}_request_duration_seconds",
         "Inference request latency by model version, seconds.",
         MODEL_LABELS,
         registry=registry,

@@ -48,6 +48,7 @@ import io
 import json
 import math
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -535,6 +536,10 @@ class DriftloopModel(KServeModel):
             c: counter.labels(**labels, **{"class": c}) for c in self.loaded.classes
         }
         self._invalid = m.rejected_requests().labels(**labels)
+        requests = m.serving_requests()
+        self._answered = {code: requests.labels(**labels, code=code)
+                          for code in ("200", "400", "500")}
+        self._latency = m.serving_latency().labels(**labels)
         # Per-model structures, built once instead of on every request.
         self._layout = tuple((c.name, c.kind) for c in self.loaded.schema.columns)
         self._feature_index = pd.Index([name for name, _ in self._layout])
@@ -615,16 +620,26 @@ class DriftloopModel(KServeModel):
             InvalidInput: The input breaks the schema (kserve answers 400).
         """
         loaded = self._require()
-        is_v2 = isinstance(payload, InferRequest)
+        began = time.perf_counter()
+        code = "500"
         try:
-            columns, ids = (parse_v2 if is_v2 else parse_v1)(payload, loaded.schema)
-        except InvalidInput:
-            self._invalid.inc()
-            raise
-        labels, proba = self.predict_columns(columns)
-        if is_v2:
-            return self._v2_response(payload, labels, proba, ids)
-        return self.v1_response(labels, proba, ids)
+            is_v2 = isinstance(payload, InferRequest)
+            try:
+                columns, ids = (parse_v2 if is_v2 else parse_v1)(payload, loaded.schema)
+            except InvalidInput:
+                self._invalid.inc()
+                code = "400"
+                raise
+            labels, proba = self.predict_columns(columns)
+            out = (self._v2_response(payload, labels, proba, ids) if is_v2
+                   else self.v1_response(labels, proba, ids))
+            code = "200"
+            return out
+        finally:
+            # Every answer counts per version, failures too: the payload logger logs a
+            # response only for 200, so the canary's error rate must come from here.
+            self._answered[code].inc()
+            self._latency.observe(time.perf_counter() - began)
 
     def v1_response(self, labels: np.ndarray, proba: np.ndarray,
                     ids: Sequence[str | None]) -> dict[str, Any]:

@@ -23,8 +23,9 @@ from typing import Any
 from driftloop.canary import ServingStats
 from driftloop.errors import DriftloopError
 
-REQUESTS = "driftloop_serving_requests_total"
-LATENCY = "driftloop_serving_request_duration_seconds_bucket"
+#: The predictor's series (what each version answered); the local gateway's are
+#: ``driftloop_gateway_*``.
+PREFIX = "driftloop_serving"
 
 
 class PrometheusError(DriftloopError):
@@ -56,7 +57,7 @@ def _label(text: str) -> str:
 
 def serving_stats(
     url: str, model_name: str, *, since: dt.datetime, until: dt.datetime,
-    timeout: float = 10.0,
+    timeout: float = 10.0, prefix: str = PREFIX,
 ) -> dict[str, ServingStats]:
     """Requests, 5xx errors and p95 latency (ms) per model version over ``[since, until]``.
 
@@ -66,6 +67,8 @@ def serving_stats(
         since: Start of the period (the canary's start).
         until: End of the period (the run's logical time).
         timeout: HTTP timeout per query.
+        prefix: The series' name prefix (``driftloop_serving``: the predictor's;
+            ``driftloop_gateway``: the local gateway's).
 
     Returns:
         ``version -> ServingStats``; a version without a request in the period is absent.
@@ -75,9 +78,10 @@ def serving_stats(
     """
     seconds = max(1, math.ceil((until - since).total_seconds()))
     window = f"[{seconds}s]"
+    requests, latency = f"{prefix}_requests_total", f"{prefix}_request_duration_seconds_bucket"
     match = f'{{model_name="{_label(model_name)}"}}'
     counts: dict[str, dict[str, float]] = {}
-    by_code = f"sum by (model_version, code) ({REQUESTS}{match})"
+    by_code = f"sum by (model_version, code) ({requests}{match})"
     before = {(i["metric"].get("model_version", ""), i["metric"].get("code", "")):
               float(i["value"][1]) for i in _query(url, by_code, since, timeout)}
     for item in _query(url, by_code, until, timeout):
@@ -89,16 +93,16 @@ def serving_stats(
         counts.setdefault(key[0], {})[key[1]] = grown if grown >= 0 else value
     p95: dict[str, float] = {}
     for item in _query(url, f"histogram_quantile(0.95, sum by (model_version, le) "
-                            f"(increase({LATENCY}{match}{window})))", until, timeout):
+                            f"(increase({latency}{match}{window})))", until, timeout):
         value = float(item["value"][1])
         if math.isfinite(value):
             p95[item["metric"].get("model_version", "")] = value * 1000.0
     out = {}
     for version, codes in counts.items():
-        requests = round(sum(codes.values()))
-        if requests <= 0:
+        total = round(sum(codes.values()))
+        if total <= 0:
             continue
         errors = round(sum(v for c, v in codes.items() if c.startswith("5")))
-        out[version] = ServingStats(requests=requests, errors=errors,
+        out[version] = ServingStats(requests=total, errors=errors,
                                     latency_p95_ms=p95.get(version))
     return out
