@@ -294,6 +294,11 @@ def run_live_demo(
                 rows.append(DayRow.from_run(d, day, data.regimes[d], record, day_traffic,
                                             accuracy))
                 rows[-1].midday = midday[0] if midday else ""
+                if rows[-1].midday.endswith(" 100%") and rows[-1].champion == "-":
+                    # completed at noon: the day's champion is the former canary
+                    from driftloop.registry import Registry
+
+                    rows[-1].champion = Registry(store, data.name).champion() or "-"
             progress.show(len(plan), "done")
             progress.clear()
             log_failures = gateway.log_failures
