@@ -62,6 +62,7 @@ from driftloop.drift import detect_drift
 from driftloop.evaluate import evaluate_challenger
 from driftloop.loop import (
     Champion,
+    accuracy_on_new_labels,
     build_profile,
     champion_live_accuracy,
     plan_training,
@@ -407,7 +408,10 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
                               new_labels=count_new_labels(records, since),
                               current_metric=metric, metric_samples=samples,
                               last_retrain_at=last_at,
-                              last_attempt=_last_attempt(r, records), **extra)
+                              last_attempt=_last_attempt(r, records),
+                              train_cap=r.cfg.train.max_rows,
+                              new_label_accuracy=accuracy_on_new_labels(
+                                  champion, records, r.stream.schema, since), **extra)
 
     decision = run()
     if not decision.retrain:

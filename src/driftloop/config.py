@@ -116,6 +116,9 @@ class TriggerConfig:
             training rows (1.0: they would double its data). A fixed count alone turns the
             rule into "every k runs" on a stationary stream; a share makes retrains
             geometrically rarer as data grows, where learning curves flatten.
+        label_alpha: Once the training set is at its cap (``train.max_rows``), the
+            label-volume rule fires only when the champion's accuracy on the new labels
+            is below its held-out baseline at this one-sided level.
         perf_drop: Relative drop of the champion's live accuracy below its held-out
             baseline that counts as material (the effect size of the performance rule).
         perf_alpha: One-sided significance level of the performance rule: with nothing
@@ -141,6 +144,7 @@ class TriggerConfig:
 
     min_new_labels: int = 500
     label_share: float = 1.0
+    label_alpha: float = 0.01
     perf_drop: float = 0.10
     perf_alpha: float = 0.01
     perf_min_samples: int = 100
@@ -156,6 +160,7 @@ class TriggerConfig:
     def __post_init__(self) -> None:
         _check(self.min_new_labels >= 1, "trigger.min_new_labels", "must be >= 1")
         _check(self.label_share >= 0, "trigger.label_share", "must be >= 0")
+        _check(0 < self.label_alpha < 1, "trigger.label_alpha", "must be in (0, 1)")
         _check(0 < self.perf_drop < 1, "trigger.perf_drop", "must be in (0, 1)")
         _check(0 < self.perf_alpha < 1, "trigger.perf_alpha", "must be in (0, 1)")
         _check(self.perf_window_days > 0, "trigger.perf_window_days", "must be > 0")

@@ -219,6 +219,20 @@ def champion_live_accuracy(
     return float((pred == rows["label"].astype(str).to_numpy()).mean()), len(rows)
 
 
+def accuracy_on_new_labels(champion: Champion, records: pd.DataFrame, schema: Schema,
+                           since: dt.datetime) -> float | None:
+    """The champion's accuracy on the records labelled after ``since`` (None: none)."""
+    if records.empty:
+        return None
+    rows = records.loc[records["label"].notna()
+                       & (pd.to_datetime(records["label_timestamp"], utc=True)
+                          > pd.Timestamp(since))]
+    if rows.empty:
+        return None
+    pred, _ = predict_frame(champion.model, rows, schema)
+    return float((pred == rows["label"].astype(str).to_numpy()).mean())
+
+
 def last_attempt(registry: Registry, champion: Champion, records: pd.DataFrame
                  ) -> LastAttempt | None:
     """The latest version trained after the champion and not promoted (None: none).
@@ -349,6 +363,8 @@ def run_decide(
         metric_samples=samples, last_retrain_at=last_at, force=force,
         canary_in_progress=canary_in_progress,
         last_attempt=last_attempt(registry, champion, window.records),
+        train_cap=config.train.max_rows,
+        new_label_accuracy=accuracy_on_new_labels(champion, window.records, schema, since),
     )
     decision = decide()
     if not decision.retrain:

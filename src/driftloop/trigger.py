@@ -13,7 +13,10 @@ The rules and the error each controls:
   AND a relative drop of at least ``perf_drop`` (so a tiny but significant drop on many
   labels does not fire).
 * ``label_volume``: new labels since the last training are at least ``min_new_labels``
-  and ``label_share`` of the champion's training rows.
+  and would grow the training set by ``label_share`` (1.0: double it); once the champion's
+  training set is at its cap (``train.max_rows``, a sliding window) more labels no longer
+  grow it, and the rule fires only when the new labels show a loss: the champion's
+  accuracy on them credibly below its held-out baseline (one-sided, ``label_alpha``).
 * ``schedule``: no training for ``max_age_days``.
 """
 
@@ -178,6 +181,38 @@ def _performance_rule(
     )
 
 
+def _label_volume_rule(champion: ChampionInfo, new_labels: int, cap: int | None,
+                       accuracy: float | None, config: TriggerConfig) -> TriggerRule:
+    name, n = "label_volume", champion.n_train
+    if cap is None or n < cap:
+        room = new_labels if cap is None else min(n + new_labels, cap) - n
+        need = max(config.min_new_labels, math.ceil(config.label_share * n))
+        vol = new_labels >= config.min_new_labels and room >= config.label_share * n
+        return TriggerRule(
+            name, vol, float(new_labels), float(need),
+            f"{new_labels} new labels since the last training cutoff "
+            f"{'>=' if vol else '<'} {need} (at least {config.min_new_labels}, growing the "
+            f"champion's {n} training rows by {config.label_share:g}x"
+            + (f", cap {cap}" if cap is not None else "") + ")")
+    if new_labels < config.min_new_labels:
+        return TriggerRule(name, False, float(new_labels), float(config.min_new_labels),
+                           f"{new_labels} new labels < {config.min_new_labels}; the training "
+                           f"set is at its cap ({cap} rows)")
+    base, base_n = champion.baseline_accuracy, champion.baseline_n
+    if accuracy is None or not base > 0 or base_n < 1:
+        return TriggerRule(name, False, float(new_labels), float(config.min_new_labels),
+                           f"{new_labels} new labels, but the training set is at its cap "
+                           f"({cap} rows) and no held-out baseline to test them against")
+    _, p = performance_test(base, base_n, accuracy, new_labels)
+    loss = p < config.label_alpha
+    return TriggerRule(
+        name, loss, p, config.label_alpha,
+        f"{new_labels} new labels; the training set is at its cap ({cap} rows), so they "
+        f"count only if they show a loss: champion accuracy {accuracy:.3f} on them vs "
+        f"held-out {base:.3f}, one-sided p={p:.2g} {'<' if loss else '>='} "
+        f"{config.label_alpha:g}")
+
+
 def _drift_rule(drift: DriftLike | None, attempt: LastAttempt | None, now: dt.datetime,
                 config: TriggerConfig) -> TriggerRule:
     if drift is None:
@@ -247,6 +282,8 @@ def decide_retrain(
     train_problem: str | None = None,
     last_attempt: LastAttempt | None = None,
     eval_needed: int = 0,
+    train_cap: int | None = None,
+    new_label_accuracy: float | None = None,
     eval_have: int = 0,
 ) -> RetrainDecision:
     """Combine the retrain rules into one decision.
@@ -274,6 +311,9 @@ def decide_retrain(
             before the gate could judge a challenger: the retrain waits for them, even
             when forced (a challenger that cannot be judged cannot ship).
         eval_have: How many such labels there are now (for the reason).
+        train_cap: The most rows a training set keeps (``train.max_rows``; None: no cap).
+        new_label_accuracy: The champion's accuracy on the ``new_labels`` (the label-volume
+            rule's loss test once the training set is at its cap).
 
     Returns:
         The decision; ``rules`` holds every evaluated rule, fired or not.
@@ -291,14 +331,8 @@ def decide_retrain(
         rules.append(TriggerRule("label_volume", False, None, float(config.min_new_labels),
                                  "new labels not counted"))
     else:
-        need = max(config.min_new_labels, math.ceil(config.label_share * champion.n_train))
-        vol = new_labels >= need
-        rules.append(TriggerRule(
-            "label_volume", vol, float(new_labels), float(need),
-            f"{new_labels} new labels since the last training cutoff "
-            f"{'>=' if vol else '<'} {need} (at least {config.min_new_labels} and "
-            f"{config.label_share:g} x the champion's {champion.n_train} training rows)",
-        ))
+        rules.append(_label_volume_rule(champion, new_labels, train_cap, new_label_accuracy,
+                                        config))
     rules.append(_performance_rule(champion, current_metric, metric_samples, config))
     # The schedule counts from the latest training of any version: a challenger trained
     # and rejected since the champion has already looked at that data, so the schedule must

@@ -209,3 +209,28 @@ def test_a_champion_without_validation_metric_skips_the_performance_rule():
     rule = _rule(d, "performance")
     assert not rule.fired and not d.retrain
     assert "no held-out accuracy" in rule.detail
+
+
+def test_label_volume_at_the_training_cap_fires_only_when_the_new_labels_show_a_loss():
+    # Regression: with a capped (sliding-window) training set "new labels >= training rows"
+    # fired every few runs on a stationary stream (31-41 % false triggers in the
+    # retraining-policy experiment).
+    capped = ChampionInfo("v1", NOW - dt.timedelta(days=2), NOW - dt.timedelta(days=2),
+                          "f1_macro", 0.8, baseline_accuracy=0.8, baseline_n=600,
+                          n_train=1400)
+    cfg = TriggerConfig(min_new_labels=500, label_share=1.0, label_alpha=0.01)
+    same = decide_retrain(capped, now=NOW, config=cfg, new_labels=3000, train_cap=1400,
+                          new_label_accuracy=0.79)
+    worse = decide_retrain(capped, now=NOW, config=cfg, new_labels=3000, train_cap=1400,
+                           new_label_accuracy=0.74)
+    assert not same.retrain and "show a loss" in _rule(same, "label_volume").detail
+    assert worse.retrain and _rule(worse, "label_volume").fired
+    # below the cap the data still grows: the share rule applies, up to the cap
+    def info(n: int) -> ChampionInfo:
+        return ChampionInfo("v1", CHAMP.created_at, CHAMP.training_cutoff, "f1_macro", 0.8,
+                            baseline_accuracy=0.8, baseline_n=600, n_train=n)
+
+    assert decide_retrain(info(600), now=NOW, config=cfg, new_labels=700, train_cap=1400,
+                          new_label_accuracy=0.8).retrain  # 600 -> 1,300 rows
+    assert not decide_retrain(info(1000), now=NOW, config=cfg, new_labels=900,
+                              train_cap=1400, new_label_accuracy=0.8).retrain  # +400 only
