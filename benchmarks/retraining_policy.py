@@ -10,7 +10,7 @@ champion's profile,
 :func:`~driftloop.trigger.decide_retrain` with :func:`~driftloop.trigger.count_new_labels`
 since the latest training cutoff of any version,
 :func:`driftloop.loop.champion_live_accuracy` (recent window), the drift rule's memory
-(:func:`driftloop.loop.last_attempt`, mirrored), the training rows' problem (one class) and
+(:func:`driftloop.loop.last_attempt` over the replay's metadata), the training rows' problem (one class) and
 the gate's fresh-label need; a retrain picks its window with
 :func:`driftloop.loop.training_start` and its rows with :func:`driftloop.loop.plan_training`,
 trains with :func:`~driftloop.train.train_model`, builds the drift profile with
@@ -55,7 +55,6 @@ from _machine import machine_info as _machine_info
 from river.datasets import synth
 from threadpoolctl import threadpool_limits
 
-from driftloop.clock import parse_time
 from driftloop.config import Config, DriftConfig, GateConfig, TrainConfig, TriggerConfig
 from driftloop.datasets import fetch, load_elec2, load_tweets
 from driftloop.drift import detect_drift
@@ -65,6 +64,8 @@ from driftloop.loop import (
     accuracy_on_new_labels,
     build_profile,
     champion_live_accuracy,
+    last_attempt,
+    last_retrain,
     plan_training,
     training_start,
     trigger_record,
@@ -79,7 +80,6 @@ from driftloop.train import (
     training_problem,
 )
 from driftloop.trigger import (
-    LastAttempt,
     RetrainDecision,
     count_new_labels,
     decide_retrain,
@@ -318,10 +318,9 @@ class Replay:
     seed_set: pd.DataFrame  # batches 0..k-1, labels inline: the loop's reference/<model>/seed*
     champion: Champion | None = None
     reference: pd.DataFrame | None = None  # the champion's training set (load_reference)
-    #: every trained version: (version, created_at, training cutoff, rules fired, drift
-    #: effect) -- the registry's metadata as loop.last_attempt reads it
-    trained: list[tuple[str, dt.datetime, dt.datetime, tuple[str, ...], float | None]] = field(
-        default_factory=list)
+    #: every trained version's metadata (as the registry holds it): loop.last_retrain
+    #: and loop.last_attempt read it
+    trained: list[dict[str, Any]] = field(default_factory=list)
     fit_s: float = 0.0
     gate: dict[str, int] = field(default_factory=dict)
     batches: list[dict[str, Any]] = field(default_factory=list)
@@ -373,17 +372,6 @@ def trigger_config(r: Replay) -> TriggerConfig:
     return replace(r.cfg.trigger, **off)
 
 
-def _last_attempt(r: Replay, records: pd.DataFrame) -> LastAttempt | None:
-    """Mirrors loop.last_attempt over the replay's list of trained versions."""
-    assert r.champion is not None
-    created = parse_time(r.champion.metadata.created_at)
-    later = [t for t in r.trained if t[0] != r.champion.version and t[1] > created]
-    if not later:
-        return None
-    version, at, cutoff, fired, effect = max(later, key=lambda t: t[1])
-    return LastAttempt(version, at, fired, effect, count_new_labels(records, cutoff))
-
-
 def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
            ) -> tuple[RetrainDecision, Any]:
     """run_drift + run_decide at run ``b`` (mirrors loop.run_decide; every policy passes the
@@ -397,10 +385,9 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
     tcfg = trigger_config(r)
     metric, samples = champion_live_accuracy(champion, records, r.stream.schema, now=now,
                                              days=tcfg.perf_window_days)
-    # mirrors loop._last_retrain: latest created_at and latest training cutoff of any
-    # registered version (promoted or not)
-    last_at = max(t[1] for t in r.trained)
-    last_cutoff = max(t[2] for t in r.trained)
+    # loop.last_retrain: latest created_at and training cutoff of any registered version
+    last_at, last_cutoff = last_retrain(r.trained)
+    assert last_at is not None and last_cutoff is not None
     since = max(info.training_cutoff, last_cutoff)
 
     def run(**extra: Any) -> RetrainDecision:
@@ -408,7 +395,7 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
                               new_labels=count_new_labels(records, since),
                               current_metric=metric, metric_samples=samples,
                               last_retrain_at=last_at,
-                              last_attempt=_last_attempt(r, records),
+                              last_attempt=last_attempt(r.trained, champion, records),
                               train_cap=r.cfg.train.max_rows,
                               new_label_accuracy=accuracy_on_new_labels(
                                   champion, records, r.stream.schema, since), **extra)
@@ -427,11 +414,7 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
 
 
 def _register(r: Replay, result: TrainResult) -> None:
-    meta = result.metadata
-    why = meta.trigger or {}
-    r.trained.append((meta.version, parse_time(meta.created_at),
-                      parse_time(meta.training_cutoff or meta.created_at),
-                      tuple(why.get("fired", ())), why.get("drift_effect")))
+    r.trained.append(json.loads(result.metadata.to_json()))
 
 
 def train_and_gate(r: Replay, b: int, records: pd.DataFrame,

@@ -188,9 +188,9 @@ def run_drift(
     return detect_drift(champion.profile, current, schema, config.drift, model=champion.model)
 
 
-def _last_retrain(registry: Registry) -> tuple[dt.datetime | None, dt.datetime | None]:
+def last_retrain(metas: list[dict[str, Any]]) -> tuple[dt.datetime | None,
+                                                         dt.datetime | None]:
     """When the latest version was trained, and the latest training cutoff of any version."""
-    metas = [registry.metadata(v) for v in registry.versions()]
     if not metas:
         return None, None
     created = max(parse_time(m["created_at"]) for m in metas)
@@ -213,10 +213,15 @@ def champion_live_accuracy(
     cutoff = pd.Timestamp(champion.info().training_cutoff)
     recent = served >= pd.Timestamp(now) - pd.Timedelta(days=days)
     rows = records.loc[records["label"].notna() & (served > cutoff) & recent]
+    return _accuracy(champion, rows, schema), len(rows)
+
+
+def _accuracy(champion: Champion, rows: pd.DataFrame, schema: Schema) -> float | None:
+    """The champion's accuracy on labelled ``rows`` (None: no row)."""
     if rows.empty:
-        return None, 0
+        return None
     pred, _ = predict_frame(champion.model, rows, schema)
-    return float((pred == rows["label"].astype(str).to_numpy()).mean()), len(rows)
+    return float((pred == rows["label"].astype(str).to_numpy()).mean())
 
 
 def accuracy_on_new_labels(champion: Champion, records: pd.DataFrame, schema: Schema,
@@ -227,20 +232,22 @@ def accuracy_on_new_labels(champion: Champion, records: pd.DataFrame, schema: Sc
     rows = records.loc[records["label"].notna()
                        & (pd.to_datetime(records["label_timestamp"], utc=True)
                           > pd.Timestamp(since))]
-    if rows.empty:
-        return None
-    pred, _ = predict_frame(champion.model, rows, schema)
-    return float((pred == rows["label"].astype(str).to_numpy()).mean())
+    return _accuracy(champion, rows, schema)
 
 
-def last_attempt(registry: Registry, champion: Champion, records: pd.DataFrame
+def last_attempt(metas: list[dict[str, Any]], champion: Champion, records: pd.DataFrame
                  ) -> LastAttempt | None:
     """The latest version trained after the champion and not promoted (None: none).
 
     It is the drift rule's memory: the evidence that version was trained on.
+
+    Args:
+        metas: Every registered version's metadata.
+        champion: The champion.
+        records: The lookback's records (for the labels since that version's cutoff).
     """
     created = parse_time(champion.metadata.created_at)
-    later = [m for m in (registry.metadata(v) for v in registry.versions())
+    later = [m for m in metas
              if m["version"] != champion.version and parse_time(m["created_at"]) > created]
     if not later:
         return None
@@ -353,7 +360,8 @@ def run_decide(
     info = champion.info()
     metric, samples = champion_live_accuracy(champion, window.records, schema, now=now,
                                              days=config.trigger.perf_window_days)
-    last_at, last_cutoff = _last_retrain(registry)
+    metas = [registry.metadata(v) for v in registry.versions()]  # read once per decision
+    last_at, last_cutoff = last_retrain(metas)
     # Count labels since the latest training, promoted or not: a rejected challenger has
     # already seen the labels before its cutoff, so they must not trigger again.
     since = max(info.training_cutoff, last_cutoff) if last_cutoff else info.training_cutoff
@@ -362,7 +370,7 @@ def run_decide(
         new_labels=count_new_labels(window.records, since), current_metric=metric,
         metric_samples=samples, last_retrain_at=last_at, force=force,
         canary_in_progress=canary_in_progress,
-        last_attempt=last_attempt(registry, champion, window.records),
+        last_attempt=last_attempt(metas, champion, window.records),
         train_cap=config.train.max_rows,
         new_label_accuracy=accuracy_on_new_labels(champion, window.records, schema, since),
     )
