@@ -31,7 +31,8 @@ import pandas as pd
 from driftloop.config import Config
 from driftloop.errors import DriftloopError
 from driftloop.live import DayTraffic, SimClock, Traffic, TrafficConfig, live_accuracy
-from driftloop.report import DayRow, print_timeline, write_report
+from driftloop.registry import Registry
+from driftloop.report import DayRow, print_timeline, short, write_report
 from driftloop.scenarios import Scenario, load_scenario
 from driftloop.storage import LocalStore
 
@@ -157,8 +158,6 @@ class _Runner:
         Returns ``""`` when no canary is in flight, else the step (``"advance …x 50%"``).
         """
         from driftloop.progressive import recorded_step
-        from driftloop.registry import Registry
-        from driftloop.report import short
 
         model = self.scenario.name
         registry = Registry(self.store, model)
@@ -296,8 +295,6 @@ def run_live_demo(
                 rows[-1].midday = midday[0] if midday else ""
                 if rows[-1].midday.endswith(" 100%") and rows[-1].champion == "-":
                     # completed at noon: the day's champion is the former canary
-                    from driftloop.registry import Registry
-
                     rows[-1].champion = Registry(store, data.name).champion() or "-"
             progress.show(len(plan), "done")
             progress.clear()
