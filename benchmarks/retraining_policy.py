@@ -66,6 +66,7 @@ from driftloop.loop import (
     champion_live_accuracy,
     last_attempt,
     last_retrain,
+    performance_scan,
     plan_training,
     training_start,
     trigger_record,
@@ -389,6 +390,9 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
     last_at, last_cutoff = last_retrain(r.trained)
     assert last_at is not None and last_cutoff is not None
     since = max(info.training_cutoff, last_cutoff)
+    # the performance rule's error-stream look (switched off with the rule in trigger_drift)
+    scan = ({} if r.policy == "trigger_drift" else
+            performance_scan(champion, records, r.stream.schema, replace(r.cfg, trigger=tcfg)))
 
     def run(**extra: Any) -> RetrainDecision:
         return decide_retrain(info, now=now, config=tcfg, drift=drift,
@@ -398,7 +402,8 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
                               last_attempt=last_attempt(r.trained, champion, records),
                               train_cap=r.cfg.train.max_rows,
                               new_label_accuracy=accuracy_on_new_labels(
-                                  champion, records, r.stream.schema, since), **extra)
+                                  champion, records, r.stream.schema, since),
+                              **scan, **extra)
 
     decision = run()
     if not decision.retrain:

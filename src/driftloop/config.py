@@ -116,19 +116,26 @@ class TriggerConfig:
             training rows (1.0: they would double its data). A fixed count alone turns the
             rule into "every k runs" on a stationary stream; a share makes retrains
             geometrically rarer as data grows, where learning curves flatten.
-        label_alpha: Once the training set is at its cap (``train.max_rows``), the
-            label-volume rule fires only when the champion's accuracy on the new labels
-            is below its held-out baseline at this one-sided level.
-        perf_drop: Relative drop of the champion's live accuracy below its held-out
-            baseline that counts as material (the effect size of the performance rule).
-        perf_alpha: One-sided significance level of the performance rule: with nothing
-            changed it fires in at most this share of runs.
+        label_alpha: Below the training cap the label-volume rule needs the champion's
+            learning curve (half its rows against all) to show a gain at this one-sided
+            level; once the training set is at its cap (``train.max_rows``) it fires only
+            when the champion's accuracy on the new labels is below its held-out baseline
+            at this level.
+        min_learning_gain: ... and that gain must be at least this much accuracy (an
+            effect size: with many validation rows a negligible gain is significant).
+        perf_drop: Relative drop of the champion's live accuracy (below its held-out
+            baseline, or from before to after a step in its live error stream) that counts
+            as material: the effect size of the performance rule (5 %: 4 points at 85 %).
+        perf_alpha: One-sided significance level of the performance rule, shared by its
+            two looks: with nothing changed it fires in at most this share of runs.
         perf_min_samples: Labelled records of the recent window needed before the
             performance rule may decide.
         perf_window_days: The performance rule judges the champion on records served in
             this many days before the run (a recent drop is not averaged away).
         max_age_days: Retrain on schedule when no version (promoted or not) has been
-            trained for this many days.
+            trained for this many days; 0 (the default) switches the schedule off. A
+            scheduled retrain is a blind one: with daily runs a schedule of k days is a
+            false trigger on 1/k of the runs of an unchanged stream.
         cooldown_hours: No retrain (except forced) this soon after the last one.
         drift_growth: After a drift-triggered challenger was not promoted, drift fires
             again on the same reference only when its effect size grew by this factor...
@@ -145,11 +152,12 @@ class TriggerConfig:
     min_new_labels: int = 500
     label_share: float = 1.0
     label_alpha: float = 0.01
-    perf_drop: float = 0.10
+    min_learning_gain: float = 0.005
+    perf_drop: float = 0.05
     perf_alpha: float = 0.01
     perf_min_samples: int = 100
     perf_window_days: float = 3.0
-    max_age_days: float = 7.0
+    max_age_days: float = 0.0
     cooldown_hours: float = 0.0
     drift_growth: float = 1.5
     drift_refire_labels: int = 500
@@ -161,10 +169,12 @@ class TriggerConfig:
         _check(self.min_new_labels >= 1, "trigger.min_new_labels", "must be >= 1")
         _check(self.label_share >= 0, "trigger.label_share", "must be >= 0")
         _check(0 < self.label_alpha < 1, "trigger.label_alpha", "must be in (0, 1)")
+        _check(0 <= self.min_learning_gain < 1, "trigger.min_learning_gain",
+               "must be in [0, 1)")
         _check(0 < self.perf_drop < 1, "trigger.perf_drop", "must be in (0, 1)")
         _check(0 < self.perf_alpha < 1, "trigger.perf_alpha", "must be in (0, 1)")
         _check(self.perf_window_days > 0, "trigger.perf_window_days", "must be > 0")
-        _check(self.max_age_days > 0, "trigger.max_age_days", "must be > 0")
+        _check(self.max_age_days >= 0, "trigger.max_age_days", "must be >= 0 (0: off)")
         _check(self.cooldown_hours >= 0, "trigger.cooldown_hours", "must be >= 0")
         _check(self.drift_growth >= 1, "trigger.drift_growth", "must be >= 1")
         _check(0 < self.change_alpha < 1, "trigger.change_alpha", "must be in (0, 1)")

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from driftloop.clock import parse_time, utc_now_iso
@@ -156,6 +157,8 @@ class Champion:
             baseline_accuracy=float(meta.validation_metrics.get("accuracy", float("nan"))),
             baseline_n=int(meta.n_validation_rows),
             n_train=int(meta.n_rows),
+            learning_gain=float(meta.learning_curve.get("gain", float("nan"))),
+            learning_p=float(meta.learning_curve.get("p", float("nan"))),
         )
 
 
@@ -315,15 +318,10 @@ def training_start(
         return WindowChoice(None, None, "the whole window (no drift or performance rule fired)")
     from driftloop.changepoint import error_change_point
 
-    served = pd.to_datetime(records["timestamp"], utc=True)
-    cutoff = pd.Timestamp(champion.info().training_cutoff)
-    rows = records.loc[records["label"].notna() & (served > cutoff)]
+    rows, ts, errors = live_errors(champion, records, schema)
     if rows.empty:
         return WindowChoice(None, None, "the whole window (no labelled record after the "
                                         "champion's cutoff)")
-    rows, ts = _by_time(rows)
-    pred, _ = predict_frame(champion.model, rows, schema)
-    errors = pred != rows["label"].astype(str).to_numpy()
     cp = error_change_point(errors, alpha=config.trigger.change_alpha)
     if cp is None:
         return WindowChoice(None, None, (
@@ -373,6 +371,7 @@ def run_decide(
         last_attempt=last_attempt(metas, champion, window.records),
         train_cap=config.train.max_rows,
         new_label_accuracy=accuracy_on_new_labels(champion, window.records, schema, since),
+        **performance_scan(champion, window.records, schema, config),
     )
     decision = decide()
     if not decision.retrain:
@@ -441,6 +440,40 @@ class TrainingPlan:
     feature_rows: pd.DataFrame | None = None
     feature_source: str = ""
     eval_needed: int = 0
+
+
+def live_errors(champion: Champion, records: pd.DataFrame, schema: Schema
+                ) -> tuple[pd.DataFrame, pd.Series, np.ndarray]:
+    """The champion's errors on the labelled rows it served after its cutoff, in time order.
+
+    Returns:
+        ``(rows, served times, errors)``, all in serving order (empty: no such row).
+    """
+    if records.empty:
+        return records, pd.Series(dtype="datetime64[ns, UTC]"), np.zeros(0, dtype=bool)
+    served = pd.to_datetime(records["timestamp"], utc=True)
+    cutoff = pd.Timestamp(champion.info().training_cutoff)
+    rows, ts = _by_time(records.loc[records["label"].notna() & (served > cutoff)])
+    if rows.empty:
+        return rows, ts, np.zeros(0, dtype=bool)
+    pred, _ = predict_frame(champion.model, rows, schema)
+    return rows, ts, pred != rows["label"].astype(str).to_numpy()
+
+
+def performance_scan(champion: Champion, records: pd.DataFrame, schema: Schema,
+                     config: Config) -> dict[str, Any]:
+    """The performance rule's second look: a step up in the champion's live error stream.
+
+    Returns:
+        ``decide_retrain`` keyword arguments: ``error_step`` (found at
+        ``trigger.perf_alpha / 2``, or None) and ``error_rows`` (rows scanned).
+    """
+    from driftloop.changepoint import error_change_point
+
+    _, _, errors = live_errors(champion, records, schema)
+    step = (error_change_point(errors, alpha=config.trigger.perf_alpha / 2)
+            if errors.size else None)
+    return {"error_step": step, "error_rows": int(errors.size)}
 
 
 def _by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:

@@ -437,8 +437,9 @@ def decide_step(
         now: The run's logical time (ISO-8601, from :func:`ingest_step`).
         force: Retrain regardless of the rules.
         min_new_labels: New labels since the last training cutoff that trigger.
-        perf_drop: Relative drop of the champion's primary metric that triggers.
-        max_age_days: Days without any training (promoted or not) that trigger a scheduled retrain.
+        perf_drop: Relative drop of the champion's live accuracy that triggers.
+        max_age_days: Days without any training (promoted or not) that trigger a scheduled
+            retrain (0: no schedule).
         canary_in_progress: The version whose canary was in flight at the start of the run
             (from :func:`analyse_canary_step`; ``""``: none). Blocks retraining unless forced.
     """

@@ -20,6 +20,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
+from scipy.stats import binomtest
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -205,6 +206,9 @@ class ModelMetadata(JsonResult):
     #: Why it was trained: the rules that fired, the drift effect size of that run and the
     #: training window chosen (``{"start": ISO or None, "reason": ...}``).
     trigger: dict[str, Any] = field(default_factory=dict)
+    #: What the last doubling of its data bought (:func:`learning_curve`): the label-volume
+    #: rule grows the training set again only while this credibly paid. Empty: unknown.
+    learning_curve: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -310,11 +314,13 @@ def train_model(
     fit_part, val_part = split_holdout(df, config.validation_fraction, config.seed,
                                        salt="validation")
     val_metrics: dict[str, float] = {}
+    curve: dict[str, float] = {}
     if len(val_part) and fit_part["label"].nunique() >= 2:
         probe = build_pipeline(schema, config).fit(X.loc[fit_part.index], y[fit_part.index])
         pred, proba = predict_frame(probe, val_part, schema)
         val_metrics = compute_metrics(y[val_part.index], pred, proba,
                                       [str(c) for c in probe.classes_])
+        curve = learning_curve(fit_part, val_part, pred, schema, config)
     model = build_pipeline(schema, config).fit(X, y)
     stamps = [df[c].max() for c in ("timestamp", "label_timestamp") if c in df.columns]
     stamps = [s for s in stamps if not pd.isna(s)]
@@ -342,8 +348,47 @@ def train_model(
         primary_metric=primary_metric,
         seed=config.seed,
         n_validation_rows=len(val_part) if val_metrics else 0,
+        learning_curve=curve,
     )
     return TrainResult(model=model, metadata=metadata)
+
+
+def learning_curve(fit_part: pd.DataFrame, val_part: pd.DataFrame, full_pred: np.ndarray,
+                   schema: Schema, config: TrainConfig) -> dict[str, float]:
+    """What doubling the data bought: a fit on half the rows against the fit on all of them.
+
+    Both are scored on the same validation rows; ``p`` is the one-sided exact sign
+    (McNemar) test that the full fit is more accurate, on the rows where exactly one of
+    the two is right. Learning curves flatten, so when the last doubling did not
+    credibly pay, the next one is not expected to either.
+
+    Args:
+        fit_part: The rows the validation probe was fitted on.
+        val_part: The validation rows.
+        full_pred: The probe's predictions on ``val_part``.
+        schema: The model's schema.
+        config: Training settings.
+
+    Returns:
+        ``{"n_half", "n_full", "accuracy_half", "accuracy_full", "gain", "p"}`` (a half
+        that holds one class predicts that class); empty without rows.
+    """
+    _, half = split_holdout(fit_part, 0.5, config.seed, salt="learning-curve")
+    if half.empty:
+        return {}
+    if half["label"].nunique() < 2:  # what a fit on one class predicts: that class
+        half_pred = np.full(len(val_part), str(half["label"].iloc[0]), dtype=object)
+    else:
+        model = build_pipeline(schema, config).fit(feature_frame(half, schema),
+                                                   half["label"].to_numpy(dtype=str))
+        half_pred, _ = predict_frame(model, val_part, schema)
+    truth = val_part["label"].to_numpy(dtype=str)
+    full_ok, half_ok = full_pred == truth, half_pred == truth
+    wins, losses = int((full_ok & ~half_ok).sum()), int((half_ok & ~full_ok).sum())
+    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    return {"n_half": float(len(half)), "n_full": float(len(fit_part)),
+            "accuracy_half": float(half_ok.mean()), "accuracy_full": float(full_ok.mean()),
+            "gain": float(full_ok.mean() - half_ok.mean()), "p": float(p)}
 
 
 def save_model_artifact(result: TrainResult, folder: Path) -> Path:

@@ -7,17 +7,24 @@ The rules and the error each controls:
   drift-triggered challenger was not promoted, the same evidence does not fire again
   until the drift grew by ``drift_growth``, ``drift_refire_labels`` new labels arrived
   or ``drift_cooldown_days`` passed (the reason says which).
-* ``performance``: the champion's live accuracy on the last ``perf_window_days`` of
-  labelled records is credibly below its held-out baseline -- a one-sided two-proportion
-  z-test at ``perf_alpha`` (false alarms per run with nothing changed <= ``perf_alpha``)
-  AND a relative drop of at least ``perf_drop`` (so a tiny but significant drop on many
-  labels does not fire).
+* ``performance``: two looks, each at ``perf_alpha / 2`` (Bonferroni: false alarms per
+  run with nothing changed <= ``perf_alpha``), each with a relative accuracy drop of at
+  least ``perf_drop`` (so a tiny but significant drop on many labels does not fire):
+  the champion's live accuracy on the last ``perf_window_days`` of labelled records
+  credibly below its held-out baseline (one-sided two-proportion z-test), or a step up
+  in its live error stream (every labelled row it served since its cutoff, in time
+  order; :func:`driftloop.changepoint.error_change_point`) -- the second compares live
+  with live, so it is not limited by a small validation split.
 * ``label_volume``: new labels since the last training are at least ``min_new_labels``
-  and would grow the training set by ``label_share`` (1.0: double it); once the champion's
+  and would grow the training set by ``label_share`` (1.0: double it), and the last
+  doubling paid: the champion's own learning curve (a fit on half its rows against all,
+  on the same validation rows) shows a gain of at least ``min_learning_gain``, credible
+  at ``label_alpha`` (one-sided sign test; a flat curve fires in at most that share of
+  runs). Without a recorded curve the volume alone decides. Once the champion's
   training set is at its cap (``train.max_rows``, a sliding window) more labels no longer
   grow it, and the rule fires only when the new labels show a loss: the champion's
   accuracy on them credibly below its held-out baseline (one-sided, ``label_alpha``).
-* ``schedule``: no training for ``max_age_days``.
+* ``schedule``: no training for ``max_age_days`` (off by default: a blind retrain).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any, Protocol
 import pandas as pd
 from scipy.stats import norm
 
+from driftloop.changepoint import ChangePoint
 from driftloop.config import TriggerConfig
 from driftloop.serde import JsonResult
 
@@ -55,6 +63,9 @@ class ChampionInfo:
         baseline_accuracy: Its accuracy on the same held-out rows (NaN: unknown).
         baseline_n: How many held-out rows ``baseline_accuracy`` comes from.
         n_train: Rows it was trained on.
+        learning_gain: Accuracy its fit on all rows gained over a fit on half of them
+            (NaN: not measured).
+        learning_p: One-sided p-value of that gain.
     """
 
     version: str
@@ -65,6 +76,8 @@ class ChampionInfo:
     baseline_accuracy: float = float("nan")
     baseline_n: int = 0
     n_train: int = 0
+    learning_gain: float = float("nan")
+    learning_p: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -149,36 +162,66 @@ def performance_test(baseline: float, baseline_n: int, live: float, live_n: int
 
 
 def _performance_rule(
-    champion: ChampionInfo, current: float | None, samples: int, config: TriggerConfig
+    champion: ChampionInfo, current: float | None, samples: int, config: TriggerConfig,
+    step: ChangePoint | None, scanned: int,
 ) -> TriggerRule:
     name = "performance"
+    # Two looks share the error rate: each at half of it when the error stream was scanned.
+    alpha = config.perf_alpha / 2 if scanned else config.perf_alpha
+    stepped = _step_look(step, scanned, alpha, config)
+    base_look = _baseline_look(champion, current, samples, alpha, config)
+    if stepped is not None and stepped[0]:
+        return TriggerRule(name, True, stepped[1], config.perf_drop,
+                           f"{stepped[2]}; {base_look[2]}")
+    detail = base_look[2] + (f"; {stepped[2]}" if stepped is not None else "")
+    return TriggerRule(name, base_look[0], base_look[1], base_look[3], detail)
+
+
+def _baseline_look(champion: ChampionInfo, current: float | None, samples: int,
+                   alpha: float, config: TriggerConfig
+                   ) -> tuple[bool, float, str, float | None]:
+    """Recent live accuracy vs the held-out baseline: (fired, measured, detail, threshold)."""
     window = f"the last {config.perf_window_days:g} days"
     if current is None or samples < config.perf_min_samples:
-        return TriggerRule(
-            name, False, float(samples), float(config.perf_min_samples),
-            f"{samples} labelled records served in {window}, fewer than the "
-            f"{config.perf_min_samples} needed to judge the champion's live accuracy",
-        )
+        return (False, float(samples),
+                f"{samples} labelled records served in {window}, fewer than the "
+                f"{config.perf_min_samples} needed to judge the champion's live accuracy",
+                float(config.perf_min_samples))
     base, base_n = champion.baseline_accuracy, champion.baseline_n
     if not (base > 0) or base_n < 1:  # NaN: trained without a held-out validation split
-        return TriggerRule(
-            name, False, current, None,
-            f"live accuracy {current:.3f} on {samples} labels of {window}; champion "
-            f"{champion.version} has no held-out accuracy to compare with",
-        )
+        return (False, current,
+                f"live accuracy {current:.3f} on {samples} labels of {window}; champion "
+                f"{champion.version} has no held-out accuracy to compare with", None)
     drop = (base - current) / base
     _, p = performance_test(base, base_n, current, samples)
-    significant, material = p < config.perf_alpha, drop >= config.perf_drop
+    significant, material = p < alpha, drop >= config.perf_drop
     fired = significant and material
     verdict = ("credibly and materially below" if fired else
                "below but not materially" if significant else "not credibly below")
-    return TriggerRule(
-        name, fired, drop, config.perf_drop,
-        f"live accuracy {current:.3f} on {samples} labels served in {window} vs held-out "
-        f"baseline {base:.3f} (n={base_n}): relative drop {drop:+.1%} "
-        f"({'>=' if material else '<'} {config.perf_drop:.0%}), one-sided p={p:.2g} "
-        f"({'<' if significant else '>='} {config.perf_alpha:g}): {verdict}",
-    )
+    return (fired, drop,
+            f"live accuracy {current:.3f} on {samples} labels served in {window} vs held-out "
+            f"baseline {base:.3f} (n={base_n}): relative drop {drop:+.1%} "
+            f"({'>=' if material else '<'} {config.perf_drop:.0%}), one-sided p={p:.2g} "
+            f"({'<' if significant else '>='} {alpha:g}): {verdict}", config.perf_drop)
+
+
+def _step_look(step: ChangePoint | None, scanned: int, alpha: float, config: TriggerConfig
+               ) -> tuple[bool, float, str] | None:
+    """A step up in the live error stream: (fired, relative drop, detail); None: not scanned."""
+    if not scanned:
+        return None
+    if step is None:
+        return False, 0.0, (f"no significant step in the champion's live error rate over "
+                            f"{scanned} labelled rows (alpha {alpha:g})")
+    before, after = 1 - step.error_before, 1 - step.error_after
+    drop = (before - after) / before if before > 0 else 0.0
+    material = drop >= config.perf_drop
+    return material, drop, (
+        f"live accuracy stepped from {before:.3f} to {after:.3f} over its last "
+        f"{step.n_after} of {scanned} labelled rows: relative drop {drop:+.1%} "
+        f"({'>=' if material else '<'} {config.perf_drop:.0%}), z {step.z:.1f} > "
+        f"{step.threshold:.1f} (alpha {alpha:g})"
+        + ("" if material else ": not material"))
 
 
 def _label_volume_rule(champion: ChampionInfo, new_labels: int, cap: int | None,
@@ -188,12 +231,22 @@ def _label_volume_rule(champion: ChampionInfo, new_labels: int, cap: int | None,
         room = new_labels if cap is None else min(n + new_labels, cap) - n
         need = max(config.min_new_labels, math.ceil(config.label_share * n))
         vol = new_labels >= config.min_new_labels and room >= config.label_share * n
-        return TriggerRule(
-            name, vol, float(new_labels), float(need),
-            f"{new_labels} new labels since the last training cutoff "
-            f"{'>=' if vol else '<'} {need} (at least {config.min_new_labels}, growing the "
-            f"champion's {n} training rows by {config.label_share:g}x"
-            + (f", cap {cap}" if cap is not None else "") + ")")
+        detail = (f"{new_labels} new labels since the last training cutoff "
+                  f"{'>=' if vol else '<'} {need} (at least {config.min_new_labels}, growing "
+                  f"the champion's {n} training rows by {config.label_share:g}x"
+                  + (f", cap {cap}" if cap is not None else "") + ")")
+        gain, p = champion.learning_gain, champion.learning_p
+        if not (math.isfinite(gain) and math.isfinite(p)):
+            return TriggerRule(name, vol, float(new_labels), float(need),
+                               detail + "; no learning curve recorded: volume alone decides")
+        big, credible = gain >= config.min_learning_gain, p < config.label_alpha
+        pays = big and credible
+        curve = (f"its last doubling {'paid' if pays else 'did not credibly pay'}: accuracy "
+                 f"{gain:+.3f} from half to all of its rows ({'>=' if big else '<'} "
+                 f"{config.min_learning_gain:g}), one-sided p={p:.2g} "
+                 f"({'<' if credible else '>='} {config.label_alpha:g})")
+        return TriggerRule(name, vol and pays, float(new_labels), float(need),
+                           f"{detail}; {curve}")
     if new_labels < config.min_new_labels:
         return TriggerRule(name, False, float(new_labels), float(config.min_new_labels),
                            f"{new_labels} new labels < {config.min_new_labels}; the training "
@@ -285,6 +338,8 @@ def decide_retrain(
     train_cap: int | None = None,
     new_label_accuracy: float | None = None,
     eval_have: int = 0,
+    error_step: ChangePoint | None = None,
+    error_rows: int = 0,
 ) -> RetrainDecision:
     """Combine the retrain rules into one decision.
 
@@ -314,6 +369,11 @@ def decide_retrain(
         train_cap: The most rows a training set keeps (``train.max_rows``; None: no cap).
         new_label_accuracy: The champion's accuracy on the ``new_labels`` (the label-volume
             rule's loss test once the training set is at its cap).
+        error_step: The step up found in the champion's live error stream by
+            :func:`driftloop.changepoint.error_change_point` at ``perf_alpha / 2``
+            (``None``: none found or not scanned).
+        error_rows: How many labelled rows that scan looked at (0: not scanned; the
+            baseline look then gets the whole ``perf_alpha``).
 
     Returns:
         The decision; ``rules`` holds every evaluated rule, fired or not.
@@ -333,7 +393,8 @@ def decide_retrain(
     else:
         rules.append(_label_volume_rule(champion, new_labels, train_cap, new_label_accuracy,
                                         config))
-    rules.append(_performance_rule(champion, current_metric, metric_samples, config))
+    rules.append(_performance_rule(champion, current_metric, metric_samples, config,
+                                   error_step, error_rows))
     # The schedule counts from the latest training of any version: a challenger trained
     # and rejected since the champion has already looked at that data, so the schedule must
     # not fire again on every run until one is promoted.
@@ -341,14 +402,19 @@ def decide_retrain(
     if last_retrain_at is not None and last_retrain_at > trained_at:
         trained_at = last_retrain_at
     age_days = (now - trained_at).total_seconds() / 86400
-    old = age_days >= config.max_age_days
     basis = ("champion " + champion.version if trained_at == champion.created_at
              else "a challenger, not promoted")
-    rules.append(TriggerRule(
-        "schedule", old, age_days, config.max_age_days,
-        f"last training {age_days:.2f} days ago ({basis}) "
-        f"{'>=' if old else '<'} {config.max_age_days:g}",
-    ))
+    if config.max_age_days > 0:
+        old = age_days >= config.max_age_days
+        rules.append(TriggerRule(
+            "schedule", old, age_days, config.max_age_days,
+            f"last training {age_days:.2f} days ago ({basis}) "
+            f"{'>=' if old else '<'} {config.max_age_days:g}",
+        ))
+    else:
+        rules.append(TriggerRule("schedule", False, age_days, None,
+                                 f"schedule off (max_age_days 0); last training "
+                                 f"{age_days:.2f} days ago ({basis})"))
     fired = [r.name for r in rules if r.fired]
     retrain = bool(fired)
     if retrain and not force and last_retrain_at is not None and config.cooldown_hours > 0:

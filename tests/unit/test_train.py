@@ -249,3 +249,22 @@ def test_out_of_fold_probabilities_are_not_the_over_confident_in_sample_ones():
     assert oof.max(axis=1).mean() < inside.mean()
     # the same rows and seed give the same probabilities
     assert np.array_equal(oof, out_of_fold_proba(df, schema, config, ["neg", "pos"]))
+
+
+def test_learning_curve_tells_a_data_starved_model_from_a_saturated_one():
+    rng = np.random.default_rng(3)
+    pos, neg = [f"p{i}" for i in range(150)], [f"n{i}" for i in range(150)]
+    labels = rng.choice(["neg", "pos"], 1500)
+    starved = pd.DataFrame({
+        "id": [f"s{i}" for i in range(1500)],
+        "timestamp": T0 + pd.to_timedelta(np.arange(1500), unit="min"),
+        "text": [" ".join([*rng.choice(pos if y == "pos" else neg, 1), *rng.choice(NEUTRAL, 3)])
+                 for y in labels],
+        "label": labels.astype(object)})
+    curve = train_model(starved, TEXT, CONFIG, model_name="m", now=NOW).metadata.learning_curve
+    # the half fit has not seen many of the sentiment words the full fit knows
+    assert curve["gain"] > 0.05 and curve["p"] < 0.01
+    assert curve["n_half"] < 0.6 * curve["n_full"]
+    saturated = make_tabular(4000, seed=5)
+    flat = train_model(saturated, TABULAR, CONFIG, model_name="m", now=NOW).metadata.learning_curve
+    assert abs(flat["gain"]) < 0.02 and flat["p"] > 0.01

@@ -1,5 +1,6 @@
 import datetime as dt
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_
 
 import pandas as pd
 import pytest
@@ -234,3 +235,91 @@ def test_label_volume_at_the_training_cap_fires_only_when_the_new_labels_show_a_
                           new_label_accuracy=0.8).retrain  # 600 -> 1,300 rows
     assert not decide_retrain(info(1000), now=NOW, config=cfg, new_labels=900,
                               train_cap=1400, new_label_accuracy=0.8).retrain  # +400 only
+
+
+@pytest.mark.parametrize(("gain", "p", "fires"), [
+    (0.06, 0.001, True),    # the last doubling credibly paid: grow the data again
+    (0.01, 0.30, False),    # a flat curve: more of the same rows would not pay
+    (0.002, 0.001, False),  # significant on many rows but negligible
+])
+def test_label_volume_below_the_cap_fires_only_while_the_learning_curve_pays(gain, p, fires):
+    from dataclasses import replace
+    champ = replace(CHAMP, learning_gain=gain, learning_p=p)
+    d = decide_retrain(champ, now=NOW, config=TriggerConfig(min_new_labels=500),
+                       new_labels=900)
+    rule = _rule(d, "label_volume")
+    assert rule.fired is fires and d.retrain is fires
+    assert f"{gain:+.3f}" in rule.detail and "half to all" in rule.detail
+
+
+def test_label_volume_without_a_learning_curve_falls_back_to_volume():
+    d = decide_retrain(CHAMP, now=NOW, config=TriggerConfig(min_new_labels=500), new_labels=900)
+    rule = _rule(d, "label_volume")
+    assert rule.fired and "no learning curve" in rule.detail
+
+
+def test_the_schedule_is_off_by_default():
+    old = ChampionInfo("v1", NOW - dt.timedelta(days=400), NOW - dt.timedelta(days=400),
+                       "f1_macro", 0.8)
+    d = decide_retrain(old, now=NOW, config=TriggerConfig(), new_labels=10)
+    rule = _rule(d, "schedule")
+    assert not rule.fired and not d.retrain and "schedule off" in rule.detail
+    assert decide_retrain(old, now=NOW, config=TriggerConfig(max_age_days=30),
+                          new_labels=10).fired == ["schedule"]
+
+
+def test_a_step_in_the_live_error_stream_fires_where_a_small_validation_baseline_cannot():
+    # Regression (SEA-abrupt, seed 1): accuracy 0.853 on 285 validation rows, live 0.797 on
+    # 1,000 recent labels -- 6.5 % lower, p = 0.014: the baseline look alone never fired,
+    # though 2,000 live rows at 0.86 preceded the 1,000 at 0.80.
+    import numpy as np
+
+    from driftloop.changepoint import error_change_point
+
+    rng = np.random.default_rng(1)
+    errors = np.concatenate([rng.random(2000) < 0.14, rng.random(1000) < 0.20])
+    cfg = TriggerConfig()
+    champ = replace_(CHAMP, baseline_accuracy=0.853, baseline_n=285)
+    step = error_change_point(errors, alpha=cfg.perf_alpha / 2)
+    assert step is not None
+    before = decide_retrain(champ, now=NOW, config=cfg, current_metric=0.797,
+                            metric_samples=1000)
+    now = decide_retrain(champ, now=NOW, config=cfg, current_metric=0.797,
+                         metric_samples=1000, error_step=step, error_rows=errors.size)
+    assert not before.retrain and now.fired == ["performance"]
+    rule = _rule(now, "performance")
+    assert "stepped from" in rule.detail and rule.measured >= cfg.perf_drop
+    # an immaterial step (2 % relative) found on a long stream does not fire
+    tiny = error_change_point(np.concatenate([rng.random(40000) < 0.14,
+                                              rng.random(40000) < 0.157]), alpha=0.005)
+    assert tiny is not None
+    quiet = decide_retrain(champ, now=NOW, config=cfg, current_metric=0.85, metric_samples=1000,
+                           error_step=tiny, error_rows=80000)
+    assert not quiet.retrain and "not material" in _rule(quiet, "performance").detail
+
+
+def test_the_two_performance_looks_share_the_error_rate():
+    import numpy as np
+
+    from driftloop.changepoint import error_change_point
+
+    # a baseline look at p ~ 0.007 fires alone (< 0.01), not when the scan takes half of it
+    champ = replace_(CHAMP, baseline_accuracy=0.8, baseline_n=600)
+    alone = decide_retrain(champ, now=NOW, config=TriggerConfig(), current_metric=0.732,
+                           metric_samples=400)
+    shared = decide_retrain(champ, now=NOW, config=TriggerConfig(), current_metric=0.732,
+                            metric_samples=400, error_step=None, error_rows=3000)
+    assert alone.retrain and not shared.retrain
+    # with nothing changed both looks together fire on at most perf_alpha of the runs
+    rng = np.random.default_rng(7)
+    cfg, fired, runs = TriggerConfig(), 0, 600
+    for _ in range(runs):
+        base = rng.binomial(300, 0.85) / 300
+        errors = rng.random(3000) < 0.15
+        live = 1 - errors[-1000:].mean()
+        champ = replace_(CHAMP, baseline_accuracy=base, baseline_n=300)
+        d = decide_retrain(champ, now=NOW, config=cfg, current_metric=live, metric_samples=1000,
+                           error_step=error_change_point(errors, alpha=cfg.perf_alpha / 2),
+                           error_rows=3000)
+        fired += d.retrain
+    assert fired / runs <= 0.02

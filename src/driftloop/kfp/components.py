@@ -258,8 +258,9 @@ def decide_retrain(
         now: The run's logical time (from ingest).
         force: Retrain regardless of the rules.
         min_new_labels: New labels since the champion's training cutoff that trigger.
-        perf_drop: Relative drop of the champion's primary metric that triggers.
-        max_age_days: Days without any training (promoted or not) that trigger a scheduled retrain.
+        perf_drop: Relative drop of the champion's live accuracy that triggers.
+        max_age_days: Days without any training (promoted or not) that trigger a scheduled
+            retrain (0: no schedule).
         canary_in_progress: The canary version in flight ("" = none, from analyse_canary).
         records: Every accepted record of the lookback (from ingest).
         drift_json: The drift report JSON (from detect_drift).

@@ -117,7 +117,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
             min_new_labels: New labels since the last training cutoff that trigger a retrain.
             perf_drop: Relative drop of the champion's primary metric that triggers.
             max_age_days: Days without any training (promoted or not) that trigger a
-                scheduled retrain.
+                scheduled retrain (0: no schedule, the default).
             auto_threshold: Relative improvement needed to promote without a person.
             canary_min_labelled: Labelled responses each version needs in the current
                 window before a canary is judged.
