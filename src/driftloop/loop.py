@@ -673,16 +673,43 @@ def run_train(
     result = train_model(plan.training, schema, config.train, model_name=model_name,
                          primary_metric=config.gate.primary_metric, now=now)
     result.metadata.trigger = trigger_record(fired, drift, choice)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / result.metadata.version
-        save_model_artifact(result, folder)
-        profile = build_profile(plan, schema, config, result.metadata.version, result.model)
-        profile.save(folder)
-        version = registry.register(folder)
+    metadata = result.metadata
+    if registry.has_version(metadata.version):
+        # A retry of an interrupted run (or a forced re-run at the same logical time):
+        # the version name comes from the logical time and the data, so it is the same
+        # training; finish its missing steps instead of failing on an immutable version.
+        metadata = registered_training(registry, metadata)
+        version = metadata.version
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / metadata.version
+            save_model_artifact(result, folder)
+            profile = build_profile(plan, schema, config, metadata.version, result.model)
+            profile.save(folder)
+            version = registry.register(folder)
+    # rewriting the same rows is harmless; a run killed before this line left none
     store.write_bytes(f"reference/{model_name}/{version}.parquet",
                       plan.training.to_parquet(index=False))
-    return TrainOutcome(version, result.metadata, plan.eval_set, len(plan.training),
+    return TrainOutcome(version, metadata, plan.eval_set, len(plan.training),
                         plan.eval_source, plan.profile_source)
+
+
+def registered_training(registry: Registry, trained: ModelMetadata) -> ModelMetadata:
+    """The registered metadata of ``trained``'s version, when it holds the same training.
+
+    Raises:
+        RegistryError: The version exists but was trained on other rows (its data hash
+            differs): a real conflict, not a retry.
+    """
+    from driftloop.registry import RegistryError
+
+    stored = registry.metadata(trained.version)
+    if stored.get("data_hash") != trained.data_hash:
+        raise RegistryError(
+            f"version {trained.version!r} of model {registry.model_name!r} already exists "
+            f"with other training data (data hash {stored.get('data_hash')} != "
+            f"{trained.data_hash}); versions are immutable")
+    return ModelMetadata.from_json(registry.read_file(trained.version, "metadata.json").decode())
 
 
 @dataclass
@@ -875,8 +902,48 @@ def run_loop(
             judged and stepped first (:func:`driftloop.progressive.step_canary`) and no new
             challenger is trained while it is in flight; a promote verdict starts a canary.
     """
-    config = config or Config()
-    notifier = notifier or NullNotifier()
+    try:
+        return _run_loop(store, schema, model_name, now=now, run_id=run_id,
+                         config=config or Config(), force=force, window_days=window_days,
+                         lookback_days=lookback_days, notifier=notifier or NullNotifier(),
+                         backend=backend)
+    except Exception as exc:
+        record_failure(store, run_id, exc)
+        raise
+
+
+@dataclass
+class RunFailure(JsonResult):
+    """Why a run stopped, as recorded in ``runs/<run-id>/failure.json``.
+
+    Attributes:
+        error: The exception's type.
+        message: Its message.
+        failed_at: When it was recorded (wall clock, UTC).
+        retry: What a retry of the same run does.
+    """
+
+    error: str
+    message: str
+    failed_at: str
+    retry: str = ("the same inputs resume it: a version already registered with the same "
+                  "training data is reused, finished steps are written again")
+
+
+def record_failure(store: Store, run_id: str, exc: BaseException) -> str | None:
+    """Record ``exc`` under ``runs/<run-id>/failure.json`` (None: the store refused too)."""
+    try:
+        return record_result(store, run_id, "failure",
+                             RunFailure(type(exc).__name__, str(exc), utc_now_iso()))
+    except Exception:  # a read-only or broken store: the original error matters more
+        return None
+
+
+def _run_loop(
+    store: Store, schema: Schema, model_name: str, *, now: dt.datetime, run_id: str,
+    config: Config, force: bool, window_days: int, lookback_days: int, notifier: Notifier,
+    backend: RolloutBackend | None,
+) -> LoopResult:
     registry = Registry(store, model_name)
     window = run_ingest(store, schema, now=now, window_days=window_days,
                         lookback_days=lookback_days)
