@@ -16,6 +16,7 @@ from driftloop.registry import (
     AliasState,
     Registry,
     RegistryError,
+    metadata_digest,
     sha256_bytes,
     sha256_file,
 )
@@ -124,8 +125,12 @@ def test_download_copies_all_files(registry: Registry, tmp_path: Path) -> None:
     registry.register(tmp_path / "art")
     dest = registry.download("v1", tmp_path / "out")
     assert dest == tmp_path / "out"
-    for rel in ["model.joblib", "metadata.json", "drift_profile.json", "reports/eval.txt"]:
+    for rel in ["model.joblib", "drift_profile.json", "reports/eval.txt"]:
         assert (dest / rel).read_bytes() == (tmp_path / "art" / rel).read_bytes()
+    # metadata.json comes back sealed: the local content plus the digest of that content.
+    local = json.loads((tmp_path / "art" / "metadata.json").read_text())
+    got = json.loads((dest / "metadata.json").read_text())
+    assert got == {**local, "metadata_sha256": metadata_digest(local)}
 
 
 def test_tampered_model_is_refused_and_never_unpickled(
