@@ -13,12 +13,18 @@ from sklearn.linear_model import LogisticRegression
 
 from driftloop.errors import IntegrityError, StoreError
 from driftloop.registry import (
+    UNPROTECTED,
+    VERIFIED,
+    AliasConflict,
     AliasState,
+    ChampionChanged,
     Registry,
     RegistryError,
+    VerifyReport,
     metadata_digest,
     sha256_bytes,
     sha256_file,
+    verify_metadata,
 )
 from driftloop.storage import LocalStore, Store
 
@@ -349,3 +355,209 @@ def test_register_needs_model_and_metadata(
     with pytest.raises(StoreError, match=r"art/metadata\.json: file does not exist"):
         registry.register(tmp_path / "art")
     assert store.list() == []
+
+
+# -- metadata digest ---------------------------------------------------------------
+
+
+def _edit_stored_metadata(store: Store, change: Any) -> None:
+    key = "models/churn/v1/metadata.json"
+    doc = store.read_json(key)
+    change(doc)
+    store.write_json(key, doc)  # the recorded digest is left as it was
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.update(seed=99),  # a metric or bound changed by hand
+        lambda d: d.update(version="v2"),
+        lambda d: d.update(schema={"columns": [{"name": "a", "max": 1e9}]}),
+        lambda d: d.pop("seed"),
+    ],
+    ids=["value", "version", "added-field", "removed-field"],
+)
+def test_edited_metadata_is_refused_wherever_a_version_is_read(
+    registry: Registry, store: Store, tmp_path: Path, change: Any
+) -> None:
+    make_artifact(tmp_path / "art", "v1")
+    registry.register(tmp_path / "art")
+    assert registry.verify("v1").metadata == VERIFIED
+    _edit_stored_metadata(store, change)
+
+    for read in (
+        lambda: registry.metadata("v1"),
+        lambda: registry.load_model("v1"),
+        lambda: registry.read_file("v1", "metadata.json"),
+        lambda: registry.verify("v1"),
+        lambda: registry.download("v1", tmp_path / "out"),
+    ):
+        with pytest.raises(IntegrityError, match=r"v1/metadata\.json: metadata digest is"):
+            read()
+    assert not (tmp_path / "out").exists()
+
+
+def test_metadata_digest_ignores_layout_but_not_values(
+    registry: Registry, store: Store, tmp_path: Path
+) -> None:
+    make_artifact(tmp_path / "art", "v1")
+    registry.register(tmp_path / "art")
+    key = "models/churn/v1/metadata.json"
+    doc = store.read_json(key)
+    assert doc["metadata_sha256"] == metadata_digest(doc)
+    # Reordered keys and other whitespace are the same metadata: still verified.
+    store.write_text(key, json.dumps(dict(reversed(list(doc.items())))))
+    assert registry.metadata("v1") == doc
+    assert json.loads(registry.read_file("v1", "metadata.json")) == doc
+    assert metadata_digest({**doc, "seed": 0.0}) != metadata_digest(doc)  # 0 vs 0.0 differ
+
+
+def test_register_refuses_a_folder_whose_metadata_was_edited_after_download(
+    registry: Registry, tmp_path: Path
+) -> None:
+    make_artifact(tmp_path / "art", "v1")
+    registry.register(tmp_path / "art")
+    other = Registry(registry.store, "copy")
+    folder = registry.download("v1", tmp_path / "dl")
+    assert other.register(folder) == "v1"  # an unedited download registers again
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["version"] = "v2"
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(IntegrityError, match="changed after registration"):
+        other.register(folder)
+    assert other.versions() == ["v1"]
+
+
+def test_version_registered_before_digests_is_served_but_reported_unprotected(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(store, MODEL)
+    make_artifact(tmp_path / "art", "v1")
+    registry.register(tmp_path / "art")
+    _edit_stored_metadata(store, lambda d: d.pop("metadata_sha256"))  # as an old registry wrote
+
+    with caplog.at_level("WARNING", logger="driftloop.registry"):
+        assert registry.metadata("v1")["seed"] == 0
+        assert registry.load_model("v1") is not None
+    assert [r.getMessage().count(UNPROTECTED) for r in caplog.records] == [1]  # once
+    report = registry.verify("v1")
+    assert report == VerifyReport("v1", report.model_sha256, VERIFIED, UNPROTECTED)
+
+    strict = Registry(store, MODEL, require_metadata_digest=True)
+    with pytest.raises(IntegrityError, match=r"no metadata_sha256; unprotected"):
+        strict.load_model("v1")
+
+
+def test_verify_metadata_for_folders_read_outside_the_registry() -> None:
+    meta: dict[str, Any] = {"version": "v1", "model_sha256": "ab"}
+    assert verify_metadata(meta, "f") == UNPROTECTED
+    sealed = {**meta, "metadata_sha256": metadata_digest(meta)}
+    assert verify_metadata(sealed, "f") == VERIFIED
+    with pytest.raises(IntegrityError, match=r"^f: metadata digest"):
+        verify_metadata({**sealed, "version": "v9"}, "f")
+
+
+# -- expected champion ---------------------------------------------------------------
+
+
+def test_promote_over_an_unexpected_champion_moves_nothing(
+    registry: Registry, store: Store, tmp_path: Path
+) -> None:
+    _registered(registry, tmp_path, "v1", "v2", "v3")
+    registry.promote("v1", reason="first", expect_champion=None)
+    registry.promote("v2", reason="another run won", run_id="run-a")
+    before = store.read_bytes("models/churn/aliases.json")
+
+    with pytest.raises(ChampionChanged) as info:
+        registry.promote("v3", reason="beats v1", run_id="run-b", expect_champion="v1")
+    assert (info.value.expected, info.value.actual, info.value.version) == ("v1", "v2", "v3")
+    assert "champion changed, 'v3' not promoted" in str(info.value)
+    assert isinstance(info.value, RegistryError)
+    assert store.read_bytes("models/churn/aliases.json") == before
+    with pytest.raises(ChampionChanged):
+        registry.promote("v3", reason="no champion, I thought", expect_champion=None)
+
+    state = registry.promote("v3", reason="beats v2", run_id="run-c", expect_champion="v2")
+    assert (state.champion, state.previous) == ("v3", "v2")
+    # Already champion: nothing to move, whatever was expected (e.g. a retried write).
+    again = registry.promote("v3", reason="retry", expect_champion="v2")
+    assert again.history == state.history
+
+
+def test_set_alias_checks_the_expected_champion(registry: Registry, tmp_path: Path) -> None:
+    _registered(registry, tmp_path, "v1", "v2")
+    registry.promote("v1", reason="first")
+    with pytest.raises(ChampionChanged):
+        registry.set_alias("canary", "v2", reason="canary", expect_champion="v0")
+    assert registry.aliases().canary is None
+    state = registry.set_alias("canary", "v2", reason="canary", expect_champion="v1")
+    assert state.canary == "v2"
+
+
+# -- compare-and-swap ----------------------------------------------------------------
+
+
+class RacingStore(LocalStore):
+    """A LocalStore that lets ``interloper`` run just before each conditional write."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, create=True)
+        self.interlopers: list[Any] = []
+        self.conditional_writes = 0
+
+    def write_if_generation(self, key: str, data: bytes, generation: int) -> bool:
+        self.conditional_writes += 1
+        if self.interlopers:
+            self.interlopers.pop(0)()
+        return super().write_if_generation(key, data, generation)
+
+
+def test_a_lost_race_is_replanned_from_the_winners_state(tmp_path: Path) -> None:
+    store = RacingStore(tmp_path / "store")
+    registry = Registry(store, MODEL)
+    _registered(registry, tmp_path, "v1", "v2", "v3")
+    registry.promote("v1", reason="first", run_id="r1")
+    other = Registry(store, MODEL)
+    store.interlopers.append(lambda: other.promote("v2", reason="other run", run_id="r2"))
+    store.conditional_writes = 0
+
+    state = registry.promote("v3", reason="mine", run_id="r3")
+    # 3 writes: mine (lost to the interloper's, which is the 2nd), then mine again.
+    assert store.conditional_writes == 3
+    assert (state.champion, state.previous) == ("v3", "v2")  # v2 was really replaced
+    assert _history(registry.aliases()) == [
+        ("champion", None, "v1", "first", "r1"),
+        ("champion", "v1", "v2", "other run", "r2"),
+        ("previous", None, "v1", "other run", "r2"),
+        ("champion", "v2", "v3", "mine", "r3"),
+        ("previous", "v1", "v2", "mine", "r3"),
+    ]
+
+
+def test_expected_champion_is_checked_again_after_a_lost_race(tmp_path: Path) -> None:
+    store = RacingStore(tmp_path / "store")
+    registry = Registry(store, MODEL)
+    _registered(registry, tmp_path, "v1", "v2", "v3")
+    registry.promote("v1", reason="first")
+    other = Registry(store, MODEL)
+    store.interlopers.append(lambda: other.promote("v2", reason="other run"))
+    with pytest.raises(ChampionChanged, match="champion is 'v2', not the expected 'v1'"):
+        registry.promote("v3", reason="beats v1", expect_champion="v1")
+    assert registry.champion() == "v2"
+
+
+def test_alias_conflict_after_bounded_attempts(tmp_path: Path) -> None:
+    class AlwaysLoses(LocalStore):
+        calls = 0
+
+        def write_if_generation(self, key: str, data: bytes, generation: int) -> bool:
+            AlwaysLoses.calls += 1
+            return False
+
+    store = AlwaysLoses(tmp_path / "store", create=True)
+    registry = Registry(store, MODEL, max_attempts=4)
+    _registered(registry, tmp_path, "v1")
+    with pytest.raises(AliasConflict, match="each of 4 attempts; no alias moved"):
+        registry.promote("v1", reason="x")
+    assert AlwaysLoses.calls == 4
+    assert not store.exists("models/churn/aliases.json")
