@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -266,6 +267,11 @@ class LocalStore(Store):
         except OSError as exc:
             raise StoreError(f"{lock_path}: cannot open the lock ({exc.strerror})") from exc
         try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != self.file_mode:
+                # O_CREAT's mode is filtered by the umask; another user's lock file may
+                # not be ours to change, which does not matter for locking it.
+                with contextlib.suppress(PermissionError):
+                    os.fchmod(fd, self.file_mode)
             deadline = time.monotonic() + self.lock_timeout
             while True:
                 try:

@@ -1,11 +1,27 @@
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from driftloop.errors import StoreError
-from driftloop.storage import LocalStore, Store, open_store, read_uri
+from driftloop.storage import (
+    NO_OBJECT,
+    STALE_TEMP_SECONDS,
+    LocalStore,
+    Store,
+    content_generation,
+    open_store,
+    read_uri,
+)
 
 ALL_BYTES = bytes(range(256)) * 4
 
@@ -150,3 +166,182 @@ def test_gcs_missing_bucket_is_a_store_error(gcs_emulator: str) -> None:
         store.write_bytes("k", b"1")
     with pytest.raises(StoreError, match="gs://no-such-bucket-xyz/p: cannot list"):
         store.list()
+
+
+# -- generations and compare-and-swap ----------------------------------------------
+
+
+def test_read_with_generation_tracks_versions(store: Store) -> None:
+    assert store.read_with_generation("g/obj") == (None, NO_OBJECT)
+    store.write_bytes("g/obj", b"one")
+    data, first = store.read_with_generation("g/obj")
+    assert (data, first != NO_OBJECT) == (b"one", True)
+    store.write_bytes("g/obj", b"two")
+    data, second = store.read_with_generation("g/obj")
+    assert data == b"two" and second not in (first, NO_OBJECT)
+    # A conditional create, then a replace from the generation just read.
+    assert store.write_if_generation("g/new", b"a", NO_OBJECT)
+    _, gen = store.read_with_generation("g/new")
+    assert store.write_if_generation("g/new", b"b", gen)
+    assert store.read_bytes("g/new") == b"b"
+
+
+def test_local_conditional_write_refuses_a_stale_generation(tmp_path: Path) -> None:
+    # (The GCS side is in tests/faults/test_registry_concurrency.py: the emulator alone
+    # ignores ifGenerationMatch.)
+    store = LocalStore(tmp_path, create=True)
+    assert store.write_if_generation("k", b"one", NO_OBJECT)
+    assert not store.write_if_generation("k", b"again", NO_OBJECT)  # exists already
+    _, gen = store.read_with_generation("k")
+    store.write_bytes("k", b"someone else")  # a plain write changes the generation too
+    assert not store.write_if_generation("k", b"stale", gen)
+    assert store.read_bytes("k") == b"someone else"
+    assert store.list() == ["k"]  # the hidden lock file is not an object
+
+
+def test_content_generation() -> None:
+    assert content_generation(None) == NO_OBJECT
+    assert content_generation(b"") != NO_OBJECT
+    assert content_generation(b"a") == content_generation(b"a") != content_generation(b"b")
+
+
+@pytest.fixture
+def held_lock(tmp_path: Path) -> Iterator[Path]:
+    """Hold the sidecar lock of ``k`` through another open file description."""
+    lock = tmp_path / ".k.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield lock
+    finally:
+        os.close(fd)
+
+
+def test_local_conditional_write_waits_for_the_lock_then_gives_up(
+    tmp_path: Path, held_lock: Path
+) -> None:
+    store = LocalStore(tmp_path, lock_timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"\.k\.lock: still locked by another writer"):
+        store.write_if_generation("k", b"x", NO_OBJECT)
+    assert time.monotonic() - started >= 0.2
+    assert not store.exists("k")
+
+
+def test_a_killed_lock_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    # The holder takes the lock and is SIGKILLed while holding it: the kernel drops a
+    # flock with its owner, whereas an O_EXCL lock file would stay behind.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\n"
+         "time.sleep(60)\n",
+         str(tmp_path / ".k.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    store = LocalStore(tmp_path, lock_timeout=0.2)
+    with pytest.raises(StoreError, match="still locked"):
+        store.write_if_generation("k", b"x", NO_OBJECT)  # really held
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=10)
+    assert store.write_if_generation("k", b"x", NO_OBJECT)
+
+
+def test_store_without_conditional_writes_says_so(tmp_path: Path) -> None:
+    class Plain(LocalStore):
+        write_if_generation = Store.write_if_generation
+
+    with pytest.raises(StoreError, match="conditional writes are not supported"):
+        Plain(tmp_path).write_if_generation("k", b"x", NO_OBJECT)
+
+
+# -- file modes and leftover temp files --------------------------------------------
+
+
+@pytest.fixture
+def strict_umask() -> Iterator[None]:
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_local_files_are_group_readable_despite_a_strict_umask(
+    tmp_path: Path, strict_umask: None
+) -> None:
+    (tmp_path / "existing").mkdir(mode=0o700)
+    store = LocalStore(tmp_path / "existing" / "root", create=True)
+    store.write_bytes("models/m/v1/model.joblib", b"model")
+    store.write_if_generation("models/m/aliases.json", b"{}", NO_OBJECT)
+    root = tmp_path / "existing" / "root"
+    assert _mode(root / "models/m/v1/model.joblib") == 0o640
+    assert _mode(root / "models/m/aliases.json") == 0o640
+    assert _mode(root / "models/m/.aliases.json.lock") == 0o640
+    for folder in [root, root / "models", root / "models/m", root / "models/m/v1"]:
+        assert _mode(folder) == 0o750, folder
+    assert _mode(tmp_path / "existing") == 0o700  # a folder it did not make is left alone
+
+
+def test_local_modes_are_configurable(tmp_path: Path, strict_umask: None) -> None:
+    store = LocalStore(tmp_path, file_mode=0o644, dir_mode=0o755)
+    store.write_bytes("d/f", b"x")
+    assert (_mode(tmp_path / "d/f"), _mode(tmp_path / "d")) == (0o644, 0o755)
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_old_temp_files_are_removed_on_the_next_write_to_their_folder(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, create=True)
+    store.write_bytes("d/other", b"1")
+    folder = tmp_path / "d"
+    names = {
+        "old": ".obj.bin.k3j2h1.tmp",
+        "fresh": ".obj.bin.a8b7c6.tmp",  # a concurrent writer's, still being written
+        "lock": ".obj.bin.lock",
+        "hidden": ".keep",
+        "visible": "data.tmp",  # an object of the store that merely ends in .tmp
+    }
+    for kind, name in names.items():
+        (folder / name).write_bytes(b"x")
+        if kind != "fresh":
+            _age(folder / name, STALE_TEMP_SECONDS + 60)
+    _age(folder / names["fresh"], STALE_TEMP_SECONDS - 60)
+    store.write_bytes("d/obj.bin", b"new")
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted(["other", "obj.bin", *(n for k, n in names.items() if k != "old")])
+
+
+def test_temp_file_of_a_killed_writer_is_cleaned_up(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, create=True)
+    store.write_bytes("d/obj.bin", b"before")
+    # The writer dies between writing its temp file and renaming it (SIGKILL: no cleanup).
+    killed = subprocess.run(
+        [sys.executable, "-c",
+         "import os, signal, sys\n"
+         "from driftloop.storage import LocalStore\n"
+         "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+         "LocalStore(sys.argv[1]).write_bytes('d/obj.bin', b'never renamed')\n",
+         str(tmp_path)],
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    leftovers = [p for p in (tmp_path / "d").iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].read_bytes() == b"never renamed"
+    assert store.read_bytes("d/obj.bin") == b"before"
+
+    store.write_bytes("d/obj.bin", b"after")  # too recent: a live writer may own it
+    assert leftovers[0].exists()
+    _age(leftovers[0], STALE_TEMP_SECONDS + 1)
+    store.write_bytes("d/obj.bin", b"after")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["obj.bin"]
