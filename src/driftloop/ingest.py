@@ -3,6 +3,14 @@
 Layout (see DESIGN.md): ``requests/dt=YYYY-MM-DD/*`` and ``feedback/dt=YYYY-MM-DD/*`` with
 JSONL, CSV or Parquet files. Every row read is accounted for:
 ``rows_in == accepted + quarantined + duplicates`` (and the same for labels).
+
+Bad input never costs a row silently: a line that is not valid UTF-8, JSON or a JSON object
+is quarantined with a reason (its ``_source`` and ``_line`` name the file and line); files
+with another extension are listed in the report as skipped; an unreadable file or folder
+is a :class:`~driftloop.errors.StoreError` naming it; and a window whose every row was
+quarantined is an :class:`IngestError` (after the quarantine is written to the store).
+A ``.json`` file may hold JSON Lines, one object, or an array of objects (``_line`` is
+then the line where each element starts).
 """
 
 from __future__ import annotations
@@ -10,22 +18,29 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from driftloop.errors import SchemaError, StoreError
+from driftloop.errors import DriftloopError, SchemaError, StoreError
 from driftloop.schema import Schema
 from driftloop.serde import JsonResult
-from driftloop.storage import Store
+from driftloop.storage import LocalStore, Store
 from driftloop.validate import LINE, RAW, REASON, SOURCE, validate_labels, validate_records
 
 REQUESTS, FEEDBACK = "requests", "feedback"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 QUARANTINE_COLUMNS = ["_kind", SOURCE, LINE, REASON, RAW]
 _VALUE = re.compile(r"'[^']*'|(?<![\w.-])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
+SKIPPED_REASON = f"not read: ingest reads only {', '.join(SUFFIXES)} files (lower case, " \
+    "uncompressed)"
+_BOM = b"\xef\xbb\xbf"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON text of a UTF-16 surrogate
+_SURROGATE = re.compile("[\udc80-\udcff]")  # an invalid byte after surrogateescape
 
 
 @dataclass
@@ -52,6 +67,7 @@ class IngestCounts:
     labels_orphaned: int = 0
     after_cutoff: int = 0
     labels_after_cutoff: int = 0
+    files_skipped: int = 0
 
     def balanced(self) -> bool:
         """Return whether both accounting identities hold."""
@@ -74,6 +90,8 @@ class IngestReport(JsonResult):
     counts: IngestCounts
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    #: Files under the window's partitions that were not read, with the reason.
+    skipped_files: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for logs and timelines."""
@@ -84,6 +102,8 @@ class IngestReport(JsonResult):
             + (f" + {c.after_cutoff} after the run's logical time" if c.after_cutoff else "")
             + f"; {c.labelled} labelled "
             f"({c.labels_in} labels in, {c.labels_orphaned} without a record)"
+            + (f"; {c.files_skipped} file(s) skipped ({SKIPPED_REASON})"
+               if c.files_skipped else "")
         )
 
 
@@ -107,44 +127,212 @@ def _days(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def _partition_keys(store: Store, kind: str, days: list[dt.date]) -> list[str]:
+class IngestError(DriftloopError):
+    """Rows were read but none can be used: every row of a kind was quarantined.
+
+    ``result`` holds what the ingest produced (the quarantine and the report), so a caller
+    can still write them; :func:`ingest` has already written the quarantine to the store.
+    """
+
+    def __init__(self, message: str, result: IngestResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _check_folder(store: Store, prefix: str) -> None:
+    """Raise when a local partition folder, or one below it, cannot be listed.
+
+    ``Path.rglob`` (behind :meth:`LocalStore.list`) skips a folder it may not read, so
+    without this a folder with mode 000 lost its rows with exit 0.
+
+    Raises:
+        StoreError: Naming the folder and the OS error.
+    """
+    if not isinstance(store, LocalStore):
+        return  # an object store has no folders to be refused
+    base = store.path(prefix)
+    try:
+        os.stat(base)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # no partition for that day
+    except OSError as exc:
+        raise StoreError(f"{base}: cannot read folder ({exc.strerror})") from exc
+
+    def fail(exc: OSError) -> None:
+        raise StoreError(f"{exc.filename or base}: cannot read folder ({exc.strerror})") from exc
+
+    for _ in os.walk(base, onerror=fail):
+        pass
+
+
+def _partition_keys(
+    store: Store, kind: str, days: list[dt.date], skipped: dict[str, str]
+) -> list[str]:
+    """Keys of the readable files of ``kind`` for ``days``; other files go to ``skipped``."""
     keys: list[str] = []
     for day in days:
-        keys += [
-            k for k in store.list(f"{kind}/dt={day.isoformat()}") if k.endswith(SUFFIXES)
-        ]
+        prefix = f"{kind}/dt={day.isoformat()}"
+        _check_folder(store, prefix)
+        for key in store.list(prefix):
+            if key.endswith(SUFFIXES):
+                keys.append(key)
+            else:
+                skipped[store.url(key)] = SKIPPED_REASON
     return keys
+
+
+def _bad(url: str, lineno: int, raw: str, reason: str) -> dict[str, Any]:
+    if _SURROGATE.search(raw):
+        # keep invalid bytes visible as \xNN: a lone surrogate cannot be written to Parquet
+        raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return {SOURCE: url, LINE: lineno, RAW: raw, REASON: reason}
+
+
+def _json_row(obj: Any, raw: str, url: str, lineno: int) -> tuple[dict[str, Any] | None, str]:
+    """``(row, "")`` for a parsed JSON object, else ``(None, reason)``."""
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    if _SURROGATE.search(raw):
+        return None, "not valid UTF-8"
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            # "\ud800" alone is valid JSON but no Unicode text: Parquet cannot store it
+            return None, "not valid Unicode (a lone UTF-16 surrogate escape)"
+    obj[SOURCE], obj[LINE], obj[RAW] = url, lineno, raw
+    return obj, ""
 
 
 def _parse_jsonl(data: bytes, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows, bad = [], []
     # JSON Lines are separated by "\n" only: str.splitlines() also splits on U+2028,
-    # U+2029 and U+0085, which may stand unescaped inside a JSON string (a tweet).
-    text = data.decode("utf-8", errors="replace")
-    for lineno, line in enumerate(text.split("\n"), 1):
-        line = line.removesuffix("\r")
+    # U+2029 and U+0085, which may stand unescaped inside a JSON string (a tweet). Bytes
+    # are split before decoding (0x0A is never part of a UTF-8 sequence), so one invalid
+    # byte costs its line only, instead of becoming U+FFFD inside an accepted row.
+    for lineno, chunk in enumerate(data.removeprefix(_BOM).split(b"\n"), 1):
+        chunk = chunk.removesuffix(b"\r")
+        try:
+            line = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raw = chunk.decode("utf-8", errors="backslashreplace")
+            reason = f"not valid UTF-8 (byte 0x{chunk[exc.start]:02x} at offset {exc.start})"
+            bad.append(_bad(url, lineno, raw, reason))
+            continue
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            reason = f"not valid JSON ({exc.msg})"
-            bad.append({SOURCE: url, LINE: lineno, RAW: line, REASON: reason})
+        except (ValueError, RecursionError) as exc:
+            # ValueError: JSONDecodeError, or an integer beyond Python's 4,300 digits
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            bad.append(_bad(url, lineno, line, f"not valid JSON ({msg})"))
             continue
-        if not isinstance(obj, dict):
-            bad.append({SOURCE: url, LINE: lineno, RAW: line, REASON: "not a JSON object"})
-            continue
-        obj[SOURCE], obj[LINE], obj[RAW] = url, lineno, line
-        rows.append(obj)
+        row, reason = _json_row(obj, line, url, lineno)
+        if row is None:
+            bad.append(_bad(url, lineno, line, reason))
+        else:
+            rows.append(row)
     return rows, bad
 
 
+def _skip_ws(text: str, pos: int) -> int:
+    """The first position at or after ``pos`` that is not JSON whitespace."""
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
+
+
+def _parse_json_array(text: str, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each element of a JSON array as a row; ``_line`` is the line where it starts.
+
+    Elements are decoded one by one, so a broken element costs the rest of the file (one
+    quarantined row holding it), not the elements before it.
+    """
+    rows: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, text.index("[") + 1)
+    lineno, counted = 1, 0
+
+    def line_at(at: int) -> int:
+        nonlocal lineno, counted
+        lineno += text.count("\n", counted, at)
+        counted = at
+        return lineno
+
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            start = line_at(pos)
+            try:
+                obj, end = decoder.raw_decode(text, pos)
+            except (ValueError, RecursionError) as exc:
+                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+                bad.append(_bad(url, start, text[pos:], f"not valid JSON ({msg})"))
+                return rows, bad
+            row, reason = _json_row(obj, text[pos:end], url, start)
+            if row is None:
+                bad.append(_bad(url, start, text[pos:end], reason))
+            else:
+                rows.append(row)
+            pos = _skip_ws(text, end)
+            if text.startswith(",", pos):
+                pos = _skip_ws(text, pos + 1)
+                continue
+            if text.startswith("]", pos):
+                pos += 1
+                break
+            reason = "not valid JSON (expected ',' or ']' in the array)"
+            bad.append(_bad(url, line_at(pos), text[pos:], reason))
+            return rows, bad
+    if text[pos:].strip():
+        bad.append(_bad(url, line_at(pos), text[pos:], "not valid JSON (text after the array)"))
+    return rows, bad
+
+
+def _parse_json(data: bytes, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A ``.json`` file: an array of objects, one (pretty-printed) object, or JSON Lines."""
+    body = data.removeprefix(_BOM)
+    # surrogateescape: an invalid byte costs the element holding it (see _json_row)
+    text = body.decode("utf-8", errors="surrogateescape")
+    head = text.lstrip(" \t\r\n")[:1]
+    if head == "[":
+        return _parse_json_array(text, url)
+    if head == "{" and "\n" in text.strip():
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            return _parse_jsonl(body, url)  # more than one object: JSON Lines
+        row, reason = _json_row(obj, text.strip(), url, 1)
+        return ([row], []) if row is not None else ([], [_bad(url, 1, text.strip(), reason)])
+    return _parse_jsonl(body, url)
+
+
+def _split_bad_utf8(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Set aside CSV rows holding bytes that are not UTF-8 (read with surrogateescape)."""
+    payload = frame.drop(columns=[SOURCE, LINE, RAW])
+    hit = payload.apply(
+        lambda col: col.map(lambda v: isinstance(v, str) and _SURROGATE.search(v) is not None)
+    ).any(axis=1) if len(payload.columns) else pd.Series(False, index=frame.index)
+    if not hit.any():
+        return frame, []
+    bad = []
+    for i in frame.index[hit]:
+        cols = [str(c) for c in payload.columns
+                if isinstance(payload.at[i, c], str) and _SURROGATE.search(payload.at[i, c])]
+        bad.append(_bad(frame.at[i, SOURCE], int(frame.at[i, LINE]), frame.at[i, RAW],
+                        f"not valid UTF-8 (in column(s) {', '.join(cols)})"))
+    return frame.loc[~hit], bad
+
+
 def read_file(store: Store, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read one JSONL, CSV or Parquet object into object-typed raw rows.
+    """Read one JSONL, JSON, CSV or Parquet object into object-typed raw rows.
 
     Returns:
-        ``(rows, unparsable)``: rows carry ``_source``, ``_line`` and ``_raw``; unparsable
-        lines (JSONL only) come back with a ``_reason``.
+        ``(rows, unparsable)``: rows carry ``_source``, ``_line`` and ``_raw``; lines that
+        are not valid UTF-8 (JSON, CSV) or not a JSON object come back with a ``_reason``.
 
     Raises:
         StoreError: The file cannot be read or parsed at all (naming the file).
@@ -152,19 +340,26 @@ def read_file(store: Store, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     url = store.url(key)
     data = store.read_bytes(key)
     unparsable: list[dict[str, Any]] = []
+    if key.endswith((".jsonl", ".json")):
+        # never raises on content: every bad line is a quarantined row
+        parse = _parse_json if key.endswith(".json") else _parse_jsonl
+        rows, unparsable = parse(data, url)
+        frame = pd.DataFrame(rows, dtype=object)
+        return frame, pd.DataFrame(unparsable, columns=[SOURCE, LINE, RAW, REASON])
     try:
-        if key.endswith((".jsonl", ".json")):
-            rows, unparsable = _parse_jsonl(data, url)
-            frame = pd.DataFrame(rows, dtype=object)
-        elif key.endswith(".csv"):
-            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        if key.endswith(".csv"):
+            # surrogateescape: an invalid byte costs its row (below), not the whole file
+            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False,
+                                encoding_errors="surrogateescape")
             frame = frame.astype(object)
         else:
             frame = pd.read_parquet(io.BytesIO(data)).astype(object)
     except Exception as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise StoreError(f"{url}: unreadable ({first})") from exc
-    if not key.endswith((".jsonl", ".json")) and len(frame):
+    if any(_SURROGATE.search(str(c)) for c in frame.columns):
+        raise StoreError(f"{url}: unreadable (the header is not valid UTF-8)")
+    if len(frame):
         frame[SOURCE] = url
         first_line = 2 if key.endswith(".csv") else 1  # CSV line 1 is the header
         frame[LINE] = range(first_line, first_line + len(frame))
@@ -172,6 +367,8 @@ def read_file(store: Store, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame[RAW] = [
             json.dumps(r, default=str) for r in payload.to_dict(orient="records")
         ]
+        if key.endswith(".csv"):
+            frame, unparsable = _split_bad_utf8(frame)
     return frame, pd.DataFrame(unparsable, columns=[SOURCE, LINE, RAW, REASON])
 
 
@@ -247,16 +444,21 @@ def ingest(
     Returns:
         The accepted records (typed, one per ``id``, with ``label``/``label_timestamp``),
         the quarantine (one row per rejected record or label with ``_reason``) and the
-        report. An empty window gives status ``no_data``, not an error.
+        report. An empty window gives status ``no_data``, not an error. Files of the
+        window's partitions that ingest does not read are listed in
+        ``report.skipped_files`` with the reason.
 
     Raises:
-        StoreError: The store is missing or a file is unreadable.
+        StoreError: The store is missing, or a file or partition folder is unreadable.
         SchemaError: A file lacks a column the schema requires.
+        IngestError: Records (or labels) were read and every one was quarantined; the
+            quarantine is first written to ``quarantine/<start>_<end>.jsonl`` in the store.
     """
     days = _days(start, end)
-    req_keys = _partition_keys(store, REQUESTS, days)
-    fb_keys = _partition_keys(store, FEEDBACK, days)
-    counts = IngestCounts(files=len(req_keys) + len(fb_keys))
+    skipped: dict[str, str] = {}
+    req_keys = _partition_keys(store, REQUESTS, days, skipped)
+    fb_keys = _partition_keys(store, FEEDBACK, days, skipped)
+    counts = IngestCounts(files=len(req_keys) + len(fb_keys), files_skipped=len(skipped))
 
     raw, unparsable = _read_kind(store, schema, REQUESTS, req_keys)
     counts.rows_in = len(raw) + len(unparsable)
@@ -318,21 +520,61 @@ def ingest(
         ],
         ignore_index=True,
     )
-    reasons: dict[str, int] = {}
-    for text in quarantine[REASON]:
-        for part in str(text).split("; "):
-            # Count by field and rule, not by the offending value.
-            field_name, _, rule = part.partition(": ")
-            key = f"{field_name}: {_VALUE.sub('<value>', rule)}"
-            reasons[key] = reasons.get(key, 0) + 1
     status = "ok" if counts.accepted else "no_data"
     report = IngestReport(
         status=status,
         start=start.isoformat(),
         end=end.isoformat(),
         counts=counts,
-        quarantine_reasons=reasons,
+        quarantine_reasons=dict(_reason_counts(quarantine[REASON])),
         files=[store.url(k) for k in req_keys + fb_keys],
+        skipped_files=skipped,
     )
     records = records.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
-    return IngestResult(records=records, quarantine=quarantine, report=report)
+    result = IngestResult(records=records, quarantine=quarantine, report=report)
+    _fail_if_all_quarantined(store, result)
+    return result
+
+
+def _reason_counts(reasons: pd.Series) -> Counter[str]:
+    """How often each rule was broken, counted by field and rule, not by offending value."""
+    counts: Counter[str] = Counter()
+    for text in reasons:
+        for part in str(text).split("; "):
+            field_name, sep, rule = part.partition(": ")
+            key = f"{field_name}: {_VALUE.sub('<value>', rule)}" if sep else _VALUE.sub(
+                "<value>", part)
+            counts[key] += 1
+    return counts
+
+
+def _fail_if_all_quarantined(store: Store, result: IngestResult) -> None:
+    """Raise :class:`IngestError` when every record (or label) read was quarantined.
+
+    Such a window is a mismatch between data and schema (a renamed category, a bool
+    written as text), not a quiet day: reporting ``no_data`` with exit 0 hid it. The
+    quarantine is written to the store first, so the rows and reasons are not lost.
+    """
+    c, report, quarantine = result.report.counts, result.report, result.quarantine
+    problems = []
+    for kind, label, n_in, n_bad in (("record", "records", c.rows_in, c.quarantined),
+                                     ("label", "labels", c.labels_in, c.labels_quarantined)):
+        if not n_in or n_bad != n_in:
+            continue
+        rows = quarantine.loc[quarantine["_kind"] == kind]
+        files = sorted({str(s) for s in rows[SOURCE]})
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        reason, times = _reason_counts(rows[REASON]).most_common(1)[0]
+        problems.append(f"all {n_in} {label} read from {len(files)} file(s) ({shown}) were "
+                        f"quarantined; most common reason {reason!r} ({times}x)")
+    if not problems:
+        return
+    key = f"quarantine/{report.start}_{report.end}.jsonl"
+    lines = [json.dumps(r, default=str) for r in quarantine.to_dict(orient="records")]
+    try:
+        store.write_text(key, "".join(line + "\n" for line in lines))
+        where = f"quarantine written to {store.url(key)}"
+    except StoreError as exc:
+        where = f"the quarantine could not be written ({exc})"
+    message = f"ingest {report.start}..{report.end}: " + "; ".join(problems) + f"; {where}"
+    raise IngestError(message.replace("\n", "\\n"), result)

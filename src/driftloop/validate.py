@@ -6,11 +6,13 @@ out typed; every invalid row comes out with a reason naming each field and rule 
 
 from __future__ import annotations
 
+import math
 import re
 
+import numpy as np
 import pandas as pd
 
-from driftloop.schema import ColumnSpec, Schema
+from driftloop.schema import ColumnSpec, Schema, bool_text, value_text
 
 #: Columns the reader adds to every raw row so a quarantined row can be traced back.
 SOURCE, LINE, REASON, RAW = "_source", "_line", "_reason", "_raw"
@@ -30,13 +32,37 @@ def _add_reason(reasons: pd.Series, mask: pd.Series, text: str | pd.Series) -> p
 
 
 def _to_float(value: object) -> float:
-    """One value as a float; NaN when it is not a number a float can hold."""
+    """One value as a float; NaN when it is not a number, +-inf beyond the float range."""
     if value is None or isinstance(value, bool):
         return float("nan")
     try:
         return float(value)  # type: ignore[arg-type]
-    except (OverflowError, TypeError, ValueError):
+    except OverflowError:
+        # an integer beyond ~1e308: infinite as a float, which the column may refuse
+        return -math.inf if value < 0 else math.inf  # type: ignore[operator]
+    except (TypeError, ValueError):
         return float("nan")
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a value's type, for reasons (``object``, ``array``, ...)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list | tuple | np.ndarray):
+        return "array"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else type(value).__name__
+
+
+def _not_scalar(col: pd.Series, missing: pd.Series, *, bools: bool = True) -> pd.Series:
+    """Present values that are objects or arrays (or booleans when ``bools`` is false)."""
+    # np.ndarray: a Parquet list column arrives as arrays
+    nested = (dict, list, tuple, np.ndarray)
+    bad_types = nested if bools else (*nested, bool, np.bool_)
+    return ~missing & col.map(lambda v: isinstance(v, bad_types)).astype(bool)
 
 
 def _check_numeric(
@@ -52,37 +78,54 @@ def _check_numeric(
         values = kept.map(_to_float).astype("float64")
     bad = ~missing & values.isna()
     reasons = _add_reason(reasons, bad, f"{spec.name}: not a number")
+    # inf, -inf, or an integer beyond the float range: one reason, not also "above max"
+    infinite = ~missing & np.isinf(values)
+    refused = infinite if not spec.allow_infinite else pd.Series(False, index=values.index)
+    reasons = _add_reason(
+        reasons, refused, f"{spec.name}: infinite or beyond the float range (allow_infinite "
+        "is false)"
+    )
     if spec.dtype == "int":
-        frac = ~bad & ~missing & (values % 1 != 0)
+        frac = ~bad & ~missing & ~infinite & (values % 1 != 0)
         reasons = _add_reason(reasons, frac, f"{spec.name}: not an integer")
     if spec.min is not None:
-        low = ~missing & (values < spec.min)
+        low = ~missing & ~refused & (values < spec.min)
         reasons = _add_reason(
             reasons, low, values.map(lambda v: f"{spec.name}: {v:g} below min {spec.min:g}")
         )
     if spec.max is not None:
-        high = ~missing & (values > spec.max)
+        high = ~missing & ~refused & (values > spec.max)
         reasons = _add_reason(
             reasons, high, values.map(lambda v: f"{spec.name}: {v:g} above max {spec.max:g}")
         )
     return values, reasons
 
 
-def _as_text(value: object) -> object:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return value if value is None else str(value)
+_as_text = value_text
 
 
 def _check_categorical(
     spec: ColumnSpec, col: pd.Series, missing: pd.Series, reasons: pd.Series
 ) -> tuple[pd.Series, pd.Series]:
-    values = col.where(missing, col.map(_as_text)).astype(object)
+    nested = _not_scalar(col, missing)
+    reasons = _add_reason(
+        reasons, nested,
+        col.map(lambda v: f"{spec.name}: not a string, number or boolean (got {_json_type(v)})"),
+    )
+    if spec.dtype == "bool":
+        # JSON true and CSV "true" are one value (see driftloop.schema)
+        values = col.where(missing, col.map(bool_text)).astype(object)
+        not_bool = ~missing & ~nested & values.isna()
+        reasons = _add_reason(
+            reasons, not_bool, col.map(lambda v: f"{spec.name}: {v!r} is not a boolean")
+        )
+        bad_before = nested | not_bool
+    else:
+        values = col.where(missing, col.map(_as_text)).astype(object)
+        bad_before = nested
     if spec.allowed is not None:
         allowed = set(spec.allowed)
-        bad = ~missing & ~values.isin(allowed)
+        bad = ~missing & ~bad_before & ~values.isin(allowed)
         reasons = _add_reason(
             reasons, bad, values.map(lambda v: f"{spec.name}: {v!r} not in allowed values")
         )
@@ -106,9 +149,15 @@ _CHECKS = {"numeric": _check_numeric, "categorical": _check_categorical, "text":
 def _check_label(
     schema: Schema, col: pd.Series, missing: pd.Series, reasons: pd.Series
 ) -> tuple[pd.Series, pd.Series]:
+    nested = _not_scalar(col, missing)
+    reasons = _add_reason(
+        reasons, nested,
+        col.map(lambda v: f"{schema.label_column}: not a string, number or boolean "
+                          f"(got {_json_type(v)})"),
+    )
     values = col.where(missing, col.map(_as_text)).astype(object)
     if schema.labels is not None:
-        bad = ~missing & ~values.isin(set(schema.labels))
+        bad = ~missing & ~nested & ~values.isin(set(schema.labels))
         reasons = _add_reason(
             reasons,
             bad,
@@ -123,6 +172,13 @@ def _id_and_time(
     ids = raw[schema.id_column] if schema.id_column in raw else pd.Series(None, index=raw.index)
     id_missing = _missing(ids)
     reasons = _add_reason(reasons, id_missing, f"{schema.id_column}: required value missing")
+    # An object, array or boolean is no id: stringified, {"a": 1} and true would join
+    # feedback by accident ("True" == "True") and read as ids nobody sent.
+    odd = _not_scalar(ids, id_missing, bools=False)
+    reasons = _add_reason(
+        reasons, odd,
+        ids.map(lambda v: f"{schema.id_column}: not a string or number (got {_json_type(v)})"),
+    )
     ids = ids.map(_as_text).astype(object)
     ts_raw = (
         raw[schema.timestamp_column]

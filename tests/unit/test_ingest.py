@@ -1,14 +1,16 @@
 import datetime as dt
 import json
+import math
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from driftloop.errors import SchemaError, StoreError
-from driftloop.ingest import ingest
+from driftloop.errors import DriftloopError, SchemaError, StoreError
+from driftloop.ingest import IngestError, ingest
 from driftloop.sample import sample_schema, write_sample_store
-from driftloop.schema import load_schema
+from driftloop.schema import Schema, load_schema, schema_from_dict
 from driftloop.storage import LocalStore, open_store
 
 DAY = dt.date(2026, 3, 1)
@@ -182,7 +184,8 @@ def test_an_integer_too_large_for_a_float_is_quarantined_not_a_crash(store: Loca
     result = ingest(store, sample_schema(), DAY, DAY)
     assert list(result.records["id"]) == ["r1"]
     assert result.report.counts.quarantined == 1 and result.report.counts.balanced()
-    assert "x0: not a number" in result.quarantine["_reason"].iloc[0]
+    assert result.quarantine["_reason"].iloc[0] == (
+        "x0: infinite or beyond the float range (allow_infinite is false)")
 
 
 def test_line_separators_inside_a_string_do_not_split_a_record(store: LocalStore):
@@ -211,3 +214,238 @@ def test_a_naive_time_is_utc_whatever_offset_another_row_carries(store: LocalSto
     assert by_id.loc["r2", "timestamp"] == pd.Timestamp("2026-03-01T10:00:00Z")
     assert by_id.loc["r1", "timestamp"] == pd.Timestamp("2026-03-01T02:30:00Z")
     assert by_id.loc["r2", "label"] == "no"  # 10:30Z is later than 09:30Z
+
+
+# --- issue 18: robust under bad input ----------------------------------------------------
+
+
+def _refuse_scandir(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    # Tests run as root here, where mode 000 refuses nothing: refuse as the OS would.
+    real = os.scandir
+
+    def scandir(path=".", *args, **kwargs):
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_an_unreadable_partition_folder_is_an_error_naming_it(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+):
+    # Regression: rglob skipped a folder it could not read, and ingest exited 0 without
+    # the folder's rows.
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1)]))
+    store.write_text(f"requests/dt={DAY}/late/b.jsonl", _jsonl([_rec(2)]))
+    _refuse_scandir(monkeypatch, store.path(f"requests/dt={DAY}/late"))
+    with pytest.raises(StoreError, match=r"dt=2026-03-01/late: cannot read folder "
+                                         r"\(Permission denied\)") as err:
+        ingest(store, sample_schema(), DAY, DAY)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a folder with mode 000")
+def test_a_partition_folder_with_mode_000_is_an_error(store: LocalStore):
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1)]))
+    folder = store.path(f"requests/dt={DAY}")
+    folder.chmod(0)
+    try:
+        with pytest.raises(StoreError, match="dt=2026-03-01"):
+            ingest(store, sample_schema(), DAY, DAY)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_an_unreadable_file_is_an_error_naming_it(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+):
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1)]))
+    real = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self.name == "a.jsonl":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(StoreError, match=r"a\.jsonl: cannot read \(Permission denied\)"):
+        ingest(store, sample_schema(), DAY, DAY)
+
+
+def test_files_ingest_does_not_read_are_listed_with_the_reason(store: LocalStore):
+    # Regression: files with another extension were ignored without a word.
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1)]))
+    names = ["b.JSONL", "c.ndjson", "d.jsonl.gz", "e.txt", "README"]
+    for name in names:
+        store.write_text(f"requests/dt={DAY}/{name}", _jsonl([_rec(9)]))
+    store.write_text(f"feedback/dt={DAY}/f.CSV", "id,label,timestamp\n")
+    report = ingest(store, sample_schema(), DAY, DAY).report
+    assert report.counts.files == 1 and report.counts.files_skipped == 6
+    assert sorted(Path(f).name for f in report.skipped_files) == sorted([*names, "f.CSV"])
+    assert set(report.skipped_files.values()) == {
+        "not read: ingest reads only .jsonl, .json, .csv, .parquet files (lower case, "
+        "uncompressed)"}
+    assert "6 file(s) skipped" in report.summary()
+    assert type(report).from_json(report.to_json()).skipped_files == report.skipped_files
+
+
+def test_a_json_file_holding_an_array_is_read_as_its_records(store: LocalStore):
+    # Regression: a .json file was read as JSON Lines, so an array lost every record.
+    text = "[\n  " + ",\n  ".join(json.dumps(_rec(i)) for i in range(3)) + ",\n  5\n]\n"
+    store.write_text(f"requests/dt={DAY}/a.json", text)
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert sorted(result.records["id"]) == ["r0", "r1", "r2"]
+    bad = result.quarantine.iloc[0]
+    assert (bad["_line"], bad["_raw"], bad["_reason"]) == (5, "5", "not a JSON object")
+    assert result.report.counts.balanced()
+
+
+def test_a_broken_json_array_keeps_the_elements_before_the_break(store: LocalStore):
+    text = "[" + json.dumps(_rec(1)) + ",\n" + json.dumps(_rec(2)) + ",\n{broken\n]"
+    store.write_text(f"requests/dt={DAY}/a.json", text)
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert sorted(result.records["id"]) == ["r1", "r2"]
+    bad = result.quarantine.iloc[0]
+    assert bad["_line"] == 3 and bad["_raw"] == "{broken\n]"
+    assert bad["_reason"].startswith("not valid JSON")
+
+
+def test_a_pretty_printed_json_object_is_one_record(store: LocalStore):
+    store.write_text(f"requests/dt={DAY}/a.json", json.dumps(_rec(1), indent=2))
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert list(result.records["id"]) == ["r1"] and result.quarantine.empty
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json", "a.csv"])
+def test_a_utf8_byte_order_mark_does_not_cost_the_first_row(store: LocalStore, name: str):
+    # Regression: "\ufeff{...}" was not valid JSON, so the first record was quarantined.
+    rows = [_rec(1), _rec(2)]
+    text = pd.DataFrame(rows).to_csv(index=False) if name.endswith(".csv") else _jsonl(rows)
+    store.write_bytes(f"requests/dt={DAY}/{name}", b"\xef\xbb\xbf" + text.encode())
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert sorted(result.records["id"]) == ["r1", "r2"] and result.quarantine.empty
+
+
+def test_ids_that_are_objects_arrays_or_booleans_are_quarantined(store: LocalStore):
+    # Regression: they were stringified ("{'a': 1}", "True") and accepted.
+    rows = [dict(_rec(0), id={"a": 1}), dict(_rec(0), id=[1]), dict(_rec(0), id=True),
+            dict(_rec(0), id=7), _rec(8)]
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl(rows))
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert sorted(result.records["id"]) == ["7", "r8"]
+    assert list(result.quarantine["_reason"]) == [
+        "id: not a string or number (got object)", "id: not a string or number (got array)",
+        "id: not a string or number (got boolean)"]
+
+
+def test_an_invalid_utf8_byte_quarantines_its_line_only(store: LocalStore):
+    # Regression: the byte became U+FFFD and the row was accepted with altered text.
+    good, bad = json.dumps(_rec(1)).encode(), json.dumps(_rec(2)).encode()
+    bad = bad.replace(b'"north"', b'"nor\xffth"')
+    store.write_bytes(f"requests/dt={DAY}/a.jsonl", good + b"\n" + bad + b"\n")
+    csv = pd.DataFrame([_rec(3), _rec(4)]).to_csv(index=False).encode()
+    store.write_bytes(f"requests/dt={DAY}/b.csv", csv.replace(b"r4", b"r\xfe4"))
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert sorted(result.records["id"]) == ["r1", "r3"]
+    q = result.quarantine.sort_values("_source").reset_index(drop=True)
+    assert [Path(s).name for s in q["_source"]] == ["a.jsonl", "b.csv"]
+    assert list(q["_line"]) == [2, 3]
+    offset = bad.index(b"\xff")
+    assert q.loc[0, "_reason"] == f"not valid UTF-8 (byte 0xff at offset {offset})"
+    assert "nor\\xffth" in q.loc[0, "_raw"]
+    assert q.loc[1, "_reason"] == "not valid UTF-8 (in column(s) id)"
+    assert "\ufffd" not in "".join(result.records["segment"])
+    result.quarantine.astype("string").to_parquet(Path(store.root) / "q.parquet")
+
+
+def test_a_lone_surrogate_escape_is_quarantined(store: LocalStore, tmp_path: Path):
+    # "\ud800" is valid JSON but no Unicode text: accepted, it broke the Parquet write.
+    text = _jsonl([_rec(1)]) + json.dumps(dict(_rec(2), segment="\ud800")) + "\n"
+    store.write_text(f"requests/dt={DAY}/a.jsonl", text)
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert list(result.records["id"]) == ["r1"]
+    assert "lone UTF-16 surrogate" in result.quarantine["_reason"].iloc[0]
+    result.records.to_parquet(tmp_path / "records.parquet")
+
+
+def _one_column_schema(column: dict, **extra) -> Schema:
+    return schema_from_dict({"columns": [column], **extra})
+
+
+def test_infinite_numbers_are_quarantined_unless_the_column_allows_them(store: LocalStore):
+    lines = ['{"id": "a", "timestamp": "2026-03-01T01:00:00Z", "x": Infinity}',
+             '{"id": "b", "timestamp": "2026-03-01T01:00:00Z", "x": -1e400}',
+             '{"id": "c", "timestamp": "2026-03-01T01:00:00Z", "x": 1' + "0" * 400 + "}",
+             '{"id": "d", "timestamp": "2026-03-01T01:00:00Z", "x": 1.5}']
+    store.write_text(f"requests/dt={DAY}/a.jsonl", "\n".join(lines) + "\n")
+    store.write_text(f"requests/dt={DAY}/b.csv", "id,timestamp,x\ne,2026-03-01T01:00:00Z,inf\n")
+    strict = ingest(store, _one_column_schema({"name": "x", "kind": "numeric"}), DAY, DAY)
+    assert list(strict.records["id"]) == ["d"]
+    assert set(strict.quarantine["_reason"]) == {
+        "x: infinite or beyond the float range (allow_infinite is false)"}
+    lenient = ingest(store, _one_column_schema(
+        {"name": "x", "kind": "numeric", "allow_infinite": True}), DAY, DAY)
+    by_id = lenient.records.set_index("id")["x"]
+    assert by_id.to_dict() == {"a": math.inf, "b": -math.inf, "c": math.inf, "d": 1.5,
+                               "e": math.inf}
+
+
+def test_a_bool_column_allowing_true_and_false_accepts_booleans(store: LocalStore):
+    # Regression: allowed [true, false] became "True"/"False" while values read "true",
+    # so every row was quarantined ('true' not in allowed values).
+    schema = _one_column_schema(
+        {"name": "flag", "kind": "categorical", "dtype": "bool", "allowed": [True, False]})
+    rows = [{"id": f"r{i}", "timestamp": "2026-03-01T01:00:00Z", "flag": v}
+            for i, v in enumerate([True, False, "true", "FALSE", 1, "yes"])]
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl(rows))
+    result = ingest(store, schema, DAY, DAY)
+    assert list(result.records.sort_values("id")["flag"]) == ["true", "false", "true", "false"]
+    assert list(result.quarantine["_reason"]) == ["flag: 1 is not a boolean",
+                                                  "flag: 'yes' is not a boolean"]
+
+
+def test_boolean_labels_match_the_schema_labels(store: LocalStore):
+    schema = _one_column_schema({"name": "x", "kind": "numeric"}, labels=[True, False])
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl(
+        [{"id": "r1", "timestamp": "2026-03-01T01:00:00Z", "x": 1.0}]))
+    store.write_text(f"feedback/dt={DAY}/a.jsonl", _jsonl(
+        [{"id": "r1", "label": True, "timestamp": "2026-03-01T02:00:00Z"}]))
+    result = ingest(store, schema, DAY, DAY)
+    assert list(result.records["label"]) == ["true"] and result.quarantine.empty
+
+
+def test_a_window_whose_every_record_was_quarantined_is_a_named_error(store: LocalStore):
+    # Regression: every row quarantined gave status no_data and exit 0.
+    rows = [_rec(i, segment="mars") for i in range(3)] + [_rec(3, x0="x")]
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl(rows[:2]))
+    store.write_text(f"requests/dt={DAY}/b.jsonl", _jsonl(rows[2:]))
+    with pytest.raises(IngestError) as err:
+        ingest(store, sample_schema(), DAY, DAY)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("ingest 2026-03-01..2026-03-01: all 4 records read from 2 "
+                              "file(s) (")
+    assert "a.jsonl" in message and "b.jsonl" in message
+    assert "most common reason 'segment: <value> not in allowed values' (3x)" in message
+    key = "quarantine/2026-03-01_2026-03-01.jsonl"
+    assert message.endswith(f"quarantine written to {store.url(key)}")
+    written = [json.loads(line) for line in store.read_text(key).splitlines()]
+    assert len(written) == 4 and {w["_kind"] for w in written} == {"record"}
+    assert err.value.result is not None and err.value.result.report.counts.balanced()
+    assert isinstance(err.value, DriftloopError)
+
+
+def test_a_window_whose_every_label_was_quarantined_is_a_named_error(store: LocalStore):
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1)]))
+    store.write_text(f"feedback/dt={DAY}/a.jsonl", _jsonl(
+        [{"id": "r1", "label": "maybe", "timestamp": "2026-03-01T12:00:00Z"}]))
+    with pytest.raises(IngestError, match=r"all 1 labels read from 1 file\(s\) .* most common "
+                                          r"reason 'label: <value> is not one of the schema"):
+        ingest(store, sample_schema(), DAY, DAY)
+
+
+def test_a_window_with_one_accepted_record_is_no_error(store: LocalStore):
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1), _rec(2, segment="mars")]))
+    result = ingest(store, sample_schema(), DAY, DAY)
+    assert result.report.counts.accepted == 1 and not store.list("quarantine")
