@@ -343,6 +343,9 @@ def test_two_processes_promoting_at_once_lose_no_move_on_gcs(
 ) -> None:
     env = {**os.environ, "STORAGE_EMULATOR_HOST": shim.url}
     _run_promote_race(shim_store, tmp_path, env, workers=2)
+    # The workers really collided: stale writes were refused with 412 and retried.
+    assert shim.rejected > 0
+    print(f"412 conflicts retried: {shim.rejected}")
 
 
 def test_expected_champion_lets_exactly_one_concurrent_run_promote_on_gcs(
