@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -383,6 +385,190 @@ def test_metrics_and_health(sink):
     assert 'driftloop_sink_records_total{logged="pair"} 1.0' in text
     assert 'driftloop_sink_rejected_total{status="400"} 1.0' in text
     assert "driftloop_sink_write_seconds_count 2.0" in text
+
+
+# -- bodies that used to be 500s: over one keep-alive connection ------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000  # far beyond json's recursion limit
+DEEP_OBJECT = '{"a":' * 100_000 + "1" + "}" * 100_000
+
+
+def _exchange(conn: http.client.HTTPConnection, path: str, body: bytes,
+              headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    conn.request("POST", path, body=body, headers=headers)
+    answer = conn.getresponse()
+    return answer.status, json.loads(answer.read())
+
+
+@pytest.fixture()
+def conn(sink) -> Iterator[http.client.HTTPConnection]:
+    """One keep-alive connection to the sink (timeouts bound each exchange)."""
+    _, server, _ = sink
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    yield connection
+    connection.close()
+
+
+def _bad_then_good(conn: http.client.HTTPConnection, path: str, bad: bytes,
+                   headers: dict[str, str]) -> tuple[int, str]:
+    """Send ``bad``, then a good body on the same connection; return the bad answer."""
+    status, answer = _exchange(conn, path, bad, headers)
+    sock = conn.sock
+    if path == "/feedback":
+        good = json.dumps({"id": "good", "label": "yes"}).encode()
+        ok_status, ok = _exchange(conn, path, good, {"Content-Type": "application/json"})
+        assert (ok_status, ok) == (200, {"stored": 1})
+    else:
+        good = json.dumps(request_body(1)).encode()
+        ok_status, ok = _exchange(conn, path, good, ce_headers("good", REQUEST_TYPE))
+        assert (ok_status, ok["status"]) == (200, "pending")
+    assert conn.sock is sock  # the same connection: it was kept alive after the refusal
+    return status, answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('{"instances": ' + DEEP + "}", "body: JSON nested deeper than 64 levels"),
+        ('{"instances": [' + DEEP_OBJECT + "]}", "body: JSON nested deeper than 64 levels"),
+        # Deep enough to defeat the writes after the 2xx, shallow enough for json.loads.
+        ('{"instances": [{"x0": ' + "[" * 500 + "1" + "]" * 500 + "}]}",
+         "body: JSON nested deeper than 64 levels"),
+    ],
+)
+def test_deeply_nested_events_are_400_and_the_connection_lives(sink, store, conn, body, needle):
+    headers = ce_headers("deep", REQUEST_TYPE)
+    status, error = _bad_then_good(conn, "/", body.encode(), headers)
+    assert status == 400 and needle in error
+    _only_the_good_event_is_pending(store)
+
+
+@pytest.mark.parametrize("body", [DEEP, "[" + DEEP_OBJECT + "]"])
+def test_deeply_nested_feedback_is_400_and_the_connection_lives(sink, store, conn, body):
+    status, error = _bad_then_good(conn, "/feedback", body.encode(), {})
+    assert status == 400 and "body: JSON nested deeper than 64 levels" in error
+    assert [r["id"] for r in lines_under(store, "feedback")] == ["good"]
+
+
+def _only_the_good_event_is_pending(store: LocalStore) -> None:
+    # Refused means unacknowledged and unrecorded: nothing journaled, nothing seen.
+    journal = lines_under(store, "sink/pending")
+    assert [e["ce_id"] for e in journal] == ["good"]
+    assert store.list("requests") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "needle"),
+    [
+        (rb'{"instances": [{"x0": 1, "segment": "\ud800"}]}', {},
+         "body.instances[0].segment: not valid Unicode, a lone surrogate '\\ud800'"),
+        # The surrogate's own UTF-8 bytes: json reads bytes with "surrogatepass".
+        (b'{"instances": [{"x0": 1, "segment": "a\xed\xb0\x80"}]}', {},
+         "body.instances[0].segment: not valid Unicode, a lone surrogate '\\udc00' at "
+         "character 1"),
+        (rb'{"instances": [{"x0": 1, "\udfff": 2}]}', {},
+         "body.instances[0]: key '\\udfff' is not valid Unicode"),
+        (rb'{"inputs": [{"name": "id", "shape": [1], "data": ["\ud800"]}]}', {},
+         "body.inputs[0].data[0]: not valid Unicode"),
+        (rb'{"predictions": [{"class": "\udbff", "probabilities": {"yes": 1.0}}]}',
+         {"Ce-Type": RESPONSE_TYPE}, "body.predictions[0].class: not valid Unicode"),
+        # The same in UTF-16 (json detects it): the escape is not visible byte by byte.
+        ('{"instances": [{"x0": 1, "segment": "\\ud800"}]}'.encode("utf-16-le"), {},
+         "body.instances[0].segment: not valid Unicode"),
+    ],
+)
+def test_lone_surrogates_in_events_are_422_naming_the_field(sink, store, conn, body, headers,
+                                                            needle):
+    sent = ce_headers("surrogate", REQUEST_TYPE)
+    sent.update(headers)
+    status, error = _bad_then_good(conn, "/", body, sent)
+    assert status == 422 and needle in error
+    _only_the_good_event_is_pending(store)
+
+
+def test_lone_surrogates_in_a_structured_event_id_are_422(sink, store, conn):
+    event = {"id": "\ud800", "type": REQUEST_TYPE, "source": "s", "specversion": "1.0",
+             "data": request_body(1)}
+    headers = {"Content-Type": "application/cloudevents+json"}
+    body = json.dumps(event).encode()  # ensure_ascii writes the surrogate as \\ud800
+    status, error = _bad_then_good(conn, "/", body, headers)
+    assert status == 422 and "body.id: not valid Unicode" in error
+    _only_the_good_event_is_pending(store)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (rb'{"id": "\ud800", "label": "yes"}', "body.id: not valid Unicode, a lone surrogate"),
+        (rb'[{"id": "ok", "label": "yes"}, {"id": "x\udc00", "label": "yes"}]',
+         "body[1].id: not valid Unicode, a lone surrogate '\\udc00' at character 1"),
+        (rb'{"id": "a", "label": "\ud800"}', "body.label: not valid Unicode"),
+    ],
+)
+def test_lone_surrogates_in_feedback_are_422_naming_the_field(sink, store, conn, body, needle):
+    status, error = _bad_then_good(conn, "/feedback", body, {})
+    assert status == 422 and needle in error
+    # All or nothing: the valid first item of the refused list was not stored either.
+    assert [r["id"] for r in lines_under(store, "feedback")] == ["good"]
+
+
+def test_valid_surrogate_pairs_and_escapes_are_stored(sink, store):
+    _, _, client = sink
+    body = rb'{"id": "\ud83d\ude00 and \\ud800", "label": "yes"}'
+    assert client.post("/feedback", content=body).status_code == 200
+    assert lines_under(store, "feedback")[0]["id"] == "\U0001f600 and \\ud800"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "needle"),
+    [
+        # rows > values used to pass the shape check and build a billion empty lists.
+        ({}, {"inputs": [{"name": "a", "shape": [1_000_000_000], "data": []}]},
+         "body.inputs[a].shape: [1000000000] does not fit 0 values"),
+        ({"Ce-Type": RESPONSE_TYPE},
+         '{"predictions": [{"class": "yes", "probabilities": {"yes": 1%s}}]}' % ("0" * 399),
+         "body.predictions[0].probabilities.yes: a 400-digit integer is not a probability"),
+        ({"Ce-Type": RESPONSE_TYPE},
+         {"outputs": [{"name": "class", "shape": [1], "data": ["yes"]},
+                      {"name": "probabilities", "shape": [1, 2], "data": [0.5, "x"],
+                       "parameters": {"classes": '["no", "yes"]'}}]},
+         "body.outputs[probabilities].data[0][1]: expected a number, got str"),
+        ({"Ce-Type": RESPONSE_TYPE},
+         {"outputs": [{"name": "class", "shape": [1], "data": ["yes"]},
+                      {"name": "probabilities", "shape": [1, 1], "data": [1.0],
+                       "parameters": 5}]}, None),
+    ],
+)
+def test_odd_tensors_and_probabilities_are_4xx_or_stored(sink, store, conn, headers, body,
+                                                         needle):
+    sent = ce_headers("odd", REQUEST_TYPE)
+    sent.update(headers)
+    content = (body if isinstance(body, str) else json.dumps(body)).encode()
+    status, answer = _exchange(conn, "/", content, sent)
+    if needle is None:  # parameters that are not an object: no classes, still stored
+        assert (status, answer["status"]) == (200, "pending")
+        return
+    assert status == 422 and needle in answer["error"]
+    assert store.list("sink") == [] and store.list("requests") == []
+
+
+def test_an_acknowledged_request_the_predictor_refused_is_written_alone(start_sink, store):
+    """KServe logs the request of a 400 too: the sink keeps it, and no response comes."""
+    _, server = start_sink(store, pending_ttl=0.2)
+    big = "1" + "0" * 399
+    body = ('{"inputs": [{"name": "x0", "shape": [1], "datatype": "FP64", "data": [' + big
+            + ']}, {"name": "x1", "shape": [1], "datatype": "FP64", "data": [0.5]},'
+            ' {"name": "segment", "shape": [1], "datatype": "BYTES", "data": ["north"]}]}')
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        answer = c.post("/", content=body, headers=ce_headers("refused", REQUEST_TYPE))
+        assert answer.status_code == 200 and answer.json()["status"] == "pending"
+        deadline = time.monotonic() + 10
+        while not store.list("requests"):
+            assert time.monotonic() < deadline, "the lone request was never written"
+            time.sleep(0.02)
+    [record] = lines_under(store, "requests")
+    # Stored as sent: judging the value is ingest's job (its schema quarantines it).
+    assert record["logged"] == "request_only" and record["x0"] == int(big)
 
 
 # -- object mode (gs://) ----------------------------------------------------------------

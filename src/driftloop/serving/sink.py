@@ -73,10 +73,19 @@ Idempotence
 
 Run one replica per store: request and response must reach the same process to be paired.
 
-Status codes: 200 stored/pending/duplicate; 400 a missing or invalid CloudEvent header or
-a body that is not JSON; 413 a body above ``max_body_bytes``; 415 an unsupported
-structured event; 422 JSON of the wrong shape (the message names the field); 503 the
-store write failed (nothing was recorded as seen; the sender may retry).
+Status codes: 200 stored/pending/duplicate; 400 a missing or invalid CloudEvent header, a
+body that is not JSON or is nested deeper than ``MAX_JSON_DEPTH`` (64) levels; 413 a body
+above ``max_body_bytes``; 415 an unsupported structured event; 422 JSON of the wrong shape
+or a string that is not valid Unicode (a lone surrogate such as ``"\ud800"``, which no
+UTF-8 file can hold); the message names the field; 503 the store write failed (nothing was
+recorded as seen; the sender may retry).
+
+Everything an event's later writing needs (its shape, depth and text) is checked before
+the 2xx, so an acknowledged event can always be written; a refused one is neither
+journaled nor remembered as seen. KServe's logger logs a request even when the predictor
+refuses it (a 400 has no response event): such a request, when well-formed JSON, is
+acknowledged and written alone after ``pending_ttl`` (``request_only``); ingest then
+applies the schema to its values.
 
 Entry point::
 
@@ -95,6 +104,8 @@ import logging
 import os
 import re
 import socket
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -111,7 +122,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from driftloop.errors import DriftloopError
+from driftloop.errors import DriftloopError, StoreError
 from driftloop.storage import LocalStore, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -137,6 +148,12 @@ MAX_FEEDBACK_ITEMS = 10_000
 PENDING_PREFIX = "sink/pending"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _EVENT_KEYS = re.compile(rb'"event_id":"((?:[^"\\]|\\.)*)","logged":"(\w+)"')
+#: Deepest JSON nesting accepted in a body (a V2 tensor of rank 4 in an event is 7 deep).
+MAX_JSON_DEPTH = 64
+#: What a lone surrogate can come from in a body json.loads reads: a "\ud800"-style escape
+#: or the surrogate's own UTF-8 bytes (json decodes bytes with "surrogatepass").
+_SURROGATE_SOURCE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class SinkError(DriftloopError):
@@ -207,10 +224,65 @@ class Event:
 
 
 def _json(body: bytes, where: str) -> Any:
+    """Parse a body and check what the sink must be able to store of it.
+
+    Raises:
+        SinkError: 400 for invalid JSON or nesting deeper than :data:`MAX_JSON_DEPTH`;
+            422 naming the field for a string with a lone surrogate.
+    """
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        doc = json.loads(body)
+    except RecursionError:
+        raise SinkError(400, f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels, "
+                             "the limit") from None
+    except ValueError as exc:  # also bad UTF-8 and integers above 4,300 digits
         raise SinkError(400, f"{where}: not valid JSON ({exc})") from None
+    _check_depth(doc, where)
+    # UTF-16/32 bodies (NULs in the first bytes) hide escapes from the byte pattern.
+    if b"\x00" in body[:4] or _SURROGATE_SOURCE.search(body):
+        _check_text(doc, where)
+    return doc
+
+
+def _check_depth(doc: Any, where: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_JSON_DEPTH`.
+
+    Journaling, pairing and writing recurse into the body (``json.dumps``, V2 tensors): a
+    body json.loads can parse may still be too deep for them, after the 2xx.
+    """
+    stack = [(doc, 1)] if isinstance(doc, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                if depth >= MAX_JSON_DEPTH:
+                    raise SinkError(400, f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} "
+                                         "levels, the limit")
+                stack.append((child, depth + 1))
+
+
+def _check_text(doc: Any, where: str) -> None:
+    """Refuse a string (value or key) holding a lone surrogate, naming its field.
+
+    Such a string parses but cannot be encoded as UTF-8, so it could never be written.
+    """
+    stack: list[tuple[Any, str]] = [(doc, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            found = _LONE_SURROGATE.search(node)
+            if found is not None:
+                raise SinkError(422, f"{path}: not valid Unicode, a lone surrogate "
+                                     f"{found.group()!a} at character {found.start()}")
+        elif isinstance(node, dict):
+            for key, value in reversed(node.items()):  # popped in document order
+                found = _LONE_SURROGATE.search(key)
+                if found is not None:
+                    raise SinkError(422, f"{path}: key {ascii(key)[:60]} is not valid Unicode "
+                                         f"(a lone surrogate {found.group()!a})")
+                stack.append((value, f"{path}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((node[i], f"{path}[{i}]") for i in range(len(node) - 1, -1, -1))
 
 
 def parse_cloudevent(headers: Mapping[str, str], body: bytes,
@@ -306,7 +378,9 @@ def _v2_columns(tensors: Any, where: str) -> tuple[dict[str, list[Any]], int]:
         shape = tensor.get("shape")
         rows = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) \
             else len(values)
-        if rows < 1 or len(values) % rows:
+        # rows > len(values) would also pass the modulo test with no values, and then
+        # build ``rows`` empty lists: a large shape would exhaust the memory.
+        if rows < 1 or rows > len(values) or len(values) % rows:
             raise SinkError(422, f"{where}[{name}].shape: {shape} does not fit "
                                  f"{len(values)} values")
         width = len(values) // rows
@@ -352,11 +426,22 @@ def parse_request_body(data: Any, where: str = "body") -> list[tuple[str | None,
     raise SinkError(422, f"{where}.instances: required (or 'inputs' for a V2 request)")
 
 
-def _prediction(item: Any, default_version: str | None) -> Prediction:
+def _probability(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SinkError(422, f"{where}: expected a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond float64
+        raise SinkError(422, f"{where}: a {len(str(abs(value)))}-digit integer is not a "
+                             "probability") from None
+
+
+def _prediction(item: Any, default_version: str | None, where: str) -> Prediction:
     if isinstance(item, dict):
         probs = item.get("probabilities")
         probabilities = (
-            {str(k): float(v) for k, v in probs.items() if isinstance(v, int | float)}
+            {str(k): _probability(v, f"{where}.probabilities.{k}") for k, v in probs.items()
+             if isinstance(v, int | float)}
             if isinstance(probs, dict) else None
         )
         label = item.get("class", item.get("prediction", item.get("label")))
@@ -387,22 +472,33 @@ def parse_response_body(data: Any, where: str = "body") -> list[Prediction]:
         items = data["predictions"]
         if not isinstance(items, list):
             raise SinkError(422, f"{where}.predictions: expected a list")
-        return [_prediction(item, version) for item in items]
+        return [_prediction(item, version, f"{where}.predictions[{i}]")
+                for i, item in enumerate(items)]
     if "outputs" in data:
         columns, n = _v2_columns(data["outputs"], f"{where}.outputs")
         outputs = {o["name"]: o for o in data["outputs"]}
         label_name = "class" if "class" in columns else next(iter(columns))
         classes: list[str] | None = None
-        params = outputs.get("probabilities", {}).get("parameters") or {}
-        if "probabilities" in columns and isinstance(params.get("classes"), str):
-            with contextlib.suppress(json.JSONDecodeError):
-                classes = [str(c) for c in json.loads(params["classes"])]
+        params = outputs.get("probabilities", {}).get("parameters")
+        if "probabilities" in columns and isinstance(params, dict) and isinstance(
+            params.get("classes"), str
+        ):
+            with contextlib.suppress(ValueError, RecursionError):
+                parsed = json.loads(params["classes"])
+                if isinstance(parsed, list) and all(isinstance(c, str | int) for c in parsed):
+                    classes = [str(c) for c in parsed]
+            if classes is not None and any(_LONE_SURROGATE.search(c) for c in classes):
+                raise SinkError(422, f"{where}.outputs[probabilities].parameters.classes: "
+                                     "not valid Unicode, a class name has a lone surrogate")
         preds = []
         for i in range(n):
             probabilities = None
             row = columns["probabilities"][i] if "probabilities" in columns else None
             if classes is not None and isinstance(row, list) and len(row) == len(classes):
-                probabilities = {c: float(p) for c, p in zip(classes, row, strict=True)}
+                probabilities = {
+                    c: _probability(p, f"{where}.outputs[probabilities].data[{i}][{j}]")
+                    for j, (c, p) in enumerate(zip(classes, row, strict=True))
+                }
             rid = columns["id"][i] if "id" in columns else None
             preds.append(Prediction(None if rid in (None, "") else str(rid),
                                     columns[label_name][i], probabilities, version))
@@ -990,8 +1086,29 @@ def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
     )
 
 
+def _probe_writable(store: LocalStore) -> None:
+    """Create and remove a file in the store, so a read-only store fails at start.
+
+    Without this the sink would start and answer every event 503.
+
+    Raises:
+        StoreError: The folder refuses a new file.
+    """
+    try:
+        fd, name = tempfile.mkstemp(prefix=".sink-probe-", dir=store.root)
+    except OSError as exc:
+        raise StoreError(f"store {store.root}: cannot write ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the sink in the foreground until SIGTERM/SIGINT."""
+    """Run the sink in the foreground until SIGTERM/SIGINT.
+
+    Returns:
+        0 after a clean shutdown; non-zero, with one line on stderr, when the store cannot
+        be opened (a file, missing permissions, read-only).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m driftloop.serving.sink",
         description="Receive KServe InferenceLogger CloudEvents and feedback into a store.",
@@ -1011,16 +1128,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
+    from driftloop.cli import check_store_root, describe_os_error
     from driftloop.schema import load_schema
     from driftloop.serving.server import run_app
 
-    labels = load_schema(args.schema).labels if args.schema else None
     store_path = args.store
-    store = open_store(store_path, create="://" not in str(store_path) or
-                       str(store_path).startswith("file://"))
-    sink = PayloadSink(store, mode=args.mode, pending_ttl=args.pending_ttl,
-                       max_pending=args.max_pending, dedup_days=args.dedup_days,
-                       max_seen=args.max_seen, labels=labels)
+    try:
+        labels = load_schema(args.schema).labels if args.schema else None
+        check_store_root(store_path, create=True)
+        store = open_store(store_path, create="://" not in str(store_path) or
+                           str(store_path).startswith("file://"))
+        if isinstance(store, LocalStore):
+            _probe_writable(store)
+        sink = PayloadSink(store, mode=args.mode, pending_ttl=args.pending_ttl,
+                           max_pending=args.max_pending, dedup_days=args.dedup_days,
+                           max_seen=args.max_seen, labels=labels)
+    except DriftloopError as exc:
+        print(f"driftloop sink: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"driftloop sink: error: {describe_os_error(exc, store_path)}", file=sys.stderr)
+        return StoreError.exit_code
     app = create_app(sink, max_body_bytes=args.max_body_bytes)
     run_app(app, args.host, args.port, log_level=args.log_level)
     return 0
