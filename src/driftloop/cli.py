@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import stat
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from driftloop import __version__
-from driftloop.errors import DriftloopError
+from driftloop.errors import DriftloopError, StoreError
 
 
 def _now(text: str | None) -> dt.datetime:
@@ -56,10 +58,84 @@ def _config(args: argparse.Namespace) -> Any:
     return config_from_dict(raw, source=str(path))
 
 
+def _local_root(uri: str | Path) -> Path | None:
+    """The folder of a local store URI (a path or ``file://``); None for ``gs://`` and co."""
+    text = str(uri)
+    if "://" in text and not text.startswith("file://"):
+        return None
+    return Path(text.removeprefix("file://")).expanduser().absolute()
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a folder, else None."""
+    for parent in path.parents:
+        try:
+            mode = os.stat(parent).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None  # unreadable: the caller's own error says so
+        return None if stat.S_ISDIR(mode) else parent
+    return None
+
+
+def check_store_root(uri: str | Path, *, create: bool = False) -> None:
+    """Check a local store root before a step uses it, so a bad one is one clear line.
+
+    A missing root is refused unless ``create`` (nothing is created here); ``gs://`` roots
+    are left to their store. Writes can still fail later (a read-only folder): ``main``
+    reports those OS errors as one line too.
+
+    Args:
+        uri: The store root as given on the command line.
+        create: The step creates a missing root (``sample``, the sink).
+
+    Raises:
+        StoreError: The root is a file or under one, is missing (and not ``create``), or
+            cannot be read.
+    """
+    root = _local_root(uri)
+    if root is None:
+        return
+    try:
+        mode = os.stat(root).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        blocker = _file_in_the_way(root)
+        if blocker is not None:
+            raise StoreError(f"store {root}: {blocker} is a file, not a folder") from None
+        if not create:
+            raise StoreError(f"store {root}: does not exist") from None
+        return
+    except OSError as exc:  # e.g. a parent folder without search permission
+        raise StoreError(f"store {root}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISDIR(mode):
+        raise StoreError(f"store {root}: is a file, not a folder")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise StoreError(f"store {root}: cannot be read (permission denied)")
+
+
+def describe_os_error(exc: OSError, root: str | Path | None = None) -> str:
+    """One line for an OS error met while using a store: the path, then the problem.
+
+    Args:
+        exc: The error (``filename`` and ``strerror`` are used when set).
+        root: The store root the command works on, named first when given.
+    """
+    problem = exc.strerror or str(exc) or type(exc).__name__
+    name = exc.filename
+    if isinstance(name, str):
+        name = Path(name).absolute()
+    text = f"{name}: {problem}" if name else problem
+    if exc.filename2:
+        text += f" (and {exc.filename2})"
+    return f"store {_local_root(root) or root}: {text}" if root else text
+
+
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
     from driftloop.schema import load_schema
     from driftloop.storage import open_store
 
+    check_store_root(args.store)
     return open_store(args.store), load_schema(args.schema)
 
 
@@ -67,6 +143,7 @@ def _registry(args: argparse.Namespace) -> Any:
     from driftloop.registry import Registry
     from driftloop.storage import open_store
 
+    check_store_root(args.store)
     return Registry(open_store(args.store), args.model)
 
 
@@ -88,6 +165,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Write the generated sample store."""
     from driftloop.sample import write_sample_store
 
+    check_store_root(args.out, create=True)
     info = write_sample_store(Path(args.out), days=args.days, drift_day=args.drift_day,
                               seed=args.seed)
     _emit(args, {"store": info.root, "schema": info.schema_path,
@@ -214,6 +292,7 @@ def _run_local(args: argparse.Namespace) -> int:
                              "name")
     if args.now:
         _now(args.now)  # a malformed date fails here, before any task starts
+    check_store_root(args.store)
     run = run_local(args.store, args.schema, args.model, run_date=args.now or "",
                     force_retrain=args.force, window_days=args.window_days,
                     lookback_days=args.lookback_days, config=_config(args),
@@ -265,10 +344,13 @@ def _rollout(args: argparse.Namespace) -> tuple[Any, Any]:
     """The registry and the rollout backend named by the rollout flags."""
     from driftloop.rollout import make_backend
 
+    # The registry first: it checks the store, and the local backend creates its state
+    # folder (by default inside the store) as it starts.
+    registry = _registry(args)
     backend = make_backend(args.backend, name=args.isvc or args.model,
                            namespace=args.namespace, state_dir=args.state or None,
                            store_uri=args.store, kube_host=args.kube_host)
-    return _registry(args), backend
+    return registry, backend
 
 
 def _manual_run_id(action: str) -> str:
@@ -561,13 +643,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run one subcommand; a DriftloopError is one line on stderr."""
+    """Entry point: run one subcommand; a DriftloopError or OSError is one line on stderr."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except DriftloopError as exc:
         print(f"driftloop {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a store or output the OS refuses: read-only, no space, ...
+        root = getattr(args, "store", None) or getattr(args, "out", None)
+        print(f"driftloop {args.command}: error: {describe_os_error(exc, root)}",
+              file=sys.stderr)
+        return StoreError.exit_code
 
 
 if __name__ == "__main__":
