@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -198,6 +201,109 @@ def test_v2_missing_feature_and_malformed_bodies_are_4xx(client):
     for content in (b"{garbage", b'{"inputs": "x"}', b"[]", b'{"inputs": [{"name": "x0"}]}'):
         response = client.post(V2, content=content, headers={"content-type": "application/json"})
         assert 400 <= response.status_code < 500, (content, response.status_code, response.text)
+
+
+# -- bodies that used to be 500s: over one keep-alive connection ------------------------
+
+BIG = "1" + "0" * 399  # a 400-digit integer: valid JSON, beyond float64
+
+
+@pytest.fixture()
+def conn(predictor: RunningServer) -> Iterator[http.client.HTTPConnection]:
+    """One keep-alive connection to the predictor (the timeout bounds each exchange)."""
+    connection = http.client.HTTPConnection("127.0.0.1", predictor.port, timeout=10)
+    yield connection
+    connection.close()
+
+
+def _bad_then_good(conn: http.client.HTTPConnection, path: str, body: bytes,
+                   headers: dict[str, str]) -> tuple[int, str]:
+    """Send ``body``, then a good request on the same connection; return the first answer."""
+    conn.request("POST", path, body=body, headers=headers)
+    answer = conn.getresponse()
+    status, error = answer.status, json.loads(answer.read())["error"]
+    sock = conn.sock
+    conn.request("POST", V2, body=json.dumps(_v2_body(_rows(2))).encode(),
+                 headers={"content-type": "application/json"})
+    good = conn.getresponse()
+    assert good.status == 200, good.read()
+    assert json.loads(good.read())["outputs"][0]["name"] == "class"
+    assert conn.sock is sock  # the refusal kept the connection alive
+    return status, error
+
+
+def _with_big(datatype: str, column: str = "x0") -> bytes:
+    text = json.dumps(_v2_body(_rows(2), **{column: {"datatype": datatype,
+                                                     "data": [0.5, "BIG"]}}))
+    return text.replace('"BIG"', BIG).encode()
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "INT64"])
+def test_v2_integer_beyond_float64_is_a_400_naming_the_tensor(conn, datatype):
+    status, error = _bad_then_good(conn, V2, _with_big(datatype),
+                                   {"content-type": "application/json"})
+    assert status == 400
+    assert ("inputs[x0][1]: expected a number within the float64 range, got an integer of "
+            "400 digits") in error
+
+
+def _binary(x0: bytes, x0_shape: list[int], size: int | None = None, *,
+            datatype: str = "FP64") -> tuple[bytes, dict[str, str]]:
+    """A V2 binary-extension request: x0 as raw bytes after the JSON header."""
+    n = x0_shape[0]
+    rows = _rows(n)
+    header = {"inputs": [
+        {"name": "x0", "shape": x0_shape, "datatype": datatype,
+         "parameters": {"binary_data_size": len(x0) if size is None else size}},
+        {"name": "x1", "shape": [n], "datatype": "FP64", "data": [r["x1"] for r in rows]},
+        {"name": "segment", "shape": [n], "datatype": "BYTES",
+         "data": [r["segment"] for r in rows]},
+    ]}
+    head = json.dumps(header).encode()
+    return head + x0, {"content-type": "application/octet-stream",
+                       "inference-header-content-length": str(len(head))}
+
+
+@pytest.mark.parametrize(
+    ("x0", "shape", "size", "datatype", "needle"),
+    [
+        (struct.pack("<d", 1.0), [2], None, "FP64",
+         "inputs[x0]: shape [2] of FP64 needs 16 bytes, the binary data has 8"),
+        (struct.pack("<d", 1.0), [2], 16, "FP64",
+         "inputs[x0]: binary_data_size is 16 bytes, but only 8 bytes of the body are left"),
+        (struct.pack("<q", 1), [2], None, "INT64",
+         "inputs[x0]: shape [2] of INT64 needs 16 bytes, the binary data has 8"),
+        (struct.pack("<I", 9) + b"ab", [1], None, "BYTES",
+         "inputs[x0]: shape [1] needs 1 BYTES elements, the binary data has malformed"),
+        (struct.pack("<d", 1.0), [1], -1, "FP64",
+         "inputs[x0].parameters.binary_data_size: expected a non-negative integer"),
+    ],
+    ids=["fp64-short", "size-past-the-body", "int64-short", "bytes-malformed", "negative-size"],
+)
+def test_v2_binary_tensor_not_matching_its_shape_is_a_400(conn, x0, shape, size, datatype,
+                                                          needle):
+    body, headers = _binary(x0, shape, size, datatype=datatype)
+    status, error = _bad_then_good(conn, V2, body, headers)
+    assert status == 400 and needle in error
+
+
+def test_v2_binary_tensor_that_fits_is_served(client, registered):
+    rows = _rows(2)
+    body, headers = _binary(struct.pack("<2d", *(r["x0"] for r in rows)), [2])
+    answer = client.post(V2, content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    _, proba = _expected(registered, rows)
+    probabilities = answer.json()["outputs"][1]["data"]
+    assert np.allclose(probabilities, np.asarray(proba).ravel())
+
+
+def test_v2_lone_surrogate_id_is_a_400_not_an_unencodable_response(conn):
+    body = _v2_body(_rows(2))
+    body["inputs"].append({"name": "id", "shape": [2], "datatype": "BYTES",
+                           "data": ["ok", "\ud800"]})
+    content = json.dumps(body).encode()  # ensure_ascii writes the surrogate as \ud800
+    status, error = _bad_then_good(conn, V2, content, {"content-type": "application/json"})
+    assert status == 400 and "inputs[id][1]: not valid Unicode: a lone surrogate" in error
 
 
 def test_unknown_model_is_a_404(client):

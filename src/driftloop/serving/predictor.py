@@ -27,9 +27,14 @@ Responses
     request had one; the response's ``model_version`` is the registry version.
 
 Every value is checked against the schema stored in ``metadata.json`` (the same rules
-ingest applies: type, required, min/max, allowed values, max_length). A violation raises
+ingest applies: type, required, min/max, allowed values, max_length), and two more no
+schema states: a number must fit float64 (JSON integers have no size limit), and a string
+must be valid Unicode (no lone surrogate such as ``"\ud800"``, which the response, the
+payload logger and the sink could not encode). A violation raises
 ``kserve.errors.InvalidInput``, which kserve answers with HTTP 400 and
-``{"error": "<field>: <rule>"}``; it never becomes a 500.
+``{"error": "<field>: <rule>"}``; it never becomes a 500. Binary-extension tensors whose
+bytes do not fit their shape are refused the same way before kserve decodes them (see
+:func:`driftloop.serving.server.check_binary_request`).
 
 Run it as a container entry point::
 
@@ -47,6 +52,7 @@ import gc
 import io
 import json
 import math
+import re
 import sys
 import time
 import uuid
@@ -98,6 +104,8 @@ _NUMERIC_V2 = frozenset(
      "UINT8"}
 )
 _CATEGORICAL_V2 = frozenset({"BYTES", "BOOL"}) | (_NUMERIC_V2 - {"FP64", "FP32", "FP16"})
+#: A UTF-16 surrogate left alone (JSON's "\ud800" escape): text no UTF-8 encoder can write.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -189,11 +197,30 @@ def _describe(value: Any) -> str:
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"string {shown!r}"
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return f"an integer of {_digits(value)} digits"
     if isinstance(value, int | float):
         return f"number {value!r}"
     return type(value).__name__ if not isinstance(value, dict | list) else (
         "object" if isinstance(value, dict) else "array"
     )
+
+
+def _digits(value: int) -> int:
+    """The decimal digits of ``value``, also beyond the 4,300 ``str(int)`` refuses."""
+    try:
+        return len(str(abs(value)))
+    except ValueError:
+        return int(abs(value).bit_length() * math.log10(2)) + 1
+
+
+def _surrogate_rule(text: str) -> str | None:
+    """The rule a string breaks when it holds a lone surrogate, else None."""
+    found = _LONE_SURROGATE.search(text)
+    if found is None:
+        return None
+    return (f"not valid Unicode: a lone surrogate {found.group()!a} at character "
+            f"{found.start()}")
 
 
 def _is_missing(value: Any) -> bool:
@@ -217,7 +244,10 @@ def check_value(spec: ColumnSpec, value: Any) -> tuple[Any, str | None]:
     if spec.kind == "numeric":
         if isinstance(value, bool) or not isinstance(value, int | float | np.number):
             return None, f"expected a number, got {_describe(value)}"
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # JSON integers have no size limit; float64 stops at ~1.8e308
+            return None, f"expected a number within the float64 range, got {_describe(value)}"
         if not math.isfinite(number):
             return None, f"expected a finite number, got {number}"
         if spec.dtype == "int" and not number.is_integer():
@@ -240,6 +270,9 @@ def check_value(spec: ColumnSpec, value: Any) -> tuple[Any, str | None]:
             text = value.decode("utf-8", errors="replace")
         else:
             return None, f"expected a string, got {_describe(value)}"
+        broken = _surrogate_rule(text)
+        if broken is not None:  # it could be neither logged nor stored as UTF-8
+            return None, broken
         if spec.allowed is not None and text not in spec.allowed:
             return None, f"{text!r} is not one of the allowed values {list(spec.allowed)}"
         return text, None
@@ -247,6 +280,9 @@ def check_value(spec: ColumnSpec, value: Any) -> tuple[Any, str | None]:
         value = value.decode("utf-8", errors="replace")
     if not isinstance(value, str):
         return None, f"expected a string, got {_describe(value)}"
+    broken = _surrogate_rule(value)
+    if broken is not None:
+        return None, broken
     if spec.max_length is not None and len(value) > spec.max_length:
         return None, f"longer than {spec.max_length} characters ({len(value)})"
     return value, None
@@ -287,6 +323,9 @@ def _check_id(value: Any, where: str) -> str:
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, bool) or not isinstance(value, str | int) or str(value).strip() == "":
         raise InvalidInput(f"{where}: expected a non-empty string id, got {_describe(value)}")
+    broken = _surrogate_rule(str(value))
+    if broken is not None:  # the id is echoed: a response holding it could not be encoded
+        raise InvalidInput(f"{where}: {broken}")
     return str(value)
 
 

@@ -5,7 +5,10 @@ on a module-level singleton (``kserve.model_server.app``), so ``RESTServer.creat
 can be used once per process only. :func:`build_app` therefore creates a fresh FastAPI app
 per server and applies kserve's own ``RESTServer`` wiring to it (middlewares, V1/V2 routes,
 ``/metrics``, exception handlers): same routes and error mapping as a real KServe predictor,
-any number of servers per process, and no gRPC server.
+any number of servers per process, and no gRPC server. One addition: a V2 binary-extension
+body is checked (:func:`check_binary_request`) before kserve decodes it, so a tensor
+shorter than its shape is a 400 naming the tensor, not numpy's 500 (a 500 also closes the
+client's keep-alive connection).
 
 * :func:`serve` starts a server in a background thread and returns a
   :class:`RunningServer` (a context manager) once it accepts connections: tests, the local
@@ -24,9 +27,12 @@ kserve's latency histograms and driftloop's predictor metrics
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -45,6 +51,97 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "127.0.0.1"
 log = logging.getLogger(__name__)
+#: Bytes per element of the fixed-size V2 datatypes (BYTES elements carry their own length).
+V2_ITEM_BYTES = {"BOOL": 1, "INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2, "FP16": 2,
+                 "INT32": 4, "UINT32": 4, "FP32": 4, "INT64": 8, "UINT64": 8, "FP64": 8}
+#: The binary tensor extension's header: the length of the JSON part of the body.
+JSON_LENGTH_HEADER = "inference-header-content-length"
+
+
+def check_binary_request(body: bytes, json_length: Any) -> None:
+    """Check a V2 binary-extension body's layout before kserve decodes it.
+
+    kserve's ``InferRequest.from_bytes`` reshapes each binary tensor as it reads it and
+    lets numpy's ``ValueError`` (or a ``KeyError`` for a missing header field) escape as a
+    500, which also closes the client's keep-alive connection. This checks what it relies
+    on and names the tensor and the rule instead.
+
+    Args:
+        body: The whole request body (JSON header, then the tensors' bytes).
+        json_length: The ``Inference-Header-Content-Length`` header's value.
+
+    Raises:
+        InvalidInput: The header, a tensor's description or its bytes do not fit.
+    """
+    from kserve.errors import InvalidInput
+
+    try:
+        length = int(str(json_length).strip())
+    except ValueError:
+        raise InvalidInput(f"header {JSON_LENGTH_HEADER}: {str(json_length)[:40]!r} is not an "
+                           "integer") from None
+    if not 0 <= length <= len(body):
+        raise InvalidInput(f"header {JSON_LENGTH_HEADER}: {length} is not within the body's "
+                           f"{len(body)} bytes")
+    try:
+        header = json.loads(body[:length])
+    except (ValueError, RecursionError):
+        return  # kserve answers an unparsable JSON header with its own 400
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput("inputs: required, a list of tensors (binary request header)")
+    offset = length
+    for i, tensor in enumerate(header["inputs"]):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise InvalidInput(f"inputs[{i}]: expected an object with a 'name'")
+        where = f"inputs[{tensor['name']}]"
+        shape, datatype = tensor.get("shape"), tensor.get("datatype")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InvalidInput(f"{where}.shape: expected a list of non-negative integers, "
+                               f"got {json.dumps(shape)[:60]}")
+        if not isinstance(datatype, str) or datatype not in {*V2_ITEM_BYTES, "BYTES"}:
+            raise InvalidInput(f"{where}.datatype: {json.dumps(datatype)[:40]} is not one of "
+                               f"BYTES, {', '.join(sorted(V2_ITEM_BYTES))}")
+        params = tensor.get("parameters")
+        if tensor.get("data") is not None or not isinstance(params, dict) or (
+            "binary_data_size" not in params
+        ):
+            continue  # JSON data, or kserve's own 400 for a tensor without any data
+        size = params["binary_data_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidInput(f"{where}.parameters.binary_data_size: expected a "
+                               f"non-negative integer, got {json.dumps(size)[:40]}")
+        if offset + size > len(body):
+            raise InvalidInput(f"{where}: binary_data_size is {size} bytes, but only "
+                               f"{len(body) - offset} bytes of the body are left")
+        count = math.prod(shape)
+        if datatype == "BYTES":
+            found = _bytes_elements(body, offset, offset + size)
+            if found != count:
+                shown = "malformed (an element's length runs past the tensor)" if found < 0 \
+                    else f"{found} elements"
+                raise InvalidInput(f"{where}: shape {shape} needs {count} BYTES elements, "
+                                   f"the binary data has {shown}")
+        elif size != count * V2_ITEM_BYTES[datatype]:
+            raise InvalidInput(f"{where}: shape {shape} of {datatype} needs "
+                               f"{count * V2_ITEM_BYTES[datatype]} bytes, the binary data has "
+                               f"{size}")
+        offset += size
+
+
+def _bytes_elements(body: bytes, start: int, end: int) -> int:
+    """The number of length-prefixed BYTES elements in ``body[start:end]``; -1 if malformed."""
+    count = 0
+    while start < end:
+        if start + 4 > end:
+            return -1
+        (size,) = struct.unpack_from("<I", body, start)
+        start += 4 + size
+        if start > end:
+            return -1
+        count += 1
+    return count
 
 
 def build_app(models: Sequence[Model], *, title: str = "driftloop model server") -> FastAPI:
@@ -73,7 +170,18 @@ def build_app(models: Sequence[Model], *, title: str = "driftloop model server")
         if not model.ready:
             model.load()
         repository.update(model)
-    dataplane = DataPlane(model_registry=repository)
+
+    class CheckedDataPlane(DataPlane):
+        """kserve's data plane, with a binary body's layout checked before it is decoded."""
+
+        def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
+            if isinstance(body, bytes):
+                length = (headers or {}).get(JSON_LENGTH_HEADER)
+                if length is not None:
+                    check_binary_request(body, length)
+            return super().decode_inference_request(body, headers, model_name)
+
+    dataplane = CheckedDataPlane(model_registry=repository)
     extension = ModelRepositoryExtension(model_registry=repository)
     # The RESTServer's own uvicorn config (0.0.0.0) is never started: it only wires the app.
     rest = RESTServer("kserve.model_server:app", dataplane, extension, http_port=0)
