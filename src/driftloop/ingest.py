@@ -51,7 +51,9 @@ class IngestCounts:
     ``labels_in == labels_joined + labels_quarantined + labels_superseded + labels_orphaned
     + labels_after_cutoff``. ``after_cutoff`` counts valid rows stamped at or after the run's
     logical time (and labels stamped after it): a replay or backfill at time T must see only
-    what a live run at T could have seen, so they are set aside, not accepted.
+    what a live run at T could have seen, so they are set aside, not accepted. ``files``
+    counts the files read, ``files_skipped`` the other files of the window's partitions
+    (named in :attr:`IngestReport.skipped_files`).
     """
 
     files: int = 0
