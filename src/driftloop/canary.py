@@ -24,7 +24,13 @@ canary worse by ``tol`` has its upper bound below 0 with probability ``power``:
    early steps screen for gross failures, the last step decides);
 6. label budget spent, still not credibly worse: **advance** (completes: an inconclusive
    canary at the end of its budget is not worse by ``tol`` with probability ``power``);
-7. otherwise **hold** (``labels_needed`` says how many canary labels the budget takes).
+7. otherwise **hold** (``labels_needed`` says how many canary labels the budget takes);
+8. the final look, ``max_days`` after the canary's first response (a budget that the label
+   rate cannot fill in time): instead of a hold, **rollback** when the canary still has too
+   few labels or its estimate is below ``-tol / 2``, else **advance to 100**. With the
+   budget's information almost reached by then, the estimate's standard error is about
+   ``tol / 4``: an equal canary falls below ``-tol / 2`` (and one worse by ``tol`` above
+   it) with probability ~2 % each (measured in ``benchmarks/canary_power.py``).
 
 Error rate: with ``min_requests`` on both versions, rollback when the CS lower bound of the
 error-rate increase exceeds ``max_error_rate_increase`` (a missing ``error`` value is not an
@@ -36,7 +42,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -160,6 +166,19 @@ class CanaryAnalysis(JsonResult):
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
+
+
+def canary_age_days(records: pd.DataFrame, canary_version: str,
+                    now: dt.datetime | None) -> float:
+    """Days from the canary's first logged response to ``now`` (0: none, or no time)."""
+    if now is None or records.empty or "timestamp" not in records \
+            or "model_version" not in records:
+        return 0.0
+    ts = pd.to_datetime(records["timestamp"], utc=True)[records["model_version"]
+                                                       == canary_version]
+    if ts.empty:
+        return 0.0
+    return (pd.Timestamp(now) - ts.min()).total_seconds() / 86400
 
 
 def since_canary_started(records: pd.DataFrame, canary_version: str) -> pd.DataFrame:
@@ -328,7 +347,8 @@ def _labels_needed(est: StratifiedDifference, planned: float, current_percent: i
 
 
 def quality_decision(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray, *,
-                     current_percent: int, config: CanaryConfig) -> QualityDecision:
+                     current_percent: int, config: CanaryConfig,
+                     final: bool = False) -> QualityDecision:
     """The quality rule on per-stratum counts (the numpy core of :func:`analyse_canary`).
 
     See the module docstring for the rule. ``x*``/``n*`` are correct and labelled
@@ -341,10 +361,31 @@ def quality_decision(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndar
         n2: Canary's labelled responses per stratum.
         current_percent: The canary's current traffic share.
         config: Steps and thresholds.
+        final: The final look (``max_days`` reached): decide instead of holding.
 
     Returns:
         The decision with the numbers behind it.
     """
+    decided = _quality_decision(x1, n1, x2, n2, current_percent=current_percent,
+                                config=config)
+    if not final or decided.decision != HOLD:
+        return decided
+    days = f"{config.max_days:g} days after the canary's first response (canary.max_days)"
+    if not decided.judged:
+        return replace(decided, decision=ROLLBACK, next_percent=0,
+                       detail=f"{decided.detail}; {days}: it cannot be judged, rolled back")
+    cut = -config.tolerance / 2
+    if decided.diff <= cut:
+        return replace(decided, decision=ROLLBACK, next_percent=0,
+                       detail=f"{decided.detail}; final look {days}: estimate "
+                              f"{decided.diff:+.3f} <= {cut:+.3f}, rolled back")
+    return replace(decided, decision=ADVANCE, next_percent=100,
+                   detail=f"{decided.detail}; final look {days}: estimate "
+                          f"{decided.diff:+.3f} > {cut:+.3f}, completed")
+
+
+def _quality_decision(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray, *,
+                      current_percent: int, config: CanaryConfig) -> QualityDecision:
     tol = config.tolerance
     planned = label_budget(config)
     est = stratified_difference(x1, n1, x2, n2)
@@ -471,7 +512,9 @@ def analyse_canary(
                 hard_fail.append(rule.detail)
     x1, n1, x2, n2 = strata_counts(records, champion_version, canary_version,
                                    config.stratum_hours)
-    quality = quality_decision(x1, n1, x2, n2, current_percent=current_percent, config=config)
+    quality = quality_decision(x1, n1, x2, n2, current_percent=current_percent, config=config,
+                               final=canary_age_days(records, canary_version, now)
+                               >= config.max_days)
     have = float(min(champ.labelled, canary.labelled))
     if not quality.judged:
         rules.append(CanaryRule("sample_size", False, have, float(config.min_labelled),
@@ -484,9 +527,11 @@ def analyse_canary(
                                 0.0, quality.detail))
     if hard_fail:
         decision, target, reasons = ROLLBACK, 0, hard_fail
-    elif not quality.judged:
+    elif not quality.judged and quality.decision == HOLD:
         decision, target = HOLD, current_percent
         reasons = [quality.detail + ": too few to judge yet"]
+    elif not quality.judged:
+        decision, target, reasons = quality.decision, quality.next_percent, [quality.detail]
     else:
         decision, target, reasons = quality.decision, quality.next_percent, [quality.detail]
     return CanaryAnalysis(decision, current_percent, target, champ, canary, reasons, rules,

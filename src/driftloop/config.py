@@ -311,10 +311,16 @@ class CanaryConfig:
             champion's by more than this (absolute; CS lower bound of the increase).
         latency_ratio: Rollback when the canary's p95 latency exceeds this multiple of the
             champion's.
-        max_holds: Runs in a row a canary may hold at one step; the next hold rolls it back
-            (a backstop when labels stop coming, e.g. the traffic moved on to data neither
-            model knows; the label budget ends an inconclusive canary before that when
-            traffic flows). 14 = two weeks of daily runs.
+        max_holds: Runs in a row a canary may hold at one step **without a new labelled
+            canary response**; the next such hold rolls it back (a backstop when labels stop
+            coming, e.g. the traffic moved on to data neither model knows). Holds while
+            labels flow do not count: the label budget decides those. 14 = two weeks of
+            daily runs.
+        max_days: The final look: this many days after the canary's first response an
+            inconclusive canary is decided on its estimate (rollback at or below
+            ``-tolerance / 2``, else complete). Within the 30-day lookback, so the canary's
+            whole history is still read; at 500 labels a day the budget needs ~21 days
+            for a canary 2 points worse (``benchmarks/canary_power.py``).
     """
 
     steps: tuple[int, ...] = (10, 50, 100)
@@ -324,6 +330,7 @@ class CanaryConfig:
     max_error_rate_increase: float = 0.02
     latency_ratio: float = 1.5
     max_holds: int = 14
+    max_days: float = 28.0
     alpha: float = 0.05
     power: float = 0.95
     stratum_hours: float = 24.0
@@ -332,6 +339,7 @@ class CanaryConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_holds >= 1, "canary.max_holds", "must be >= 1")
+        _check(self.max_days > 0, "canary.max_days", "must be > 0")
         _check(bool(self.steps) and self.steps[-1] == 100, "canary.steps", "must end at 100")
         _check(all(0 < a < b for a, b in zip(self.steps, self.steps[1:], strict=False))
                and self.steps[0] > 0, "canary.steps", "must be increasing percentages > 0")

@@ -180,13 +180,22 @@ def recorded_steps(registry: Registry) -> list[RolloutStep]:
     return sorted(steps, key=lambda s: s.recorded_at)
 
 
-def holds_in_a_row(registry: Registry, version: str, percent: int) -> int:
-    """How many of the latest recorded steps of ``version`` held it at ``percent``."""
+def holds_in_a_row(registry: Registry, version: str, percent: int,
+                   labelled: int | None = None) -> int:
+    """How many of the latest recorded steps of ``version`` held it at ``percent``.
+
+    With ``labelled`` (the canary's labelled responses now), only holds since which no
+    labelled canary response arrived count: a canary whose labels keep coming is decided
+    by its label budget, not by a count of runs.
+    """
     steps = [s for s in recorded_steps(registry) if s.version == version]
     count = 0
     for step in reversed(steps):
         if step.action != HOLD or step.to_percent != percent:
             break
+        if labelled is not None and step.analysis is not None \
+                and step.analysis.canary.labelled < labelled:
+            break  # labels arrived since that hold: progress, not a stall
         count += 1
     return count
 
@@ -382,12 +391,12 @@ def step_canary(
                          notifier=notifier, run_id=run_id, model_name=model_name,
                          from_percent=current, analysis=analysis)
     if analysis.decision == HOLD:
-        held = holds_in_a_row(registry, version, current)
+        held = holds_in_a_row(registry, version, current, analysis.canary.labelled)
         if held >= config.max_holds:
             reasons = [*analysis.reasons,
-                       f"held {held} runs in a row at {current}% without a decision "
-                       f"(canary.max_holds {config.max_holds}): rolled back, the champion "
-                       "serves and retraining may resume"]
+                       f"held {held} runs in a row at {current}% without a new labelled "
+                       f"canary response (canary.max_holds {config.max_holds}): rolled "
+                       "back, the champion serves and retraining may resume"]
             return _rollback(registry, backend, version, reasons=reasons, notifier=notifier,
                              run_id=run_id, model_name=model_name, from_percent=current,
                              analysis=analysis)

@@ -241,3 +241,29 @@ def test_strata_are_utc_time_buckets_of_stratum_hours_in_any_time_unit():
     assert (list(n1), list(n2), list(x2)) == ([1, 0], [1, 1], [1, 0])
     assert len(strata_counts(frame, "v1", "v2", 6.0)[0]) == 3
     assert len(strata_counts(frame.drop(columns="timestamp"), "v1", "v2", 24.0)[0]) == 1
+
+
+def test_the_final_look_decides_an_inconclusive_canary_on_its_estimate():
+    # Before it, a canary whose label budget the traffic could not fill held until
+    # max_holds rolled it back: at 500 labels a day a canary 2 points worse was rolled back
+    # in only 28 % of 14-day rollouts, and an equal one was never completed in that time.
+    def days(canary_correct):
+        frames = []
+        for day in range(4):
+            frames += [_period(day, "v1", 500, 450), _period(day, "v2", 500, canary_correct)]
+        return pd.concat(frames, ignore_index=True)
+
+    def at(records, day):
+        return analyse_canary(records, champion_version="v1", canary_version="v2",
+                              current_percent=50, config=CFG,
+                              now=(DAY + pd.Timedelta(days=day)).to_pydatetime())
+
+    equal, worse = days(450), days(442)  # diff 0 and -0.016: both inconclusive at 2,000
+    assert at(equal, 5).decision == at(worse, 5).decision == "hold"
+    final = CFG.max_days + 0.5
+    done, back = at(equal, final), at(worse, final)
+    assert done.decision == "advance" and done.completes and "completed" in done.reasons[0]
+    assert back.decision == "rollback" and "-0.016 <= -0.010" in back.reasons[0]
+    # too few labels to judge by then: rolled back, not held for ever
+    few = pd.concat([_period(0, "v1", 40, 36), _period(0, "v2", 40, 36)], ignore_index=True)
+    assert at(few, final).decision == "rollback"

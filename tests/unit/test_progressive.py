@@ -252,8 +252,8 @@ def test_a_canary_that_holds_max_holds_runs_in_a_row_is_rolled_back(registry, ba
     assert step("r3").action == "hold"  # a re-run of r3 is not another hold  # type: ignore[union-attr]
     last = step("r4")
     assert last is not None and last.action == "rollback" and last.to_percent == 0
-    assert "held 2 runs in a row at 10% without a decision (canary.max_holds 2)" in \
-        last.reasons[-1]
+    assert ("held 2 runs in a row at 10% without a new labelled canary response "
+            "(canary.max_holds 2)") in last.reasons[-1]
     assert registry.aliases().canary is None and not backend.get().canary_in_progress
     assert notifier.kinds[-1] == "rollback"
 
@@ -385,3 +385,24 @@ def test_make_backend(tmp_path: Path):
         make_backend("local", name="m", store_uri="gs://bucket/prefix")
     with pytest.raises(ConfigError, match="must be one of local, kubernetes"):
         make_backend("helm", name="m", state_dir=tmp_path)
+
+
+def test_holds_while_labels_keep_arriving_do_not_count_towards_max_holds(registry, backend,
+                                                                        notifier):
+    # Regression: max_holds counted every hold, so a canary whose labels flowed too slowly
+    # for its budget was rolled back after max_holds runs whatever the evidence said.
+    _with_champion(registry, backend)
+    _start(registry, backend, notifier)
+    config = CanaryConfig(min_labelled=50, max_holds=2)
+
+    def step(run_id: str, n: int) -> str:
+        done = step_canary(registry, backend, records({"v1": 0.9, "v2": 0.9}, n=n),
+                           config=config, notifier=notifier, run_id=run_id, model_name=MODEL,
+                           now=NOW)
+        assert done is not None
+        return done.action
+
+    # run ids sort after the start's "r1": steps recorded within one second keep their order
+    assert [step(f"s{n}", n) for n in (10, 20, 30, 40)] == ["hold"] * 4  # labels grow
+    # no label since s40: s40 and s41 are two holds without progress, s42 the next one
+    assert [step("s41", 40), step("s42", 40)] == ["hold", "rollback"]
