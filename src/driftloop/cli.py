@@ -344,13 +344,14 @@ def _rollout(args: argparse.Namespace) -> tuple[Any, Any]:
     """The registry and the rollout backend named by the rollout flags."""
     from driftloop.rollout import make_backend
 
-    # The registry first: it checks the store, and the local backend creates its state
-    # folder (by default inside the store) as it starts.
-    registry = _registry(args)
+    # The store is checked before the local backend starts: that creates its state folder,
+    # by default inside the store, so a missing store would be created. A gs:// store is
+    # opened last: the local backend's refusal of it needs no credentials.
+    check_store_root(args.store)
     backend = make_backend(args.backend, name=args.isvc or args.model,
                            namespace=args.namespace, state_dir=args.state or None,
                            store_uri=args.store, kube_host=args.kube_host)
-    return registry, backend
+    return _registry(args), backend
 
 
 def _manual_run_id(action: str) -> str:
