@@ -8,18 +8,22 @@ the rest the champion's. At the end of each day the rollout policy analyses the
 cumulative data since the canary started, exactly as ``progressive.step_canary`` does:
 
 * ``advance`` moves 10 → 50 → 100 (100 completes the rollout);
-* ``hold`` keeps the step; the hold after ``max_holds`` holds in a row at one step rolls
-  the canary back (step_canary's rule);
+* ``hold`` keeps the step. New rule: ``max_holds`` counts only holds without a new
+  labelled canary response (step_canary's rule), so with labels every day it never fires;
+  the final look at ``max_days`` (28) decides an inconclusive canary on its estimate
+  (``quality_decision(final=True)``). Old rule: the hold after ``max_holds`` (3) holds in
+  a row rolls the canary back;
 * ``rollback`` ends it.
 
-Horizon: 14 daily analyses; a canary still undecided then counts as ``hold_end``.
+Horizon: ``max_days`` (28) daily analyses; a canary still undecided then counts as
+``hold_end`` (none for the new rule: its final look decides).
 
 Rules compared:
 
 * **new** -- :func:`driftloop.canary.quality_decision`, the numpy core that
   ``analyse_canary`` itself calls (per-day strata, Mantel-Haenszel risk difference,
   normal-mixture confidence sequence, label budget), with the default ``CanaryConfig``
-  (``min_labelled`` 100, ``max_holds`` 14, ``alpha`` 0.05, ``power`` 0.95, tolerance 0.02);
+  (``min_labelled`` 100, ``max_days`` 28, ``alpha`` 0.05, ``power`` 0.95, tolerance 0.02);
 * **old** -- the rule before it (``git show 5d5b1aa:src/driftloop/canary.py``), rebuilt
   below as :func:`old_rule`: all responses pooled, a fresh Wald interval
   ``diff ± 1.96 se`` on the cumulative data at every look, rollback when the upper bound
@@ -65,15 +69,16 @@ NAME = "canary_power"
 CHAMPION = 0.90
 DIFFS = (-0.05, -0.02, 0.0, 0.02, 0.05)
 VOLUMES = (500, 1000, 3000)
-HORIZON = 14
+HORIZON = round(CanaryConfig().max_days)
 OLD_MIN_LABELLED, OLD_MAX_HOLDS, OLD_TOLERANCE, OLD_Z = 100, 3, 0.02, 1.96
 
-#: One look: (x1, n1, x2, n2 per day so far, current percent) -> (decision, next percent)
-Rule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], tuple[str, int]]
+#: One look: (x1, n1, x2, n2 per day so far, current percent, days since the canary's first
+#: response) -> (decision, next percent)
+Rule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, float], tuple[str, int]]
 
 
 def old_rule(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray,
-             percent: int) -> tuple[str, int]:
+             percent: int, age_days: float = 0.0) -> tuple[str, int]:
     """The canary rule before the fix: pooled accuracies, a fresh Wald interval per look."""
     c1, c2 = int(n1.sum()), int(n2.sum())
     if min(c1, c2) < OLD_MIN_LABELLED:
@@ -92,8 +97,9 @@ def old_rule(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray,
 def new_rule(config: CanaryConfig) -> Rule:
     """The rule analyse_canary applies (its numpy core), strata = days."""
     def rule(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray,
-             percent: int) -> tuple[str, int]:
-        q = quality_decision(x1, n1, x2, n2, current_percent=percent, config=config)
+             percent: int, age_days: float = 0.0) -> tuple[str, int]:
+        q = quality_decision(x1, n1, x2, n2, current_percent=percent, config=config,
+                             final=age_days >= config.max_days)
         return q.decision, q.next_percent
     return rule
 
@@ -110,7 +116,10 @@ class Outcome:
 def simulate(rule: Rule, max_holds: int, diff: float, labels_per_day: int,
              rng: np.random.Generator, simpson: bool = False,
              horizon: int = HORIZON) -> Outcome:
-    """One canary through the rollout policy, one analysis a day."""
+    """One canary through the rollout policy, one analysis a day (the end of each day).
+
+    ``max_holds`` 0: holds never stall (the new rule; labels arrive every day).
+    """
     percent, held = 10, 0
     x1, n1, x2, n2 = (np.zeros(horizon) for _ in range(4))
     for day in range(horizon):
@@ -120,11 +129,11 @@ def simulate(rule: Rule, max_holds: int, diff: float, labels_per_day: int,
         x1[day] = rng.binomial(labels_per_day - c, base)
         x2[day] = rng.binomial(c, min(max(base + diff, 0.0), 1.0))
         decision, target = rule(x1[:day + 1], n1[:day + 1], x2[:day + 1], n2[:day + 1],
-                                percent)
+                                percent, float(day + 1))
         if decision == ROLLBACK:
             return Outcome("rollback", day + 1)
         if decision == HOLD:
-            if held >= max_holds:  # step_canary: the hold after max_holds in a row
+            if max_holds and held >= max_holds:  # old rule: the hold after max_holds
                 return Outcome("rollback", day + 1, by_holds=True)
             held += 1
             continue
@@ -197,7 +206,8 @@ def markdown(rows: list[dict[str, Any]], reps: int, wall: float, config: CanaryC
         f"Labels per day split by the traffic step (10% canary, then 50%); one analysis a "
         f"day over the cumulative data. New rule = `canary.quality_decision` (what "
         f"`analyse_canary` runs) with the default CanaryConfig (min_labelled "
-        f"{config.min_labelled}, max_holds {config.max_holds}, alpha {config.alpha}, power "
+        f"{config.min_labelled}, max_days {config.max_days:g} (final look), alpha "
+        f"{config.alpha}, power "
         f"{config.power}, tolerance {config.tolerance}, strata = days); label budget = "
         f"information {budget:,.0f} (about {budget * 2 * CHAMPION * (1 - CHAMPION):,.0f} "
         f"labels per version at a 50/50 split). Old rule = pooled Wald interval per look, "
@@ -205,13 +215,13 @@ def markdown(rows: list[dict[str, Any]], reps: int, wall: float, config: CanaryC
         f"## Horizon {HORIZON} days", "", *_table(main), "",
         f"## Sensitivity (horizon {HORIZON} days): new rule with alpha 0.10, and with "
         "skip_steps (lower bound > +tolerance goes straight to 100)", "", *_table(sens), "",
-        f"## Long horizon: {long_horizon} days, max_holds {long_horizon} (the label budget "
-        "decides)", "", *_table(long), "",
+        f"## Long horizon: {long_horizon} days, max_days {long_horizon} (the label budget "
+        "decides; the final look later)", "", *_table(long), "",
         "`median_days`: analyses until the canary is decided (rolled back or complete), "
         "over all replications; >N: more than half undecided at the horizon N. "
-        "`rollback by max_holds`: share rolled back because it held too long (not by the "
-        "quality rule). `p_hold_end`: still undecided at the horizon (with max_holds = "
-        "horizon, step_canary would withdraw it on the next hold).",
+        "`rollback by max_holds`: share rolled back because it held too long (old rule "
+        "only; the new rule's holds never stall while labels arrive, and its final look "
+        "at max_days decides the rest). `p_hold_end`: still undecided at the horizon.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -258,10 +268,10 @@ def main() -> None:
     config = CanaryConfig()
     long_h = args.long_horizon
     rules: list[tuple[str, Rule, int]] = [("old", old_rule, OLD_MAX_HOLDS),
-                                          ("new", new_rule(config), config.max_holds)]
+                                          ("new", new_rule(config), 0)]
     variants: list[tuple[str, Rule, int]] = [
-        ("new alpha=0.10", new_rule(replace(config, alpha=0.10)), config.max_holds),
-        ("new skip_steps", new_rule(replace(config, skip_steps=True)), config.max_holds)]
+        ("new alpha=0.10", new_rule(replace(config, alpha=0.10)), 0),
+        ("new skip_steps", new_rule(replace(config, skip_steps=True)), 0)]
     cells = [("shift", d, v) for d in DIFFS for v in VOLUMES]
     cells += [("simpson", 0.0, v) for v in VOLUMES]
     plan: list[tuple[str, str, Rule, int, str, float, int, int]] = []
@@ -271,7 +281,7 @@ def main() -> None:
         plan += [("sensitivity", n, r, h, scenario, diff, volume, HORIZON)
                  for n, r, h in variants]
     for scenario, diff, volume in cells:
-        plan.append(("long", "new", new_rule(replace(config, max_holds=long_h)), long_h,
+        plan.append(("long", "new", new_rule(replace(config, max_days=float(long_h))), 0,
                      scenario, diff, volume, long_h))
     start = time.perf_counter()
     rows = []

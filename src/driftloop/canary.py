@@ -27,10 +27,11 @@ canary worse by ``tol`` has its upper bound below 0 with probability ``power``:
 7. otherwise **hold** (``labels_needed`` says how many canary labels the budget takes);
 8. the final look, ``max_days`` after the canary's first response (a budget that the label
    rate cannot fill in time): instead of a hold, **rollback** when the canary still has too
-   few labels or its estimate is below ``-tol / 2``, else **advance to 100**. With the
-   budget's information almost reached by then, the estimate's standard error is about
-   ``tol / 4``: an equal canary falls below ``-tol / 2`` (and one worse by ``tol`` above
-   it) with probability ~2 % each (measured in ``benchmarks/canary_power.py``).
+   few labels, or when this one look's fixed-sample interval (``diff + z se < 0``, z at
+   ``alpha / 2``) shows it worse; else **advance to 100** (the policy: an inconclusive
+   canary that is not shown worse completes). An equal canary is rolled back there with
+   probability <= ``alpha / 2``; the power against one worse by ``tol`` depends on the
+   labels by then (``benchmarks/canary_power.py``).
 
 Error rate: with ``min_requests`` on both versions, rollback when the CS lower bound of the
 error-rate increase exceeds ``max_error_rate_increase`` (a missing ``error`` value is not an
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from driftloop.config import CanaryConfig
 from driftloop.sequential import (
@@ -374,14 +376,17 @@ def quality_decision(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndar
     if not decided.judged:
         return replace(decided, decision=ROLLBACK, next_percent=0,
                        detail=f"{decided.detail}; {days}: it cannot be judged, rolled back")
-    cut = -config.tolerance / 2
-    if decided.diff <= cut:
+    # One last fixed-sample look: the anytime penalty is for looks that may continue.
+    est = stratified_difference(x1, n1, x2, n2)
+    z = float(norm.isf(config.alpha / 2))
+    upper = est.diff + z * math.sqrt(est.variance)
+    look = (f"final look {days}: {1 - config.alpha:.0%} fixed-sample upper bound "
+            f"{upper:+.3f}")
+    if upper < 0:
         return replace(decided, decision=ROLLBACK, next_percent=0,
-                       detail=f"{decided.detail}; final look {days}: estimate "
-                              f"{decided.diff:+.3f} <= {cut:+.3f}, rolled back")
+                       detail=f"{decided.detail}; {look} < 0: worse, rolled back")
     return replace(decided, decision=ADVANCE, next_percent=100,
-                   detail=f"{decided.detail}; final look {days}: estimate "
-                          f"{decided.diff:+.3f} > {cut:+.3f}, completed")
+                   detail=f"{decided.detail}; {look} >= 0: not shown worse, completed")
 
 
 def _quality_decision(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray, *,

@@ -243,14 +243,14 @@ def test_strata_are_utc_time_buckets_of_stratum_hours_in_any_time_unit():
     assert len(strata_counts(frame.drop(columns="timestamp"), "v1", "v2", 24.0)[0]) == 1
 
 
-def test_the_final_look_decides_an_inconclusive_canary_on_its_estimate():
+def test_the_final_look_decides_an_inconclusive_canary():
     # Before it, a canary whose label budget the traffic could not fill held until
     # max_holds rolled it back: at 500 labels a day a canary 2 points worse was rolled back
     # in only 28 % of 14-day rollouts, and an equal one was never completed in that time.
-    def days(canary_correct):
+    def days(n, canary_correct):
         frames = []
         for day in range(4):
-            frames += [_period(day, "v1", 500, 450), _period(day, "v2", 500, canary_correct)]
+            frames += [_period(day, "v1", n, round(0.9 * n)), _period(day, "v2", n, canary_correct)]
         return pd.concat(frames, ignore_index=True)
 
     def at(records, day):
@@ -258,12 +258,12 @@ def test_the_final_look_decides_an_inconclusive_canary_on_its_estimate():
                               current_percent=50, config=CFG,
                               now=(DAY + pd.Timedelta(days=day)).to_pydatetime())
 
-    equal, worse = days(450), days(442)  # diff 0 and -0.016: both inconclusive at 2,000
-    assert at(equal, 5).decision == at(worse, 5).decision == "hold"
+    equal, worse = days(500, 450), days(2500, 2220)  # diff 0 (n 2,000) and -0.012 (10,000)
+    assert at(equal, 5).decision == at(worse, 5).decision == "hold"  # inconclusive
     final = CFG.max_days + 0.5
     done, back = at(equal, final), at(worse, final)
-    assert done.decision == "advance" and done.completes and "completed" in done.reasons[0]
-    assert back.decision == "rollback" and "-0.016 <= -0.010" in back.reasons[0]
+    assert done.decision == "advance" and done.completes and "not shown worse" in done.reasons[0]
+    assert back.decision == "rollback" and "worse, rolled back" in back.reasons[0]
     # too few labels to judge by then: rolled back, not held for ever
     few = pd.concat([_period(0, "v1", 40, 36), _period(0, "v2", 40, 36)], ignore_index=True)
     assert at(few, final).decision == "rollback"
