@@ -175,16 +175,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest a window of days and write records and quarantine as Parquet."""
-    from driftloop.ingest import ingest
+    from driftloop.ingest import IngestError, IngestResult, ingest
 
     store, schema = _open(args)
-    result = ingest(store, schema, _date(args.start), _date(args.end))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        result.records.to_parquet(out / "records.parquet", index=False)
-        result.quarantine.to_parquet(out / "quarantine.parquet", index=False)
-        (out / "ingest.json").write_text(result.report.to_json() + "\n")
+
+    def write(result: IngestResult) -> None:
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            result.records.to_parquet(out / "records.parquet", index=False)
+            result.quarantine.astype("string").to_parquet(out / "quarantine.parquet",
+                                                          index=False)
+            (out / "ingest.json").write_text(result.report.to_json() + "\n")
+
+    try:
+        result = ingest(store, schema, _date(args.start), _date(args.end))
+    except IngestError as exc:
+        if exc.result is not None:
+            write(exc.result)  # the quarantine is what the user must read
+        raise
+    write(result)
     _emit(args, result.report)
     return 0
 
@@ -274,9 +284,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for line in read_run(store, run_id).lines():
         print(line, file=sys.stderr)
+    from driftloop.registry import Registry
+
+    # the registry's champion, also when this run promoted nothing
     _emit(args, {"run_id": run_id, "retrain": result.decision.retrain,
                  "verdict": result.verdict.decision if result.verdict else None,
-                 "champion": result.aliases.champion if result.aliases else None})
+                 "champion": Registry(store, args.model).aliases().champion})
     return 0
 
 
@@ -305,9 +318,17 @@ def _run_local(args: argparse.Namespace) -> int:
         "tasks": run.tasks,
         "retrain": record.decision.retrain if record and record.decision else None,
         "verdict": record.verdict.decision if record and record.verdict else None,
-        "champion": record.aliases.champion if record and record.aliases else None,
+        "champion": _champion_of(args.store, args.model),
     })
     return 0 if run.ok else 1
+
+
+def _champion_of(store_uri: str, model: str) -> str | None:
+    """The registry's champion (what serves), whatever a run decided."""
+    from driftloop.registry import Registry
+    from driftloop.storage import open_store
+
+    return Registry(open_store(store_uri), model).aliases().champion
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -318,9 +318,10 @@ class CanaryConfig:
             daily runs.
         max_days: The final look: this many days after the canary's first response an
             inconclusive canary is decided by one fixed-sample test (rollback when its
-            ``1 - alpha`` interval lies below 0, else complete). Within the 30-day lookback, so the canary's
-            whole history is still read; at 500 labels a day the budget needs ~21 days
-            for a canary 2 points worse (``benchmarks/canary_power.py``).
+            ``1 - alpha`` interval lies below 0, else complete). Within the 30-day
+            lookback, so the canary's whole history is still read; at 500 labels a day
+            the budget needs ~21 days for a canary 2 points worse
+            (``benchmarks/canary_power.py``).
     """
 
     steps: tuple[int, ...] = (10, 50, 100)

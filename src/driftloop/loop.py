@@ -826,15 +826,55 @@ def run_promote(
     if verdict.decision != "promote":
         return registry.aliases()
     reason = "; ".join(verdict.reasons)
+    judged = verdict.champion.version if verdict.champion is not None else None
     if backend is not None:
         from driftloop.progressive import start_canary
 
+        now = registry.aliases().champion
+        if now != judged:  # another run promoted since this verdict was made
+            return _champion_changed(registry, notifier, run_id, model_name, version,
+                                     judged, now)
         start_canary(registry, backend, version, config=(config or Config()).canary,
                      notifier=notifier, run_id=run_id, model_name=model_name, reason=reason)
         return registry.aliases()
+    from driftloop.registry import ChampionChanged
+
     notifier.send(Event("model_update", f"promoting {version} to champion", model_name,
                         {"version": version, "reasons": verdict.reasons}, run_id=run_id))
-    return registry.promote(version, reason=reason, run_id=run_id)
+    try:
+        # compare-and-swap: only over the champion the challenger was compared with
+        return registry.promote(version, reason=reason, run_id=run_id, expect_champion=judged)
+    except ChampionChanged as exc:
+        return _champion_changed(registry, notifier, run_id, model_name, version, judged,
+                                 exc.actual)
+
+
+@dataclass
+class ChampionChangedRecord(JsonResult):
+    """``runs/<run-id>/promotion.json`` when a promote verdict was not applied.
+
+    Attributes:
+        version: The challenger that was not promoted (left for the next run).
+        judged_against: The champion it was compared with.
+        champion: The champion another run had promoted meanwhile.
+        reason: In words.
+    """
+
+    version: str
+    judged_against: str | None
+    champion: str | None
+    reason: str
+
+
+def _champion_changed(registry: Registry, notifier: Notifier, run_id: str, model_name: str,
+                      version: str, judged: str | None, actual: str | None) -> AliasState:
+    why = (f"champion changed, not promoted: {version} was compared with {judged}, but the "
+           f"champion is now {actual}; the next run compares it with the new champion")
+    record_result(registry.store, run_id, "promotion",
+                  ChampionChangedRecord(version, judged, actual, why))
+    notifier.send(Event("info", why, model_name, {"version": version, "judged_against": judged,
+                                                 "champion": actual}, run_id=run_id))
+    return registry.aliases()
 
 
 # --- the whole loop in one process ------------------------------------------------------

@@ -31,7 +31,7 @@ from driftloop.config import Config, DriftConfig, GateConfig, NotifyConfig, Trig
 from driftloop.drift import DriftReport
 from driftloop.errors import DriftloopError
 from driftloop.evaluate import Verdict
-from driftloop.ingest import IngestCounts, IngestReport, IngestResult
+from driftloop.ingest import IngestCounts, IngestError, IngestReport, IngestResult
 from driftloop.notify import Delivery, Event, NullNotifier, make_notifier, notify_or_raise
 from driftloop.progressive import RolloutStep
 from driftloop.registry import AliasState, Registry
@@ -200,8 +200,15 @@ def ingest_step(
     run_id = run_key(run_id)
     store, schema = _open(store_uri, schema_uri)
     now = run_logical_time(run_date, scheduled_time)
-    window = loop.run_ingest(store, schema, now=now, window_days=window_days,
-                             lookback_days=lookback_days)
+    try:
+        window = loop.run_ingest(store, schema, now=now, window_days=window_days,
+                                 lookback_days=lookback_days)
+    except IngestError as exc:
+        if exc.result is not None:  # keep what was read before failing the task
+            loop.record_result(store, run_id, "ingest", exc.result.report)
+            _write_frame(exc.result.quarantine.astype("string"), quarantine_path)
+        loop.record_failure(store, run_id, exc)
+        raise
     loop.record_result(store, run_id, "ingest", window.result.report)
     _write_frame(window.records, records_path)
     _write_frame(window.current, current_path)

@@ -194,3 +194,42 @@ def test_entry_point_freezes_the_loaded_heap_before_serving(
     assert model.model_dir is not None
     assert p.main(["--model_dir", str(model.model_dir), "--port", "1234"]) == 0
     assert calls == ["freeze", f"run {model.version} 127.0.0.1:1234"]
+
+
+def test_a_downloaded_folder_with_edited_metadata_is_refused(tmp_path: Path):
+    # Regression: editing metadata.json (schema bounds, metrics, version) passed and the
+    # predictor served the model under the altered schema.
+    from driftloop.errors import IntegrityError
+    from driftloop.registry import Registry
+    from driftloop.storage import LocalStore
+
+    schema = _schema("edited", text=False)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(60)], "n": rng.normal(size=60),
+                          "k": rng.integers(0, 5, 60), "c": rng.choice(["a", "b"], 60),
+                          "label": rng.choice(["x", "y"], 60)})
+    result = train_model(frame, schema, TrainConfig(max_iter=5), model_name="edited",
+                         version="v1")
+    save_model_artifact(result, tmp_path / "art")
+    registry = Registry(LocalStore(tmp_path / "store", create=True), "edited")
+    registry.register(tmp_path / "art")
+    folder = registry.download("v1", tmp_path / "copy")
+    assert p.load_from_folder(folder).metadata["version"] == "v1"
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["schema"]["columns"][0]["max"] = 1e9
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(IntegrityError, match="metadata"):
+        p.load_from_folder(folder)
+
+
+def test_check_value_mirrors_ingest_for_booleans_and_allowed_infinities():
+    flag = schema_from_dict({"columns": [
+        {"name": "b", "kind": "categorical", "dtype": "bool", "allowed": [True, False]},
+        {"name": "x", "kind": "numeric", "allow_infinite": True},
+        {"name": "y", "kind": "numeric"}]})
+    b, x, y = flag.columns
+    assert p.check_value(b, True) == ("true", None)
+    assert p.check_value(b, "FALSE") == ("false", None)
+    assert p.check_value(b, 1)[1] == "expected a boolean, got number 1"
+    assert p.check_value(x, float("inf")) == (float("inf"), None)
+    assert p.check_value(y, float("inf"))[1] == "expected a finite number, got inf"

@@ -76,3 +76,24 @@ def test_run_then_models_and_tamper_detection(sample, capsys):
                         "--model", "sample")
     assert code == 3 and "sha256" in err.lower()
     assert Registry(s, "sample").champion() == result["champion"]
+
+
+def test_an_all_quarantined_window_fails_loudly_and_still_writes_the_quarantine(tmp_path,
+                                                                               capsys):
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"name": "t", "labels": ["a", "b"],
+                                  "columns": [{"name": "x", "kind": "numeric"}]}))
+    day = tmp_path / "store" / "requests" / "dt=2026-01-01"
+    day.mkdir(parents=True)
+    (day / "a.jsonl").write_text("".join(
+        json.dumps({"id": f"r{i}", "timestamp": "2026-01-01T01:00:00Z", "x": "high"}) + "\n"
+        for i in range(3)))
+    code, out, err = _run(capsys, "ingest", "--store", str(tmp_path / "store"), "--schema",
+                          str(schema), "--start", "2026-01-01", "--end", "2026-01-01",
+                          "--out", str(tmp_path / "o"))
+    assert code != 0 and out == "" and err.count("\n") == 1
+    assert "all 3 records" in err and "a.jsonl" in err
+    import pandas as pd
+
+    quarantined = pd.read_parquet(tmp_path / "o" / "quarantine.parquet")
+    assert len(quarantined) == 3 and quarantined["_reason"].str.contains("x").all()

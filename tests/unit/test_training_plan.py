@@ -192,3 +192,43 @@ def test_a_verdict_that_needs_approval_notifies_the_commands_to_run(tmp_path):
     assert [e.kind for e in notifier.events] == ["info"]
     assert "driftloop promote v2" in notifier.events[0].details["next_steps"][0]
     assert registry.champion() is None  # nothing moved without a person
+
+
+def test_a_promote_verdict_does_not_move_the_champion_over_one_it_was_not_compared_with(
+        tmp_path):
+    # Regression: two concurrent runs judged v2 and v3 against v1; the second promotion
+    # silently replaced v2, a champion v3 was never compared with.
+    import hashlib
+    import json
+
+    from driftloop.evaluate import ModelScore, Verdict
+    from driftloop.loop import run_promote
+    from driftloop.notify import NullNotifier
+    from driftloop.registry import Registry
+    from driftloop.storage import LocalStore
+
+    registry = Registry(LocalStore(tmp_path / "s", create=True), "m")
+    for v in ("v1", "v2", "v3"):
+        folder = tmp_path / v
+        folder.mkdir()
+        data = f"model {v}".encode()
+        (folder / "model.joblib").write_bytes(data)
+        (folder / "metadata.json").write_text(json.dumps(
+            {"version": v, "model_sha256": hashlib.sha256(data).hexdigest()}))
+        registry.register(folder)
+    registry.promote("v1", reason="seed")
+
+    def verdict(version: str) -> Verdict:
+        champ = ModelScore("v1", 100, {"f1_macro": 0.8}, 0.1, 0.1, {})
+        chall = ModelScore(version, 100, {"f1_macro": 0.9}, 0.1, 0.1, {})
+        return Verdict("promote", False, ["better"], [], "f1_macro", 0.1, 0.05, 0.15, champ,
+                       chall, "2026-01-01T00:00:00+00:00")
+
+    first, second = verdict("v2"), verdict("v3")  # both judged against v1
+    run_promote(registry, first, notifier=NullNotifier(), run_id="a", model_name="m")
+    aliases = run_promote(registry, second, notifier=NullNotifier(), run_id="b",
+                          model_name="m")
+    assert aliases.champion == "v2" and registry.champion() == "v2"
+    record = json.loads(registry.store.read_text("runs/b/promotion.json"))
+    assert record["version"] == "v3" and record["judged_against"] == "v1"
+    assert record["champion"] == "v2" and "champion changed, not promoted" in record["reason"]

@@ -76,8 +76,9 @@ from driftloop.registry import (
     _parse_metadata,
     _verify,
     sha256_bytes,
+    verify_metadata,
 )
-from driftloop.schema import ColumnSpec, Schema, schema_from_dict
+from driftloop.schema import ColumnSpec, Schema, bool_text, schema_from_dict
 from driftloop.serving import clean_argv
 from driftloop.serving import metrics as m
 from driftloop.storage import open_store
@@ -158,6 +159,8 @@ def load_from_folder(folder: str | Path) -> LoadedModel:
         data = model_path.read_bytes()
     except FileNotFoundError as exc:
         raise StoreError(f"{exc.filename}: file does not exist") from None
+    # KServe's storage initializer copied the folder: check what the registry recorded
+    verify_metadata(meta, str(meta_path))
     schema = _schema_of(meta, str(folder))  # a broken schema fails before any unpickling
     _verify(str(model_path), meta.get("model_sha256"), sha256_bytes(data))
     return _finish(joblib.load(io.BytesIO(data)), meta, schema, str(folder), None)
@@ -248,7 +251,7 @@ def check_value(spec: ColumnSpec, value: Any) -> tuple[Any, str | None]:
             number = float(value)
         except OverflowError:  # JSON integers have no size limit; float64 stops at ~1.8e308
             return None, f"expected a number within the float64 range, got {_describe(value)}"
-        if not math.isfinite(number):
+        if math.isnan(number) or (math.isinf(number) and not spec.allow_infinite):
             return None, f"expected a finite number, got {number}"
         if spec.dtype == "int" and not number.is_integer():
             return None, f"expected an integer, got {number:g}"
@@ -258,7 +261,12 @@ def check_value(spec: ColumnSpec, value: Any) -> tuple[Any, str | None]:
             return None, f"{number:g} is above max {spec.max:g}"
         return number, None
     if spec.kind == "categorical":
-        if isinstance(value, bool | np.bool_):
+        if spec.dtype == "bool":  # as ingest: booleans, or "true"/"false" in any case
+            flag = bool_text(bool(value) if isinstance(value, np.bool_) else value)
+            if flag is None:
+                return None, f"expected a boolean, got {_describe(value)}"
+            text = flag
+        elif isinstance(value, bool | np.bool_):
             text = "true" if value else "false"
         elif isinstance(value, int | np.integer) or (
             isinstance(value, float) and value.is_integer()
