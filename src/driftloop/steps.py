@@ -386,7 +386,8 @@ def analyse_canary_step(
         rollout_state: The local backend's state folder (``""``: ``<store>/rollout``).
         webhook: ``http(s)://`` URL for the rollback / promotion events (``""``: log).
         min_labelled: Labelled responses each version needs (default: CanaryConfig's).
-        max_holds: Holds in a row before a rollback (default: CanaryConfig's).
+        max_holds: Holds in a row without a new labelled canary response before a
+            rollback (default: CanaryConfig's).
         prometheus_url: Prometheus' base URL: each version's requests, 5xx errors and
             p95 latency since the canary started come from its serving metrics
             (:mod:`driftloop.serving.prometheus`); ``""``: from the logged records only.

@@ -196,7 +196,8 @@ def analyse_canary(
         rollout_state: The local backend's state folder ("" = <store>/rollout).
         webhook: http(s) URL receiving rollback and promotion events ("" = log only).
         min_labelled: Labelled responses each version needs before the canary is judged.
-        max_holds: Runs in a row the canary may hold at one step before it is rolled back.
+        max_holds: Runs in a row the canary may hold at one step without a new labelled
+            response before it is rolled back.
         prometheus_url: Prometheus base URL for each version's requests, 5xx errors and p95
             latency ("" = from the logged records only).
         records: The lookback's records (from ingest).

@@ -121,8 +121,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
             auto_threshold: Relative improvement needed to promote without a person.
             canary_min_labelled: Labelled responses each version needs in the current
                 window before a canary is judged.
-            canary_max_holds: Runs in a row a canary may hold at one step before it is
-                rolled back.
+            canary_max_holds: Runs in a row a canary may hold at one step without a new
+                labelled canary response before it is rolled back.
             force_retrain: Retrain regardless of the rules.
             notify_webhook: http(s) URL for model-update and failure events ("" = log).
             rollout_backend: Where the canary runs: local (a state folder), kubernetes
@@ -200,7 +200,8 @@ continuous_training = build_pipeline()
 
 
 CANARY_PIPELINE_NAME = "canary-analysis"
-#: Holds in a row allowed to the hourly canary analysis: the daily default, in hours.
+#: Holds without a new label allowed to the hourly canary analysis: the daily default,
+#: in hours.
 CANARY_HOURLY_MAX_HOLDS = CanaryConfig.max_holds * 24
 
 
@@ -248,8 +249,8 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
             lookback_days: Days of records and feedback read.
             canary_min_labelled: Labelled responses each version needs before the canary
                 is judged.
-            canary_max_holds: Runs in a row a canary may hold at one step before it is
-                rolled back.
+            canary_max_holds: Runs in a row a canary may hold at one step without a new
+                labelled canary response before it is rolled back.
             notify_webhook: http(s) URL for promotion, rollback and failure events.
             rollout_backend: local, kubernetes or none (see the main pipeline).
             rollout_state: The local backend's state folder ("" = <store>/rollout).
