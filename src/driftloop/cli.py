@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import stat
 import sys
 import uuid
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 from driftloop import __version__
 from driftloop.errors import DriftloopError, StoreError
+from driftloop.storage import check_store_root, describe_os_error
 
 
 def _now(text: str | None) -> dt.datetime:
@@ -56,79 +55,6 @@ def _config(args: argparse.Namespace) -> Any:
     except json.JSONDecodeError as exc:
         raise DriftloopError(f"{path}: not valid JSON ({exc.msg})") from None
     return config_from_dict(raw, source=str(path))
-
-
-def _local_root(uri: str | Path) -> Path | None:
-    """The folder of a local store URI (a path or ``file://``); None for ``gs://`` and co."""
-    text = str(uri)
-    if "://" in text and not text.startswith("file://"):
-        return None
-    return Path(text.removeprefix("file://")).expanduser().absolute()
-
-
-def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing ancestor of ``path`` when it is not a folder, else None."""
-    for parent in path.parents:
-        try:
-            mode = os.stat(parent).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError:
-            return None  # unreadable: the caller's own error says so
-        return None if stat.S_ISDIR(mode) else parent
-    return None
-
-
-def check_store_root(uri: str | Path, *, create: bool = False) -> None:
-    """Check a local store root before a step uses it, so a bad one is one clear line.
-
-    A missing root is refused unless ``create`` (nothing is created here); ``gs://`` roots
-    are left to their store. Writes can still fail later (a read-only folder): ``main``
-    reports those OS errors as one line too.
-
-    Args:
-        uri: The store root as given on the command line.
-        create: The step creates a missing root (``sample``, the sink).
-
-    Raises:
-        StoreError: The root is a file or under one, is missing (and not ``create``), or
-            cannot be read.
-    """
-    root = _local_root(uri)
-    if root is None:
-        return
-    try:
-        mode = os.stat(root).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        blocker = _file_in_the_way(root)
-        if blocker is not None:
-            raise StoreError(f"store {root}: {blocker} is a file, not a folder") from None
-        if not create:
-            raise StoreError(f"store {root}: does not exist") from None
-        return
-    except OSError as exc:  # e.g. a parent folder without search permission
-        raise StoreError(f"store {root}: cannot be read ({exc.strerror})") from None
-    if not stat.S_ISDIR(mode):
-        raise StoreError(f"store {root}: is a file, not a folder")
-    if not os.access(root, os.R_OK | os.X_OK):
-        raise StoreError(f"store {root}: cannot be read (permission denied)")
-
-
-def describe_os_error(exc: OSError, root: str | Path | None = None) -> str:
-    """One line for an OS error met while using a store: the path, then the problem.
-
-    Args:
-        exc: The error (``filename`` and ``strerror`` are used when set).
-        root: The store root the command works on, named first when given.
-    """
-    problem = exc.strerror or str(exc) or type(exc).__name__
-    name = exc.filename
-    if isinstance(name, str):
-        name = Path(name).absolute()
-    text = f"{name}: {problem}" if name else problem
-    if exc.filename2:
-        text += f" (and {exc.filename2})"
-    return f"store {_local_root(root) or root}: {text}" if root else text
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:

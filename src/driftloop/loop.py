@@ -34,8 +34,9 @@ from driftloop.ingest import IngestResult, ingest, read_file
 from driftloop.notify import Event, Notifier, NullNotifier
 from driftloop.registry import AliasState, Registry
 from driftloop.rollout.base import RolloutBackend
+from driftloop.runs import record_failure, record_result
 from driftloop.schema import Schema
-from driftloop.serde import JsonResult, dumps
+from driftloop.serde import JsonResult
 from driftloop.storage import Store
 from driftloop.train import (
     ModelMetadata,
@@ -65,15 +66,6 @@ PROFILE_FILES = ("drift_profile.npz", "drift_profile.json")
 MIN_EVAL_ROWS = 50
 #: Served records the drift reference of the input features should hold at least.
 MIN_FEATURE_REFERENCE_ROWS = 1000
-
-
-def record_result(store: Store, run_id: str, name: str, result: Any) -> str:
-    """Write a step's result as ``runs/<run-id>/<name>.json`` (and ``.md`` when renderable)."""
-    key = f"runs/{run_id}/{name}.json"
-    store.write_text(key, dumps(result) + "\n")
-    if hasattr(result, "to_markdown"):
-        store.write_text(f"runs/{run_id}/{name}.md", result.to_markdown())
-    return store.url(key)
 
 
 # --- ingest ---------------------------------------------------------------------------
@@ -950,33 +942,6 @@ def run_loop(
     except Exception as exc:
         record_failure(store, run_id, exc)
         raise
-
-
-@dataclass
-class RunFailure(JsonResult):
-    """Why a run stopped, as recorded in ``runs/<run-id>/failure.json``.
-
-    Attributes:
-        error: The exception's type.
-        message: Its message.
-        failed_at: When it was recorded (wall clock, UTC).
-        retry: What a retry of the same run does.
-    """
-
-    error: str
-    message: str
-    failed_at: str
-    retry: str = ("the same inputs resume it: a version already registered with the same "
-                  "training data is reused, finished steps are written again")
-
-
-def record_failure(store: Store, run_id: str, exc: BaseException) -> str | None:
-    """Record ``exc`` under ``runs/<run-id>/failure.json`` (None: the store refused too)."""
-    try:
-        return record_result(store, run_id, "failure",
-                             RunFailure(type(exc).__name__, str(exc), utc_now_iso()))
-    except Exception:  # a read-only or broken store: the original error matters more
-        return None
 
 
 def _run_loop(

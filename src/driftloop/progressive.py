@@ -51,6 +51,7 @@ from driftloop.rollout.base import (
     ServiceState,
     version_storage_uri,
 )
+from driftloop.runs import record_result
 from driftloop.serde import JsonResult, loads
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,6 @@ def _finish(registry: Registry, step: RolloutStep) -> RolloutStep:
     aliases = registry.aliases()
     step.champion, step.canary, step.previous = aliases.champion, aliases.canary, aliases.previous
     if step.run_id:
-        from driftloop.loop import record_result
-
         record_result(registry.store, step.run_id, RECORD, step)
     return step
 

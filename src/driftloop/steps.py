@@ -35,6 +35,7 @@ from driftloop.ingest import IngestCounts, IngestError, IngestReport, IngestResu
 from driftloop.notify import Delivery, Event, NullNotifier, make_notifier, notify_or_raise
 from driftloop.progressive import RolloutStep
 from driftloop.registry import AliasState, Registry
+from driftloop.runs import record_failure, record_result
 from driftloop.schema import Schema, load_schema
 from driftloop.serde import JsonResult, dumps, loads
 from driftloop.storage import Store, open_store
@@ -205,11 +206,11 @@ def ingest_step(
                                  lookback_days=lookback_days)
     except IngestError as exc:
         if exc.result is not None:  # keep what was read before failing the task
-            loop.record_result(store, run_id, "ingest", exc.result.report)
+            record_result(store, run_id, "ingest", exc.result.report)
             _write_frame(exc.result.quarantine.astype("string"), quarantine_path)
-        loop.record_failure(store, run_id, exc)
+        record_failure(store, run_id, exc)
         raise
-    loop.record_result(store, run_id, "ingest", window.result.report)
+    record_result(store, run_id, "ingest", window.result.report)
     _write_frame(window.records, records_path)
     _write_frame(window.current, current_path)
     # Quarantined rows are for people to read: strings keep mixed raw values writable.
@@ -293,7 +294,7 @@ def drift_step(
     champion = loop.load_champion(Registry(store, model_name))
     report = loop.run_drift(champion, read_frame(current_path), schema, config)
     if report is not None:
-        loop.record_result(store, run_id, "drift", report)
+        record_result(store, run_id, "drift", report)
     return DriftOutcome(report)
 
 
@@ -461,7 +462,7 @@ def decide_step(
                                _window(read_frame(records_path)), drift, schema,
                                now=logical_time(now), config=config, force=force,
                                canary_in_progress=canary_in_progress or None)
-    loop.record_result(store, run_id, "decision", decision)
+    record_result(store, run_id, "decision", decision)
     return decision
 
 
@@ -505,7 +506,7 @@ def train_step(
     _write_frame(outcome.eval_set, eval_path)
     registry.download(outcome.version, Path(model_dir))
     summary = loop.summarise_training(outcome, registry)
-    loop.record_result(store, run_id, "train", summary)
+    record_result(store, run_id, "train", summary)
     return summary
 
 
@@ -617,7 +618,7 @@ def evaluate_step(
     eval_set = read_frame(eval_path)
     verdict = loop.run_evaluate(registry, loop.load_champion(registry), version, eval_set,
                                 schema, config)
-    loop.record_result(store, run_id, "verdict", verdict)
+    record_result(store, run_id, "verdict", verdict)
     curves = classification_curves(registry.load_model(version), eval_set, schema)
     return EvaluateOutcome(verdict, curves)
 
@@ -748,7 +749,7 @@ def promote_step(
     finally:
         if backend is not None:
             backend.close()
-    loop.record_result(store, run_id, "aliases", aliases)
+    record_result(store, run_id, "aliases", aliases)
     version = verdict.challenger.version
     promoted = verdict.decision == "promote" and aliases.champion == version
     rollout = progressive.recorded_step(registry, run_id) if backend is not None else None
@@ -806,7 +807,7 @@ def exit_step(
             delivery = Delivery("webhook", False, str(exc))
         status.notified, status.delivery_error = delivery.ok, delivery.error
     try:
-        loop.record_result(open_store(store_uri), run_id, "status", status)
+        record_result(open_store(store_uri), run_id, "status", status)
     except (DriftloopError, OSError) as exc:
         logger.warning("run %s: could not record the final status: %s", run_id, exc)
     return status

@@ -1128,9 +1128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
-    from driftloop.cli import check_store_root, describe_os_error
     from driftloop.schema import load_schema
     from driftloop.serving.server import run_app
+    from driftloop.storage import check_store_root, describe_os_error
 
     store_path = args.store
     try:

@@ -1,0 +1,52 @@
+"""Run records: what each step of a run decided, under ``runs/<run-id>/`` in the store.
+
+The lowest floor the steps share (only the store and serialisation below it), so the loop,
+the rollout policy and the KFP steps all record results without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from driftloop.clock import utc_now_iso
+from driftloop.serde import JsonResult, dumps
+from driftloop.storage import Store
+
+__all__ = ["RunFailure", "record_failure", "record_result"]
+
+
+def record_result(store: Store, run_id: str, name: str, result: Any) -> str:
+    """Write a step's result as ``runs/<run-id>/<name>.json`` (and ``.md`` when renderable)."""
+    key = f"runs/{run_id}/{name}.json"
+    store.write_text(key, dumps(result) + "\n")
+    if hasattr(result, "to_markdown"):
+        store.write_text(f"runs/{run_id}/{name}.md", result.to_markdown())
+    return store.url(key)
+
+
+@dataclass
+class RunFailure(JsonResult):
+    """Why a run stopped, as recorded in ``runs/<run-id>/failure.json``.
+
+    Attributes:
+        error: The exception's type.
+        message: Its message.
+        failed_at: When it was recorded (wall clock, UTC).
+        retry: What a retry of the same run does.
+    """
+
+    error: str
+    message: str
+    failed_at: str
+    retry: str = ("the same inputs resume it: a version already registered with the same "
+                  "training data is reused, finished steps are written again")
+
+
+def record_failure(store: Store, run_id: str, exc: BaseException) -> str | None:
+    """Record ``exc`` under ``runs/<run-id>/failure.json`` (None: the store refused too)."""
+    try:
+        return record_result(store, run_id, "failure",
+                             RunFailure(type(exc).__name__, str(exc), utc_now_iso()))
+    except Exception:  # a read-only or broken store: the original error matters more
+        return None
