@@ -85,6 +85,8 @@ _CONDITIONS = ("IngressReady", "LatestDeploymentReady", "PredictorConfigurationR
                "PredictorReady", "PredictorRouteReady", "Ready", "RoutesReady")
 
 log = logging.getLogger(__name__)
+#: Tries per payload event (a transport error before an answer is retried once).
+LOG_ATTEMPTS = 2
 
 
 def now_rfc3339() -> str:
@@ -674,13 +676,18 @@ class LocalGateway:
                        "Ce-Inferenceservicename": self.backend.name,
                        "Ce-Namespace": self.backend.namespace, "Ce-Component": "predictor",
                        "Ce-Endpoint": revision, "Content-Type": "application/json"}
-            try:
-                sent = await self._client.post(self.logger_url, content=content,
-                                               headers=headers)
-                failed = sent.status_code >= 300
-            except Exception as exc:  # the logger never fails an inference
-                log.warning("payload logger: %s: %s", self.logger_url, exc)
-                failed = True
+            failed = True
+            for attempt in range(LOG_ATTEMPTS):
+                try:
+                    sent = await self._client.post(self.logger_url, content=content,
+                                                   headers=headers)
+                    failed = sent.status_code >= 300
+                    break
+                except Exception as exc:  # the logger never fails an inference
+                    # e.g. the sink closed an idle keep-alive connection as it was reused;
+                    # the sink stores an event id once, so sending it again is safe
+                    log.warning("payload logger: %s (attempt %d): %r", self.logger_url,
+                                attempt + 1, exc)
             if failed:
                 self.log_failures += 1
 
