@@ -324,3 +324,47 @@ def test_a_dead_logger_does_not_fail_the_inference(backend, versions, rows):
         answer = client.post(f"/v1/models/{MODEL}:predict", json={"instances": rows[:1]})
         assert answer.status_code == 200
         assert gateway.log_failures == 2  # the request and the response event
+
+
+def test_the_payload_logger_sends_an_event_again_after_a_dropped_connection(backend):
+    # Under load the sink may close an idle keep-alive connection just as the gateway
+    # reuses it: the event was lost (log_failures 1 in the tweets demo). Sent again, the
+    # sink stores its id once.
+    import asyncio
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers["Ce-Type"])
+            if len(seen) == 1:  # drop the first one without an answer
+                self.close_connection = True
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    gateway = LocalGateway(backend, model_name=MODEL,
+                           logger_url=f"http://127.0.0.1:{server.server_address[1]}/")
+
+    async def log_one() -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            gateway._client = client
+            await gateway._log_pair(b'{"instances": []}', b'{"predictions": []}', "default")
+
+    try:
+        asyncio.run(log_one())
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert gateway.log_failures == 0
+    assert len(seen) == 3 and seen[0] == seen[1]  # the dropped request event came again
