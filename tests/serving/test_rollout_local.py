@@ -337,7 +337,7 @@ def test_the_payload_logger_sends_an_event_again_after_a_dropped_connection(back
     seen: list[str] = []
 
     class Flaky(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             seen.append(self.headers["Ce-Type"])
             if len(seen) == 1:  # drop the first one without an answer
