@@ -66,6 +66,7 @@ from driftloop.loop import (
     champion_live_accuracy,
     last_attempt,
     last_retrain,
+    live_errors,
     performance_scan,
     plan_training,
     training_start,
@@ -391,8 +392,9 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
     assert last_at is not None and last_cutoff is not None
     since = max(info.training_cutoff, last_cutoff)
     # the performance rule's error-stream look (switched off with the rule in trigger_drift)
+    live = live_errors(champion, records, r.stream.schema)
     scan = ({} if r.policy == "trigger_drift" else
-            performance_scan(champion, records, r.stream.schema, replace(r.cfg, trigger=tcfg)))
+            performance_scan(live[2], replace(r.cfg, trigger=tcfg)))
 
     def run(**extra: Any) -> RetrainDecision:
         return decide_retrain(info, now=now, config=tcfg, drift=drift,
@@ -409,7 +411,7 @@ def decide(r: Replay, b: int, current: pd.DataFrame, records: pd.DataFrame
     if not decision.retrain:
         return decision, drift
     cfg = replace(r.cfg, trigger=tcfg)
-    choice = training_start(champion, records, r.stream.schema, cfg, decision.fired)
+    choice = training_start(champion, records, r.stream.schema, cfg, decision.fired, live=live)
     plan = plan_training(r.reference, records, info, now=now, config=cfg,
                          train_start=choice.train_start, eval_start=choice.change_at)
     problem = training_problem(plan.training, r.stream.schema)

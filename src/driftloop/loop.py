@@ -290,9 +290,13 @@ def trigger_record(fired: list[str], drift: Any, choice: WindowChoice) -> dict[s
     }
 
 
+#: ``(rows, served times, errors)`` of :func:`live_errors`, in serving order.
+LiveErrors = tuple[pd.DataFrame, pd.Series, np.ndarray]
+
+
 def training_start(
     champion: Champion | None, records: pd.DataFrame, schema: Schema, config: Config,
-    fired: list[str],
+    fired: list[str], *, live: LiveErrors | None = None,
 ) -> WindowChoice:
     """Where a challenger's training window starts, and why.
 
@@ -304,13 +308,13 @@ def training_start(
     before that on the whole window (a model fitted on a few hundred post-change rows
     is worse than one that also knows the past). Either way the gate then compares the
     two models on rows served after the change: that is what the challenger must be
-    good at.
+    good at. ``live`` is :func:`live_errors` of ``records`` when the caller has it.
     """
     if champion is None or not {"drift", "performance"} & set(fired) or records.empty:
         return WindowChoice(None, None, "the whole window (no drift or performance rule fired)")
     from driftloop.changepoint import error_change_point
 
-    rows, ts, errors = live_errors(champion, records, schema)
+    rows, ts, errors = live or live_errors(champion, records, schema)
     if rows.empty:
         return WindowChoice(None, None, "the whole window (no labelled record after the "
                                         "champion's cutoff)")
@@ -355,6 +359,8 @@ def run_decide(
     # Count labels since the latest training, promoted or not: a rejected challenger has
     # already seen the labels before its cutoff, so they must not trigger again.
     since = max(info.training_cutoff, last_cutoff) if last_cutoff else info.training_cutoff
+    # the champion's live errors: read by the performance rule and the training window
+    live = live_errors(champion, window.records, schema)
     decide = partial(
         decide_retrain, info, now=now, config=config.trigger, drift=drift,
         new_labels=count_new_labels(window.records, since), current_metric=metric,
@@ -363,13 +369,14 @@ def run_decide(
         last_attempt=last_attempt(metas, champion, window.records),
         train_cap=config.train.max_rows,
         new_label_accuracy=accuracy_on_new_labels(champion, window.records, schema, since),
-        **performance_scan(champion, window.records, schema, config),
+        **performance_scan(live[2], config),
     )
     decision = decide()
     if not decision.retrain:
         return decision  # a quiet run reads no reference and plans nothing
     reference = load_reference(registry.store, schema, registry.model_name, champion.version)
-    choice = training_start(champion, window.records, schema, config, decision.fired)
+    choice = training_start(champion, window.records, schema, config, decision.fired,
+                            live=live)
     plan = plan_training(reference, window.records, info, now=now, config=config,
                          train_start=choice.train_start, eval_start=choice.change_at)
     problem = training_problem(plan.training, schema)
@@ -434,8 +441,7 @@ class TrainingPlan:
     eval_needed: int = 0
 
 
-def live_errors(champion: Champion, records: pd.DataFrame, schema: Schema
-                ) -> tuple[pd.DataFrame, pd.Series, np.ndarray]:
+def live_errors(champion: Champion, records: pd.DataFrame, schema: Schema) -> LiveErrors:
     """The champion's errors on the labelled rows it served after its cutoff, in time order.
 
     Returns:
@@ -452,9 +458,12 @@ def live_errors(champion: Champion, records: pd.DataFrame, schema: Schema
     return rows, ts, pred != rows["label"].astype(str).to_numpy()
 
 
-def performance_scan(champion: Champion, records: pd.DataFrame, schema: Schema,
-                     config: Config) -> dict[str, Any]:
+def performance_scan(errors: np.ndarray, config: Config) -> dict[str, Any]:
     """The performance rule's second look: a step up in the champion's live error stream.
+
+    Args:
+        errors: The champion's live errors in serving order (:func:`live_errors`).
+        config: Thresholds (``trigger.perf_alpha``).
 
     Returns:
         ``decide_retrain`` keyword arguments: ``error_step`` (found at
@@ -462,7 +471,6 @@ def performance_scan(champion: Champion, records: pd.DataFrame, schema: Schema,
     """
     from driftloop.changepoint import error_change_point
 
-    _, _, errors = live_errors(champion, records, schema)
     step = (error_change_point(errors, alpha=config.trigger.perf_alpha / 2)
             if errors.size else None)
     return {"error_step": step, "error_rows": int(errors.size)}
