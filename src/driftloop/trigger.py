@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import pandas as pd
@@ -40,6 +40,8 @@ from scipy.stats import norm
 from driftloop.changepoint import ChangePoint
 from driftloop.config import TriggerConfig
 from driftloop.serde import JsonResult
+
+PERFORMANCE = "performance"
 
 
 class DriftLike(Protocol):
@@ -165,63 +167,64 @@ def _performance_rule(
     champion: ChampionInfo, current: float | None, samples: int, config: TriggerConfig,
     step: ChangePoint | None, scanned: int,
 ) -> TriggerRule:
-    name = "performance"
     # Two looks share the error rate: each at half of it when the error stream was scanned.
     alpha = config.perf_alpha / 2 if scanned else config.perf_alpha
+    base = _baseline_look(champion, current, samples, alpha, config)
     stepped = _step_look(step, scanned, alpha, config)
-    base_look = _baseline_look(champion, current, samples, alpha, config)
-    if stepped is not None and stepped[0]:
-        return TriggerRule(name, True, stepped[1], config.perf_drop,
-                           f"{stepped[2]}; {base_look[2]}")
-    detail = base_look[2] + (f"; {stepped[2]}" if stepped is not None else "")
-    return TriggerRule(name, base_look[0], base_look[1], base_look[3], detail)
+    if stepped is None:
+        return base
+    # the look that fired speaks first; both details are kept
+    first, second = (stepped, base) if stepped.fired else (base, stepped)
+    return replace(first, detail=f"{first.detail}; {second.detail}")
 
 
 def _baseline_look(champion: ChampionInfo, current: float | None, samples: int,
-                   alpha: float, config: TriggerConfig
-                   ) -> tuple[bool, float, str, float | None]:
-    """Recent live accuracy vs the held-out baseline: (fired, measured, detail, threshold)."""
+                   alpha: float, config: TriggerConfig) -> TriggerRule:
+    """Recent live accuracy vs the held-out baseline."""
     window = f"the last {config.perf_window_days:g} days"
     if current is None or samples < config.perf_min_samples:
-        return (False, float(samples),
-                f"{samples} labelled records served in {window}, fewer than the "
-                f"{config.perf_min_samples} needed to judge the champion's live accuracy",
-                float(config.perf_min_samples))
+        return TriggerRule(
+            PERFORMANCE, False, float(samples), float(config.perf_min_samples),
+            f"{samples} labelled records served in {window}, fewer than the "
+            f"{config.perf_min_samples} needed to judge the champion's live accuracy")
     base, base_n = champion.baseline_accuracy, champion.baseline_n
     if not (base > 0) or base_n < 1:  # NaN: trained without a held-out validation split
-        return (False, current,
-                f"live accuracy {current:.3f} on {samples} labels of {window}; champion "
-                f"{champion.version} has no held-out accuracy to compare with", None)
+        return TriggerRule(
+            PERFORMANCE, False, current, None,
+            f"live accuracy {current:.3f} on {samples} labels of {window}; champion "
+            f"{champion.version} has no held-out accuracy to compare with")
     drop = (base - current) / base
     _, p = performance_test(base, base_n, current, samples)
     significant, material = p < alpha, drop >= config.perf_drop
     fired = significant and material
     verdict = ("credibly and materially below" if fired else
                "below but not materially" if significant else "not credibly below")
-    return (fired, drop,
-            f"live accuracy {current:.3f} on {samples} labels served in {window} vs held-out "
-            f"baseline {base:.3f} (n={base_n}): relative drop {drop:+.1%} "
-            f"({'>=' if material else '<'} {config.perf_drop:.0%}), one-sided p={p:.2g} "
-            f"({'<' if significant else '>='} {alpha:g}): {verdict}", config.perf_drop)
+    return TriggerRule(
+        PERFORMANCE, fired, drop, config.perf_drop,
+        f"live accuracy {current:.3f} on {samples} labels served in {window} vs held-out "
+        f"baseline {base:.3f} (n={base_n}): relative drop {drop:+.1%} "
+        f"({'>=' if material else '<'} {config.perf_drop:.0%}), one-sided p={p:.2g} "
+        f"({'<' if significant else '>='} {alpha:g}): {verdict}")
 
 
 def _step_look(step: ChangePoint | None, scanned: int, alpha: float, config: TriggerConfig
-               ) -> tuple[bool, float, str] | None:
-    """A step up in the live error stream: (fired, relative drop, detail); None: not scanned."""
+               ) -> TriggerRule | None:
+    """A step up in the live error stream (None: not scanned)."""
     if not scanned:
         return None
     if step is None:
-        return False, 0.0, (f"no significant step in the champion's live error rate over "
-                            f"{scanned} labelled rows (alpha {alpha:g})")
+        return TriggerRule(PERFORMANCE, False, 0.0, config.perf_drop,
+                           f"no significant step in the champion's live error rate over "
+                           f"{scanned} labelled rows (alpha {alpha:g})")
     before, after = 1 - step.error_before, 1 - step.error_after
     drop = (before - after) / before if before > 0 else 0.0
     material = drop >= config.perf_drop
-    return material, drop, (
+    return TriggerRule(PERFORMANCE, material, drop, config.perf_drop, (
         f"live accuracy stepped from {before:.3f} to {after:.3f} over its last "
         f"{step.n_after} of {scanned} labelled rows: relative drop {drop:+.1%} "
         f"({'>=' if material else '<'} {config.perf_drop:.0%}), z {step.z:.1f} > "
         f"{step.threshold:.1f} (alpha {alpha:g})"
-        + ("" if material else ": not material"))
+        + ("" if material else ": not material")))
 
 
 def _label_volume_rule(champion: ChampionInfo, new_labels: int, cap: int | None,
