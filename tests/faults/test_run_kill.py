@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.registry import Registry
+from driftloop.registry import VERIFIED, Registry
 from driftloop.storage import open_store
 
 KILLER = textwrap.dedent("""
@@ -71,7 +71,8 @@ def test_a_run_killed_at_a_stage_is_retried_successfully(stage, sample, tmp_path
     registry = Registry(open_store(store), "sample")
     assert summary["verdict"] == "promote" and summary["champion"] == registry.champion()
     assert len(registry.versions()) == 1  # the retry finished the version, made no other
-    assert registry.verify(registry.versions()[0]).model  # digests intact after the kill
+    report = registry.verify(registry.versions()[0])  # digests intact after the kill
+    assert (report.model, report.metadata) == (VERIFIED, VERIFIED)
 
 
 def _env() -> dict[str, str]:
