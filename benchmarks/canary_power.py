@@ -20,7 +20,7 @@ Horizon: ``max_days`` (28) daily analyses; a canary still undecided then counts 
 
 Rules compared:
 
-* **new** -- :func:`driftloop.canary.quality_decision`, the numpy core that
+* **new** -- :func:`driftloop.decide.canary.quality_decision`, the numpy core that
   ``analyse_canary`` itself calls (per-day strata, Mantel-Haenszel risk difference,
   normal-mixture confidence sequence, label budget), with the default ``CanaryConfig``
   (``min_labelled`` 100, ``max_days`` 28, ``alpha`` 0.05, ``power`` 0.95, tolerance 0.02);
@@ -54,7 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from driftloop.canary import (
+from driftloop.config import CanaryConfig
+from driftloop.decide.canary import (
     ADVANCE,
     HOLD,
     ROLLBACK,
@@ -62,7 +63,6 @@ from driftloop.canary import (
     next_step,
     quality_decision,
 )
-from driftloop.config import CanaryConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "canary_power"

@@ -53,10 +53,10 @@ import pandas as pd
 from _machine import machine_info as _machine_info
 
 from driftloop.config import DriftConfig
-from driftloop.detectors import chi2_pooled, corrected_thresholds
-from driftloop.distance import category_codes, pool, pool_rare_categories, psi
-from driftloop.drift import build_reference_profile, detect_drift
-from driftloop.schema import Schema, schema_from_dict
+from driftloop.data.schema import Schema, schema_from_dict
+from driftloop.decide.detectors import chi2_pooled, corrected_thresholds
+from driftloop.decide.distance import category_codes, pool, pool_rare_categories, psi
+from driftloop.decide.drift import build_reference_profile, detect_drift
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "drift_false_alarms"

@@ -126,8 +126,8 @@ def worker(tool: str, n_rows: int, n_cols: int, seed: int) -> dict[str, Any]:
         import alibi_detect.cd  # noqa: F401  (driftloop imports it lazily on the first run)
 
         from driftloop.config import DriftConfig
-        from driftloop.drift import build_reference_profile, detect_drift
-        from driftloop.schema import schema_from_dict
+        from driftloop.data.schema import schema_from_dict
+        from driftloop.decide.drift import build_reference_profile, detect_drift
     else:
         from evidently import DataDefinition, Dataset, Report
         from evidently.presets import DataDriftPreset

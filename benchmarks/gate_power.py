@@ -2,7 +2,7 @@
 
 No model is trained: each replication simulates the champion's and the challenger's
 predictions on an eval set directly, then runs the very rule code the gate uses,
-:func:`driftloop.evaluate.gate_decision` (default :class:`GateConfig`: ``f1_macro``,
+:func:`driftloop.decide.gate.gate_decision` (default :class:`GateConfig`: ``f1_macro``,
 error-reduction improvement >= 5%, 95% paired bootstrap interval, Holm-corrected slice
 intervals with tolerance 0.05 and the derived minimum slice size of 73 rows; the latency
 rule is left out, there are no models to time). Beside it runs the rule the gate had
@@ -41,7 +41,7 @@ from _machine import machine_info as _machine_info
 from scipy.stats import norm
 
 from driftloop.config import GateConfig
-from driftloop.evaluate import gate_decision, min_judged_slice_size
+from driftloop.decide.gate import gate_decision, min_judged_slice_size
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "gate_power"

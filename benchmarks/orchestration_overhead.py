@@ -27,12 +27,12 @@ from pathlib import Path
 from kfp import dsl
 
 from driftloop.config import Config
+from driftloop.data.schema import load_schema
+from driftloop.data.storage import open_store
+from driftloop.demo.sample import write_sample_store
 from driftloop.kfp import components
 from driftloop.kfp.local import run_local
-from driftloop.loop import run_loop
-from driftloop.sample import write_sample_store
-from driftloop.schema import load_schema
-from driftloop.storage import open_store
+from driftloop.steps.loop import run_loop
 
 MODEL = "sample"
 RESULTS = Path(__file__).parent / "results"

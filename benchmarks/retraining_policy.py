@@ -4,18 +4,21 @@ Each stream is cut into batches; one batch is one pipeline run (``--run-hours`` 
 time, default 24: the pipeline's daily schedule). The first ``--seed-batches`` batches are
 the seed reference set that trains the first model; at the run of batch ``b`` the champion
 chosen at run ``b-1`` has served batch ``b`` (that is the accuracy recorded for ``b``);
-labels arrive ``--delay`` runs later. Every run replays :func:`driftloop.loop.run_loop` in
-process (no store, HTTP or KFP): :func:`~driftloop.drift.detect_drift` against the
-champion's profile,
-:func:`~driftloop.trigger.decide_retrain` with :func:`~driftloop.trigger.count_new_labels`
+labels arrive ``--delay`` runs later. Every run replays
+:func:`driftloop.steps.loop.run_loop` in process (no store, HTTP or KFP):
+:func:`~driftloop.decide.drift.detect_drift` against the champion's profile,
+:func:`~driftloop.decide.trigger.decide_retrain` with
+:func:`~driftloop.decide.trigger.count_new_labels`
 since the latest training cutoff of any version,
-:func:`driftloop.loop.champion_live_accuracy` (recent window), the drift rule's memory
-(:func:`driftloop.loop.last_attempt` over the replay's metadata), the training rows' problem (one class) and
+:func:`driftloop.steps.loop.champion_live_accuracy` (recent window), the drift rule's memory
+(:func:`driftloop.steps.loop.last_attempt` over the replay's metadata), the training rows'
+problem (one class) and
 the gate's fresh-label need; a retrain picks its window with
-:func:`driftloop.loop.training_start` and its rows with :func:`driftloop.loop.plan_training`,
-trains with :func:`~driftloop.train.train_model`, builds the drift profile with
-:func:`driftloop.loop.build_profile` and promotes
-only through :func:`~driftloop.evaluate.evaluate_challenger` (reduced bootstrap and
+:func:`driftloop.steps.loop.training_start` and its rows with
+:func:`driftloop.steps.loop.plan_training`,
+trains with :func:`~driftloop.models.train.train_model`, builds the drift profile with
+:func:`driftloop.steps.loop.build_profile` and promotes
+only through :func:`~driftloop.decide.gate.evaluate_challenger` (reduced bootstrap and
 latency sample). Where the loop's logic is inline it is mirrored (see ``decide`` and
 ``train_and_gate``). ``TrainConfig.max_rows`` = ``--window`` batches makes the training set
 a sliding window.
@@ -56,10 +59,24 @@ from river.datasets import synth
 from threadpoolctl import threadpool_limits
 
 from driftloop.config import Config, DriftConfig, GateConfig, TrainConfig, TriggerConfig
-from driftloop.datasets import fetch, load_elec2, load_tweets
-from driftloop.drift import detect_drift
-from driftloop.evaluate import evaluate_challenger
-from driftloop.loop import (
+from driftloop.data.schema import Schema, schema_from_dict
+from driftloop.decide.drift import detect_drift
+from driftloop.decide.gate import evaluate_challenger
+from driftloop.decide.trigger import (
+    RetrainDecision,
+    count_new_labels,
+    decide_retrain,
+)
+from driftloop.demo.datasets import fetch, load_elec2, load_tweets
+from driftloop.models.train import (
+    TrainingError,
+    TrainResult,
+    assemble_training_set,
+    predict_frame,
+    train_model,
+    training_problem,
+)
+from driftloop.steps.loop import (
     Champion,
     accuracy_on_new_labels,
     build_profile,
@@ -72,27 +89,13 @@ from driftloop.loop import (
     training_start,
     trigger_record,
 )
-from driftloop.schema import Schema, schema_from_dict
-from driftloop.train import (
-    TrainingError,
-    TrainResult,
-    assemble_training_set,
-    predict_frame,
-    train_model,
-    training_problem,
-)
-from driftloop.trigger import (
-    RetrainDecision,
-    count_new_labels,
-    decide_retrain,
-)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[1] / "data"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 POLICIES = ("never", "periodic_1", "periodic_4", "trigger", "trigger_drift",
             "trigger_drift_perf", "oracle")
-LOOKBACK_DAYS = 30  # driftloop.loop.run_loop's default lookback_days
+LOOKBACK_DAYS = 30  # driftloop.steps.loop.run_loop's default lookback_days
 ELEC2_CHANGE = 17_424  # Victoria's features are constant before this row (documented)
 
 
@@ -293,7 +296,7 @@ def make_stream(name: str, seed: int, s: Settings) -> Stream:
 
 # --- replay -----------------------------------------------------------------------------
 #
-# The replay is driftloop.loop.run_loop without the store, the registry's files and KFP:
+# The replay is driftloop.steps.loop.run_loop without the store, the registry's files and KFP:
 # the same core functions in the same order, with the loop's inline logic mirrored line for
 # line where it cannot be called (the mirrored places say "mirrors loop.<function>").
 # Batches 0..k-1 (k = seed_batches) are the seed reference set (labels inline) that trains
@@ -429,9 +432,9 @@ def train_and_gate(r: Replay, b: int, records: pd.DataFrame,
     """run_train + run_evaluate + run_promote at run ``b``; returns the verdict.
 
     Mirrors loop.run_train: reference = the champion's training set (before the first
-    model: the seed set); :func:`driftloop.loop.training_start` (the change point when
-    drift or performance fired) and :func:`driftloop.loop.plan_training` pick the training,
-    evaluation and drift-profile rows; train_model; :func:`driftloop.loop.build_profile`.
+    model: the seed set); :func:`driftloop.steps.loop.training_start` (the change point when
+    drift or performance fired) and :func:`driftloop.steps.loop.plan_training` pick the training,
+    evaluation and drift-profile rows; train_model; :func:`driftloop.steps.loop.build_profile`.
     """
     cfg, schema, champion = r.cfg, r.stream.schema, r.champion
     cfg = replace(cfg, trigger=trigger_config(r)) if champion is not None else cfg

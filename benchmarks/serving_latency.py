@@ -3,7 +3,7 @@
 Rows of one run, side by side:
 
 * ``raw predict_proba``: the unpickled scikit-learn pipeline's ``predict_proba`` on a
-  prebuilt one-row feature DataFrame (the frame :func:`driftloop.train.feature_frame`
+  prebuilt one-row feature DataFrame (the frame :func:`driftloop.models.train.feature_frame`
   returns), in this process, under the one-thread OpenMP limit the predictor applies to
   small batches. It is the only model call the predictor makes per request (the class is
   the argmax of the probabilities; ``predict`` is never called).
@@ -55,8 +55,8 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import TrainConfig
-from driftloop.sample import make_rows, sample_schema, write_sample_store
-from driftloop.train import feature_frame, save_model_artifact, train_model
+from driftloop.demo.sample import make_rows, sample_schema, write_sample_store
+from driftloop.models.train import feature_frame, save_model_artifact, train_model
 
 MODEL = "sample"
 NAME = "serving_latency"

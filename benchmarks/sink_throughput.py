@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from driftloop.ingest import ingest
-from driftloop.sample import sample_schema
-from driftloop.storage import LocalStore
+from driftloop.data.ingest import ingest
+from driftloop.data.storage import LocalStore
+from driftloop.demo.sample import sample_schema
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"

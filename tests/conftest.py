@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.storage import Store, open_store
+from driftloop.data.storage import Store, open_store
 
 _bucket_ids = itertools.count()
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from driftloop import __version__
+from driftloop.data.storage import check_store_root, describe_os_error
 from driftloop.errors import DriftloopError, StoreError
-from driftloop.storage import check_store_root, describe_os_error
 
 
 def _now(text: str | None) -> dt.datetime:
@@ -58,16 +58,16 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    from driftloop.schema import load_schema
-    from driftloop.storage import open_store
+    from driftloop.data.schema import load_schema
+    from driftloop.data.storage import open_store
 
     check_store_root(args.store)
     return open_store(args.store), load_schema(args.schema)
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from driftloop.registry import Registry
-    from driftloop.storage import open_store
+    from driftloop.data.storage import open_store
+    from driftloop.models.registry import Registry
 
     check_store_root(args.store)
     return Registry(open_store(args.store), args.model)
@@ -89,7 +89,7 @@ def _read_frame(path: str) -> Any:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Write the generated sample store."""
-    from driftloop.sample import write_sample_store
+    from driftloop.demo.sample import write_sample_store
 
     check_store_root(args.out, create=True)
     info = write_sample_store(Path(args.out), days=args.days, drift_day=args.drift_day,
@@ -101,7 +101,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest a window of days and write records and quarantine as Parquet."""
-    from driftloop.ingest import IngestError, IngestResult, ingest
+    from driftloop.data.ingest import IngestError, IngestResult, ingest
 
     store, schema = _open(args)
 
@@ -127,10 +127,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_drift(args: argparse.Namespace) -> int:
     """Compare a Parquet file of current records with the champion's reference."""
-    from driftloop.loop import load_champion, run_drift
+    from driftloop.steps.loop import load_champion, run_drift
 
     store, schema = _open(args)
-    from driftloop.registry import Registry
+    from driftloop.models.registry import Registry
 
     champion = load_champion(Registry(store, args.model))
     if champion is None:
@@ -145,8 +145,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     """Ingest, check drift and decide whether to retrain (nothing is trained)."""
-    from driftloop.loop import load_champion, run_decide, run_drift, run_ingest
-    from driftloop.registry import Registry
+    from driftloop.models.registry import Registry
+    from driftloop.steps.loop import load_champion, run_decide, run_drift, run_ingest
 
     store, schema = _open(args)
     config, now = _config(args), _now(args.now)
@@ -163,8 +163,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train and register a challenger; write its evaluation set to --eval-out."""
-    from driftloop.loop import load_champion, run_ingest, run_train
-    from driftloop.registry import Registry
+    from driftloop.models.registry import Registry
+    from driftloop.steps.loop import load_champion, run_ingest, run_train
 
     store, schema = _open(args)
     config, now = _config(args), _now(args.now)
@@ -182,8 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a registered challenger against the champion on an evaluation Parquet file."""
-    from driftloop.loop import load_champion, run_evaluate
-    from driftloop.registry import Registry
+    from driftloop.models.registry import Registry
+    from driftloop.steps.loop import load_champion, run_evaluate
 
     store, schema = _open(args)
     registry = Registry(store, args.model)
@@ -197,8 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole loop once in this process (or, with --local, through kfp.local)."""
     if args.local:
         return _run_local(args)
-    from driftloop.loop import run_loop
     from driftloop.notify import make_notifier
+    from driftloop.steps.loop import run_loop
 
     store, schema = _open(args)
     config = _config(args)
@@ -210,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for line in read_run(store, run_id).lines():
         print(line, file=sys.stderr)
-    from driftloop.registry import Registry
+    from driftloop.models.registry import Registry
 
     # the registry's champion, also when this run promoted nothing
     _emit(args, {"run_id": run_id, "retrain": result.decision.retrain,
@@ -251,8 +251,8 @@ def _run_local(args: argparse.Namespace) -> int:
 
 def _champion_of(store_uri: str, model: str) -> str | None:
     """The registry's champion (what serves), whatever a run decided."""
-    from driftloop.registry import Registry
-    from driftloop.storage import open_store
+    from driftloop.data.storage import open_store
+    from driftloop.models.registry import Registry
 
     return Registry(open_store(store_uri), model).aliases().champion
 
@@ -307,7 +307,7 @@ def _manual_run_id(action: str) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show the aliases, the InferenceService's canary and traffic, and the last step."""
-    from driftloop.progressive import rollout_status
+    from driftloop.rollout.progressive import rollout_status
 
     registry, backend = _rollout(args)
     with backend:
@@ -318,7 +318,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     """Start a canary for VERSION (or, with --full, roll it out at 100% and promote it)."""
     from driftloop.notify import make_notifier
-    from driftloop.progressive import manual_promote
+    from driftloop.rollout.progressive import manual_promote
 
     config = _config(args)
     registry, backend = _rollout(args)
@@ -335,7 +335,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Roll back the canary in progress, or else the champion to the previous version."""
     from driftloop.notify import make_notifier
-    from driftloop.progressive import manual_rollback
+    from driftloop.rollout.progressive import manual_rollback
 
     config = _config(args)
     registry, backend = _rollout(args)
@@ -403,13 +403,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a scenario day by day: real data served over HTTP, or the generated sample."""
     if args.scenario == "sample":
-        from driftloop.demo import run_demo
+        from driftloop.demo.synthetic import run_demo
 
         run_demo(Path(args.out), days=args.days or 6, seed=args.seed,
                  in_process=args.in_process)
         return 0
-    from driftloop.live import TrafficConfig
-    from driftloop.live_demo import run_live_demo
+    from driftloop.demo.live import run_live_demo
+    from driftloop.demo.traffic import TrafficConfig
 
     traffic = TrafficConfig(feedback_share=args.feedback_share,
                             feedback_delay_hours=args.feedback_delay_hours, seed=args.seed)

@@ -278,9 +278,9 @@ class CanaryConfig:
 
     The live metric is accuracy on labelled responses, compared within the same time
     buckets (``stratum_hours``) as a Mantel-Haenszel risk difference and judged with an
-    anytime-valid confidence sequence (:mod:`driftloop.sequential`), so checking the
+    anytime-valid confidence sequence (:mod:`driftloop.decide.sequential`), so checking the
     cumulative data on every run keeps the error rate ``alpha``. The rule
-    (:func:`driftloop.canary.quality_decision`): rollback when the canary is credibly worse
+    (:func:`driftloop.decide.canary.quality_decision`): rollback when the canary is credibly worse
     (CS upper bound < 0); advance when it is credibly not worse by more than ``tolerance``
     (CS lower bound > -tolerance), or, at a step before the last, once it has
     ``min_labelled`` labels and is not credibly worse; complete (advance to 100) also when

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from kfp import dsl
 
+from driftloop.data.storage import open_store
+from driftloop.demo.sample import write_sample_store
 from driftloop.kfp import components
-from driftloop.registry import Registry
-from driftloop.sample import write_sample_store
-from driftloop.storage import open_store
+from driftloop.models.registry import Registry
 
 MODEL = "sample"
 RUN = "component-run"

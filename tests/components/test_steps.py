@@ -17,12 +17,12 @@ import pytest
 
 from driftloop import steps
 from driftloop.config import Config
+from driftloop.data.storage import open_store
+from driftloop.demo.sample import sample_schema, write_sample_store
 from driftloop.errors import ConfigError, DriftloopError
-from driftloop.loop import run_ingest
+from driftloop.models.registry import Registry, sha256_file
 from driftloop.notify import NotificationError
-from driftloop.registry import Registry, sha256_file
-from driftloop.sample import sample_schema, write_sample_store
-from driftloop.storage import open_store
+from driftloop.steps.loop import run_ingest
 
 MODEL = "sample"
 

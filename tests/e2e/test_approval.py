@@ -18,10 +18,10 @@ from pathlib import Path
 
 from driftloop.cli import main
 from driftloop.config import Config
-from driftloop.loop import run_loop
+from driftloop.data.storage import open_store
+from driftloop.demo.sample import sample_schema, write_sample_store
 from driftloop.rollout.local import LocalRolloutBackend
-from driftloop.sample import sample_schema, write_sample_store
-from driftloop.storage import open_store
+from driftloop.steps.loop import run_loop
 
 
 def _cli(args: list[str]) -> dict:

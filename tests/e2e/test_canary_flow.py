@@ -32,18 +32,18 @@ import pandas as pd
 import pytest
 
 from driftloop.config import CanaryConfig, Config, DriftConfig, TrainConfig
-from driftloop.drift import build_reference_profile
-from driftloop.loop import LoopResult, run_loop
+from driftloop.data.storage import LocalStore
+from driftloop.decide.drift import build_reference_profile
+from driftloop.demo.sample import make_rows, sample_schema
+from driftloop.models.registry import Registry
+from driftloop.models.train import save_model_artifact, train_model
 from driftloop.notify import Delivery, Event, Notifier
-from driftloop.progressive import start_canary
-from driftloop.registry import Registry
 from driftloop.rollout import version_storage_uri
 from driftloop.rollout.local import LocalGateway, LocalRolloutBackend
-from driftloop.sample import make_rows, sample_schema
+from driftloop.rollout.progressive import start_canary
 from driftloop.serving.server import RunningServer, start_app
 from driftloop.serving.sink import REQUEST_TYPE, RESPONSE_TYPE, PayloadSink, create_app
-from driftloop.storage import LocalStore
-from driftloop.train import save_model_artifact, train_model
+from driftloop.steps.loop import LoopResult, run_loop
 
 MODEL = "sample"
 CHAMPION, GOOD, WORSE = "v-champion", "v-good", "v-worse"

@@ -29,12 +29,12 @@ import pytest
 from driftloop import steps
 from driftloop.cli import main
 from driftloop.config import Config, NotifyConfig
+from driftloop.data.storage import open_store
+from driftloop.demo.sample import write_sample_store
 from driftloop.errors import DriftloopError
 from driftloop.kfp.local import LocalRun, run_local
-from driftloop.registry import Registry
-from driftloop.sample import write_sample_store
-from driftloop.storage import open_store
-from driftloop.train import split_holdout
+from driftloop.models.registry import Registry
+from driftloop.models.train import split_holdout
 
 MODEL = "sample"
 ALL_TASKS = ["ingest", "analyse-canary", "detect-drift", "decide-retrain", "train-model",

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from driftloop.cli import main
-from driftloop.live import TrafficConfig
-from driftloop.live_demo import run_live_demo
-from driftloop.storage import LocalStore
+from driftloop.data.storage import LocalStore
+from driftloop.demo.live import run_live_demo
+from driftloop.demo.traffic import TrafficConfig
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 #: kserve 0.20 answers with ORJSONResponse, which FastAPI deprecates on every request.

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from driftloop.config import Config
-from driftloop.loop import run_loop
-from driftloop.registry import Registry
-from driftloop.sample import sample_schema, write_sample_store
-from driftloop.storage import open_store
+from driftloop.data.storage import open_store
+from driftloop.demo.sample import sample_schema, write_sample_store
+from driftloop.models.registry import Registry
+from driftloop.steps.loop import run_loop
 
 
 def _end_of(day: dt.date) -> dt.datetime:
@@ -75,7 +75,7 @@ def test_every_run_is_recorded_and_accounted_for(days):
 
 
 def test_demo_prints_the_chain_and_timeline(tmp_path: Path, capsys):
-    from driftloop.demo import run_demo
+    from driftloop.demo.synthetic import run_demo
 
     run_demo(tmp_path / "demo", days=2, seed=1, in_process=True)
     out = capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_demo_prints_the_chain_and_timeline(tmp_path: Path, capsys):
 def test_label_volume_counts_from_the_last_training_even_when_not_promoted(tmp_path: Path):
     from dataclasses import replace
 
-    from driftloop.trigger import count_new_labels
+    from driftloop.decide.trigger import count_new_labels
 
     info = write_sample_store(tmp_path / "s", days=3, rows_per_day=400, drift_day=9, seed=5)
     store, schema = open_store(info.root), sample_schema()

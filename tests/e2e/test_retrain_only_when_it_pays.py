@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from driftloop.cli import main
-from driftloop.sample import write_sample_store
+from driftloop.demo.sample import write_sample_store
 
 
 def _run_days(tmp_path: Path, *, days: int, drift_day: int, seed: int) -> list[dict]:

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from driftloop.config import Config
-from driftloop.loop import run_loop
-from driftloop.registry import Registry
-from driftloop.sample import sample_schema, write_sample_store
-from driftloop.storage import LocalStore, open_store
+from driftloop.data.storage import LocalStore, open_store
+from driftloop.demo.sample import sample_schema, write_sample_store
+from driftloop.models.registry import Registry
+from driftloop.steps.loop import run_loop
 
 
 def _end_of(day: dt.date) -> dt.datetime:

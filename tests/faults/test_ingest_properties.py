@@ -15,9 +15,9 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftloop.ingest import IngestError, IngestResult, ingest
-from driftloop.schema import schema_from_dict
-from driftloop.storage import LocalStore
+from driftloop.data.ingest import IngestError, IngestResult, ingest
+from driftloop.data.schema import schema_from_dict
+from driftloop.data.storage import LocalStore
 
 DAY = dt.date(2026, 3, 1)
 SCHEMA = schema_from_dict({

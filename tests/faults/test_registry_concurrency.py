@@ -34,8 +34,8 @@ from typing import Any
 import joblib
 import pytest
 
-from driftloop.registry import AliasState, Registry, sha256_bytes
-from driftloop.storage import NO_OBJECT, Store, open_store
+from driftloop.data.storage import NO_OBJECT, Store, open_store
+from driftloop.models.registry import AliasState, Registry, sha256_bytes
 
 MODEL = "race"
 ROUNDS = 20  # promotes per worker
@@ -43,8 +43,8 @@ ROUNDS = 20  # promotes per worker
 # A worker: promote alternately its own two versions, ROUNDS times, from the start line.
 PROMOTE_WORKER = """
 import os, sys, time
-from driftloop.registry import Registry
-from driftloop.storage import open_store
+from driftloop.models.registry import Registry
+from driftloop.data.storage import open_store
 uri, model, wid, rounds, start = sys.argv[1:]
 registry = Registry(open_store(uri), model)
 open(start + ".ready" + wid, "w").close()
@@ -57,8 +57,8 @@ for k in range(int(rounds)):
 # A worker that, each round, promotes its version only over the champion it was told about.
 EXPECT_WORKER = """
 import os, sys, time
-from driftloop.registry import ChampionChanged, Registry
-from driftloop.storage import open_store
+from driftloop.models.registry import ChampionChanged, Registry
+from driftloop.data.storage import open_store
 uri, model, wid, rounds, start = sys.argv[1:]
 registry = Registry(open_store(uri), model)
 open(start + ".ready" + wid, "w").close()

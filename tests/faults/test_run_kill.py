@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.registry import VERIFIED, Registry
-from driftloop.storage import open_store
+from driftloop.data.storage import open_store
+from driftloop.models.registry import VERIFIED, Registry
 
 KILLER = textwrap.dedent("""
     import fnmatch, os, signal, sys
-    from driftloop import storage
+    from driftloop.data import storage
     from driftloop.cli import main
 
     pattern = os.environ["KILL_AT"]

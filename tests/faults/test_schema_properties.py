@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from driftloop.data.schema import Schema, load_schema, schema_from_dict, write_schema
 from driftloop.errors import SchemaError
-from driftloop.schema import Schema, load_schema, schema_from_dict, write_schema
 
 PROPERTY = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -178,7 +178,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
 
 
 def test_window_defaults_match_the_core_loop():
-    from driftloop.loop import run_ingest
+    from driftloop.steps.loop import run_ingest
 
     defaults = inspect.signature(run_ingest).parameters
     core = (defaults["window_days"].default, defaults["lookback_days"].default)
@@ -199,7 +199,7 @@ def test_compiling_imports_neither_sklearn_nor_alibi_detect(tmp_path: Path):
         "import sys\n"
         "from driftloop.cli import main\n"
         f"assert main(['compile', '--out-dir', {str(tmp_path)!r}]) == 0\n"
-        "heavy = [m for m in ('sklearn', 'alibi_detect', 'driftloop.steps', 'driftloop.loop')"
+        "heavy = [m for m in ('sklearn', 'alibi_detect', 'driftloop.steps', 'driftloop.steps.loop')"
         " if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

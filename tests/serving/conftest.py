@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 
 from driftloop.config import TrainConfig
-from driftloop.registry import Registry
-from driftloop.sample import sample_schema, write_sample_store
-from driftloop.schema import Schema
+from driftloop.data.schema import Schema
+from driftloop.data.storage import LocalStore
+from driftloop.demo.sample import sample_schema, write_sample_store
+from driftloop.models.registry import Registry
+from driftloop.models.train import save_model_artifact, train_model
 from driftloop.serving.predictor import DriftloopModel
 from driftloop.serving.server import RunningServer, serve, start_app
 from driftloop.serving.sink import PayloadSink, create_app
-from driftloop.storage import LocalStore
-from driftloop.train import save_model_artifact, train_model
 
 MODEL = "sample"
 

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from driftloop.demo.sample import make_rows
 from driftloop.errors import IntegrityError
-from driftloop.sample import make_rows
+from driftloop.models.train import predict_frame
 from driftloop.serving.predictor import DriftloopModel
 from driftloop.serving.server import RunningServer, serve
-from driftloop.train import predict_frame
 
 MODEL = "sample"
 V1 = f"/v1/models/{MODEL}:predict"

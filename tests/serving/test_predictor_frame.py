@@ -1,8 +1,8 @@
 """The predictor's per-request fast path gives what the generic code would give.
 
 ``DriftloopModel.build_frame`` builds the pipeline's input frame straight from arrays; it
-must equal :func:`driftloop.train.feature_frame` for every column kind and for missing
-values, and the responses and metrics must match :func:`driftloop.train.predict_frame`.
+must equal :func:`driftloop.models.train.feature_frame` for every column kind and for missing
+values, and the responses and metrics must match :func:`driftloop.models.train.predict_frame`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from driftloop.config import TrainConfig
-from driftloop.schema import Schema, schema_from_dict
+from driftloop.data.schema import Schema, schema_from_dict
+from driftloop.models.train import feature_frame, predict_frame, save_model_artifact, train_model
 from driftloop.serving import clean_argv
 from driftloop.serving import predictor as p
 from driftloop.serving.predictor import DriftloopModel, parse_v1, parse_v2
-from driftloop.train import feature_frame, predict_frame, save_model_artifact, train_model
 
 with clean_argv():
     from kserve.protocol.infer_type import InferRequest
@@ -199,9 +199,9 @@ def test_entry_point_freezes_the_loaded_heap_before_serving(
 def test_a_downloaded_folder_with_edited_metadata_is_refused(tmp_path: Path):
     # Regression: editing metadata.json (schema bounds, metrics, version) passed and the
     # predictor served the model under the altered schema.
+    from driftloop.data.storage import LocalStore
     from driftloop.errors import IntegrityError
-    from driftloop.registry import Registry
-    from driftloop.storage import LocalStore
+    from driftloop.models.registry import Registry
 
     schema = _schema("edited", text=False)
     rng = np.random.default_rng(0)

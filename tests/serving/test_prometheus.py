@@ -19,8 +19,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from driftloop.canary import analyse_canary
 from driftloop.config import CanaryConfig
+from driftloop.decide.canary import analyse_canary
 from driftloop.rollout.local import GATEWAY_METRICS, LocalGateway, LocalRolloutBackend
 from driftloop.serving.prometheus import PrometheusError, serving_stats
 

@@ -19,7 +19,10 @@ import pytest
 import yaml
 
 from driftloop.config import TrainConfig
-from driftloop.registry import Registry
+from driftloop.data.storage import LocalStore, Store
+from driftloop.demo.sample import make_rows, sample_schema, write_sample_store
+from driftloop.models.registry import Registry
+from driftloop.models.train import save_model_artifact, train_model
 from driftloop.rollout import (
     PREVIOUS_URI_ANNOTATION,
     ConflictError,
@@ -30,9 +33,6 @@ from driftloop.rollout import (
     version_storage_uri,
 )
 from driftloop.rollout.local import LocalGateway, LocalRolloutBackend, reconcile
-from driftloop.sample import make_rows, sample_schema, write_sample_store
-from driftloop.storage import LocalStore, Store
-from driftloop.train import save_model_artifact, train_model
 
 MODEL = "sample"
 NAME = "sample"

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from driftloop.ingest import ingest
-from driftloop.sample import sample_schema
+from driftloop.data.ingest import ingest
+from driftloop.data.storage import LocalStore, Store
+from driftloop.demo.sample import sample_schema
 from driftloop.serving.sink import (
     REQUEST_TYPE,
     RESPONSE_TYPE,
@@ -26,7 +27,6 @@ from driftloop.serving.sink import (
     SinkError,
     parse_feedback,
 )
-from driftloop.storage import LocalStore, Store
 
 DAY = dt.date(2026, 1, 1)
 TIME = "2026-01-01T10:00:00.123456789Z"

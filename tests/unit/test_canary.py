@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop.canary import CanaryAnalysis, analyse_canary, next_step
 from driftloop.config import CanaryConfig
+from driftloop.decide.canary import CanaryAnalysis, analyse_canary, next_step
 from driftloop.errors import ConfigError
 
 CFG = CanaryConfig(min_labelled=100, tolerance=0.02)
@@ -93,7 +93,7 @@ def test_steps_must_end_at_100():
 
 
 def test_since_canary_started_keeps_rows_from_the_canarys_first_response_on():
-    from driftloop.canary import since_canary_started
+    from driftloop.decide.canary import since_canary_started
 
     ts = pd.to_datetime(["2026-03-01T00:00Z", "2026-03-02T00:00Z", "2026-03-02T06:00Z",
                          "2026-03-03T00:00Z"])
@@ -205,7 +205,7 @@ def test_error_rate_needs_enough_requests_before_a_verdict():
 
 
 def test_serving_counts_from_outside_override_the_records():
-    from driftloop.canary import ServingStats
+    from driftloop.decide.canary import ServingStats
 
     serving = {"v1": ServingStats(requests=20_000, errors=20, latency_p95_ms=40.0),
                "v2": ServingStats(requests=20_000, errors=2_000, latency_p95_ms=41.0)}
@@ -231,7 +231,7 @@ def test_analysis_json_from_before_the_sequential_rule_still_loads():
 
 
 def test_strata_are_utc_time_buckets_of_stratum_hours_in_any_time_unit():
-    from driftloop.canary import strata_counts
+    from driftloop.decide.canary import strata_counts
 
     ts = pd.Series(pd.to_datetime(["2026-03-01T01:00Z", "2026-03-01T23:00Z",
                                    "2026-03-02T00:30Z"])).astype("datetime64[ms, UTC]")

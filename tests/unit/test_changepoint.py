@@ -1,6 +1,6 @@
 import numpy as np
 
-from driftloop.changepoint import error_change_point
+from driftloop.decide.changepoint import error_change_point
 
 
 def test_finds_an_abrupt_step_up_in_the_error_rate_near_where_it_happened():

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from driftloop.cli import main
-from driftloop.registry import Registry
-from driftloop.storage import open_store
+from driftloop.data.storage import open_store
+from driftloop.models.registry import Registry
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

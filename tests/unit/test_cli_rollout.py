@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from driftloop.cli import main
-from driftloop.registry import Registry
+from driftloop.data.storage import LocalStore
+from driftloop.models.registry import Registry
 from driftloop.rollout import version_storage_uri
-from driftloop.storage import LocalStore
 from standins.k8s_api import K8sApiStandIn, running
 
 MODEL = "m"

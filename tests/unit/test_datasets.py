@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.datasets import SOURCES, extract_verified, load_tweets
+from driftloop.demo.datasets import SOURCES, extract_verified, load_tweets
 from driftloop.errors import IntegrityError
 
 CSV = b"sentiment,confidence,text\npositive,1.0,@united thanks for the flight\n" \

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from driftloop.distance import (
+from driftloop.decide.distance import (
     category_codes,
     category_shares,
     histogram_shares,

@@ -11,8 +11,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from driftloop.config import DriftConfig, config_from_dict
-from driftloop.detectors import TestInput, chi2_pooled, corrected_thresholds, run_tests
-from driftloop.drift import (
+from driftloop.data.schema import schema_from_dict
+from driftloop.decide.detectors import TestInput, chi2_pooled, corrected_thresholds, run_tests
+from driftloop.decide.drift import (
     PROFILE_JSON,
     PROFILE_NPZ,
     DriftReport,
@@ -23,7 +24,6 @@ from driftloop.drift import (
     tokenize,
 )
 from driftloop.errors import ConfigError, DriftloopError, StoreError
-from driftloop.schema import schema_from_dict
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 TABULAR = schema_from_dict({"name": "t", "columns": [

@@ -11,16 +11,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from driftloop.config import GateConfig, TrainConfig
-from driftloop.evaluate import (
+from driftloop.data.schema import schema_from_dict
+from driftloop.decide.gate import (
     EvaluationError,
     Verdict,
     compute_metrics,
     evaluate_challenger,
     paired_bootstrap_ci,
 )
-from driftloop.metrics import confusion_metrics
-from driftloop.schema import schema_from_dict
-from driftloop.train import train_model
+from driftloop.models.metrics import confusion_metrics
+from driftloop.models.train import train_model
 
 COLUMNS = [{"name": "x1", "kind": "numeric"}, {"name": "x2", "kind": "numeric"},
            {"name": "region", "kind": "categorical"}]
@@ -404,7 +404,7 @@ def test_slice_noise_does_not_reject_a_better_challenger():
 
 
 def test_minimum_slice_size_follows_from_the_tolerance():
-    from driftloop.evaluate import min_judged_slice_size
+    from driftloop.decide.gate import min_judged_slice_size
 
     assert min_judged_slice_size(GateConfig()) == 73  # 1.96^2 x 0.95 / 0.05
     assert min_judged_slice_size(GateConfig(slice_tolerance=0.1)) == 35
@@ -432,7 +432,7 @@ def _simulate(rng: np.random.Generator, n: int, acc_champ: float, acc_chall: flo
 
 
 def test_equal_challenger_is_rarely_promoted_and_better_one_passes_slices():
-    from driftloop.evaluate import gate_decision
+    from driftloop.decide.gate import gate_decision
 
     rng = np.random.default_rng(11)
     config = GateConfig(bootstrap=200, seed=3)

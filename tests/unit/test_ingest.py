@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from driftloop.data.ingest import IngestError, ingest
+from driftloop.data.schema import Schema, load_schema, schema_from_dict
+from driftloop.data.storage import LocalStore, open_store
+from driftloop.demo.sample import sample_schema, write_sample_store
 from driftloop.errors import DriftloopError, SchemaError, StoreError
-from driftloop.ingest import IngestError, ingest
-from driftloop.sample import sample_schema, write_sample_store
-from driftloop.schema import Schema, load_schema, schema_from_dict
-from driftloop.storage import LocalStore, open_store
 
 DAY = dt.date(2026, 3, 1)
 
@@ -138,7 +138,7 @@ def _day_of_records(store: LocalStore, day: dt.date, n: int, prefix: str) -> Non
 
 def test_a_daily_run_just_after_midnight_judges_yesterday_whole(store: LocalStore):
     # Regression: the window was "today so far" -- a run at 00:03 tested three minutes.
-    from driftloop.loop import run_ingest
+    from driftloop.steps.loop import run_ingest
 
     _day_of_records(store, DAY, 1000, "y")
     _day_of_records(store, DAY + dt.timedelta(days=1), 1000, "t")

@@ -49,10 +49,58 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_circle():
     graph = _graph()
-    assert len(graph) > 40 and graph["driftloop.loop"]  # the graph was really read
+    assert len(graph) > 40 and graph["driftloop.steps.loop"]  # the graph was really read
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
 
 
 def test_the_cycle_finder_finds_a_circle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+#: The floors of the package, lowest first: a module imports only from its own floor or
+#: below (README "Where things live"; ../shared/DESIGN.md "Layers").
+FLOORS: list[tuple[str, ...]] = [
+    ("driftloop", "driftloop.errors", "driftloop.serde", "driftloop.clock",
+     "driftloop.config", "driftloop.notify"),
+    ("driftloop.data",),
+    ("driftloop.models",),
+    ("driftloop.decide",),
+    ("driftloop.serving",),
+    ("driftloop.rollout",),
+    ("driftloop.steps",),
+    ("driftloop.kfp",),
+    ("driftloop.demo",),
+    ("driftloop.cli",),
+]
+
+
+def _floor(module: str) -> int:
+    best = None
+    for level, prefixes in enumerate(FLOORS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (
+                    best is None or len(prefix) > best[1]):
+                best = (level, len(prefix))
+    assert best is not None, f"{module} is on no floor of FLOORS"
+    return best[0]
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                  if _floor(t) > _floor(m))
+
+
+def test_imports_point_down_only():
+    graph = _graph()
+    assert {_floor(m) for m in graph} == set(range(len(FLOORS)))  # every floor is inhabited
+    assert _upward(graph) == []
+
+
+def test_an_upward_import_is_found():
+    assert _upward({"driftloop.data.ingest": {"driftloop.decide.drift"},
+                    "driftloop.decide.drift": {"driftloop.data.schema"}}) == [
+        "driftloop.data.ingest -> driftloop.decide.drift"]
+    # the longest matching prefix decides: driftloop.notify is not driftloop's own floor
+    assert _floor("driftloop.notify") == 0 and _floor("driftloop.steps.loop") == 6
+

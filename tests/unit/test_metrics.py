@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from driftloop.metrics import (
+from driftloop.models.metrics import (
     align_proba,
     class_set,
     compute_metrics,

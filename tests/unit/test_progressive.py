@@ -12,9 +12,14 @@ import pandas as pd
 import pytest
 
 from driftloop.config import CanaryConfig, TriggerConfig
+from driftloop.data.storage import LocalStore
+from driftloop.decide.trigger import ChampionInfo, decide_retrain
 from driftloop.errors import ConfigError
+from driftloop.models.registry import Registry
 from driftloop.notify import Delivery, Event, NotificationError, Notifier
-from driftloop.progressive import (
+from driftloop.rollout import InferenceServiceNotFound, make_backend, version_storage_uri
+from driftloop.rollout.local import LocalRolloutBackend
+from driftloop.rollout.progressive import (
     ProgressiveError,
     RolloutStep,
     manual_promote,
@@ -24,11 +29,6 @@ from driftloop.progressive import (
     start_canary,
     step_canary,
 )
-from driftloop.registry import Registry
-from driftloop.rollout import InferenceServiceNotFound, make_backend, version_storage_uri
-from driftloop.rollout.local import LocalRolloutBackend
-from driftloop.storage import LocalStore
-from driftloop.trigger import ChampionInfo, decide_retrain
 
 MODEL = "m"
 CONFIG = CanaryConfig(min_labelled=50)

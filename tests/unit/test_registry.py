@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from driftloop.data.storage import LocalStore, Store
 from driftloop.errors import IntegrityError, StoreError
-from driftloop.registry import (
+from driftloop.models.registry import (
     UNPROTECTED,
     VERIFIED,
     AliasConflict,
@@ -26,7 +27,6 @@ from driftloop.registry import (
     sha256_file,
     verify_metadata,
 )
-from driftloop.storage import LocalStore, Store
 
 MODEL = "churn"
 
@@ -436,7 +436,7 @@ def test_version_registered_before_digests_is_served_but_reported_unprotected(
     registry.register(tmp_path / "art")
     _edit_stored_metadata(store, lambda d: d.pop("metadata_sha256"))  # as an old registry wrote
 
-    with caplog.at_level("WARNING", logger="driftloop.registry"):
+    with caplog.at_level("WARNING", logger="driftloop.models.registry"):
         assert registry.metadata("v1")["seed"] == 0
         assert registry.load_model("v1") is not None
     assert [r.getMessage().count(UNPROTECTED) for r in caplog.records] == [1]  # once

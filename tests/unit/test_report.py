@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from driftloop.live import DayTraffic, live_accuracy
-from driftloop.report import DayRow, print_timeline, table_rows, write_report
-from driftloop.scenarios import Scenario
-from driftloop.schema import schema_from_dict
+from driftloop.data.schema import schema_from_dict
+from driftloop.demo.report import DayRow, print_timeline, table_rows, write_report
+from driftloop.demo.scenarios import Scenario
+from driftloop.demo.traffic import DayTraffic, live_accuracy
 
 DAY = dt.date(2026, 3, 2)
 

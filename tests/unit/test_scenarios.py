@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from driftloop.demo.scenarios import ELEC2_CHANGE, load_scenario, tweets_scenario
 from driftloop.errors import DriftloopError
-from driftloop.scenarios import ELEC2_CHANGE, load_scenario, tweets_scenario
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
+from driftloop.data.schema import load_schema, schema_from_dict, write_schema
+from driftloop.demo.sample import sample_schema
 from driftloop.errors import SchemaError
-from driftloop.sample import sample_schema
-from driftloop.schema import load_schema, schema_from_dict, write_schema
 
 
 def test_round_trip_through_a_file(tmp_path: Path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from driftloop.sequential import (
+from driftloop.decide.sequential import (
     confidence_sequence,
     half_width,
     mixture_half_width,

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.errors import StoreError
-from driftloop.storage import (
+from driftloop.data.storage import (
     NO_OBJECT,
     STALE_TEMP_SECONDS,
     LocalStore,
@@ -22,6 +21,7 @@ from driftloop.storage import (
     open_store,
     read_uri,
 )
+from driftloop.errors import StoreError
 
 ALL_BYTES = bytes(range(256)) * 4
 
@@ -329,7 +329,7 @@ def test_temp_file_of_a_killed_writer_is_cleaned_up(tmp_path: Path) -> None:
     killed = subprocess.run(
         [sys.executable, "-c",
          "import os, signal, sys\n"
-         "from driftloop.storage import LocalStore\n"
+         "from driftloop.data.storage import LocalStore\n"
          "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
          "LocalStore(sys.argv[1]).write_bytes('d/obj.bin', b'never renamed')\n",
          str(tmp_path)],

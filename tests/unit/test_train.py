@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from driftloop.config import TrainConfig
+from driftloop.data.schema import schema_from_dict
 from driftloop.errors import DriftloopError, SchemaError
-from driftloop.schema import schema_from_dict
-from driftloop.train import (
+from driftloop.models.train import (
     ModelMetadata,
     TrainingError,
     assemble_training_set,
@@ -229,8 +229,8 @@ def test_out_of_fold_probabilities_are_not_the_over_confident_in_sample_ones():
     import numpy as np
 
     from driftloop.config import TrainConfig
-    from driftloop.schema import schema_from_dict
-    from driftloop.train import build_pipeline, feature_frame, out_of_fold_proba
+    from driftloop.data.schema import schema_from_dict
+    from driftloop.models.train import build_pipeline, feature_frame, out_of_fold_proba
 
     rng = np.random.default_rng(0)
     n = 600

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from driftloop.config import TriggerConfig
-from driftloop.trigger import ChampionInfo, RetrainDecision, count_new_labels, decide_retrain
+from driftloop.decide.trigger import ChampionInfo, RetrainDecision, count_new_labels, decide_retrain
 
 NOW = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
 CHAMP = ChampionInfo("v1", NOW - dt.timedelta(days=2), NOW - dt.timedelta(days=2), "f1_macro", 0.8,
@@ -96,7 +96,7 @@ def test_performance_rule_false_alarm_rate_with_nothing_changed_stays_at_alpha()
 def test_drift_does_not_refire_on_the_same_evidence_after_a_rejected_challenger():
     # Regression: after a challenger was rejected, drift fired on every run against the
     # same reference and a new challenger was trained each time.
-    from driftloop.trigger import LastAttempt
+    from driftloop.decide.trigger import LastAttempt
 
     @dataclass
     class F:
@@ -274,7 +274,7 @@ def test_a_step_in_the_live_error_stream_fires_where_a_small_validation_baseline
     # though 2,000 live rows at 0.86 preceded the 1,000 at 0.80.
     import numpy as np
 
-    from driftloop.changepoint import error_change_point
+    from driftloop.decide.changepoint import error_change_point
 
     rng = np.random.default_rng(1)
     errors = np.concatenate([rng.random(2000) < 0.14, rng.random(1000) < 0.20])
@@ -301,7 +301,7 @@ def test_a_step_in_the_live_error_stream_fires_where_a_small_validation_baseline
 def test_the_two_performance_looks_share_the_error_rate():
     import numpy as np
 
-    from driftloop.changepoint import error_change_point
+    from driftloop.decide.changepoint import error_change_point
 
     # a baseline look at p ~ 0.007 fires alone (< 0.01), not when the scan takes half of it
     champ = replace_(CHAMP, baseline_accuracy=0.8, baseline_n=600)

@@ -46,7 +46,7 @@ PIPELINE_NAME = "continuous-training"
 GCS_SECRET = "driftloop-gcs"
 GCS_SECRET_MOUNT = "/secrets/gcs"
 GCS_KEY_FILE = "key.json"
-#: Defaults of the window parameters, the same as :func:`driftloop.loop.run_ingest`'s
+#: Defaults of the window parameters, the same as :func:`driftloop.steps.loop.run_ingest`'s
 #: (a test keeps them equal; loop is not imported here because it imports scikit-learn).
 WINDOW_DAYS = 1
 LOOKBACK_DAYS = 30

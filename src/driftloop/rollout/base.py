@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from driftloop.errors import DriftloopError
-from driftloop.registry import Registry
+from driftloop.models.registry import Registry
 
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"

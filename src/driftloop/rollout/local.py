@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from driftloop.data.storage import LocalStore, open_store
 from driftloop.errors import DriftloopError, StoreError
 from driftloop.rollout.base import (
     SERVERLESS,
@@ -62,7 +63,6 @@ from driftloop.rollout.base import (
     merge_patch,
     validate_inference_service,
 )
-from driftloop.storage import LocalStore, open_store
 
 if TYPE_CHECKING:
     import httpx

@@ -66,8 +66,10 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import ThreadpoolController
 
+from driftloop.data.schema import ColumnSpec, Schema, bool_text, schema_from_dict
+from driftloop.data.storage import open_store
 from driftloop.errors import DriftloopError, StoreError
-from driftloop.registry import (
+from driftloop.models.registry import (
     ALIASES,
     METADATA_FILE,
     MODEL_FILE,
@@ -78,10 +80,8 @@ from driftloop.registry import (
     sha256_bytes,
     verify_metadata,
 )
-from driftloop.schema import ColumnSpec, Schema, bool_text, schema_from_dict
 from driftloop.serving import clean_argv
 from driftloop.serving import metrics as m
-from driftloop.storage import open_store
 
 # kserve parses sys.argv on first import (see driftloop.serving). Model is imported from its
 # defining module: run from the repository root, mypy would resolve a bare "kserve" to the
@@ -237,7 +237,7 @@ def _is_missing(value: Any) -> bool:
 def check_value(spec: ColumnSpec, value: Any) -> tuple[Any, str | None]:
     """Return ``(typed value, None)`` or ``(None, rule broken)`` for one feature value.
 
-    Mirrors :mod:`driftloop.validate` (the ingest rules) but is strict about JSON types:
+    Mirrors :mod:`driftloop.data.validate` (the ingest rules) but is strict about JSON types:
     a string is never accepted for a numeric column.
     """
     if _is_missing(value):
@@ -631,7 +631,7 @@ class DriftloopModel(KServeModel):
         """Return ``(classes, probabilities)`` for a frame from :meth:`build_frame`.
 
         One ``predict_proba`` call; the class is the most probable one, as in
-        :func:`driftloop.train.predict_frame` (ties go to the first class).
+        :func:`driftloop.models.train.predict_frame` (ties go to the first class).
         """
         model = self._require().model
         if len(frame) < SINGLE_THREAD_BELOW:

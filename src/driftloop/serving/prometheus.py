@@ -20,7 +20,7 @@ import datetime as dt
 import math
 from typing import Any
 
-from driftloop.canary import ServingStats
+from driftloop.decide.canary import ServingStats
 from driftloop.errors import DriftloopError
 
 #: The predictor's series (what each version answered); the local gateway's are

@@ -122,8 +122,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from driftloop.data.storage import LocalStore, Store, open_store
 from driftloop.errors import DriftloopError, StoreError
-from driftloop.storage import LocalStore, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -1128,9 +1128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
-    from driftloop.schema import load_schema
+    from driftloop.data.schema import load_schema
+    from driftloop.data.storage import check_store_root, describe_os_error
     from driftloop.serving.server import run_app
-    from driftloop.storage import check_store_root, describe_os_error
 
     store_path = args.store
     try:

@@ -5,7 +5,7 @@ Both models are scored on the same labelled rows over ONE class set: the schema'
 the classes of that set that occur in the eval set. Every model's probabilities are
 aligned to it (a class the model does not know has probability 0), so a model that
 lacks a class is scored on every row, and every bootstrap resample uses the same set
-for both models (see :mod:`driftloop.metrics`).
+for both models (see :mod:`driftloop.models.metrics`).
 
 Decision rules (every measured value and threshold is kept in the :class:`Verdict`):
 
@@ -61,8 +61,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from driftloop.config import GateConfig
+from driftloop.data.schema import Schema
 from driftloop.errors import DriftloopError
-from driftloop.metrics import (
+from driftloop.models.metrics import (
     LABEL_METRICS,
     align_proba,
     binary_auc,
@@ -73,9 +74,8 @@ from driftloop.metrics import (
     per_class_metrics,
     roc_auc,
 )
-from driftloop.schema import Schema
+from driftloop.models.train import feature_frame, predict_frame
 from driftloop.serde import JsonResult
-from driftloop.train import feature_frame, predict_frame
 
 __all__ = [
     "LATENCY_FLOOR_MS",

@@ -3,7 +3,7 @@
 A promote verdict starts a canary at the first traffic step (``CanaryConfig.steps``,
 10 → 50 → 100 by default) after a ``model_update`` notification. Every later run, while a
 canary is in progress, first judges it on the logged responses joined with feedback
-(:func:`driftloop.canary.analyse_canary`) and acts on the decision:
+(:func:`driftloop.decide.canary.analyse_canary`) and acts on the decision:
 
 * ``advance`` -- the next traffic step; the step to 100 makes the canary the champion (the
   old champion becomes ``previous``);
@@ -18,7 +18,7 @@ and only writes what differs, so re-running a step with the same state sends no 
 records no alias move. A run records its step as ``runs/<run-id>/rollout.json`` (and
 ``.md``); a run that already recorded a step for the same canary returns that step again.
 
-Plain functions over a :class:`~driftloop.registry.Registry` and a
+Plain functions over a :class:`~driftloop.models.registry.Registry` and a
 :class:`~driftloop.rollout.base.RolloutBackend`: no kfp and no kubernetes imports.
 """
 
@@ -31,7 +31,10 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop.canary import (
+from driftloop.clock import utc_now_iso
+from driftloop.config import CanaryConfig
+from driftloop.data.runs import record_result
+from driftloop.decide.canary import (
     ADVANCE,
     HOLD,
     ROLLBACK,
@@ -40,18 +43,15 @@ from driftloop.canary import (
     analyse_canary,
     since_canary_started,
 )
-from driftloop.clock import utc_now_iso
-from driftloop.config import CanaryConfig
 from driftloop.errors import DriftloopError
+from driftloop.models.registry import Registry
 from driftloop.notify import Event, Notifier, notify_or_raise
-from driftloop.registry import Registry
 from driftloop.rollout.base import (
     InferenceServiceNotFound,
     RolloutBackend,
     ServiceState,
     version_storage_uri,
 )
-from driftloop.runs import record_result
 from driftloop.serde import JsonResult, loads
 
 log = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ def step_canary(
         backend: The InferenceService's rollout backend.
         records: Logged responses of the lookback with ``model_version``, ``prediction``
             and joined ``label`` (the ingest step's records); the canary is judged on
-            those served since it started (:func:`driftloop.canary.since_canary_started`).
+            those served since it started (:func:`driftloop.decide.canary.since_canary_started`).
         config: Steps and thresholds.
         notifier: Receives ``model_update`` (completion) and ``rollback`` events.
         run_id: The run; the step is recorded as ``runs/<run-id>/rollout.json``. A run
@@ -347,7 +347,7 @@ def step_canary(
         model_name: The model's name (for events).
         now: Time stamp of the analysis.
         serving: Per-version request, error and p95 latency counts from the serving side
-            (e.g. Prometheus), passed on to :func:`driftloop.canary.analyse_canary`.
+            (e.g. Prometheus), passed on to :func:`driftloop.decide.canary.analyse_canary`.
 
     Returns:
         None when no canary is in progress; else the step taken.

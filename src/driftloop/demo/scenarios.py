@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from driftloop.datasets import fetch, load_elec2, load_tweets
+from driftloop.data.schema import Schema, schema_from_dict
+from driftloop.demo.datasets import fetch, load_elec2, load_tweets
 from driftloop.errors import DriftloopError
-from driftloop.schema import Schema, schema_from_dict
 
 SCENARIOS: tuple[str, ...] = ("tweets", "elec2")
 #: The tweet topics in stream order and their number of simulated days (the first is the

@@ -21,24 +21,30 @@ import pandas as pd
 
 from driftloop.clock import parse_time, utc_now_iso
 from driftloop.config import Config
-from driftloop.distance import histogram_shares, quantile_bin_edges
-from driftloop.drift import (
+from driftloop.data.ingest import IngestResult, ingest, read_file
+from driftloop.data.runs import record_failure, record_result
+from driftloop.data.schema import Schema
+from driftloop.data.storage import Store
+from driftloop.data.validate import validate_records
+from driftloop.decide.distance import histogram_shares, quantile_bin_edges
+from driftloop.decide.drift import (
     DriftReport,
     ReferenceProfile,
     build_reference_profile,
     detect_drift,
     proba_columns,
 )
-from driftloop.evaluate import Verdict, evaluate_challenger
-from driftloop.ingest import IngestResult, ingest, read_file
-from driftloop.notify import Event, Notifier, NullNotifier
-from driftloop.registry import AliasState, Registry
-from driftloop.rollout.base import RolloutBackend
-from driftloop.runs import record_failure, record_result
-from driftloop.schema import Schema
-from driftloop.serde import JsonResult
-from driftloop.storage import Store
-from driftloop.train import (
+from driftloop.decide.gate import Verdict, evaluate_challenger
+from driftloop.decide.trigger import (
+    ChampionInfo,
+    LastAttempt,
+    RetrainDecision,
+    count_new_labels,
+    decide_retrain,
+    drift_effect,
+)
+from driftloop.models.registry import AliasState, Registry
+from driftloop.models.train import (
     ModelMetadata,
     assemble_training_set,
     out_of_fold_proba,
@@ -48,18 +54,12 @@ from driftloop.train import (
     train_model,
     training_problem,
 )
-from driftloop.trigger import (
-    ChampionInfo,
-    LastAttempt,
-    RetrainDecision,
-    count_new_labels,
-    decide_retrain,
-    drift_effect,
-)
-from driftloop.validate import validate_records
+from driftloop.notify import Event, Notifier, NullNotifier
+from driftloop.rollout.base import RolloutBackend
+from driftloop.serde import JsonResult
 
 if TYPE_CHECKING:
-    from driftloop.progressive import RolloutStep
+    from driftloop.rollout.progressive import RolloutStep
 
 PROFILE_FILES = ("drift_profile.npz", "drift_profile.json")
 #: Fresh held-out labels the gate needs before it judges a challenger.
@@ -302,7 +302,7 @@ def training_start(
 
     When drift or a performance drop fired, the champion's errors on the labelled
     records it never saw (served after its cutoff, in time order) are searched for a
-    step up (:func:`driftloop.changepoint.error_change_point`). Once at least
+    step up (:func:`driftloop.decide.changepoint.error_change_point`). Once at least
     ``trigger.min_post_change_rows`` training rows (labelled, not held out for the
     gate) exist after it, the challenger trains on the rows from the change on only;
     before that on the whole window (a model fitted on a few hundred post-change rows
@@ -312,7 +312,7 @@ def training_start(
     """
     if champion is None or not {"drift", "performance"} & set(fired) or records.empty:
         return WindowChoice(None, None, "the whole window (no drift or performance rule fired)")
-    from driftloop.changepoint import error_change_point
+    from driftloop.decide.changepoint import error_change_point
 
     rows, ts, errors = live or live_errors(champion, records, schema)
     if rows.empty:
@@ -469,7 +469,7 @@ def performance_scan(errors: np.ndarray, config: Config) -> dict[str, Any]:
         ``decide_retrain`` keyword arguments: ``error_step`` (found at
         ``trigger.perf_alpha / 2``, or None) and ``error_rows`` (rows scanned).
     """
-    from driftloop.changepoint import error_change_point
+    from driftloop.decide.changepoint import error_change_point
 
     step = (error_change_point(errors, alpha=config.trigger.perf_alpha / 2)
             if errors.size else None)
@@ -701,7 +701,7 @@ def registered_training(registry: Registry, trained: ModelMetadata) -> ModelMeta
         RegistryError: The version exists but was trained on other rows (its data hash
             differs): a real conflict, not a retry.
     """
-    from driftloop.registry import RegistryError
+    from driftloop.models.registry import RegistryError
 
     stored = registry.metadata(trained.version)
     if stored.get("data_hash") != trained.data_hash:
@@ -793,7 +793,7 @@ def run_evaluate(
 
 def first_model_verdict(registry: Registry, version: str, config: Config) -> Verdict:
     """The verdict of a first model without held-out production labels: promote."""
-    from driftloop.evaluate import ModelScore, RuleResult
+    from driftloop.decide.gate import ModelScore, RuleResult
 
     meta = registry.metadata(version)
     metrics = {k: float(v) for k, v in (meta.get("validation_metrics") or {}).items()}
@@ -814,7 +814,7 @@ def run_promote(
 
     Without a backend the champion alias moves at once (registry only). With one, the
     challenger starts its canary at the first traffic step
-    (:func:`driftloop.progressive.start_canary`; the first model is deployed at 100%).
+    (:func:`driftloop.rollout.progressive.start_canary`; the first model is deployed at 100%).
     """
     version = verdict.challenger.version
     if verdict.decision == "needs_approval":
@@ -828,7 +828,7 @@ def run_promote(
     reason = "; ".join(verdict.reasons)
     judged = verdict.champion.version if verdict.champion is not None else None
     if backend is not None:
-        from driftloop.progressive import start_canary
+        from driftloop.rollout.progressive import start_canary
 
         now = registry.aliases().champion
         if now != judged:  # another run promoted since this verdict was made
@@ -837,7 +837,7 @@ def run_promote(
         start_canary(registry, backend, version, config=(config or Config()).canary,
                      notifier=notifier, run_id=run_id, model_name=model_name, reason=reason)
         return registry.aliases()
-    from driftloop.registry import ChampionChanged
+    from driftloop.models.registry import ChampionChanged
 
     notifier.send(Event("model_update", f"promoting {version} to champion", model_name,
                         {"version": version, "reasons": verdict.reasons}, run_id=run_id))
@@ -907,7 +907,7 @@ def run_canary_analysis(
     Returns:
         The rollout step, or ``None`` when no canary is in progress.
     """
-    from driftloop.progressive import step_canary
+    from driftloop.rollout.progressive import step_canary
 
     config = config or Config()
     registry = Registry(store, model_name)
@@ -939,7 +939,7 @@ def run_loop(
         notifier: Receives model-update and rollback events (default: none).
         backend: The serving rollout backend. None: registry aliases only (a promote
             verdict moves the champion alias at once). With one, a canary in progress is
-            judged and stepped first (:func:`driftloop.progressive.step_canary`) and no new
+            judged and stepped first (:func:`driftloop.rollout.progressive.step_canary`) and no new
             challenger is trained while it is in flight; a promote verdict starts a canary.
     """
     try:
@@ -963,7 +963,7 @@ def _run_loop(
     record_result(store, run_id, "ingest", window.result.report)
     rollout: RolloutStep | None = None
     if backend is not None:
-        from driftloop.progressive import step_canary
+        from driftloop.rollout.progressive import step_canary
 
         canary = registry.aliases().canary
         # judged on the lookback's responses served since the canary started
@@ -992,7 +992,7 @@ def _run_loop(
     result.aliases = run_promote(registry, result.verdict, notifier=notifier, run_id=run_id,
                                  model_name=model_name, backend=backend, config=config)
     if backend is not None and result.verdict.decision == "promote":
-        from driftloop.progressive import recorded_step
+        from driftloop.rollout.progressive import recorded_step
 
         result.rollout = recorded_step(registry, run_id)
     record_result(store, run_id, "aliases", result.aliases)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.config import Config
+from driftloop.data.schema import load_schema
+from driftloop.data.storage import open_store
+from driftloop.demo.sample import write_sample_store
 from driftloop.errors import DriftloopError
-from driftloop.loop import run_loop
 from driftloop.notify import LogNotifier
-from driftloop.sample import write_sample_store
-from driftloop.schema import load_schema
-from driftloop.storage import open_store
+from driftloop.steps.loop import run_loop
 
 MODEL = "sample"
 

@@ -1,6 +1,6 @@
 """The only module that runs statistical tests: univariate tests with a multiple-testing correction.
 
-Both tests are scipy's, on the columns :mod:`driftloop.drift` prepares:
+Both tests are scipy's, on the columns :mod:`driftloop.decide.drift` prepares:
 
 * KS: ``scipy.stats.ks_2samp`` with ``method="auto"`` (the exact p-value while both samples
   have at most 10,000 rows, the asymptotic one beyond; an asymptotic p-value below 1e-6 is
@@ -9,7 +9,7 @@ Both tests are scipy's, on the columns :mod:`driftloop.drift` prepares:
   anti-conservative for equal sample sizes: 5.6% false alarms at 100 and at 1,000 rows
   per side for a nominal 5% (measured, 4,000 and 2,000 repetitions; exact: 3.9%, 4.5%).
 * chi-squared: ``scipy.stats.chi2_contingency`` on *pooled* counts (see
-  :func:`driftloop.distance.pool_rare_categories`). alibi-detect's ``ChiSquareDrift`` builds
+  :func:`driftloop.decide.distance.pool_rare_categories`). alibi-detect's ``ChiSquareDrift`` builds
   its table from raw codes and so tests categories whose expected counts are near 0, where
   the chi-squared approximation fails (3,000 Zipf categories, 100 current rows: ~35% false
   alarms at a nominal 5%); it cannot be fed pooled buckets.

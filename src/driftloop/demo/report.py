@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import pandas as pd
 
-from driftloop.live import live_accuracy
+from driftloop.demo.traffic import live_accuracy
 
 if TYPE_CHECKING:
-    from driftloop.live import DayTraffic
-    from driftloop.scenarios import Scenario
+    from driftloop.demo.scenarios import Scenario
+    from driftloop.demo.traffic import DayTraffic
 
 
 @dataclass(frozen=True)
 class TestPoint:
     """One drift test of one run: p-value and effect size against their thresholds.
 
-    A feature drifts when both pass (:mod:`driftloop.drift`).
+    A feature drifts when both pass (:mod:`driftloop.decide.drift`).
     """
 
     name: str

@@ -2,10 +2,10 @@
 
 The profile is built once when a model version is trained and stored beside it; every later
 run only loads it and compares the current window against it. Tests (in
-:mod:`driftloop.detectors`): KS per numeric feature, chi-squared per categorical feature (rare
-categories pooled into one ``other`` bucket first) and, for text models, KS on the model's
-predicted probabilities (black-box shift detection) plus an out-of-vocabulary rate check. One
-multiple-testing correction spans all tests of a run.
+:mod:`driftloop.decide.detectors`): KS per numeric feature, chi-squared per categorical
+feature (rare categories pooled into one ``other`` bucket first) and, for text models, KS
+on the model's predicted probabilities (black-box shift detection) plus an
+out-of-vocabulary rate check. One multiple-testing correction spans all tests of a run.
 
 A column counts as drifted only when its test is significant *and* its effect size (PSI, KS or
 JS, :attr:`DriftConfig.effect_size`) reaches the effect threshold: with large windows the tests
@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import DriftConfig
-from driftloop.detectors import TestInput, run_tests
-from driftloop.distance import (
+from driftloop.data.schema import Schema
+from driftloop.decide.detectors import TestInput, run_tests
+from driftloop.decide.distance import (
     category_codes,
     category_shares,
     histogram_shares,
@@ -45,7 +46,6 @@ from driftloop.distance import (
     total_variation,
 )
 from driftloop.errors import DriftloopError, SchemaError, StoreError
-from driftloop.schema import Schema
 from driftloop.serde import JsonResult
 
 PROFILE_JSON = "drift_profile.json"

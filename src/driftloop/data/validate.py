@@ -1,4 +1,4 @@
-"""Row-level validation of records and labels against a :class:`~driftloop.schema.Schema`.
+"""Row-level validation of records and labels against a :class:`~driftloop.data.schema.Schema`.
 
 Raw rows arrive as object columns (straight from JSONL, CSV or Parquet). Valid rows come
 out typed; every invalid row comes out with a reason naming each field and rule it broke.
@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from driftloop.schema import ColumnSpec, Schema, bool_text, value_text
+from driftloop.data.schema import ColumnSpec, Schema, bool_text, value_text
 
 #: Columns the reader adds to every raw row so a quarantined row can be traced back.
 SOURCE, LINE, REASON, RAW = "_source", "_line", "_reason", "_raw"
@@ -113,7 +113,7 @@ def _check_categorical(
         col.map(lambda v: f"{spec.name}: not a string, number or boolean (got {_json_type(v)})"),
     )
     if spec.dtype == "bool":
-        # JSON true and CSV "true" are one value (see driftloop.schema)
+        # JSON true and CSV "true" are one value (see driftloop.data.schema)
         values = col.where(missing, col.map(bool_text)).astype(object)
         not_bool = ~missing & ~nested & values.isna()
         reasons = _add_reason(

@@ -9,7 +9,7 @@ Quality is accuracy on labelled responses, compared **within the same time bucke
 and 50% later, so pooling every response would compare the canary's mostly-late traffic
 with the champion's mostly-early traffic (Simpson's paradox). The per-bucket differences
 are combined as a Mantel-Haenszel risk difference and judged with an anytime-valid
-confidence sequence (:mod:`driftloop.sequential`): every run re-checks the cumulative data
+confidence sequence (:mod:`driftloop.decide.sequential`): every run re-checks the cumulative data
 and the error rate stays ``alpha``.
 
 The quality rule (:func:`quality_decision`), with ``[low, high]`` the CS of canary minus
@@ -50,7 +50,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from driftloop.config import CanaryConfig
-from driftloop.sequential import (
+from driftloop.decide.sequential import (
     StratifiedDifference,
     confidence_sequence,
     planned_information,
@@ -335,7 +335,7 @@ def label_budget(config: CanaryConfig) -> float:
     """The planned information (1 / variance of the difference) of a canary's budget.
 
     A canary worse by ``tolerance`` has its CS upper bound below 0 with probability
-    ``power`` at this information (:func:`driftloop.sequential.planned_information`).
+    ``power`` at this information (:func:`driftloop.decide.sequential.planned_information`).
     """
     return planned_information(config.tolerance, config.alpha, config.power)
 

@@ -19,7 +19,7 @@ still served (refusing them would strand every existing champion) but reported a
 version; ``Registry(..., require_metadata_digest=True)`` refuses them instead.
 
 Alias moves are compare-and-swap on ``aliases.json``'s generation
-(:meth:`~driftloop.storage.Store.write_if_generation`): a move computed from a state
+(:meth:`~driftloop.data.storage.Store.write_if_generation`): a move computed from a state
 another writer has since replaced is recomputed from the new state, so concurrent moves
 are all kept in the history. A caller that compared a challenger with one champion passes
 ``expect_champion``; if the champion changed meanwhile nothing moves and
@@ -44,9 +44,9 @@ from typing import Any, Final, Literal
 import joblib
 
 from driftloop.clock import utc_now_iso
+from driftloop.data.storage import Store
 from driftloop.errors import DriftloopError, IntegrityError, StoreError
 from driftloop.serde import from_dict, to_jsonable
-from driftloop.storage import Store
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"

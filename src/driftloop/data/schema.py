@@ -36,7 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from driftloop.errors import SchemaError
-from driftloop.storage import read_uri
+from driftloop.data.storage import read_uri
 
 ColumnKind = Literal["numeric", "categorical", "text"]
 KINDS: tuple[str, ...] = ("numeric", "categorical", "text")

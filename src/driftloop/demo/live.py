@@ -29,12 +29,12 @@ from typing import Any, TextIO
 import pandas as pd
 
 from driftloop.config import Config
+from driftloop.data.storage import LocalStore
+from driftloop.demo.report import DayRow, print_timeline, short, write_report
+from driftloop.demo.scenarios import Scenario, load_scenario
+from driftloop.demo.traffic import DayTraffic, SimClock, Traffic, TrafficConfig, live_accuracy
 from driftloop.errors import DriftloopError
-from driftloop.live import DayTraffic, SimClock, Traffic, TrafficConfig, live_accuracy
-from driftloop.registry import Registry
-from driftloop.report import DayRow, print_timeline, short, write_report
-from driftloop.scenarios import Scenario, load_scenario
-from driftloop.storage import LocalStore
+from driftloop.models.registry import Registry
 
 FIRST_DAY = dt.date(2026, 3, 2)
 NAMESPACE = "local"
@@ -133,8 +133,8 @@ class _Runner:
 
         model = self.scenario.name
         if self.in_process:
-            from driftloop.loop import run_loop
             from driftloop.rollout.local import LocalRolloutBackend
+            from driftloop.steps.loop import run_loop
 
             backend = LocalRolloutBackend(Path(self.store.root) / "rollout", model, NAMESPACE)
             now = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
@@ -157,7 +157,7 @@ class _Runner:
 
         Returns ``""`` when no canary is in flight, else the step (``"advance …x 50%"``).
         """
-        from driftloop.progressive import recorded_step
+        from driftloop.rollout.progressive import recorded_step
 
         model = self.scenario.name
         registry = Registry(self.store, model)
@@ -165,8 +165,8 @@ class _Runner:
             return ""
         run_id = f"{label}-{noon:%Y-%m-%dT%H%M}"
         if self.in_process:
-            from driftloop.loop import run_canary_analysis
             from driftloop.rollout.local import LocalRolloutBackend
+            from driftloop.steps.loop import run_canary_analysis
 
             backend = LocalRolloutBackend(Path(self.store.root) / "rollout", model, NAMESPACE)
             step = run_canary_analysis(self.store, self.scenario.schema, model, now=noon,

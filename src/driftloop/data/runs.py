@@ -11,7 +11,7 @@ from typing import Any
 
 from driftloop.clock import utc_now_iso
 from driftloop.serde import JsonResult, dumps
-from driftloop.storage import Store
+from driftloop.data.storage import Store
 
 __all__ = ["RunFailure", "record_failure", "record_result"]
 

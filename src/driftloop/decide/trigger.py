@@ -3,7 +3,7 @@
 The rules and the error each controls:
 
 * ``drift``: the drift report's decision (a test significant after correction AND an
-  effect size above its threshold, :mod:`driftloop.drift`). It has memory: after a
+  effect size above its threshold, :mod:`driftloop.decide.drift`). It has memory: after a
   drift-triggered challenger was not promoted, the same evidence does not fire again
   until the drift grew by ``drift_growth``, ``drift_refire_labels`` new labels arrived
   or ``drift_cooldown_days`` passed (the reason says which).
@@ -13,7 +13,7 @@ The rules and the error each controls:
   the champion's live accuracy on the last ``perf_window_days`` of labelled records
   credibly below its held-out baseline (one-sided two-proportion z-test), or a step up
   in its live error stream (every labelled row it served since its cutoff, in time
-  order; :func:`driftloop.changepoint.error_change_point`) -- the second compares live
+  order; :func:`driftloop.decide.changepoint.error_change_point`) -- the second compares live
   with live, so it is not limited by a small validation split.
 * ``label_volume``: new labels since the last training are at least ``min_new_labels``
   and would grow the training set by ``label_share`` (1.0: double it), and the last
@@ -37,8 +37,8 @@ from typing import Any, Protocol
 import pandas as pd
 from scipy.stats import norm
 
-from driftloop.changepoint import ChangePoint
 from driftloop.config import TriggerConfig
+from driftloop.decide.changepoint import ChangePoint
 from driftloop.serde import JsonResult
 
 PERFORMANCE = "performance"
@@ -373,7 +373,7 @@ def decide_retrain(
         new_label_accuracy: The champion's accuracy on the ``new_labels`` (the label-volume
             rule's loss test once the training set is at its cap).
         error_step: The step up found in the champion's live error stream by
-            :func:`driftloop.changepoint.error_change_point` at ``perf_alpha / 2``
+            :func:`driftloop.decide.changepoint.error_change_point` at ``perf_alpha / 2``
             (``None``: none found or not scanned).
         error_rows: How many labelled rows that scan looked at (0: not scanned; the
             baseline look then gets the whole ``perf_alpha``).

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from driftloop.schema import Schema, schema_from_dict
-from driftloop.storage import LocalStore
+from driftloop.data.schema import Schema, schema_from_dict
+from driftloop.data.storage import LocalStore
 
 SEGMENTS = ("north", "south", "east", "west")
 

@@ -137,10 +137,11 @@ def tweet_topic_pattern(name: str) -> re.Pattern[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m driftloop.datasets [--out data] [NAME ...]``: fetch and verify data sets."""
+    """``python -m driftloop.demo.datasets [--out data] [NAME ...]``: fetch and verify data sets."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m driftloop.datasets", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m driftloop.demo.datasets",
+                                     description=main.__doc__)
     parser.add_argument("--out", default="data", help="folder for the verified files")
     parser.add_argument("names", nargs="*", help=f"any of {', '.join(SOURCES)} (default: all)")
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Each KFP component (``driftloop.kfp.components``) resolves its artifact paths and calls
 exactly one ``*_step`` function here; the function does the work through
-:mod:`driftloop.loop`, records its typed result under ``runs/<run-id>/`` in the store and
+:mod:`driftloop.steps.loop`, records its typed result under ``runs/<run-id>/`` in the store and
 returns a typed outcome that knows its Markdown, JSON and metrics. Nothing here imports
 kfp, so every step is unit-tested as a plain function.
 
@@ -25,22 +25,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop import loop, progressive
 from driftloop.clock import logical_time, run_logical_time
 from driftloop.config import Config, DriftConfig, GateConfig, NotifyConfig, TriggerConfig
-from driftloop.drift import DriftReport
+from driftloop.data.ingest import IngestCounts, IngestError, IngestReport, IngestResult
+from driftloop.data.runs import record_failure, record_result
+from driftloop.data.schema import Schema, load_schema
+from driftloop.data.storage import Store, open_store
+from driftloop.decide.drift import DriftReport
+from driftloop.decide.gate import Verdict
+from driftloop.decide.trigger import RetrainDecision
 from driftloop.errors import DriftloopError
-from driftloop.evaluate import Verdict
-from driftloop.ingest import IngestCounts, IngestError, IngestReport, IngestResult
+from driftloop.models.registry import AliasState, Registry
+from driftloop.models.train import ModelMetadata, predict_frame
 from driftloop.notify import Delivery, Event, NullNotifier, make_notifier, notify_or_raise
-from driftloop.progressive import RolloutStep
-from driftloop.registry import AliasState, Registry
-from driftloop.runs import record_failure, record_result
-from driftloop.schema import Schema, load_schema
+from driftloop.rollout import progressive
+from driftloop.rollout.progressive import RolloutStep
 from driftloop.serde import JsonResult, dumps, loads
-from driftloop.storage import Store, open_store
-from driftloop.train import ModelMetadata, predict_frame
-from driftloop.trigger import RetrainDecision
+from driftloop.steps import loop
 
 TrainSummary = loop.TrainSummary
 
@@ -370,7 +371,7 @@ def analyse_canary_step(
 ) -> CanaryOutcome:
     """Judge the canary in progress on live traffic and advance, hold or roll it back.
 
-    Calls :func:`driftloop.progressive.step_canary`; records ``runs/<run-id>/rollout.json``
+    Calls :func:`driftloop.rollout.progressive.step_canary`; records ``runs/<run-id>/rollout.json``
     and ``.md`` when a canary was stepped. A re-run of the same run returns its recorded
     step and changes nothing.
 
@@ -718,7 +719,7 @@ def promote_step(
     """Start the challenger's canary when the verdict says promote.
 
     With a rollout backend and an InferenceService the challenger starts as a canary at
-    the first traffic step (:func:`driftloop.progressive.start_canary`; the first model is
+    the first traffic step (:func:`driftloop.rollout.progressive.start_canary`; the first model is
     deployed at 100% and promoted at once); later runs advance it. Without (``none`` or
     no ``isvc_name``) the champion alias moves at once. The announcement is
     :func:`notify_step`'s job (it runs first), so nothing is sent here. Records

@@ -30,9 +30,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from driftloop.config import TrainConfig
+from driftloop.data.schema import Schema
 from driftloop.errors import DriftloopError, SchemaError
-from driftloop.metrics import compute_metrics
-from driftloop.schema import Schema
+from driftloop.models.metrics import compute_metrics
 from driftloop.serde import JsonResult
 
 MIN_TRAIN_ROWS = 10

@@ -1,0 +1,1 @@
+"""The decision rules and their typed results: drift, trigger, gate, canary."""

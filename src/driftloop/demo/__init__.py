@@ -1,0 +1,1 @@
+"""The demos and what they need: scenarios, sample data, data sets, the report."""

@@ -1,0 +1,1 @@
+"""Models: training, scoring metrics and the versioned registry."""
