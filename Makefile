@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP) ## Create .venv and install the pinned dependencies (idempotent)
 
 data: $(STAMP) ## Fetch the real data sets (tweets, Elec2) from PyPI wheels into data/, sha256-verified
-	$(BIN)/python -m driftloop.datasets --out data
+	$(BIN)/python -m driftloop.demo.datasets --out data
 
 demo: $(STAMP) data ## Serve a model, replay real data as days, run the pipeline daily (SCENARIO=tweets|elec2|sample)
 	$(BIN)/driftloop demo --scenario $(SCENARIO) --out $(OUT)
