@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from driftloop.serving.sink import REQUEST_TYPE, RESPONSE_TYPE
+from driftloop.serving.sink_events import REQUEST_TYPE, RESPONSE_TYPE
 
 TIME = "2026-01-01T10:00:00Z"
 

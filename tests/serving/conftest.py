@@ -24,7 +24,8 @@ from driftloop.models.registry import Registry
 from driftloop.models.train import save_model_artifact, train_model
 from driftloop.serving.predictor import DriftloopModel
 from driftloop.serving.server import RunningServer, serve, start_app
-from driftloop.serving.sink import PayloadSink, create_app
+from driftloop.serving.sink import create_app
+from driftloop.serving.sink_pairing import PayloadSink
 
 MODEL = "sample"
 

@@ -20,13 +20,9 @@ import pytest
 from driftloop.data.ingest import ingest
 from driftloop.data.storage import LocalStore, Store
 from driftloop.demo.sample import sample_schema
-from driftloop.serving.sink import (
-    REQUEST_TYPE,
-    RESPONSE_TYPE,
-    PayloadSink,
-    SinkError,
-    parse_feedback,
-)
+from driftloop.serving.sink_bodies import SinkError, parse_feedback
+from driftloop.serving.sink_events import REQUEST_TYPE, RESPONSE_TYPE
+from driftloop.serving.sink_pairing import PayloadSink
 
 DAY = dt.date(2026, 1, 1)
 TIME = "2026-01-01T10:00:00.123456789Z"
