@@ -12,14 +12,10 @@ from sklearn.metrics import roc_auc_score
 
 from driftloop.config import GateConfig, TrainConfig
 from driftloop.data.schema import schema_from_dict
-from driftloop.decide.gate import (
-    EvaluationError,
-    Verdict,
-    compute_metrics,
-    evaluate_challenger,
-    paired_bootstrap_ci,
-)
-from driftloop.models.metrics import confusion_metrics
+from driftloop.decide.bootstrap import paired_bootstrap_ci
+from driftloop.decide.gate import EvaluationError, evaluate_challenger
+from driftloop.decide.verdict import Verdict
+from driftloop.models.metrics import compute_metrics, confusion_metrics
 from driftloop.models.train import train_model
 
 COLUMNS = [{"name": "x1", "kind": "numeric"}, {"name": "x2", "kind": "numeric"},

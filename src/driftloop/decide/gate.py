@@ -7,7 +7,8 @@ aligned to it (a class the model does not know has probability 0), so a model th
 lacks a class is scored on every row, and every bootstrap resample uses the same set
 for both models (see :mod:`driftloop.models.metrics`).
 
-Decision rules (every measured value and threshold is kept in the :class:`Verdict`):
+Decision rules (every measured value and threshold is kept in the
+:class:`~driftloop.decide.verdict.Verdict`):
 
 * ``improvement``: the primary metric improves by at least ``auto_threshold`` under
   ``improvement_rule``. The default, ``error_reduction``, is the share of the
@@ -20,11 +21,13 @@ Decision rules (every measured value and threshold is kept in the :class:`Verdic
   interval of challenger - champion > 0 (> ``auto_threshold`` with ``absolute``: the
   margin is judged on the interval).
 * ``latency`` (hard): the challenger's median per-row CPU time <= the allowance
-  (:func:`latency_allowance`: ``max(latency_ratio x champion, champion + 0.05 ms)``).
+  (:func:`~driftloop.decide.latency.latency_allowance`:
+  ``max(latency_ratio x champion, champion + 0.05 ms)``).
   Each row's time is the fastest of interleaved single-row calls measured with the
   calling thread's CPU clock (``time.thread_time_ns``), single-threaded, so time spent
   waiting for a core, the GIL or I/O while other work runs does not count; the median
-  over rows of these minima is the robust statistic compared (see :func:`measure_latency`).
+  over rows of these minima is the robust statistic compared (see
+  :func:`~driftloop.decide.latency.measure_latency`).
 * ``slices`` (hard): a slice fails only when the challenger is credibly worse on it by
   more than ``slice_tolerance``: the lower bound of the drop (champion - challenger on
   that slice's rows; a normal interval with the paired bootstrap's standard error,
@@ -43,443 +46,63 @@ above 0: 1.8-3.2% of the time for an equal one and <= 0.2% for one 2 points wors
 
 :func:`gate_decision` applies these rules to predictions and probabilities alone (no
 models, no latency measurement), so a simulation can run the very rules the gate uses.
+
+This module holds the rules and :func:`evaluate_challenger`, which scores both models and
+applies them. What they rest on lives beside it: the paired bootstrap in
+:mod:`driftloop.decide.bootstrap`, the latency measurement in
+:mod:`driftloop.decide.latency`, and the typed results with the verdict's Markdown in
+:mod:`driftloop.decide.verdict`.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 from driftloop.config import GateConfig
 from driftloop.data.schema import Schema
+from driftloop.decide.bootstrap import auc_replicates, codes, label_replicates, percentile_interval
+from driftloop.decide.latency import latency_rule, measure_latency
+from driftloop.decide.verdict import (
+    GateDecision,
+    ModelScore,
+    RuleResult,
+    SliceCheck,
+    Verdict,
+    fmt,
+    next_steps_for,
+)
 from driftloop.errors import DriftloopError
 from driftloop.models.metrics import (
     LABEL_METRICS,
     align_proba,
-    binary_auc,
     class_set,
     compute_metrics,
-    confusion_class_metrics,
-    confusion_metrics,
     per_class_metrics,
-    roc_auc,
 )
-from driftloop.models.train import feature_frame, predict_frame
-from driftloop.serde import JsonResult
+from driftloop.models.train import predict_frame
 
 __all__ = [
-    "LATENCY_FLOOR_MS",
     "EvaluationError",
-    "GateDecision",
-    "ModelScore",
-    "RuleResult",
-    "SliceCheck",
-    "Verdict",
-    "compute_metrics",
     "evaluate_challenger",
     "gate_decision",
     "improvement",
-    "latency_allowance",
-    "latency_rule",
-    "measure_latency",
     "min_judged_slice_size",
-    "paired_bootstrap_ci",
 ]
 
-# Sub-millisecond timing jitter must not reject a model: the challenger may always be
-# this much slower than the champion, whatever the ratio allows.
-LATENCY_FLOOR_MS = 0.05
-LATENCY_EXTRA_ROUNDS = 2
 MISSING_SLICE = "<missing>"
-# Per-class slice value of each label metric (see per_class_metrics).
-_CLASS_METRIC = {"accuracy": "recall", "recall_macro": "recall",
-                 "precision_macro": "precision", "f1_macro": "f1"}
 
 
 class EvaluationError(DriftloopError):
     """The eval set cannot score the models (no labelled rows, no label column)."""
 
-
-@dataclass
-class RuleResult:
-    """One gate rule: what was measured, against what, and the verdict in a sentence."""
-
-    name: str
-    passed: bool
-    measured: float | None
-    threshold: float | None
-    detail: str
-
-
-@dataclass
-class SliceCheck:
-    """How one slice was judged by the slice rule.
-
-    ``drop`` is champion - challenger on the slice (positive: the challenger is worse),
-    ``drop_low`` the lower bound of that drop at the Bonferroni level of the judged
-    slices (None when not judged); ``failed`` means credibly worse by more than the
-    tolerance (Holm step-down).
-    """
-
-    key: str
-    n: int
-    drop: float | None
-    drop_low: float | None
-    judged: bool
-    failed: bool
-
-
-@dataclass
-class ModelScore:
-    """One model's scores on the eval set.
-
-    Latency is per row, in milliseconds of the calling thread's CPU time: the model's
-    ``predict_proba`` on single-row frames (closer to serving than batch time / n),
-    the fastest of the repeats of each row, then the 50th/95th percentile over the
-    sampled rows (see :func:`measure_latency`). It excludes HTTP, payload decoding and
-    time spent waiting (for a core, the GIL, I/O).
-    ``slices`` maps ``column=value`` (or ``class=<true label>`` without a slice column)
-    to that slice's metrics and ``n``.
-    """
-
-    version: str
-    n: int
-    metrics: dict[str, float]
-    latency_p50_ms: float
-    latency_p95_ms: float
-    slices: dict[str, dict[str, float]]
-
-
-@dataclass
-class Verdict(JsonResult):
-    """The gate's decision with every rule behind it.
-
-    ``improvement_rel`` holds the improvement measured under ``improvement_rule``
-    (the name is kept for old readers; verdicts written before the rule existed used
-    ``relative``). ``labels`` is the class set both models were scored over,
-    ``next_steps`` the commands a person can run (shown in the Markdown).
-    """
-
-    decision: str
-    first_model: bool
-    reasons: list[str]
-    rules: list[RuleResult]
-    primary_metric: str
-    improvement_rel: float | None
-    ci_low: float | None
-    ci_high: float | None
-    champion: ModelScore | None
-    challenger: ModelScore
-    created_at: str
-    confidence: float = 0.95
-    improvement_rule: str = "relative"
-    labels: list[str] = field(default_factory=list)
-    slice_checks: list[SliceCheck] = field(default_factory=list)
-    next_steps: list[str] = field(default_factory=list)
-
-    def to_markdown(self) -> str:
-        """Render the verdict for the KFP UI / a notification."""
-        return _markdown(self)
-
-
-@dataclass
-class GateDecision:
-    """The gate's rules applied to predictions (see :func:`gate_decision`).
-
-    ``improvement`` is measured under the config's ``improvement_rule``; ``diff`` is
-    challenger - champion on the primary metric; ``labels`` the class set averaged over.
-    """
-
-    decision: str
-    reasons: list[str]
-    rules: list[RuleResult]
-    labels: list[str]
-    diff: float
-    improvement: float
-    ci_low: float
-    ci_high: float
-    champion_metrics: dict[str, float]
-    challenger_metrics: dict[str, float]
-    champion_slices: dict[str, dict[str, float]]
-    challenger_slices: dict[str, dict[str, float]]
-    slice_checks: list[SliceCheck]
-
-
-def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def _markdown(v: Verdict) -> str:
-    pm = v.primary_metric
-    lines = [f"## Verdict: {v.decision.upper()}", "", *[f"- {r}" for r in v.reasons], ""]
-    if v.next_steps:
-        lines += ["### What to do", "", *[f"- {s}" for s in v.next_steps], ""]
-    lines += ["| rule | passed | measured | threshold | detail |", "|---|---|---|---|---|"]
-    lines += [f"| {r.name} | {'yes' if r.passed else 'NO'} | {_fmt(r.measured)} | "
-              f"{_fmt(r.threshold)} | {r.detail} |" for r in v.rules]
-    scores = [s for s in (v.champion, v.challenger) if s is not None]
-    lines += ["", "| model | version | n | " + " | ".join(v.challenger.metrics)
-              + " | p50 ms | p95 ms |", "|---" * (len(v.challenger.metrics) + 5) + "|"]
-    for role, s in zip(("champion", "challenger")[-len(scores):], scores, strict=True):
-        cells = " | ".join(_fmt(s.metrics.get(m)) for m in v.challenger.metrics)
-        lines.append(f"| {role} | {s.version} | {s.n} | {cells} | {s.latency_p50_ms:.3f} | "
-                     f"{s.latency_p95_ms:.3f} |")
-    checks = {c.key: c for c in v.slice_checks}
-    lines += ["", f"| slice | n | champion {pm} | challenger {pm} | drop | drop lower bound "
-              "| judged |", "|---|---|---|---|---|---|---|"]
-    for key, vals in v.challenger.slices.items():
-        before = v.champion.slices.get(key, {}).get(pm) if v.champion else None
-        c = checks.get(key)
-        judged = "n/a" if c is None else ("FAILED" if c.failed else
-                                          "yes" if c.judged else "no (too few rows)")
-        lines.append(f"| {key} | {int(vals['n'])} | {_fmt(before)} | {_fmt(vals.get(pm))} | "
-                     f"{_fmt(c.drop if c else None, '+.4f')} | "
-                     f"{_fmt(c.drop_low if c else None, '+.4f')} | {judged} |")
-    if v.labels:
-        lines += ["", f"Class set: {', '.join(v.labels)}."]
-    return "\n".join(lines) + "\n"
-
-
-def _next_steps(decision: str, version: str, store: str | None, model: str | None,
-                ) -> list[str]:
-    where = f"--store {store or 'STORE'} --model {model or 'MODEL'}"
-    promote = f"`driftloop promote {version} {where}`"
-    if decision == "needs_approval":
-        return [f"approve: {promote} (starts a canary of {version})",
-                "reject: no action needed: the champion keeps serving"]
-    if decision == "promote":
-        return [f"the loop starts a canary of {version}; to stop it: "
-                f"`driftloop rollback {where}`"]
-    return ["no action needed: the champion keeps serving",
-            f"to ship {version} anyway (overriding the gate): {promote}"]
-
-
-# --- latency ---------------------------------------------------------------------------
-
-
-def _row_times(models: Sequence[Any], singles: list[pd.DataFrame], repeats: int) -> np.ndarray:
-    times = np.empty((len(models), repeats, len(singles)))
-    with threadpool_limits(limits=1):
-        for model in models:  # warm-up: first calls pay for lazy caches
-            model.predict_proba(singles[0])
-        for r in range(repeats):
-            for i, row in enumerate(singles):
-                order = range(len(models)) if (r + i) % 2 == 0 else range(len(models))[::-1]
-                for k in order:
-                    start = time.thread_time_ns()
-                    models[k].predict_proba(row)
-                    times[k, r, i] = (time.thread_time_ns() - start) / 1e6
-    return times.min(axis=1)
-
-
-def measure_latency(
-    models: Sequence[Any], df: pd.DataFrame, schema: Schema, *, rows: int, repeats: int,
-    seed: int, ratio: float | None = None,
-) -> list[tuple[float, float]]:
-    """Per-row ``(p50, p95)`` CPU time in ms of each model, measured interleaved.
-
-    Every model predicts the same sampled single-row frames; the models alternate
-    order row by row, so a burst of machine load hits them alike. A call is timed with
-    the calling thread's CPU clock (``time.thread_time_ns``), not the wall clock: time
-    the thread spends descheduled (other processes on the core, another thread holding
-    the GIL, I/O) is not the model's cost and does not count. A row's time is the
-    fastest of its calls (cache and frequency effects of other load only add time).
-    Calls run single-threaded (``threadpool_limits(1)``), as one request is served,
-    which also keeps the work on the timed thread.
-
-    With ``ratio`` and ``models == [challenger, champion]``, a challenger median above
-    :func:`latency_allowance` is re-measured (up to ``LATENCY_EXTRA_ROUNDS`` more rounds
-    of ``repeats``, each row keeping its fastest time) before it stands.
-    """
-    X = feature_frame(df, schema)
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(X), size=min(rows, len(X)), replace=False))
-    singles = [X.iloc[[i]] for i in pick]
-    times = _row_times(models, singles, repeats)
-    rounds = LATENCY_EXTRA_ROUNDS if ratio is not None and len(models) == 2 else 0
-    for _ in range(rounds):
-        if np.median(times[0]) <= latency_allowance(float(np.median(times[1])), ratio or 1.0):
-            break
-        times = np.minimum(times, _row_times(models, singles, repeats))
-    return [(float(np.percentile(t, 50)), float(np.percentile(t, 95))) for t in times]
-
-
-def latency_allowance(champion_ms: float, ratio: float) -> float:
-    """Largest acceptable challenger median: ``max(ratio x champion, champion + floor)``."""
-    return max(champion_ms * ratio, champion_ms + LATENCY_FLOOR_MS)
-
-
-def latency_rule(champion_p50_ms: float, challenger_p50_ms: float, ratio: float) -> RuleResult:
-    """The hard latency rule on the median per-row CPU times of the two models."""
-    allowed = latency_allowance(champion_p50_ms, ratio)
-    return RuleResult(
-        "latency", challenger_p50_ms <= allowed, challenger_p50_ms, allowed,
-        f"challenger median CPU time per row {challenger_p50_ms:.3f} ms vs allowed "
-        f"{allowed:.3f} ms (champion {champion_p50_ms:.3f} ms x {ratio:g}, at least "
-        f"+{LATENCY_FLOOR_MS} ms); thread CPU time, fastest of interleaved calls per row, "
-        "so other load on the machine does not count")
-
-
-# --- bootstrap -------------------------------------------------------------------------
-
-
-def _codes(values: Any, vocab: Sequence[str]) -> np.ndarray:
-    """Positions in ``vocab`` of ``values`` (every value must be in it)."""
-    names = np.asarray(vocab, dtype=str)
-    order = np.argsort(names)
-    return order[np.searchsorted(names[order], np.asarray(values, dtype=str))].astype(np.int64)
-
-
-@dataclass
-class _Replicates:
-    overall: np.ndarray  # (R,) challenger - champion
-    slices: np.ndarray  # (R, S) challenger - champion per slice (S may be 0)
-
-
-def _label_replicates(
-    t: np.ndarray, ca: np.ndarray, cb: np.ndarray, k: int, metric: str, avg: np.ndarray, *,
-    groups: np.ndarray | None, group_avg: Sequence[np.ndarray], class_idx: np.ndarray | None,
-    resamples: int, seed: int,
-) -> _Replicates:
-    """Label-metric differences on resampled rows, via stacked confusion matrices.
-
-    A resample draws ``n`` rows with replacement. Rows with the same (slice, truth,
-    champion's prediction, challenger's prediction) are interchangeable, so a resample
-    is fully described by how many rows it draws of each such category: a multinomial
-    draw (the same distribution as drawing row indices, in ``O(categories)`` instead of
-    ``O(n)``). Both models' confusion matrices, overall and per slice, come from the
-    same draw: the resamples are paired. Categories are ordered symmetrically in the
-    two models, so swapping champion and challenger mirrors every difference (exactly,
-    unless two mirrored categories have the same count).
-    """
-    n = t.size
-    n_groups = len(group_avg) if groups is not None else 0
-    g = groups if groups is not None else np.zeros(n, dtype=np.int64)
-    width = max(n_groups, 1)
-    cells = width * k * k
-    cell_a, cell_b = (g * k + t) * k + ca, (g * k + t) * k + cb
-    joint, freq = np.unique(cell_a * cells + cell_b, return_counts=True)
-    ja, jb = joint // cells, joint % cells
-    xa, xb = ja % k, jb % k
-    order = np.lexsort((xa > xb, freq, np.maximum(xa, xb), np.minimum(xa, xb), ja // k))
-    ja, jb, freq = ja[order], jb[order], freq[order]
-    n_cat = freq.size
-    to_a = np.zeros((n_cat, cells))
-    to_a[np.arange(n_cat), ja] = 1
-    to_b = np.zeros((n_cat, cells))
-    to_b[np.arange(n_cat), jb] = 1
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, freq / n, size=resamples).astype(float)
-    conf_a = (counts @ to_a).reshape(resamples, width, k, k)
-    conf_b = (counts @ to_b).reshape(resamples, width, k, k)
-    all_a, all_b = conf_a.sum(axis=1), conf_b.sum(axis=1)
-    overall = (confusion_metrics(all_b, labels=avg)[metric]
-               - confusion_metrics(all_a, labels=avg)[metric])
-    if groups is not None:
-        per = np.empty((resamples, n_groups))
-        for s, labels in enumerate(group_avg):
-            per[:, s] = (confusion_metrics(conf_b[:, s], labels=labels)[metric]
-                         - confusion_metrics(conf_a[:, s], labels=labels)[metric])
-    elif class_idx is not None:
-        key = _CLASS_METRIC[metric]
-        per = (confusion_class_metrics(all_b)[key][:, class_idx]
-               - confusion_class_metrics(all_a)[key][:, class_idx])
-    else:
-        per = np.empty((resamples, 0))
-    return _Replicates(overall, per)
-
-
-def _auc_replicates(
-    y: np.ndarray, pa: np.ndarray | None, pb: np.ndarray | None, vocab: Sequence[str],
-    labels: Sequence[str], *, groups: np.ndarray | None,
-    group_labels: Sequence[Sequence[str]], class_idx: np.ndarray | None,
-    resamples: int, seed: int,
-) -> _Replicates:
-    """ROC AUC differences on resampled rows (a loop: ranks do not vectorise)."""
-    n = y.size
-    rng = np.random.default_rng(seed)
-    n_cols = len(group_labels) if groups is not None else (
-        0 if class_idx is None else class_idx.size)
-    overall = np.full(resamples, np.nan)
-    per = np.full((resamples, n_cols), np.nan)
-    if pa is None or pb is None:
-        return _Replicates(overall, per)
-    for i in range(resamples):
-        idx = rng.integers(0, n, size=n)
-        yi, ai, bi = y[idx], pa[idx], pb[idx]
-        overall[i] = (roc_auc(yi, bi, vocab, labels=labels)
-                      - roc_auc(yi, ai, vocab, labels=labels))
-        if groups is not None:
-            gi = groups[idx]
-            for s, lab in enumerate(group_labels):
-                m = gi == s
-                per[i, s] = (roc_auc(yi[m], bi[m], vocab, labels=lab)
-                             - roc_auc(yi[m], ai[m], vocab, labels=lab))
-        elif class_idx is not None:
-            for j, c in enumerate(class_idx):
-                pos = yi == vocab[c]
-                per[i, j] = binary_auc(pos, bi[:, c]) - binary_auc(pos, ai[:, c])
-    return _Replicates(overall, per)
-
-
-def _interval(diffs: np.ndarray, confidence: float) -> tuple[float, float]:
-    if diffs.size == 0 or np.isnan(diffs).all():
-        return float("nan"), float("nan")
-    alpha = 1 - confidence
-    low, high = np.nanquantile(diffs, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
-def paired_bootstrap_ci(
-    y_true: Any, pred_champion: Any, pred_challenger: Any, metric: str, *,
-    proba_champion: np.ndarray | None = None, proba_challenger: np.ndarray | None = None,
-    classes_champion: Sequence[str] = (), classes_challenger: Sequence[str] = (),
-    resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-    labels: Sequence[str] | None = None,
-) -> tuple[float, float]:
-    """Percentile interval of ``metric(challenger) - metric(champion)``.
-
-    Both models are scored on the same resampled rows each time, over one fixed class
-    set: the macro averages and ROC AUC run over the classes of ``labels`` that occur
-    in ``y_true`` (default: the classes of ``y_true``), in every resample, for both
-    models; probabilities are aligned to the class set (unknown class: 0). Label
-    metrics are vectorised through stacked confusion matrices; ROC AUC loops over
-    resamples.
-    """
-    y = np.asarray(y_true, dtype=object).astype(str)
-    if y.size == 0:
-        return float("nan"), float("nan")
-    pa = np.asarray(pred_champion, dtype=object).astype(str)
-    pb = np.asarray(pred_challenger, dtype=object).astype(str)
-    vocab = class_set(labels, y, pa, pb, classes_champion, classes_challenger)
-    present = set(y)
-    avg = [c for c in vocab if c in present]
-    if metric in LABEL_METRICS:
-        reps = _label_replicates(
-            _codes(y, vocab), _codes(pa, vocab), _codes(pb, vocab), len(vocab), metric,
-            np.array([vocab.index(c) for c in avg]), groups=None, group_avg=(),
-            class_idx=None, resamples=resamples, seed=seed)
-    else:
-        qa = None if proba_champion is None else align_proba(
-            proba_champion, [str(c) for c in classes_champion], vocab)
-        qb = None if proba_challenger is None else align_proba(
-            proba_challenger, [str(c) for c in classes_challenger], vocab)
-        reps = _auc_replicates(y, qa, qb, vocab, avg, groups=None, group_labels=(),
-                               class_idx=None, resamples=resamples, seed=seed)
-    return _interval(reps.overall, confidence)
-
-
-# --- the rules -------------------------------------------------------------------------
 
 
 def improvement(before: float, after: float, rule: str) -> float:
@@ -615,14 +238,14 @@ def _score_rows(
 
 def _improvement_text(rule: str, before: float, after: float, value: float,
                       threshold: float, metric: str) -> str:
-    head = f"{metric} {_fmt(after)} vs champion {_fmt(before)}: "
+    head = f"{metric} {fmt(after)} vs champion {fmt(before)}: "
     if rule == "error_reduction":
-        return (head + f"the challenger removes {_fmt(value, '+.2%')} of the champion's "
+        return (head + f"the challenger removes {fmt(value, '+.2%')} of the champion's "
                 f"error (1 - {metric}); auto-promote needs >= {threshold:.2%}")
     if rule == "relative":
-        return head + (f"relative change {_fmt(value, '+.2%')} "
+        return head + (f"relative change {fmt(value, '+.2%')} "
                        f"(auto-promote needs >= {threshold:.2%})")
-    return head + (f"absolute change {_fmt(value, '+.4f')} "
+    return head + (f"absolute change {fmt(value, '+.4f')} "
                    f"(auto-promote needs >= {threshold:.4f})")
 
 
@@ -668,7 +291,7 @@ def gate_decision(
     if slices is not None:
         skeys = np.asarray(slices, dtype=object).astype(str)
         group_keys = sorted(set(skeys))
-        groups = _codes(skeys, group_keys)
+        groups = codes(skeys, group_keys)
         group_avg = [[c for c in vocab if c in set(y[groups == s])]
                      for s in range(len(group_keys))]
     m_a, s_a = _score_rows(y, pa, qa, vocab, avg, groups, group_keys, group_avg)
@@ -676,17 +299,17 @@ def gate_decision(
     class_idx = None if groups is not None else np.array(
         [vocab.index(k.removeprefix("class=")) for k in s_a], dtype=np.int64)
     if metric in LABEL_METRICS:
-        reps = _label_replicates(
-            _codes(y, vocab), _codes(pa, vocab), _codes(pb, vocab), len(vocab), metric,
+        reps = label_replicates(
+            codes(y, vocab), codes(pa, vocab), codes(pb, vocab), len(vocab), metric,
             np.array([vocab.index(c) for c in avg], dtype=np.int64), groups=groups,
             group_avg=[np.array([vocab.index(c) for c in g], dtype=np.int64)
                        for g in group_avg],
             class_idx=class_idx, resamples=config.bootstrap, seed=config.seed)
     else:
-        reps = _auc_replicates(y, qa, qb, vocab, avg, groups=groups, group_labels=group_avg,
+        reps = auc_replicates(y, qa, qb, vocab, avg, groups=groups, group_labels=group_avg,
                                class_idx=class_idx, resamples=config.bootstrap,
                                seed=config.seed)
-    low, high = _interval(reps.overall, config.confidence)
+    low, high = percentile_interval(reps.overall, config.confidence)
     before, after = m_a[metric], m_b[metric]
     diff = after - before
     value = improvement(before, after, config.improvement_rule)
@@ -703,7 +326,7 @@ def gate_decision(
                                      config.auto_threshold, metric)),
         RuleResult("confidence_interval", low > margin, low, margin,
                    f"{config.confidence:.0%} paired bootstrap interval of the {metric} "
-                   f"difference is [{_fmt(low, '+.4f')}, {_fmt(high, '+.4f')}] over "
+                   f"difference is [{fmt(low, '+.4f')}, {fmt(high, '+.4f')}] over "
                    f"{config.bootstrap} resamples (lower bound must be > {margin:g})"),
         *([latency] if latency is not None else []),
         slice_result,
@@ -779,7 +402,7 @@ def evaluate_challenger(
         groups, group_keys, group_avg = None, [], []
         if keys is not None:
             group_keys = sorted(set(keys))
-            groups = _codes(keys, group_keys)
+            groups = codes(keys, group_keys)
             group_avg = [[c for c in vocab if c in set(y[groups == s])]
                          for s in range(len(group_keys))]
         metrics, slices = _score_rows(y, pred_b, align_proba(proba_b, classes_b, vocab),
@@ -790,7 +413,7 @@ def evaluate_challenger(
                           "without comparison")
         return Verdict("promote", True, [rule.detail], [rule], metric, None, None, None,
                        None, score, stamp, config.confidence, config.improvement_rule, avg,
-                       [], _next_steps("promote", challenger_version, store, model))
+                       [], next_steps_for("promote", challenger_version, store, model))
     pred_a, proba_a = predict_frame(champion, df, schema)
     classes_a = [str(c) for c in champion.classes_]
     out = gate_decision(
@@ -804,4 +427,4 @@ def evaluate_challenger(
     return Verdict(out.decision, False, out.reasons, out.rules, metric, out.improvement,
                    out.ci_low, out.ci_high, champ, chall, stamp, config.confidence,
                    config.improvement_rule, out.labels, out.slice_checks,
-                   _next_steps(out.decision, challenger_version, store, model))
+                   next_steps_for(out.decision, challenger_version, store, model))
