@@ -608,7 +608,7 @@ def test_base_image_tag_is_the_package_version() -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_rollout_step_can_drive_the_inferenceservice(target: str) -> None:
     """The rollout backend's own checks accept the rendered object and read its state."""
-    rollout = pytest.importorskip("driftloop.rollout.base")
+    rollout = pytest.importorskip("driftloop.rollout.inference_service")
     docs = rendered(target)
     isvc, _ = one(docs, "InferenceService")
     assert isvc is not None

@@ -58,7 +58,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from driftloop.rollout.base import (
+from driftloop.rollout.inference_service import (
     API_VERSION,
     GROUP,
     KIND,

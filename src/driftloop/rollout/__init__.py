@@ -22,20 +22,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from driftloop.errors import ConfigError
-from driftloop.rollout.base import (
-    DEFAULT_TEMPLATE,
-    PREVIOUS_URI_ANNOTATION,
+from driftloop.rollout.base import RolloutBackend, version_storage_uri
+from driftloop.rollout.errors import (
     AlreadyExistsError,
     ConflictError,
     InferenceServiceNotFound,
-    RolloutBackend,
     RolloutError,
     RolloutRejected,
+    UnsupportedDeploymentMode,
+)
+from driftloop.rollout.inference_service import (
+    DEFAULT_TEMPLATE,
+    PREVIOUS_URI_ANNOTATION,
     ServiceState,
     TrafficTarget,
-    UnsupportedDeploymentMode,
     build_inference_service,
-    version_storage_uri,
 )
 
 __all__ = [

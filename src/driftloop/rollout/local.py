@@ -49,15 +49,17 @@ import yaml
 
 from driftloop.data.storage import LocalStore, open_store
 from driftloop.errors import DriftloopError, StoreError
-from driftloop.rollout.base import (
-    SERVERLESS,
-    TAG_ROUTING_ANNOTATION,
+from driftloop.rollout.base import RolloutBackend
+from driftloop.rollout.errors import (
     AlreadyExistsError,
     ConflictError,
     InferenceServiceNotFound,
-    RolloutBackend,
     RolloutError,
     RolloutRejected,
+)
+from driftloop.rollout.inference_service import (
+    SERVERLESS,
+    TAG_ROUTING_ANNOTATION,
     ServiceState,
     deployment_mode,
     merge_patch,
