@@ -56,7 +56,8 @@ from driftloop.config import DriftConfig
 from driftloop.data.schema import Schema, schema_from_dict
 from driftloop.decide.detectors import chi2_pooled, corrected_thresholds
 from driftloop.decide.distance import category_codes, pool, pool_rare_categories, psi
-from driftloop.decide.drift import build_reference_profile, detect_drift
+from driftloop.decide.drift import detect_drift
+from driftloop.decide.profile import build_reference_profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "drift_false_alarms"

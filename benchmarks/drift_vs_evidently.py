@@ -127,7 +127,8 @@ def worker(tool: str, n_rows: int, n_cols: int, seed: int) -> dict[str, Any]:
 
         from driftloop.config import DriftConfig
         from driftloop.data.schema import schema_from_dict
-        from driftloop.decide.drift import build_reference_profile, detect_drift
+        from driftloop.decide.drift import detect_drift
+        from driftloop.decide.profile import build_reference_profile
     else:
         from evidently import DataDefinition, Dataset, Report
         from evidently.presets import DataDriftPreset

@@ -13,13 +13,12 @@ from sklearn.pipeline import Pipeline
 from driftloop.config import DriftConfig, config_from_dict
 from driftloop.data.schema import schema_from_dict
 from driftloop.decide.detectors import TestInput, chi2_pooled, corrected_thresholds, run_tests
-from driftloop.decide.drift import (
+from driftloop.decide.drift import DriftReport, detect_drift
+from driftloop.decide.profile import (
     PROFILE_JSON,
     PROFILE_NPZ,
-    DriftReport,
     ReferenceProfile,
     build_reference_profile,
-    detect_drift,
     oov_rate,
     tokenize,
 )

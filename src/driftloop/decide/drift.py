@@ -1,7 +1,8 @@
 """The drift step: a reference profile per model version, and a drift report per run.
 
-The profile is built once when a model version is trained and stored beside it; every later
-run only loads it and compares the current window against it. Tests (in
+The profile is built once when a model version is trained and stored beside it
+(:mod:`driftloop.decide.profile`); every later run only loads it and compares the current
+window against it here (:func:`detect_drift`, which writes a :class:`DriftReport`). Tests (in
 :mod:`driftloop.decide.detectors`): KS per numeric feature, chi-squared per categorical
 feature (rare categories pooled into one ``other`` bucket first) and, for text models, KS
 on the model's predicted probabilities (black-box shift detection) plus an
@@ -20,11 +21,8 @@ category ``<missing>``.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
-from collections.abc import Iterable, Set
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,40 +33,30 @@ from driftloop.data.schema import Schema
 from driftloop.decide.detectors import TestInput, run_tests
 from driftloop.decide.distance import (
     category_codes,
-    category_shares,
     histogram_shares,
     js_distance,
     pool,
     pool_rare_categories,
     psi,
-    quantile_bin_edges,
     shares_of_codes,
     total_variation,
 )
-from driftloop.errors import DriftloopError, SchemaError, StoreError
+from driftloop.decide.profile import (
+    ReferenceProfile,
+    categorical_values,
+    numeric_values,
+    oov_rate,
+    proba_columns,
+    require_columns,
+    text_values,
+)
+
+# kept importable for steps/plan.py and tests/e2e/test_canary_flow.py (not used here)
+from driftloop.decide.profile import build_reference_profile as build_reference_profile
+from driftloop.errors import DriftloopError
 from driftloop.serde import JsonResult
 
-PROFILE_JSON = "drift_profile.json"
-PROFILE_NPZ = "drift_profile.npz"
-PROFILE_FORMAT = 1
-MISSING = "<missing>"
 _EFFECT_NAMES = {"psi": "PSI", "ks": "KS", "js": "JS"}
-_TOKEN = re.compile(r"\w+")
-
-
-def tokenize(text: Any) -> list[str]:
-    r"""Split text into lowercase ``\w+`` tokens (non-strings give no tokens)."""
-    return _TOKEN.findall(text.lower()) if isinstance(text, str) else []
-
-
-def oov_rate(texts: Iterable[Any], vocabulary: Set[str]) -> float:
-    """Share of the tokens of ``texts`` that are not in ``vocabulary`` (0 with no tokens)."""
-    total = unseen = 0
-    for text in texts:
-        tokens = tokenize(text)
-        total += len(tokens)
-        unseen += sum(tok not in vocabulary for tok in tokens)
-    return unseen / total if total else 0.0
 
 
 @dataclass
@@ -215,199 +203,6 @@ class DriftReport(JsonResult):
         return "\n".join(lines) + "\n"
 
 
-@dataclass(eq=False)
-class ReferenceProfile:
-    """What drift detection needs to know about a model version's reference data.
-
-    Built once per model version by :func:`build_reference_profile` and stored beside the
-    model. No detector is stored: :func:`detect_drift` tests the current window against the
-    sampled reference arrays held here (nothing is fitted).
-
-    Attributes:
-        model_version: Model version the profile belongs to.
-        model_kind: ``text`` or ``tabular``.
-        numeric: Numeric feature names.
-        categorical: Categorical feature names.
-        text: Text feature names.
-        n_rows: Rows of the reference the profile was built from.
-        n_sample: Rows kept in the sampled arrays (at most ``max_reference_rows``).
-        bins: Requested number of quantile bins.
-        seed: Seed of the sampling.
-        created_at: ISO timestamp of the build.
-        numeric_sample: Sampled values per numeric feature (NaN kept).
-        bin_edges: Quantile bin edges per numeric feature (from the full reference).
-        numeric_shares: Reference share per bin per numeric feature.
-        categories: Sorted reference categories per categorical feature.
-        categorical_sample: Sampled category codes per categorical feature.
-        categorical_shares: Reference share per category (plus ``unseen``) per feature.
-        classes: Model classes (text only).
-        reference_proba: Predicted probabilities on the sample, ``(n_sample, n_classes)``.
-        proba_edges: Bin edges per tested probability column (see :func:`proba_columns`).
-        proba_shares: Reference shares per tested probability column.
-        vocabulary: Tokens of one half of the sampled reference text.
-        oov_rate_reference: OOV rate of the other half against ``vocabulary``.
-    """
-
-    model_version: str
-    model_kind: str
-    numeric: list[str]
-    categorical: list[str]
-    text: list[str]
-    n_rows: int
-    n_sample: int
-    bins: int
-    seed: int
-    created_at: str
-    numeric_sample: dict[str, np.ndarray] = field(default_factory=dict)
-    bin_edges: dict[str, np.ndarray] = field(default_factory=dict)
-    numeric_shares: dict[str, np.ndarray] = field(default_factory=dict)
-    categories: dict[str, list[str]] = field(default_factory=dict)
-    categorical_sample: dict[str, np.ndarray] = field(default_factory=dict)
-    categorical_shares: dict[str, np.ndarray] = field(default_factory=dict)
-    classes: list[str] = field(default_factory=list)
-    reference_proba: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
-    proba_edges: list[np.ndarray] = field(default_factory=list)
-    proba_shares: list[np.ndarray] = field(default_factory=list)
-    vocabulary: list[str] = field(default_factory=list)
-    oov_rate_reference: float | None = None
-
-    _ARRAYS = ("numeric_sample", "bin_edges", "numeric_shares", "categorical_sample",
-               "categorical_shares")
-
-    def save(self, folder: Path) -> list[Path]:
-        """Write ``drift_profile.json`` and ``drift_profile.npz`` (no pickle) into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {"reference_proba": self.reference_proba}
-        for attr in self._ARRAYS:
-            names = self.numeric if attr.startswith(("numeric", "bin")) else self.categorical
-            mapping: dict[str, np.ndarray] = getattr(self, attr)
-            arrays.update({f"{attr}_{i}": mapping[n] for i, n in enumerate(names)})
-        for i, (edges, shares) in enumerate(zip(self.proba_edges, self.proba_shares,
-                                                strict=True)):
-            arrays[f"proba_edges_{i}"], arrays[f"proba_shares_{i}"] = edges, shares
-        meta = {
-            "format": PROFILE_FORMAT,
-            **{k: getattr(self, k) for k in (
-                "model_version", "model_kind", "numeric", "categorical", "text", "n_rows",
-                "n_sample", "bins", "seed", "created_at", "categories", "classes",
-                "vocabulary", "oov_rate_reference")},
-            "n_proba_columns": len(self.proba_edges),
-        }
-        json_path, npz_path = folder / PROFILE_JSON, folder / PROFILE_NPZ
-        with npz_path.open("wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        json_path.write_text(json.dumps(meta, indent=1) + "\n")
-        return [json_path, npz_path]
-
-    @classmethod
-    def load(cls, folder: Path) -> ReferenceProfile:
-        """Read a profile written by :meth:`save`."""
-        json_path, npz_path = Path(folder) / PROFILE_JSON, Path(folder) / PROFILE_NPZ
-        if not json_path.is_file() or not npz_path.is_file():
-            raise StoreError(f"{folder}: no drift profile ({PROFILE_JSON} and {PROFILE_NPZ})")
-        try:
-            meta = json.loads(json_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{json_path}: not valid JSON ({exc.msg})") from exc
-        if meta.get("format") != PROFILE_FORMAT:
-            raise StoreError(f"{json_path}: format {meta.get('format')!r} is not "
-                             f"{PROFILE_FORMAT}")
-        n_proba = meta.pop("n_proba_columns")
-        meta.pop("format")
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        prof = cls(**meta, reference_proba=arrays["reference_proba"],
-                   proba_edges=[arrays[f"proba_edges_{i}"] for i in range(n_proba)],
-                   proba_shares=[arrays[f"proba_shares_{i}"] for i in range(n_proba)])
-        for attr in cls._ARRAYS:
-            names = prof.numeric if attr.startswith(("numeric", "bin")) else prof.categorical
-            setattr(prof, attr, {n: arrays[f"{attr}_{i}"] for i, n in enumerate(names)})
-        return prof
-
-
-def proba_columns(classes: list[str]) -> list[int]:
-    """Probability columns that are tested: one for binary models (the other is redundant)."""
-    return [1] if len(classes) == 2 else list(range(len(classes)))
-
-
-def build_reference_profile(
-    reference: pd.DataFrame,
-    schema: Schema,
-    config: DriftConfig,
-    *,
-    model_version: str,
-    model: Any | None = None,
-) -> ReferenceProfile:
-    """Profile the reference data of a model version for later drift runs.
-
-    Args:
-        reference: Reference records (typically the model's training data).
-        schema: The records' schema.
-        config: Drift settings (``bins``, ``max_reference_rows``, ``seed``).
-        model_version: Version of the model the profile belongs to.
-        model: The fitted model; required for text schemas (its ``predict_proba`` on the
-            reference sample is the baseline of the black-box shift test).
-
-    Returns:
-        The profile; persist it with :meth:`ReferenceProfile.save`.
-
-    Raises:
-        DriftloopError: No reference rows, a missing feature column, or no model for text.
-    """
-    _require_columns(reference, schema, "reference data")
-    if reference.empty:
-        raise DriftloopError("reference data: no rows; a drift profile needs at least one")
-    if schema.model_kind == "text" and model is None:
-        raise DriftloopError("drift profile: a text schema needs the model "
-                             "(its predicted probabilities are the reference)")
-    rng = np.random.default_rng(config.seed)
-    n_rows = len(reference)
-    idx = np.arange(n_rows)
-    if n_rows > config.max_reference_rows:
-        idx = np.sort(rng.choice(n_rows, size=config.max_reference_rows, replace=False))
-    sample = reference.iloc[idx].reset_index(drop=True)
-    prof = ReferenceProfile(
-        model_version=model_version, model_kind=schema.model_kind,
-        numeric=schema.names_of("numeric"), categorical=schema.names_of("categorical"),
-        text=schema.names_of("text"), n_rows=n_rows, n_sample=len(sample),
-        bins=config.bins, seed=config.seed, created_at=_now(None),
-    )
-    for name in prof.numeric:
-        full = _numeric(reference[name])
-        prof.bin_edges[name] = quantile_bin_edges(full, config.bins)
-        prof.numeric_shares[name] = histogram_shares(full, prof.bin_edges[name])
-        prof.numeric_sample[name] = _numeric(sample[name])
-    for name in prof.categorical:
-        full_values = _categorical(reference[name])
-        prof.categories[name] = sorted(set(full_values.tolist()))
-        prof.categorical_shares[name] = category_shares(full_values, prof.categories[name])
-        prof.categorical_sample[name] = category_codes(_categorical(sample[name]),
-                                                       prof.categories[name])
-    if prof.text:
-        _profile_text(prof, sample, schema, model, rng)
-    return prof
-
-
-def _profile_text(prof: ReferenceProfile, sample: pd.DataFrame, schema: Schema, model: Any,
-                  rng: np.random.Generator) -> None:
-    prof.classes = [str(c) for c in model.classes_]
-    prof.reference_proba = np.asarray(model.predict_proba(sample[schema.feature_names]),
-                                      dtype=np.float64)
-    for col in proba_columns(prof.classes):
-        edges = quantile_bin_edges(prof.reference_proba[:, col], prof.bins)
-        prof.proba_edges.append(edges)
-        prof.proba_shares.append(histogram_shares(prof.reference_proba[:, col], edges))
-    # Vocabulary from one half, baseline OOV on the other: on its own vocabulary the
-    # reference would score exactly 0 and any new text would look like drift.
-    order = rng.permutation(len(sample))
-    half = (len(sample) + 1) // 2
-    vocab_rows, held_rows = sample.iloc[order[:half]], sample.iloc[order[half:]]
-    prof.vocabulary = sorted({tok for text in _texts(vocab_rows, prof.text)
-                              for tok in tokenize(text)})
-    prof.oov_rate_reference = oov_rate(_texts(held_rows, prof.text), set(prof.vocabulary))
-
-
 def detect_drift(
     profile: ReferenceProfile,
     current: pd.DataFrame,
@@ -446,7 +241,7 @@ def detect_drift(
         report.reasons.append(f"only {len(current)} current rows, need at least "
                               f"{config.min_samples} (drift.min_samples)")
         return report
-    _require_columns(current, schema, "current data")
+    require_columns(current, schema, "current data")
     cols = _tabular_columns(profile, current, config)
     if profile.text:
         cols += _proba_columns(profile, current, schema, model)
@@ -504,7 +299,7 @@ def _tabular_columns(profile: ReferenceProfile, current: pd.DataFrame,
                      config: DriftConfig) -> list[_Column]:
     cols = []
     for name in profile.numeric:
-        values = _numeric(current[name])
+        values = numeric_values(current[name])
         sample = profile.numeric_sample[name]
         ref_shares = profile.numeric_shares[name]
         cur_shares = histogram_shares(values, profile.bin_edges[name])
@@ -514,7 +309,7 @@ def _tabular_columns(profile: ReferenceProfile, current: pd.DataFrame,
             _with_missing(cur_shares, values)))
     for name in profile.categorical:
         cats = profile.categories[name]
-        codes = category_codes(_categorical(current[name]), cats)
+        codes = category_codes(categorical_values(current[name]), cats)
         ref_codes = profile.categorical_sample[name]
         ref_counts = np.bincount(ref_codes[ref_codes >= 0], minlength=len(cats) + 1)
         cur_counts = np.bincount(codes[codes >= 0], minlength=len(cats) + 1)
@@ -574,7 +369,7 @@ def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Sch
 def _oov_feature(report: DriftReport, profile: ReferenceProfile, current: pd.DataFrame,
                  config: DriftConfig) -> FeatureDrift:
     base = profile.oov_rate_reference or 0.0
-    rate = oov_rate(_texts(current, profile.text), set(profile.vocabulary))
+    rate = oov_rate(text_values(current, profile.text), set(profile.vocabulary))
     report.oov_rate_reference, report.oov_rate_current = base, rate
     increase = rate - base
     drifted = increase > config.oov_threshold
@@ -638,29 +433,9 @@ def _check_profile(profile: ReferenceProfile, schema: Schema) -> None:
                 f"{getattr(profile, kind)} but the schema declares {schema.names_of(kind)}")
 
 
-def _require_columns(frame: pd.DataFrame, schema: Schema, what: str) -> None:
-    missing = [n for n in schema.feature_names if n not in frame.columns]
-    if missing:
-        raise SchemaError(f"{what}: missing feature columns {missing} (schema {schema.name})")
-
-
-def _numeric(series: pd.Series) -> np.ndarray:
-    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-
-
 def _nan_high(values: np.ndarray) -> np.ndarray:
     # KS needs a value for every row; +inf sorts above all, so missingness shifts the CDF.
     return np.where(np.isnan(values), np.inf, values)
-
-
-def _categorical(series: pd.Series) -> np.ndarray:
-    values = series.astype(object)
-    return values.where(values.notna(), MISSING).astype(str).to_numpy(dtype=object)
-
-
-def _texts(frame: pd.DataFrame, columns: list[str]) -> Iterable[Any]:
-    for name in columns:
-        yield from frame[name]
 
 
 def _finite(value: float) -> float | None:
