@@ -396,7 +396,7 @@ def stage_times(model: Any, bodies: list[bytes]) -> list[tuple[str, float]]:
     """p50 of each stage of the in-process V1 path, each timed alone over ``bodies``."""
     import orjson
 
-    from driftloop.serving import predictor as p
+    from driftloop.serving import predictor_inputs as p
 
     decoded = [orjson.loads(b) for b in bodies]
     schema = model.loaded.schema

@@ -21,7 +21,9 @@ from driftloop.data.schema import Schema, schema_from_dict
 from driftloop.models.train import feature_frame, predict_frame, save_model_artifact, train_model
 from driftloop.serving import clean_argv
 from driftloop.serving import predictor as p
-from driftloop.serving.predictor import DriftloopModel, parse_v1, parse_v2
+from driftloop.serving.predictor import DriftloopModel
+from driftloop.serving.predictor_inputs import check_value, parse_v1, parse_v2
+from driftloop.serving.predictor_loading import load_from_folder
 
 with clean_argv():
     from kserve.protocol.infer_type import InferRequest
@@ -214,12 +216,12 @@ def test_a_downloaded_folder_with_edited_metadata_is_refused(tmp_path: Path):
     registry = Registry(LocalStore(tmp_path / "store", create=True), "edited")
     registry.register(tmp_path / "art")
     folder = registry.download("v1", tmp_path / "copy")
-    assert p.load_from_folder(folder).metadata["version"] == "v1"
+    assert load_from_folder(folder).metadata["version"] == "v1"
     meta = json.loads((folder / "metadata.json").read_text())
     meta["schema"]["columns"][0]["max"] = 1e9
     (folder / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(IntegrityError, match="metadata"):
-        p.load_from_folder(folder)
+        load_from_folder(folder)
 
 
 def test_check_value_mirrors_ingest_for_booleans_and_allowed_infinities():
@@ -228,8 +230,8 @@ def test_check_value_mirrors_ingest_for_booleans_and_allowed_infinities():
         {"name": "x", "kind": "numeric", "allow_infinite": True},
         {"name": "y", "kind": "numeric"}]})
     b, x, y = flag.columns
-    assert p.check_value(b, True) == ("true", None)
-    assert p.check_value(b, "FALSE") == ("false", None)
-    assert p.check_value(b, 1)[1] == "expected a boolean, got number 1"
-    assert p.check_value(x, float("inf")) == (float("inf"), None)
-    assert p.check_value(y, float("inf"))[1] == "expected a finite number, got inf"
+    assert check_value(b, True) == ("true", None)
+    assert check_value(b, "FALSE") == ("false", None)
+    assert check_value(b, 1)[1] == "expected a boolean, got number 1"
+    assert check_value(x, float("inf")) == (float("inf"), None)
+    assert check_value(y, float("inf"))[1] == "expected a finite number, got inf"

@@ -1,0 +1,116 @@
+"""Loading the predictor's model: verify the bytes against ``metadata.json``, then unpickle.
+
+The predictor serves either a local folder (``model.joblib`` + ``metadata.json``, the layout
+KServe's storage initializer puts in ``/mnt/models``) or a registry version. Both paths end
+in a :class:`LoadedModel`: a classifier, its metadata and the schema its inputs are checked
+against. This is its own module because it is the one place where pickled bytes are
+trusted, and only once they match the recorded ``model_sha256`` (and the metadata its own
+digest, when one was recorded); answering requests needs none of it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from driftloop.data.schema import Schema, schema_from_dict
+from driftloop.data.storage import open_store
+from driftloop.errors import StoreError
+from driftloop.models.registry import (
+    ALIASES,
+    METADATA_FILE,
+    MODEL_FILE,
+    Registry,
+    RegistryError,
+    _parse_metadata,
+    _verify,
+    sha256_bytes,
+    verify_metadata,
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified, unpickled model with its metadata."""
+
+    model: Any
+    metadata: dict[str, Any]
+    schema: Schema
+    version: str
+    classes: list[str]
+    source: str
+
+
+def _schema_of(meta: dict[str, Any], where: str) -> Schema:
+    raw = meta.get("schema")
+    if not isinstance(raw, dict):
+        raise StoreError(f"{where}: metadata.json has no 'schema' object to validate input with")
+    return schema_from_dict(raw, source=f"{where} schema")
+
+
+def _finish(model: Any, meta: dict[str, Any], schema: Schema, where: str,
+            version: str | None) -> LoadedModel:
+    if not hasattr(model, "predict_proba") or not hasattr(model, "classes_"):
+        raise StoreError(f"{where}: the model has no predict_proba/classes_ (not a classifier)")
+    return LoadedModel(
+        model=model,
+        metadata=meta,
+        schema=schema,
+        version=str(version or meta.get("version") or "unknown"),
+        classes=[str(c) for c in model.classes_],
+        source=where,
+    )
+
+
+def load_from_folder(folder: str | Path) -> LoadedModel:
+    """Load ``folder/model.joblib`` after checking it against ``folder/metadata.json``.
+
+    The bytes are read once, hashed with the registry's code and unpickled from memory,
+    so the bytes verified are exactly the bytes loaded.
+
+    Raises:
+        IntegrityError: The hash does not match (nothing was unpickled).
+        StoreError: A file is missing or metadata.json is not valid.
+    """
+    folder = Path(folder)
+    meta_path, model_path = folder / METADATA_FILE, folder / MODEL_FILE
+    try:
+        meta = _parse_metadata(meta_path.read_bytes(), str(meta_path))
+        data = model_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise StoreError(f"{exc.filename}: file does not exist") from None
+    # KServe's storage initializer copied the folder: check what the registry recorded
+    verify_metadata(meta, str(meta_path))
+    schema = _schema_of(meta, str(folder))  # a broken schema fails before any unpickling
+    _verify(str(model_path), meta.get("model_sha256"), sha256_bytes(data))
+    return _finish(joblib.load(io.BytesIO(data)), meta, schema, str(folder), None)
+
+
+def load_from_registry(store_uri: str, model_name: str, version: str | None) -> LoadedModel:
+    """Load a registered version (or alias: champion, canary, previous; None = champion).
+
+    Raises:
+        IntegrityError: The stored model does not match its ``model_sha256``.
+        RegistryError: No such version, or the alias points nowhere.
+    """
+    registry = Registry(open_store(store_uri), model_name)
+    resolved = version
+    if version is None or (version in ALIASES and not registry.has_version(version)):
+        alias = version or "champion"
+        resolved = getattr(registry.aliases(), alias)
+        if resolved is None:
+            where = registry.store.url(registry.prefix)
+            raise RegistryError(f"{where}: alias {alias!r} is not set")
+    assert resolved is not None
+    meta = registry.metadata(resolved)
+    where = registry.store.url(f"{registry.prefix}/{resolved}")
+    schema = _schema_of(meta, where)
+    model = registry.load_model(resolved)  # verifies the sha256 before unpickling
+    return _finish(model, meta, schema, where, resolved)
+
+
+__all__ = ["LoadedModel", "load_from_folder", "load_from_registry"]
