@@ -17,7 +17,8 @@ import pytest
 
 from driftloop.errors import ConfigError, DriftloopError
 from driftloop.kfp import cluster
-from driftloop.kfp.cluster import ClusterError
+from driftloop.kfp.client import ClusterError, make_client
+from driftloop.kfp.cron import kfp_cron
 from standins.kfp_api import KfpApiStandIn, RecordedRequest, running
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def package_with_required(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def client_for(api: KfpApiStandIn, **kwargs: Any) -> Any:
-    client = cluster.make_client(api.url, **kwargs)
+    client = make_client(api.url, **kwargs)
     api.requests.clear()  # the handshake is tested on its own
     return client
 
@@ -112,7 +113,7 @@ def free_port() -> int:
 
 
 def test_make_client_probes_healthz_and_sends_the_token(api: KfpApiStandIn) -> None:
-    cluster.make_client(api.url, existing_token="s3cret")
+    make_client(api.url, existing_token="s3cret")
 
     # our probe, then kfp.Client's own multi-user check
     assert describe(api.requests) == ["GET /apis/v2beta1/healthz 200"] * 2
@@ -120,7 +121,7 @@ def test_make_client_probes_healthz_and_sends_the_token(api: KfpApiStandIn) -> N
 
 
 def test_make_client_with_namespace_skips_the_multi_user_check(api: KfpApiStandIn) -> None:
-    client = cluster.make_client(api.url, namespace="team-a")
+    client = make_client(api.url, namespace="team-a")
 
     assert describe(api.requests) == ["GET /apis/v2beta1/healthz 200"]
     assert client.get_user_namespace() == "team-a"
@@ -128,7 +129,7 @@ def test_make_client_with_namespace_skips_the_multi_user_check(api: KfpApiStandI
 
 def test_make_client_unreachable_host_is_one_line() -> None:
     with pytest.raises(ClusterError) as info:
-        cluster.make_client(f"http://127.0.0.1:{free_port()}")
+        make_client(f"http://127.0.0.1:{free_port()}")
 
     message = str(info.value)
     assert "\n" not in message
@@ -140,7 +141,7 @@ def test_make_client_server_error_fails_at_once_with_status(api: KfpApiStandIn) 
     api.fail("GET", r"/healthz$", status=503, code=14, message="upstream connect error")
 
     with pytest.raises(ClusterError) as info:
-        cluster.make_client(api.url)
+        make_client(api.url)
 
     assert str(info.value) == (
         f"KFP connect to {api.url} failed: HTTP 503 Service Unavailable: upstream connect error"
@@ -151,7 +152,7 @@ def test_make_client_server_error_fails_at_once_with_status(api: KfpApiStandIn) 
 @pytest.mark.parametrize("host", ["", "   ", "ftp://example.com"])
 def test_make_client_rejects_bad_host(host: str) -> None:
     with pytest.raises(ClusterError, match="--host"):
-        cluster.make_client(host)
+        make_client(host)
 
 
 # ----------------------------------------------------------------------------- submit
@@ -509,7 +510,7 @@ def test_schedule_lists_every_page_of_same_named_schedules(
     ],
 )
 def test_kfp_cron_converts_standard_cron(expression: str, expected: str) -> None:
-    assert cluster.kfp_cron(expression) == expected
+    assert kfp_cron(expression) == expected
 
 
 @pytest.mark.parametrize(

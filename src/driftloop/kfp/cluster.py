@@ -1,8 +1,11 @@
 """Submit the compiled pipeline to a Kubeflow Pipelines backend and keep a recurring schedule.
 
-Everything here talks to the KFP v2beta1 REST API through ``kfp.Client`` (kfp 2.17). Each
-function fails with a one-line :class:`ClusterError` naming the operation, the HTTP status and
-the server's own message, so the CLI can print it as is.
+Everything here talks to the KFP v2beta1 REST API through ``kfp.Client`` (kfp 2.17), connected
+by :func:`driftloop.kfp.client.make_client`. Each function fails with a one-line
+:class:`~driftloop.kfp.client.ClusterError` naming the operation, the HTTP status and the
+server's own message, so the CLI can print it as is. Run arguments are checked against the
+parameters the compiled package declares (:func:`check_params`) and the cron expression is
+converted to KFP's 6-field form (:func:`driftloop.kfp.cron.kfp_cron`) before any request.
 
 Replacing a schedule (:func:`schedule` called again with the same name) never leaves a moment
 without one and never stops a run in flight:
@@ -29,19 +32,21 @@ run in flight, the new one may start another, so two runs can overlap during a r
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from driftloop.errors import ConfigError, DriftloopError
+from driftloop.errors import ConfigError
+from driftloop.kfp.client import ClusterError, api_call, one_line
+
+# kept importable for notebooks/submit_pipeline.ipynb, which calls cluster.make_client
+from driftloop.kfp.client import make_client as make_client
+from driftloop.kfp.cron import kfp_cron
 
 if TYPE_CHECKING:
     import kfp
@@ -55,200 +60,7 @@ FINAL_RUN_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
 MAX_CONCURRENCY_RANGE = (1, 10)
 
 _PAGE_SIZE = 100
-_MESSAGE_LIMIT = 400
 _PACKAGE_SUFFIXES = (".yaml", ".yml")
-
-
-class ClusterError(DriftloopError):
-    """A request to the Kubeflow Pipelines API failed or its answer was unusable.
-
-    Attributes:
-        status: The HTTP status of the failed request, or None when there was no HTTP answer.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _server_message(body: object) -> str:
-    """Return the server's message from an error body (grpc-gateway v1 or v2 shape)."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", errors="replace")
-    if not isinstance(body, str) or not body.strip():
-        return ""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return _one_line(body)
-    if isinstance(data, dict):
-        for key in ("message", "error"):
-            value = data.get(key)
-            if isinstance(value, str) and value.strip():
-                return _one_line(value)
-    return _one_line(body)
-
-
-def _as_cluster_error(operation: str, exc: BaseException) -> ClusterError:
-    import kfp_server_api
-    import urllib3
-
-    if isinstance(exc, kfp_server_api.ApiException):
-        status = int(exc.status or 0)
-        reason = str(exc.reason or "").strip()
-        message = _server_message(getattr(exc, "body", None))
-        if status == 0:  # no HTTP answer (TLS failure, unusable request)
-            return ClusterError(f"KFP {operation} failed: {_one_line(reason or message)}")
-        detail = f": {message}" if message and message != reason else ""
-        return ClusterError(
-            f"KFP {operation} failed: HTTP {status} {reason}{detail}".rstrip(), status=status
-        )
-    if isinstance(exc, urllib3.exceptions.HTTPError):
-        cause = getattr(exc, "reason", None) or exc
-        return ClusterError(
-            f"KFP {operation} failed: cannot reach the server: {_one_line(str(cause))}"
-        )
-    return ClusterError(f"KFP {operation} failed: {_one_line(str(exc))}")
-
-
-@contextlib.contextmanager
-def _api_call(operation: str) -> Iterator[None]:
-    """Turn what ``kfp.Client`` raises for a failed request into one :class:`ClusterError`.
-
-    What the client prints (links to the KFP UI) goes to the log at INFO level instead.
-    """
-    import kfp_server_api
-    import urllib3
-
-    # kfp.Client prints "Experiment details: URL" / "Run details: URL"; keep stdout for results.
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            yield
-    except ClusterError:
-        raise
-    except (
-        kfp_server_api.ApiException,
-        urllib3.exceptions.HTTPError,
-        ValueError,
-        TimeoutError,
-    ) as exc:
-        raise _as_cluster_error(operation, exc) from exc
-    finally:
-        for line in printed.getvalue().splitlines():
-            logger.info("%s", line)
-
-
-# --------------------------------------------------------------------------- cron
-
-_CRON_DESCRIPTORS = {
-    "@yearly": "0 0 0 1 1 *",
-    "@annually": "0 0 0 1 1 *",
-    "@monthly": "0 0 0 1 * *",
-    "@weekly": "0 0 0 * * 0",
-    "@daily": "0 0 0 * * *",
-    "@midnight": "0 0 0 * * *",
-    "@hourly": "0 0 * * * *",
-}
-_MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-_MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, 1)}
-_DAYS = {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
-
-
-@dataclass(frozen=True)
-class _CronField:
-    name: str
-    low: int
-    high: int
-    names: Mapping[str, int] | None = None
-    question_mark: bool = False
-
-    def rule(self) -> str:
-        extra = ", JAN-DEC" if self.names is _MONTHS else ", SUN-SAT" if self.names is _DAYS else ""
-        q = ", '?'" if self.question_mark else ""
-        return f"{self.low}-{self.high}{extra}, '*'{q}, lists a,b, ranges a-b, steps */n or a-b/n"
-
-
-_CRON_FIELDS = (
-    _CronField("seconds", 0, 59),
-    _CronField("minute", 0, 59),
-    _CronField("hour", 0, 23),
-    _CronField("day-of-month", 1, 31, question_mark=True),
-    _CronField("month", 1, 12, names=_MONTHS),
-    _CronField("day-of-week", 0, 6, names=_DAYS, question_mark=True),
-)
-
-
-def _cron_value(text: str, spec: _CronField) -> int | None:
-    if text.isdigit():
-        value = int(text)
-    elif spec.names is not None and text.upper() in spec.names:
-        value = spec.names[text.upper()]
-    else:
-        return None
-    return value if spec.low <= value <= spec.high else None
-
-
-def _cron_term_ok(term: str, spec: _CronField) -> bool:
-    base, slash, step = term.partition("/")
-    if slash and (not step.isdigit() or int(step) < 1):
-        return False
-    if base in ("*", "?"):
-        return base == "*" or (spec.question_mark and not slash)
-    low_text, dash, high_text = base.partition("-")
-    low = _cron_value(low_text, spec)
-    if low is None:
-        return False
-    if not dash:
-        return True
-    high = _cron_value(high_text, spec)
-    return high is not None and low <= high
-
-
-def kfp_cron(expression: str) -> str:
-    """Return the 6-field cron (leading seconds) that KFP recurring runs take.
-
-    KFP parses ``cron`` with robfig/cron's seconds-first format, in which a 5-field string means
-    *seconds minute hour day-of-month month*: ``"0 0 * * *"`` would fire every hour, not daily.
-    This function takes the standard 5-field form (minute hour day-of-month month day-of-week)
-    and prepends ``0`` seconds; a 6-field expression is checked and kept; ``@daily``-style
-    descriptors are expanded. Day-of-week is 0-6 (Sunday is 0, never 7).
-
-    Args:
-        expression: The cron expression as the user wrote it (``--cron``).
-
-    Returns:
-        The 6-field expression to send as ``trigger.cron_schedule.cron``.
-
-    Raises:
-        ConfigError: The expression is malformed; the message names ``--cron`` and the rule.
-    """
-    text = " ".join(str(expression).split())
-    if text.lower() in _CRON_DESCRIPTORS:
-        return _CRON_DESCRIPTORS[text.lower()]
-    fields = text.split(" ") if text else []
-    if len(fields) == 5:
-        fields = ["0", *fields]
-    elif len(fields) != 6:
-        raise ConfigError(
-            f"--cron {expression!r}: expected 5 fields (minute hour day-of-month month "
-            f"day-of-week, e.g. '0 2 * * *') or 6 with leading seconds, got {len(fields)}"
-        )
-    for value, spec in zip(fields, _CRON_FIELDS, strict=True):
-        if not all(_cron_term_ok(term, spec) for term in value.split(",")):
-            raise ConfigError(
-                f"--cron {expression!r}: {spec.name} field {value!r} is not valid "
-                f"(allowed: {spec.rule()})"
-            )
-    return " ".join(fields)
 
 
 # --------------------------------------------------------------------------- package
@@ -299,7 +111,7 @@ def pipeline_parameters(package_path: Path | str) -> dict[str, PipelineParameter
             spec = next(iter(yaml.safe_load_all(handle)), None)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(
-            f"{path}: not a readable pipeline package: {_one_line(str(exc))}"
+            f"{path}: not a readable pipeline package: {one_line(str(exc))}"
         ) from None
     if not isinstance(spec, dict) or not isinstance(spec.get("root"), dict):
         raise ConfigError(f"{path}: not a compiled KFP pipeline (no 'root' section)")
@@ -366,62 +178,7 @@ def check_params(package_path: Path | str, params: Mapping[str, object]) -> dict
     return {name: list(v) if isinstance(v, tuple) else v for name, v in params.items()}
 
 
-# --------------------------------------------------------------------------- client
-
-
-def make_client(
-    host: str, *, namespace: str | None = None, existing_token: str | None = None
-) -> kfp.Client:
-    """Connect to a Kubeflow Pipelines API server.
-
-    The server is probed once first (``GET /apis/v2beta1/healthz``, 5 s to connect, 30 s to
-    answer) so that a wrong URL, a refused token or a server error fails at once with its HTTP
-    status: ``kfp.Client`` would instead retry its own healthz call five times, 5 s apart, and
-    report only a timeout. ``kfp.Client`` then asks healthz again, when no namespace is given,
-    to learn whether the deployment is multi-user.
-
-    Args:
-        host: Base URL of the API, e.g. ``http://localhost:8080`` (a port-forward to
-            ``ml-pipeline-ui``) or ``https://kubeflow.example.com/pipeline``.
-        namespace: Kubernetes namespace (profile) for multi-user deployments; None for
-            single-user ones. Kept in the client only (nothing is written to
-            ``~/.config/kfp/context.json``).
-        existing_token: Bearer token sent as ``Authorization`` on every request.
-
-    Returns:
-        A connected ``kfp.Client``.
-
-    Raises:
-        ClusterError: The host is empty or the server cannot be reached or refuses.
-    """
-    host = (host or "").strip()
-    if not host:
-        raise ClusterError("--host is empty: give the KFP API URL, e.g. http://localhost:8080")
-    scheme, sep, _ = host.partition("://")
-    if sep and scheme.lower() not in ("http", "https"):
-        raise ClusterError(f"--host {host!r}: the URL must start with http:// or https://")
-    import kfp
-    import kfp_server_api
-
-    operation = f"connect to {host}"
-    with _api_call(operation):
-        config = kfp_server_api.Configuration(host=host.rstrip("/"))
-        if existing_token:
-            config.api_key["authorization"] = existing_token
-            config.api_key_prefix["authorization"] = "Bearer"
-        with kfp_server_api.ApiClient(config) as probe:
-            kfp_server_api.HealthzServiceApi(probe).healthz_service_get_healthz(
-                _request_timeout=(5, 30)
-            )
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="This client only works with", category=FutureWarning
-        )
-        with _api_call(operation):
-            kwargs: dict[str, Any] = {"host": host, "existing_token": existing_token}
-            if namespace:
-                kwargs["namespace"] = namespace
-            return kfp.Client(**kwargs)
+# --------------------------------------------------------------------------- runs
 
 
 def ensure_experiment(client: kfp.Client, name: str, *, namespace: str | None = None) -> str:
@@ -442,12 +199,12 @@ def ensure_experiment(client: kfp.Client, name: str, *, namespace: str | None = 
     if not name or not name.strip():
         raise ConfigError("--experiment is empty: give an experiment name")
     try:
-        with _api_call(f"create experiment {name!r}"):
+        with api_call(f"create experiment {name!r}"):
             experiment = client.create_experiment(name=name, namespace=namespace)
     except ClusterError as err:
         if err.status != 409:  # another client created it between lookup and create
             raise
-        with _api_call(f"get experiment {name!r}"):
+        with api_call(f"get experiment {name!r}"):
             experiment = client.get_experiment(experiment_name=name, namespace=namespace)
     return str(experiment.experiment_id)
 
@@ -469,7 +226,7 @@ def submit(
     ``pipeline-runner`` on a standard install).
 
     Args:
-        client: A ``kfp.Client`` (see :func:`make_client`).
+        client: A ``kfp.Client`` (see :func:`~driftloop.kfp.client.make_client`).
         package_path: The compiled pipeline YAML.
         params: Pipeline arguments; checked against the parameters the package declares.
         experiment: Experiment to file the run under; created if missing.
@@ -488,7 +245,7 @@ def submit(
     if not run_name or not run_name.strip():
         raise ConfigError("--run-name is empty: give the run a name")
     experiment_id = ensure_experiment(client, experiment, namespace=namespace)
-    with _api_call(f"create run {run_name!r}"):
+    with api_call(f"create run {run_name!r}"):
         result = client.create_run_from_pipeline_package(
             pipeline_file=str(package_path),
             arguments=arguments,
@@ -508,7 +265,7 @@ def _recurring_runs_named(client: kfp.Client, name: str, namespace: str | None) 
     found: list[Any] = []
     token = ""
     while True:
-        with _api_call(f"list recurring runs named {name!r}"):
+        with api_call(f"list recurring runs named {name!r}"):
             page = client.list_recurring_runs(
                 page_token=token,
                 page_size=_PAGE_SIZE,
@@ -538,7 +295,7 @@ def runs_in_flight(client: kfp.Client, recurring_run_id: str) -> list[str]:
     in_flight: list[str] = []
     token = ""
     while True:
-        with _api_call(f"list runs of recurring run {recurring_run_id}"):
+        with api_call(f"list runs of recurring run {recurring_run_id}"):
             page = client.list_runs(
                 page_token=token,
                 page_size=_PAGE_SIZE,
@@ -556,7 +313,7 @@ def _retire(client: kfp.Client, old: Any) -> bool:
     """Disable an older recurring run, and delete it when none of its runs is in flight."""
     old_id = str(old.recurring_run_id)
     if str(old.status) != "DISABLED":
-        with _api_call(f"disable recurring run {old_id}"):
+        with api_call(f"disable recurring run {old_id}"):
             client.disable_recurring_run(recurring_run_id=old_id)
     busy = runs_in_flight(client, old_id)
     if busy:
@@ -568,7 +325,7 @@ def _retire(client: kfp.Client, old: Any) -> bool:
             ", ".join(busy),
         )
         return False
-    with _api_call(f"delete recurring run {old_id}"):
+    with api_call(f"delete recurring run {old_id}"):
         # The generated API, because kfp.Client.delete_recurring_run (2.17) has no way to pass
         # the propagation policy.
         client.recurring_runs.recurring_run_service_delete_recurring_run(
@@ -593,8 +350,9 @@ def schedule(
     """Create or replace the recurring run called ``name``.
 
     The recurring run fires on ``cron`` (a standard 5-field expression is converted to KFP's
-    6-field form, see :func:`kfp_cron`), runs at most ``max_concurrency`` runs at once, and
-    with ``no_catchup`` starts only the latest missed run after a pause instead of backfilling.
+    6-field form, see :func:`~driftloop.kfp.cron.kfp_cron`), runs at most
+    ``max_concurrency`` runs at once, and with ``no_catchup`` starts only the latest missed
+    run after a pause instead of backfilling.
 
     Calling it again with the same name replaces the schedule: the new recurring run is created
     first, then older ones with that display name are disabled and deleted (see the module
@@ -604,7 +362,7 @@ def schedule(
     is removed by a later call once those runs end.
 
     Args:
-        client: A ``kfp.Client`` (see :func:`make_client`).
+        client: A ``kfp.Client`` (see :func:`~driftloop.kfp.client.make_client`).
         package_path: The compiled pipeline YAML; its spec is stored in the recurring run.
         name: Display name; identifies the schedule across calls.
         cron: Cron expression (``--cron``), 5 or 6 fields.
@@ -633,7 +391,7 @@ def schedule(
     namespace = namespace or client.get_user_namespace() or None
     experiment_id = ensure_experiment(client, experiment, namespace=namespace)
     older = _recurring_runs_named(client, name, namespace)
-    with _api_call(f"create recurring run {name!r}"):
+    with api_call(f"create recurring run {name!r}"):
         created = client.create_recurring_run(
             experiment_id=experiment_id,
             job_name=name,
@@ -666,7 +424,7 @@ def describe_schedule(client: kfp.Client, recurring_run_id: str) -> dict[str, An
     Raises:
         ClusterError: The server refused the request (e.g. HTTP 404 for an unknown id).
     """
-    with _api_call(f"get recurring run {recurring_run_id}"):
+    with api_call(f"get recurring run {recurring_run_id}"):
         rr = client.get_recurring_run(recurring_run_id=recurring_run_id)
     cron_schedule = rr.trigger.cron_schedule if rr.trigger else None
     return {
