@@ -21,7 +21,8 @@ import pytest
 
 from driftloop.config import CanaryConfig
 from driftloop.decide.canary import analyse_canary
-from driftloop.rollout.local import GATEWAY_METRICS, LocalGateway, LocalRolloutBackend
+from driftloop.rollout.gateway import GATEWAY_METRICS, LocalGateway
+from driftloop.rollout.local import LocalRolloutBackend
 from driftloop.serving.prometheus import PrometheusError, serving_stats
 
 

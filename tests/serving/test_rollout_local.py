@@ -32,7 +32,9 @@ from driftloop.rollout import (
     build_inference_service,
     version_storage_uri,
 )
-from driftloop.rollout.local import LocalGateway, LocalRolloutBackend, reconcile
+from driftloop.rollout.gateway import LocalGateway
+from driftloop.rollout.local import LocalRolloutBackend
+from driftloop.rollout.reconciler import reconcile
 
 MODEL = "sample"
 NAME = "sample"

@@ -66,7 +66,7 @@ from driftloop.rollout.inference_service import (
     merge_patch,
     validate_inference_service,
 )
-from driftloop.rollout.local import reconcile
+from driftloop.rollout.reconciler import reconcile
 from standins.http import TrackingServer
 
 PREFIX = f"/apis/{GROUP}/v1beta1"

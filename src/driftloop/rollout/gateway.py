@@ -1,0 +1,439 @@
+"""The local gateway: a stand-in for Knative's traffic split, served over HTTP on 127.0.0.1.
+
+:class:`LocalGateway` serves ``/v1/models/<name>:predict`` and ``/v2/models/<name>/infer``
+(and kserve's other model routes) by forwarding each request to the predictor server of one
+revision, chosen by ``status.components.predictor.traffic`` of the local InferenceService
+with a deterministic weighted split (:class:`_Split`). It re-reads the service whenever its
+YAML file changes, so a rollout step takes effect on the next request; it counts each
+inference in Prometheus series per model version (``/metrics``) and can post each
+request/response pair to a payload logger, as KServe's logger does.
+
+Its own module because it is the HTTP side of the local stand-in: the backend
+(:class:`~driftloop.rollout.local.LocalRolloutBackend`) only writes the YAML file, and the
+model servers it forwards to are started by
+:class:`~driftloop.rollout.predictors.PredictorServers`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from driftloop.errors import DriftloopError
+from driftloop.rollout.errors import RolloutError
+from driftloop.rollout.inference_service import SERVERLESS, ServiceState
+from driftloop.rollout.predictors import PredictorServers
+
+if TYPE_CHECKING:
+    import httpx
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from driftloop.serving.server import RunningServer
+
+#: Name prefix of the gateway's serving metrics (``driftloop_gateway_requests_total``, ...).
+GATEWAY_METRICS = "driftloop_gateway"
+#: Tries per payload event (a transport error before an answer is retried once).
+LOG_ATTEMPTS = 2
+
+log = logging.getLogger(__name__)
+
+
+class LocalService(Protocol):
+    """What the gateway reads of the local backend's InferenceService.
+
+    :class:`~driftloop.rollout.local.LocalRolloutBackend` is the one implementation. A
+    protocol rather than that class because ``rollout/local.py`` imports this module, and
+    an import back (even for type hints only) would close an import circle.
+    """
+
+    name: str
+    namespace: str
+
+    @property
+    def path(self) -> Path:
+        """The InferenceService's YAML file."""
+        ...
+
+    @property
+    def where(self) -> str:
+        """The service and its file, for messages."""
+        ...
+
+    def get_object(self) -> dict[str, Any]:
+        """Return the whole InferenceService object."""
+        ...
+
+    def revisions(self) -> list[dict[str, Any]]:
+        """Return the predictor's revisions, oldest first."""
+        ...
+
+
+class _Split:
+    """A deterministic weighted split (smooth weighted round-robin, as nginx uses).
+
+    After every multiple of ``100 / gcd(percents)`` requests each target has received
+    exactly its share (10 %/90 %: 1 of every 10 requests; 200 requests: exactly 20/180), and
+    the picks interleave evenly in between: no randomness, no seed.
+    """
+
+    def __init__(self, weights: Mapping[str, int]) -> None:
+        self.weights = {k: v for k, v in weights.items() if v > 0}
+        self._current = dict.fromkeys(self.weights, 0)
+        self._total = sum(self.weights.values())
+
+    def pick(self) -> str | None:
+        if not self.weights:
+            return None
+        for key, weight in self.weights.items():
+            self._current[key] += weight
+        best = max(self._current, key=lambda k: self._current[k])
+        self._current[best] -= self._total
+        return best
+
+
+def _model_in_path(path: str) -> str | None:
+    for prefix in ("/v1/models/", "/v2/models/"):
+        if path.startswith(prefix):
+            rest = path[len(prefix):]
+            name = rest.split("/", 1)[0].split(":", 1)[0]
+            return name or None
+    return None
+
+
+class LocalGateway:
+    """A stand-in for Knative's traffic split in front of the local InferenceService.
+
+    Serves ``/v1/models/<model>:predict``, ``/v2/models/<model>/infer`` (and the other
+    ``/v1/models/...`` and ``/v2/models/...`` routes of kserve) on 127.0.0.1 and forwards
+    each request to the predictor server of one revision listed in
+    ``status.components.predictor.traffic``, in proportion to its ``percent``. The split is
+    **deterministic** (smooth weighted round-robin, restarted whenever the split changes):
+    with 10 % over 200 requests the canary answers exactly 20.
+
+    Each revision's model is its ``storageUri``: a local registry version folder (or
+    ``file://``), or a ``gs://`` folder that is first copied into ``cache_dir`` (as KServe's
+    storage initializer does). Every storageUri is loaded once (hash-verified by
+    :class:`~driftloop.serving.predictor.DriftloopModel`) and served by its own kserve server
+    on 127.0.0.1 (one "pod" per model); revisions with the same storageUri share it
+    (:class:`~driftloop.rollout.predictors.PredictorServers`).
+
+    The gateway compares the YAML file's bytes with the last ones it read on every request
+    and re-reads the object when they changed, so a rollout step takes effect on the next
+    request without a restart. The response header ``x-driftloop-revision`` names the
+    revision that answered (a header of this stand-in only; Knative sets none).
+
+    With ``logger_url`` the gateway also plays KServe's payload logger
+    (``spec.predictor.logger``, mode ``all``): after each answered ``:predict`` / ``/infer``
+    it posts the request and the response as two binary-mode CloudEvents with one ``Ce-Id``
+    to that URL, as the logger in the predictor pod does. A logging failure is logged and
+    does not fail the inference (KServe's logger drops the event too).
+
+    Args:
+        backend: The local backend whose InferenceService is served.
+        model_name: The model name on the endpoint paths (default: the service's name, as
+            KServe's runtimes use).
+        host: The address to bind.
+        port: The port (0: a free one).
+        cache_dir: Where ``gs://`` models are copied (default: a temporary folder).
+        request_timeout: Seconds to wait for a predictor's answer.
+        logger_url: Where request/response CloudEvents go (``None``: not logged).
+        clock: Time source (epoch seconds) of the events' ``Ce-Time``.
+    """
+
+    def __init__(self, backend: LocalService, *, model_name: str | None = None,
+                 host: str = "127.0.0.1", port: int = 0, cache_dir: str | Path | None = None,
+                 request_timeout: float = 30.0, logger_url: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.model_name = model_name or backend.name
+        self.host = host
+        self.port = port
+        self.request_timeout = request_timeout
+        self.logger_url = logger_url
+        self.clock = clock
+        #: The predictor server of each storageUri the split has named so far.
+        self.predictors = PredictorServers(self.model_name, cache_dir)
+        self._lock = threading.Lock()  # routes and split: held briefly
+        self._refresh_lock = threading.Lock()  # one refresh (maybe loading models) at a time
+        self._file_key: bytes | None = None
+        self._routes: dict[str, str] = {}  # revision -> storageUri
+        self._split = _Split({})
+        from prometheus_client import CollectorRegistry
+
+        #: The gateway's own Prometheus registry, served at ``/metrics``.
+        self.registry = CollectorRegistry()
+        self._problem: str | None = None
+        self._server: RunningServer | None = None
+        self._client: httpx.AsyncClient | None = None
+        #: Requests forwarded per revision.
+        self.served: dict[str, int] = {}
+        #: Events the payload logger could not deliver.
+        self.log_failures = 0
+
+    # -- life cycle ------------------------------------------------------------------
+
+    @property
+    def loads(self) -> list[str]:
+        """The storageUris loaded so far, in order (each appears once)."""
+        return self.predictors.loads
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where ``gs://`` models are copied."""
+        return self.predictors.cache_dir
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the gateway."""
+        if self._server is None:
+            raise RuntimeError("the gateway is not running")
+        return self._server.url
+
+    def start(self) -> LocalGateway:
+        """Load the models the current split needs and start serving."""
+        from driftloop.serving.server import start_app
+
+        with contextlib.suppress(DriftloopError):  # a missing service answers 503 instead
+            self.refresh()
+        self._server = start_app(self._app(), self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        """Stop the gateway and every predictor server (idempotent)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+        self.predictors.stop()
+
+    def __enter__(self) -> LocalGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- routing -----------------------------------------------------------------------
+
+    def _stat(self) -> bytes | None:
+        # The content itself (a few KB): a change of size, inode or mtime can be missed
+        # (canaryTrafficPercent 10 -> 50 keeps the size; inodes are reused; coarse mtimes).
+        try:
+            return self.backend.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def changed(self) -> bool:
+        """Whether the YAML file changed since the last :meth:`refresh`."""
+        return self._file_key is None or self._stat() != self._file_key
+
+    def split(self) -> dict[str, int]:
+        """The current split: revision -> percent (revisions with 0 % left out)."""
+        with self._lock:
+            return dict(self._split.weights)
+
+    def routes(self) -> dict[str, str]:
+        """The current revisions with traffic: revision -> storageUri."""
+        with self._lock:
+            return dict(self._routes)
+
+    def refresh(self) -> bool:
+        """Re-read the InferenceService if its file changed; load the models it needs.
+
+        Returns:
+            Whether the file had changed.
+
+        Raises:
+            DriftloopError: The service is missing or a model cannot be loaded (the gateway
+                then answers 503 with the message).
+        """
+        with self._refresh_lock:
+            key = self._stat()
+            if key is not None and key == self._file_key:
+                return False
+            try:
+                self._reload(key)
+            except DriftloopError as exc:
+                self._problem = str(exc)
+                self._file_key = None
+                raise
+            self._problem = None
+            return True
+
+    def _reload(self, key: bytes | None) -> None:
+        obj = self.backend.get_object()
+        state = ServiceState.from_object(obj)
+        if state.deployment_mode != SERVERLESS:
+            raise RolloutError(f"{self.backend.where}: the local gateway only simulates "
+                               "Serverless mode")
+        by_name = {rev["name"]: rev.get("storageUri") for rev in self.backend.revisions()}
+        shares = {rev: pct for rev, pct in state.traffic_by_revision().items() if pct > 0}
+        routes: dict[str, str] = {}
+        for revision in shares:
+            uri = by_name.get(revision)
+            if not uri:
+                raise RolloutError(f"{self.backend.where}: traffic names revision {revision!r}, "
+                                   "which has no record in the revisions file")
+            self.predictors.ensure(uri)
+            routes[revision] = uri
+        if not routes:
+            raise RolloutError(f"{self.backend.where}: no revision receives traffic")
+        with self._lock:
+            if shares != self._split.weights or routes != self._routes:
+                self._split = _Split(shares)
+                log.info("gateway %s: split %s", self.model_name, shares)
+            self._routes = routes
+        self._file_key = key
+
+    def _version_of(self, revision: str) -> str:
+        """The registry version a revision serves (the last part of its storageUri)."""
+        with self._lock:
+            uri = self._routes.get(revision, "")
+        return uri.rstrip("/").rsplit("/", 1)[-1] or revision
+
+    def count(self, version: str, code: int, seconds: float) -> None:
+        """Count one inference request in the serving metrics (per version and code).
+
+        The numbers a cluster gets per revision from Knative's queue-proxy
+        (``revision_request_count`` / ``revision_request_latencies``), as
+        ``driftloop_gateway_*`` series named by registry version, so the canary analysis
+        can read them from Prometheus (``serving_stats(..., prefix=GATEWAY_METRICS)``).
+        """
+        from driftloop.serving import metrics as m
+
+        labels = {"model_name": self.model_name, "model_version": version}
+        m.serving_requests(self.registry, prefix=GATEWAY_METRICS).labels(
+            **labels, code=str(code)).inc()
+        m.serving_latency(self.registry, prefix=GATEWAY_METRICS).labels(**labels).observe(
+            seconds)
+
+    def _pick(self) -> tuple[str, RunningServer] | None:
+        with self._lock:
+            revision = self._split.pick()
+            if revision is None:
+                return None
+            self.served[revision] = self.served.get(revision, 0) + 1
+            return revision, self.predictors.get(self._routes[revision])
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _log_pair(self, request: bytes, response: bytes, revision: str) -> None:
+        """Post one inference's request and response to the logger URL (KServe's logger)."""
+        from driftloop.serving.sink import REQUEST_TYPE, RESPONSE_TYPE
+
+        assert self._client is not None and self.logger_url is not None
+        ce_id = uuid.uuid4().hex
+        stamp = dt.datetime.fromtimestamp(self.clock(), dt.UTC).isoformat().replace(
+            "+00:00", "Z")
+        for ce_type, content in ((REQUEST_TYPE, request), (RESPONSE_TYPE, response)):
+            headers = {"Ce-Id": ce_id, "Ce-Type": ce_type, "Ce-Specversion": "1.0",
+                       "Ce-Source": f"http://localhost/{revision}", "Ce-Time": stamp,
+                       "Ce-Inferenceservicename": self.backend.name,
+                       "Ce-Namespace": self.backend.namespace, "Ce-Component": "predictor",
+                       "Ce-Endpoint": revision, "Content-Type": "application/json"}
+            failed = True
+            for attempt in range(LOG_ATTEMPTS):
+                try:
+                    sent = await self._client.post(self.logger_url, content=content,
+                                                   headers=headers)
+                    failed = sent.status_code >= 300
+                    break
+                except Exception as exc:  # the logger never fails an inference
+                    # e.g. the sink closed an idle keep-alive connection as it was reused;
+                    # the sink stores an event id once, so sending it again is safe
+                    log.warning("payload logger: %s (attempt %d): %r", self.logger_url,
+                                attempt + 1, exc)
+            if failed:
+                self.log_failures += 1
+
+    def _app(self) -> Any:
+        import anyio.to_thread
+        import httpx
+        from starlette import responses
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        JSONResponse = responses.JSONResponse
+
+        gateway = self
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            async with httpx.AsyncClient(timeout=gateway.request_timeout) as client:
+                gateway._client = client
+                try:
+                    yield
+                finally:
+                    gateway._client = None
+
+        async def health(request: Request) -> Response:
+            return JSONResponse({"status": "alive"})
+
+        async def forward(request: Request) -> Response:
+            path = request.url.path
+            name = _model_in_path(path)
+            if name is None:
+                return JSONResponse({"error": f"{path}: not found"}, status_code=404)
+            if name != gateway.model_name:
+                return JSONResponse({"error": f"Model with name {name} does not exist."},
+                                    status_code=404)
+            if gateway.changed() or gateway._problem is not None:
+                try:
+                    await anyio.to_thread.run_sync(gateway.refresh)
+                except DriftloopError as exc:
+                    return JSONResponse({"error": str(exc)}, status_code=503)
+            picked = gateway._pick()
+            if picked is None:
+                return JSONResponse({"error": gateway._problem or "no revision is ready"},
+                                    status_code=503)
+            revision, server = picked
+            version = gateway._version_of(revision)
+            began = time.perf_counter()
+            assert gateway._client is not None
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower() in ("content-type", "accept", "ce-id", "ce-type",
+                                        "ce-source", "ce-specversion")}
+            body = await request.body()
+            try:
+                answer = await gateway._client.request(
+                    request.method, f"{server.url}{path}", params=request.query_params,
+                    content=body, headers=headers)
+            except httpx.HTTPError as exc:  # the revision did not answer: a 502 it served
+                gateway.count(version, 502, time.perf_counter() - began)
+                return JSONResponse({"error": f"revision {revision}: {exc}"}, status_code=502)
+            if request.method == "POST" and path.endswith((":predict", "/infer")):
+                gateway.count(version, answer.status_code, time.perf_counter() - began)
+            if (gateway.logger_url and request.method == "POST" and answer.status_code == 200
+                    and path.endswith((":predict", "/infer"))):
+                await gateway._log_pair(body, answer.content, revision)
+            out = {"x-driftloop-revision": revision}
+            if "content-type" in answer.headers:
+                out["content-type"] = answer.headers["content-type"]
+            return responses.Response(answer.content, status_code=answer.status_code,
+                                      headers=out)
+
+        async def metrics(request: Request) -> Response:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            return responses.Response(generate_latest(gateway.registry),
+                                      media_type=CONTENT_TYPE_LATEST)
+
+        return Starlette(
+            routes=[Route("/", health, methods=["GET"]),
+                    Route("/metrics", metrics, methods=["GET"]),
+                    Route("/{path:path}", forward, methods=["GET", "POST"])],
+            lifespan=lifespan,
+        )
+
+
+__all__ = [
+    "GATEWAY_METRICS",
+    "LocalGateway",
+    "LocalService",
+]
