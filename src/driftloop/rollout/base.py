@@ -17,7 +17,8 @@ the way KServe's Serverless (Knative) mode does it:
   continues from where it stopped when called again.
 
 KServe's RawDeployment mode ignores ``canaryTrafficPercent``; every operation refuses such a
-service before writing anything (:class:`UnsupportedDeploymentMode`).
+service before writing anything
+(:class:`~driftloop.rollout.errors.UnsupportedDeploymentMode`).
 
 **Which model is stable.** The status of an InferenceService names revisions, not storage
 URIs, so the backends record the rolled-out model's URI in the annotation
@@ -124,7 +125,8 @@ class RolloutBackend(ABC):
         name: The InferenceService's name.
         namespace: Its namespace.
         template: The InferenceService template :meth:`ensure` creates from (a dict or a
-            kserve model object); default :data:`DEFAULT_TEMPLATE`.
+            kserve model object); default
+            :data:`~driftloop.rollout.inference_service.DEFAULT_TEMPLATE`.
         max_conflict_retries: How many times a step is recomputed after a 409 Conflict.
     """
 
