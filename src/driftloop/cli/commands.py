@@ -1,7 +1,12 @@
-"""The ``driftloop`` command: one subcommand per step over store paths/URIs.
+"""What each ``driftloop`` subcommand does: one ``cmd_*`` function per subcommand.
 
-Results go to stdout as JSON (or to ``--output FILE``); errors are one line on stderr
-with a non-zero exit code.
+Each function takes the parsed arguments (:func:`driftloop.cli.parser.build_parser`),
+calls into the package and writes its result as JSON to stdout or ``--output``
+(:func:`_emit`); it returns the exit code. The package is imported inside each function,
+so ``driftloop --help`` and a subcommand's own flag errors stay fast and do not need the
+optional extras (kfp, the demo's data). It is its own module because it is the part of
+the command that changes with the package (step functions, registry, rollout, KFP), while
+the flags in :mod:`driftloop.cli.parser` are the command's stable surface.
 """
 
 from __future__ import annotations
@@ -14,9 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from driftloop import __version__
-from driftloop.data.storage import check_store_root, describe_os_error
-from driftloop.errors import DriftloopError, StoreError
+from driftloop.data.storage import check_store_root
+from driftloop.errors import DriftloopError
 
 
 def _now(text: str | None) -> dt.datetime:
@@ -127,7 +131,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_drift(args: argparse.Namespace) -> int:
     """Compare a Parquet file of current records with the champion's reference."""
-    from driftloop.steps.loop import load_champion, run_drift
+    from driftloop.steps.champion import load_champion
+    from driftloop.steps.drift import run_drift
 
     store, schema = _open(args)
     from driftloop.models.registry import Registry
@@ -146,7 +151,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
 def cmd_decide(args: argparse.Namespace) -> int:
     """Ingest, check drift and decide whether to retrain (nothing is trained)."""
     from driftloop.models.registry import Registry
-    from driftloop.steps.loop import load_champion, run_decide, run_drift, run_ingest
+    from driftloop.steps.champion import load_champion
+    from driftloop.steps.decide import run_decide
+    from driftloop.steps.drift import run_drift
+    from driftloop.steps.ingest import run_ingest
 
     store, schema = _open(args)
     config, now = _config(args), _now(args.now)
@@ -164,7 +172,9 @@ def cmd_decide(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train and register a challenger; write its evaluation set to --eval-out."""
     from driftloop.models.registry import Registry
-    from driftloop.steps.loop import load_champion, run_ingest, run_train
+    from driftloop.steps.champion import load_champion
+    from driftloop.steps.ingest import run_ingest
+    from driftloop.steps.train import run_train
 
     store, schema = _open(args)
     config, now = _config(args), _now(args.now)
@@ -183,7 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a registered challenger against the champion on an evaluation Parquet file."""
     from driftloop.models.registry import Registry
-    from driftloop.steps.loop import load_champion, run_evaluate
+    from driftloop.steps.champion import load_champion
+    from driftloop.steps.evaluate import run_evaluate
 
     store, schema = _open(args)
     registry = Registry(store, args.model)
@@ -206,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_loop(store, schema, args.model, now=_now(args.now), run_id=run_id,
                       config=config, force=args.force, window_days=args.window_days,
                       lookback_days=args.lookback_days, notifier=make_notifier(config.notify))
-    from driftloop.steps import read_run
+    from driftloop.steps.records import read_run
 
     for line in read_run(store, run_id).lines():
         print(line, file=sys.stderr)
@@ -375,7 +386,8 @@ def _cluster_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Start one run of the compiled pipeline on a KFP backend."""
-    from driftloop.kfp.cluster import make_client, submit
+    from driftloop.kfp.client import make_client
+    from driftloop.kfp.cluster import submit
 
     client = make_client(args.host, namespace=args.kfp_namespace, existing_token=args.token)
     run_name = args.run_name or (
@@ -389,7 +401,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     """Create or replace the recurring run of the compiled pipeline on a KFP backend."""
-    from driftloop.kfp.cluster import make_client, schedule
+    from driftloop.kfp.client import make_client
+    from driftloop.kfp.cluster import schedule
 
     client = make_client(args.host, namespace=args.kfp_namespace, existing_token=args.token)
     recurring_id = schedule(client, Path(args.package), name=args.name, cron=args.cron,
@@ -416,194 +429,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_live_demo(Path(args.out), args.scenario, data_dir=Path(args.data),
                   in_process=args.in_process, traffic=traffic, days=args.days, seed=args.seed)
     return 0
-
-
-# --- parser -----------------------------------------------------------------------------
-
-
-def _common(p: argparse.ArgumentParser, *, schema: bool = True, model: bool = True) -> None:
-    p.add_argument("--store", required=True, help="store root: a folder or gs://bucket/prefix")
-    if schema:
-        p.add_argument("--schema", required=True, help="schema file (JSON or YAML, local or gs://)")
-    if model:
-        p.add_argument("--model", required=True, help="model name in the registry")
-    p.add_argument("--config", help="JSON file overriding thresholds ({drift:{..}, trigger:{..}})")
-    p.add_argument("--output", help="write the JSON result here instead of stdout")
-
-
-def _windowed(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--now", help="the run's logical time (ISO-8601; a date means its end)")
-    p.add_argument("--window-days", type=int, default=1, help="current window for drift")
-    p.add_argument("--lookback-days", type=int, default=30, help="days read for labels")
-
-
-def _rollout_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["local", "kubernetes"], default="local",
-                   help="where the InferenceService lives (default: local)")
-    p.add_argument("--isvc", help="InferenceService name (default: the model name)")
-    p.add_argument("--namespace", default="default", help="its namespace")
-    p.add_argument("--state", help="local backend: state folder (default: <store>/rollout)")
-    p.add_argument("--kube-host", help="kubernetes backend: API server URL used without "
-                                       "credentials (default: kubeconfig / in-cluster)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``driftloop`` command."""
-    parser = argparse.ArgumentParser(
-        prog="driftloop",
-        description="Continuous training for Kubeflow and KServe: the steps of the loop.",
-    )
-    parser.add_argument("--version", action="version", version=f"driftloop {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
-
-    p = sub.add_parser("sample", help="write a generated sample store (tabular, with drift)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--days", type=int, default=6)
-    p.add_argument("--drift-day", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output")
-    p.set_defaults(func=cmd_sample)
-
-    p = sub.add_parser("ingest", help="read, validate and join a window of records and labels")
-    _common(p, model=False)
-    p.add_argument("--start", required=True, help="first day (YYYY-MM-DD)")
-    p.add_argument("--end", required=True, help="last day (YYYY-MM-DD)")
-    p.add_argument("--out", help="folder for records.parquet, quarantine.parquet, ingest.json")
-    p.set_defaults(func=cmd_ingest)
-
-    p = sub.add_parser("drift", help="drift report of current records vs the champion")
-    _common(p)
-    p.add_argument("--current", required=True, help="Parquet file of current records")
-    p.add_argument("--markdown", action="store_true", help="print Markdown instead of JSON")
-    p.set_defaults(func=cmd_drift)
-
-    p = sub.add_parser("decide", help="ingest + drift + the retrain decision")
-    _common(p)
-    _windowed(p)
-    p.add_argument("--force", action="store_true")
-    p.set_defaults(func=cmd_decide)
-
-    p = sub.add_parser("train", help="train and register a challenger")
-    _common(p)
-    _windowed(p)
-    p.add_argument("--eval-out", help="write the held-out evaluation set (Parquet) here")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="gate a challenger against the champion")
-    _common(p)
-    p.add_argument("--challenger", required=True, help="registered challenger version")
-    p.add_argument("--eval", required=True, help="Parquet evaluation set (from train)")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("run", help="the whole loop once, in this process")
-    _common(p)
-    _windowed(p)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--run-id")
-    p.add_argument("--local", action="store_true",
-                   help="run the KFP pipeline through kfp.local (one subprocess per task)")
-    p.add_argument("--pipeline-root",
-                   help="with --local: keep the task artifacts here (default: a temp folder)")
-    p.add_argument("--verbose", action="store_true",
-                   help="with --local: stream every task's output to stderr")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("models", help="list, show, verify or promote registered versions")
-    _common(p, schema=False)
-    p.add_argument("action", choices=["list", "show", "verify", "promote"])
-    p.add_argument("version", nargs="?")
-    p.add_argument("--reason")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("status", help="aliases, canary traffic and the last rollout step")
-    _common(p, schema=False)
-    _rollout_flags(p)
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("promote", help="start a canary for VERSION (--full: 100%% at once)")
-    _common(p, schema=False)
-    _rollout_flags(p)
-    p.add_argument("version", help="registered version")
-    p.add_argument("--full", action="store_true",
-                   help="skip the canary steps: 100%% and champion at once")
-    p.add_argument("--reason", help="recorded in the alias history")
-    p.add_argument("--run-id", help="recorded as the step's run id (default: manual-promote-*)")
-    p.set_defaults(func=cmd_promote)
-
-    p = sub.add_parser("rollback",
-                       help="roll back the canary in progress, else the champion to previous")
-    _common(p, schema=False)
-    _rollout_flags(p)
-    p.add_argument("--reason", help="recorded in the alias history")
-    p.add_argument("--run-id", help="recorded as the step's run id (default: manual-rollback-*)")
-    p.set_defaults(func=cmd_rollback)
-
-    p = sub.add_parser("compile", help="write components/*/component.yaml and the pipeline YAML")
-    p.add_argument("--out-dir", default=".", help="folder holding components/ and pipelines/")
-    p.add_argument("--gcs-secret", default=None,
-                   help="Kubernetes Secret with the storage key (key.json) mounted into the "
-                        "tasks that touch the store; '' for none (default: driftloop-gcs, "
-                        "driftloop.kfp.pipeline.GCS_SECRET)")
-    p.set_defaults(func=cmd_compile)
-
-    for name, helptext, func in (
-        ("submit", "start one pipeline run on a KFP backend", cmd_submit),
-        ("schedule", "create or replace a recurring pipeline run on a KFP backend", cmd_schedule),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        _common(p)
-        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
-        p.add_argument("--package", default="pipelines/continuous_training.yaml",
-                       help="compiled pipeline (make compile)")
-        p.add_argument("--isvc-name", help="InferenceService name (default: the model name)")
-        p.add_argument("--namespace", default="kubeflow",
-                       help="namespace of the InferenceService")
-        p.add_argument("--experiment", default="driftloop")
-        p.add_argument("--service-account", help="Kubernetes service account the run's pods use")
-        p.add_argument("--kfp-namespace", help="profile namespace (multi-user Kubeflow)")
-        p.add_argument("--token", help="bearer token for the KFP API")
-        p.add_argument("--force", action="store_true", help="pipeline parameter force_retrain")
-        if name == "submit":
-            p.add_argument("--run-name", help="run display name (default: unique per call)")
-        else:
-            p.add_argument("--cron", required=True, help='5-field cron, e.g. "0 0 * * *"')
-            p.add_argument("--name", default="driftloop-continuous-training",
-                           help="recurring run name; the same name replaces the schedule")
-        p.set_defaults(func=func)
-
-    p = sub.add_parser("demo", help="serve a model, replay a real stream as simulated days "
-                                     "and run the pipeline after each day")
-    p.add_argument("--scenario", choices=("tweets", "elec2", "sample"), default="tweets",
-                   help="tweets (topic shifts), elec2 (electricity market) or sample "
-                        "(generated rows dropped in the store, no serving)")
-    p.add_argument("--out", default="demo-out")
-    p.add_argument("--data", default="data", help="folder of the data sets (make data)")
-    p.add_argument("--in-process", action="store_true",
-                   help="call the steps in this process instead of running kfp.local")
-    p.add_argument("--days", type=int, default=None, help="run only the first N days")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--feedback-share", type=float, default=0.3,
-                   help="share of predictions that get a feedback label")
-    p.add_argument("--feedback-delay-hours", type=float, default=6.0,
-                   help="mean delay of a feedback label (exponential)")
-    p.set_defaults(func=cmd_demo)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run one subcommand; a DriftloopError or OSError is one line on stderr."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except DriftloopError as exc:
-        print(f"driftloop {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # a store or output the OS refuses: read-only, no space, ...
-        root = getattr(args, "store", None) or getattr(args, "out", None)
-        print(f"driftloop {args.command}: error: {describe_os_error(exc, root)}",
-              file=sys.stderr)
-        return StoreError.exit_code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
