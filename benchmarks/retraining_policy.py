@@ -10,14 +10,14 @@ labels arrive ``--delay`` runs later. Every run replays
 :func:`~driftloop.decide.trigger.decide_retrain` with
 :func:`~driftloop.decide.trigger.count_new_labels`
 since the latest training cutoff of any version,
-:func:`driftloop.steps.loop.champion_live_accuracy` (recent window), the drift rule's memory
-(:func:`driftloop.steps.loop.last_attempt` over the replay's metadata), the training rows'
+:func:`driftloop.steps.decide.champion_live_accuracy` (recent window), the drift rule's memory
+(:func:`driftloop.steps.decide.last_attempt` over the replay's metadata), the training rows'
 problem (one class) and
 the gate's fresh-label need; a retrain picks its window with
-:func:`driftloop.steps.loop.training_start` and its rows with
-:func:`driftloop.steps.loop.plan_training`,
+:func:`driftloop.steps.plan.training_start` and its rows with
+:func:`driftloop.steps.plan.plan_training`,
 trains with :func:`~driftloop.models.train.train_model`, builds the drift profile with
-:func:`driftloop.steps.loop.build_profile` and promotes
+:func:`driftloop.steps.plan.build_profile` and promotes
 only through :func:`~driftloop.decide.gate.evaluate_challenger` (reduced bootstrap and
 latency sample). Where the loop's logic is inline it is mirrored (see ``decide`` and
 ``train_and_gate``). ``TrainConfig.max_rows`` = ``--window`` batches makes the training set
@@ -76,15 +76,17 @@ from driftloop.models.train import (
     train_model,
     training_problem,
 )
-from driftloop.steps.loop import (
-    Champion,
+from driftloop.steps.champion import Champion
+from driftloop.steps.decide import (
     accuracy_on_new_labels,
-    build_profile,
     champion_live_accuracy,
     last_attempt,
     last_retrain,
-    live_errors,
     performance_scan,
+)
+from driftloop.steps.plan import (
+    build_profile,
+    live_errors,
     plan_training,
     training_start,
     trigger_record,
@@ -432,9 +434,9 @@ def train_and_gate(r: Replay, b: int, records: pd.DataFrame,
     """run_train + run_evaluate + run_promote at run ``b``; returns the verdict.
 
     Mirrors loop.run_train: reference = the champion's training set (before the first
-    model: the seed set); :func:`driftloop.steps.loop.training_start` (the change point when
-    drift or performance fired) and :func:`driftloop.steps.loop.plan_training` pick the training,
-    evaluation and drift-profile rows; train_model; :func:`driftloop.steps.loop.build_profile`.
+    model: the seed set); :func:`driftloop.steps.plan.training_start` (the change point when
+    drift or performance fired) and :func:`driftloop.steps.plan.plan_training` pick the training,
+    evaluation and drift-profile rows; train_model; :func:`driftloop.steps.plan.build_profile`.
     """
     cfg, schema, champion = r.cfg, r.stream.schema, r.champion
     cfg = replace(cfg, trigger=trigger_config(r)) if champion is not None else cfg

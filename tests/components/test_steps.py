@@ -16,13 +16,17 @@ import pandas as pd
 import pytest
 
 from driftloop import steps
+from driftloop.clock import logical_time
 from driftloop.config import Config
 from driftloop.data.storage import open_store
 from driftloop.demo.sample import sample_schema, write_sample_store
 from driftloop.errors import ConfigError, DriftloopError
 from driftloop.models.registry import Registry, sha256_file
 from driftloop.notify import NotificationError
-from driftloop.steps.loop import run_ingest
+from driftloop.steps.common import pipeline_config, run_key
+from driftloop.steps.evaluate import classification_curves
+from driftloop.steps.ingest import run_ingest
+from driftloop.steps.records import list_runs, read_run
 
 MODEL = "sample"
 
@@ -74,22 +78,22 @@ def test_the_step_functions_import_no_kfp():
 
 def test_run_key_keeps_local_names_and_makes_display_names_path_safe():
     local = "continuous-training-2026-01-02-10-00-00-123456"
-    assert steps.run_key(local) == local
-    assert steps.run_key("Run of continuous-training (ab12)") == "Run-of-continuous-training-ab12"
-    assert steps.run_key("../../etc") == "etc"
+    assert run_key(local) == local
+    assert run_key("Run of continuous-training (ab12)") == "Run-of-continuous-training-ab12"
+    assert run_key("../../etc") == "etc"
     with pytest.raises(DriftloopError, match="run id"):
-        steps.run_key(" / ")
+        run_key(" / ")
 
 
 def test_logical_time_reads_dates_as_the_end_of_the_day_in_utc():
     clock = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.UTC)
-    assert steps.logical_time("", clock=clock) == clock
+    assert logical_time("", clock=clock) == clock
     # a bare date is the end of that day: the next midnight, so the run judges all of it
-    assert steps.logical_time("2026-01-02") == dt.datetime(2026, 1, 3, tzinfo=dt.UTC)
-    assert steps.logical_time("2026-01-02T10:00:00") == dt.datetime(2026, 1, 2, 10,
+    assert logical_time("2026-01-02") == dt.datetime(2026, 1, 3, tzinfo=dt.UTC)
+    assert logical_time("2026-01-02T10:00:00") == dt.datetime(2026, 1, 2, 10,
                                                                     tzinfo=dt.UTC)
     with pytest.raises(DriftloopError, match="run_date 'yesterday'"):
-        steps.logical_time("yesterday")
+        logical_time("yesterday")
 
 
 def test_a_recurring_run_uses_its_scheduled_time_and_kfp_local_falls_back_to_now():
@@ -105,15 +109,15 @@ def test_a_recurring_run_uses_its_scheduled_time_and_kfp_local_falls_back_to_now
 
 
 def test_pipeline_config_overrides_only_the_given_thresholds():
-    config = steps.pipeline_config(p_value=0.01, max_age_days=3.0, auto_threshold=0.0)
+    config = pipeline_config(p_value=0.01, max_age_days=3.0, auto_threshold=0.0)
     default = Config()
     assert config.drift.p_value == 0.01 and config.drift.min_samples == default.drift.min_samples
     assert config.trigger.max_age_days == 3.0
     assert config.trigger.min_new_labels == default.trigger.min_new_labels
     assert config.gate.auto_threshold == 0.0 and config.train == default.train
-    assert steps.pipeline_config() == default
+    assert pipeline_config() == default
     with pytest.raises(ConfigError, match=r"drift\.p_value"):
-        steps.pipeline_config(p_value=1.5)
+        pipeline_config(p_value=1.5)
 
 
 def test_classification_curves_for_more_than_two_classes_use_the_micro_average():
@@ -126,7 +130,7 @@ def test_classification_curves_for_more_than_two_classes_use_the_micro_average()
     schema = sample_schema()
     eval_set = pd.DataFrame({"x0": [0.0] * 4, "x1": [0.0] * 4, "segment": ["north"] * 4,
                              "label": ["a", "b", "c", None]})
-    curves = steps.classification_curves(Fixed(), eval_set, schema)
+    curves = classification_curves(Fixed(), eval_set, schema)
     assert curves.positive == "micro-average"
     assert curves.labels == ["a", "b", "c"]
     assert curves.matrix == [[1, 0, 0], [1, 0, 0], [1, 0, 0]]  # the unlabelled row is left out
@@ -299,8 +303,8 @@ def test_promote_does_nothing_for_a_verdict_other_than_promote(chain, tmp_path):
 
 def test_run_records_read_back_as_the_decision_chain(chain):
     store = chain["store"]
-    assert {"steps-day-0", "steps-day-3"} <= set(steps.list_runs(store))
-    record = steps.read_run(store, "steps-day-3")
+    assert {"steps-day-0", "steps-day-3"} <= set(list_runs(store))
+    record = read_run(store, "steps-day-3")
     assert record.recorded == ["ingest", "drift", "decision", "train", "verdict", "aliases",
                                "rollout"]
     lines = record.lines()
@@ -308,10 +312,10 @@ def test_run_records_read_back_as_the_decision_chain(chain):
                                                    "evaluate", "registry", "rollout"]
     assert lines[-1].startswith("rollout  start")
     assert lines[2].startswith("decide   retrain")
-    first = steps.read_run(store, "steps-day-0").lines()
+    first = read_run(store, "steps-day-0").lines()
     assert "drift    skipped: no champion yet" in first
     with pytest.raises(DriftloopError, match="no run recorded"):
-        steps.read_run(store, "never-ran")
+        read_run(store, "never-ran")
 
 
 def test_decide_rejects_a_drift_artifact_that_is_not_a_report(chain, tmp_path):
@@ -365,7 +369,7 @@ def test_exit_step_sends_nothing_for_a_successful_run(tmp_path: Path, webhook):
     status = steps.exit_step(str(tmp_path), model_name=MODEL, run_id="ok", state="SUCCEEDED",
                              webhook=webhook.url)
     assert webhook.events == [] and not status.notified
-    assert steps.read_run(open_store(tmp_path), "ok").status == status
+    assert read_run(open_store(tmp_path), "ok").status == status
 
 
 def test_exit_step_never_raises_when_store_and_webhook_are_broken(tmp_path: Path):

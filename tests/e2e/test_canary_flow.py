@@ -253,7 +253,7 @@ def test_a_worse_challenger_is_rolled_back_and_no_feedback_is_lost(flow: Flow):
     labels_first_day = flow.labels_posted
     result = flow.run(day)
     # every label of the day was joined to its logged record by ingest
-    assert int(result.ingest.records["label"].notna().sum()) == labels_first_day > 150
+    assert int(result.records["label"].notna().sum()) == labels_first_day > 150
     step = result.rollout
     assert step is not None and step.action == "rollback"
     assert (step.from_percent, step.to_percent) == (10, 0)

@@ -26,7 +26,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from driftloop import steps
 from driftloop.cli import main
 from driftloop.config import Config, NotifyConfig
 from driftloop.data.storage import open_store
@@ -35,6 +34,7 @@ from driftloop.errors import DriftloopError
 from driftloop.kfp.local import LocalRun, run_local
 from driftloop.models.registry import Registry
 from driftloop.models.train import split_holdout
+from driftloop.steps.records import list_runs, read_run
 
 MODEL = "sample"
 ALL_TASKS = ["ingest", "analyse-canary", "detect-drift", "decide-retrain", "train-model",
@@ -154,7 +154,7 @@ def test_quiet_day_trains_nothing(runs):
     # the summary names the champion that serves, also when this run promoted nothing
     assert result["verdict"] is None and result["champion"] == runs["versions"]["day0"][0]
     assert runs["versions"]["day1"] == runs["versions"]["day0"], "a version was registered"
-    record = steps.read_run(open_store(runs["a"]), result["run_id"])
+    record = read_run(open_store(runs["a"]), result["run_id"])
     assert record.drift.status == "no_drift" and not record.decision.fired
     assert record.train is None and record.verdict is None
     # The CLI printed the chain read back from runs/<run-id>/.
@@ -216,7 +216,7 @@ def test_every_run_has_its_own_record_folder(runs):
     ids = [runs[k].run_id for k in ("day0", "day3", "failed")] + [runs["day1_cli"]["json"]
                                                                   ["run_id"]]
     assert len(set(ids)) == 4 and all(i.startswith("continuous-training-") for i in ids)
-    assert set(ids) <= set(steps.list_runs(open_store(runs["a"])))
+    assert set(ids) <= set(list_runs(open_store(runs["a"])))
 
 
 # --- fast checks of the local entry points (no pipeline run) --------------------------------

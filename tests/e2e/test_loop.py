@@ -98,10 +98,10 @@ def test_label_volume_counts_from_the_last_training_even_when_not_promoted(tmp_p
     assert held.verdict is not None and held.verdict.decision != "promote"
     third = run_loop(store, schema, "sample", now=days[2], run_id="d2", config=strict)
     rule = next(r for r in third.decision.rules if r.name == "label_volume")
-    records = third.ingest.records
-    since_challenger = count_new_labels(records, dt.datetime.fromisoformat(
-        held.train.metadata.training_cutoff))
+    records = third.records
     registry = Registry(store, "sample")
+    since_challenger = count_new_labels(records, dt.datetime.fromisoformat(
+        registry.metadata(held.train.version)["training_cutoff"]))
     champion_cutoff = registry.metadata(registry.champion())["training_cutoff"]
     since_champion = count_new_labels(records, dt.datetime.fromisoformat(champion_cutoff))
     assert rule.measured == since_challenger < since_champion

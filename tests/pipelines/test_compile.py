@@ -178,7 +178,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
 
 
 def test_window_defaults_match_the_core_loop():
-    from driftloop.steps.loop import run_ingest
+    from driftloop.steps.ingest import run_ingest
 
     defaults = inspect.signature(run_ingest).parameters
     core = (defaults["window_days"].default, defaults["lookback_days"].default)

@@ -138,7 +138,7 @@ def _day_of_records(store: LocalStore, day: dt.date, n: int, prefix: str) -> Non
 
 def test_a_daily_run_just_after_midnight_judges_yesterday_whole(store: LocalStore):
     # Regression: the window was "today so far" -- a run at 00:03 tested three minutes.
-    from driftloop.steps.loop import run_ingest
+    from driftloop.steps.ingest import run_ingest
 
     _day_of_records(store, DAY, 1000, "y")
     _day_of_records(store, DAY + dt.timedelta(days=1), 1000, "t")

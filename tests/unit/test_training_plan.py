@@ -10,7 +10,7 @@ from driftloop.config import Config
 from driftloop.data.schema import schema_from_dict
 from driftloop.decide.trigger import ChampionInfo
 from driftloop.models.train import split_holdout, training_problem
-from driftloop.steps.loop import MIN_EVAL_ROWS, plan_training
+from driftloop.steps.plan import MIN_EVAL_ROWS, plan_training
 
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 SCHEMA = schema_from_dict({"columns": [{"name": "x", "kind": "numeric"}],
@@ -172,7 +172,7 @@ def test_a_verdict_that_needs_approval_notifies_the_commands_to_run(tmp_path):
     from driftloop.decide.gate import ModelScore, Verdict
     from driftloop.models.registry import Registry
     from driftloop.notify import Delivery, NullNotifier
-    from driftloop.steps.loop import run_promote
+    from driftloop.steps.promote import run_promote
 
     class Recorder(NullNotifier):
         def __init__(self) -> None:
@@ -205,7 +205,7 @@ def test_a_promote_verdict_does_not_move_the_champion_over_one_it_was_not_compar
     from driftloop.decide.gate import ModelScore, Verdict
     from driftloop.models.registry import Registry
     from driftloop.notify import NullNotifier
-    from driftloop.steps.loop import run_promote
+    from driftloop.steps.promote import run_promote
 
     registry = Registry(LocalStore(tmp_path / "s", create=True), "m")
     for v in ("v1", "v2", "v3"):

@@ -129,7 +129,7 @@ class _Runner:
         self.lookback_days = lookback_days
 
     def run(self, day: dt.date, label: str) -> Any:
-        from driftloop.steps import read_run
+        from driftloop.steps.records import read_run
 
         model = self.scenario.name
         if self.in_process:

@@ -54,7 +54,7 @@ def run_demo(
     Raises:
         DriftloopError: A pipeline run failed (its error is in the message).
     """
-    from driftloop.steps import read_run
+    from driftloop.steps.records import read_run
 
     store_dir = out / "store"
     if store_dir.exists():

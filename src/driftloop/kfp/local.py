@@ -160,7 +160,8 @@ def run_local(
 
     from driftloop.data.storage import open_store
     from driftloop.kfp.pipeline import build_canary_pipeline, build_pipeline
-    from driftloop.steps import read_run, run_key
+    from driftloop.steps.common import run_key
+    from driftloop.steps.records import read_run
 
     arguments: dict[str, Any] = {
         "store_uri": str(store_uri), "schema_uri": str(schema_uri), "model_name": model_name,

@@ -9,7 +9,7 @@
 
 The run id of every record under ``runs/<run-id>/`` is the KFP run name
 (:data:`kfp.dsl.PIPELINE_JOB_NAME_PLACEHOLDER`, made path-safe by
-:func:`driftloop.steps.run_key`): the run's display name on a cluster, the timestamped
+:func:`driftloop.steps.common.run_key`): the run's display name on a cluster, the timestamped
 ``continuous-training-YYYY-MM-DD-HH-MM-SS-ffffff`` in kfp.local. Caching is off for every
 task: each one reads new data or writes the store (run records, registry), and a cached
 task would do neither.
@@ -46,7 +46,7 @@ PIPELINE_NAME = "continuous-training"
 GCS_SECRET = "driftloop-gcs"
 GCS_SECRET_MOUNT = "/secrets/gcs"
 GCS_KEY_FILE = "key.json"
-#: Defaults of the window parameters, the same as :func:`driftloop.steps.loop.run_ingest`'s
+#: Defaults of the window parameters, the same as :func:`driftloop.steps.ingest.run_ingest`'s
 #: (a test keeps them equal; loop is not imported here because it imports scikit-learn).
 WINDOW_DAYS = 1
 LOOKBACK_DAYS = 30
