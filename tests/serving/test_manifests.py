@@ -4,6 +4,14 @@ Each ``check_*`` function returns a list of problems (empty = fine), so the same
 on the real renders and, in the negative tests, on deliberately broken ones: a check that
 cannot fail proves nothing. Rendering uses ``kubectl kustomize`` (kustomize v5 embedded);
 nothing is applied to a cluster.
+
+Every rendered object is deserialised strictly into the official models
+(:func:`test_manifest_models.model_problems`), and the RBAC of each install mode of Kubeflow
+Pipelines (multi-user: the run's pods in the overlay's profile namespace; single-user: in
+``kubeflow``) is evaluated the way the API server does (``RuleAllows`` in
+``pkg/apis/rbac/v1/evaluation_helpers.go`` and ``appliesToUser`` in
+``pkg/registry/rbac/validation/rule.go``, kubernetes/kubernetes), for every overlay in both
+modes.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from test_manifest_models import model_problems
 
 from driftloop import __version__
 from driftloop.kfp.image import IMAGE_REPOSITORY
@@ -30,13 +40,42 @@ MANIFESTS = ROOT / "manifests"
 BASE = MANIFESTS / "base"
 OVERLAYS_DIR = MANIFESTS / "overlays"
 OVERLAYS = sorted(p.name for p in OVERLAYS_DIR.iterdir() if (p / "kustomization.yaml").is_file())
+#: The run side of a single-user install, applied in KFP's own namespace.
+KUBEFLOW_DIR = MANIFESTS / "kubeflow"
 TARGETS = ["base", *OVERLAYS]
+
+#: Install modes of Kubeflow Pipelines -> the component an overlay picks for it.
+MODES = {"multi-user": "kfp-multi-user", "single-user": "kfp-single-user"}
+#: The mode each shipped overlay demonstrates (its kustomization says how to switch).
+SHIPPED_MODES = {"dev": "single-user", "prod": "multi-user"}
 
 PREDICTOR_IMAGE = f"{IMAGE_REPOSITORY}-predictor"
 PIPELINE_SA = "driftloop-pipeline"
+ROLLOUT_ROLE = "driftloop-inferenceservice-patcher"
+ROLLOUT_BINDING = "driftloop-pipeline-inferenceservice-patcher"
+RUNNER_ROLE = "driftloop-pipeline-runner"
+RBAC_GROUP = "rbac.authorization.k8s.io"
 SINK = "driftloop-sink"
-ROLE_GRANTS = {("serving.kserve.io", "inferenceservices", verb)
-               for verb in ("get", "list", "watch", "patch")}
+ISVC = "driftloop-model"
+Grant = tuple[str, str, str, str, str]  # namespace, API group, resource, verb, resourceName
+
+
+def rollout_grants(namespace: str) -> set[Grant]:
+    """What the rollout step does to the InferenceService (src/driftloop/rollout/kube.py)."""
+    return {(namespace, "serving.kserve.io", "inferenceservices", verb, "")
+            for verb in ("get", "list", "watch", "patch")}
+
+
+def runner_grants(namespace: str) -> set[Grant]:
+    """What KFP's driver and launcher and Argo's executor need from the run's account.
+
+    See manifests/components/pipeline-runner/pipeline-runner.yaml for the upstream files.
+    """
+    return {(namespace, "", "configmaps", "get", "kfp-launcher"),
+            (namespace, "", "secrets", "get", "mlpipeline-minio-artifact"),
+            (namespace, "argoproj.io", "workflowtaskresults", "create", ""),
+            (namespace, "argoproj.io", "workflowtaskresults", "patch", "")}
+
 PART_OF = ("app.kubernetes.io/part-of", "driftloop")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "PersistentVolume", "StorageClass", "PriorityClass", "ClusterServingRuntime",
@@ -80,9 +119,32 @@ def render(path: Path) -> Docs:
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
+_MODE_TREES = tempfile.TemporaryDirectory(prefix="driftloop-manifests-")
+
+
+@functools.cache
+def _target_path(target: str) -> Path:
+    """``base``, ``kubeflow``, an overlay, or ``OVERLAY@MODE``: that overlay with the
+    install-mode component swapped for MODE's (in a copy of the tree)."""
+    if target == "base":
+        return BASE
+    if target == "kubeflow":
+        return KUBEFLOW_DIR
+    overlay, _, mode = target.partition("@")
+    if not mode:
+        return OVERLAYS_DIR / overlay
+    tree = Path(_MODE_TREES.name) / target / "manifests"
+    shutil.copytree(MANIFESTS, tree, ignore=shutil.ignore_patterns("*.md"))
+    path = tree / "overlays" / overlay
+    kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
+    kustomization["components"] = [f"../../components/{MODES[mode]}"]
+    (path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return path
+
+
 @functools.cache
 def _rendered(target: str) -> tuple[str, str]:
-    path = BASE if target == "base" else OVERLAYS_DIR / target
+    path = _target_path(target)
     return json.dumps(render(path)), _declared_namespace(path)
 
 
@@ -314,35 +376,130 @@ def _gcs_key_problems(pod: dict[str, Any], container: dict[str, Any]) -> list[st
     return problems
 
 
+# -- RBAC, evaluated like the API server ---------------------------------------------------
+
+
+def _applies_to(binding: dict[str, Any], account: tuple[str, str]) -> bool:
+    """Whether a (Cluster)RoleBinding names the service account ``(namespace, name)``.
+
+    As ``appliesToUser`` (pkg/registry/rbac/validation/rule.go): a ServiceAccount subject
+    without a namespace means the RoleBinding's own; groups are the ones every service
+    account is in.
+    """
+    namespace, name = account
+    own = binding.get("metadata", {}).get("namespace", "") if binding.get("kind") == \
+        "RoleBinding" else ""
+    groups = {"system:serviceaccounts", f"system:serviceaccounts:{namespace}",
+              "system:authenticated"}
+    for subject in binding.get("subjects") or []:
+        kind = subject.get("kind")
+        if kind == "ServiceAccount" and subject.get("name") == name \
+                and (subject.get("namespace") or own) == namespace:
+            return True
+        if kind == "Group" and subject.get("name") in groups:
+            return True
+        if kind == "User" and subject.get("name") == f"system:serviceaccount:{namespace}:{name}":
+            return True
+    return False
+
+
+def bound_rules(docs: Docs, account: tuple[str, str]) -> list[tuple[str | None, dict[str, Any]]]:
+    """(namespace, rule) for every rule bound to ``account`` in ``docs`` (None: cluster-wide)."""
+    found = []
+    for binding in docs:
+        kind = binding.get("kind")
+        if kind not in ("RoleBinding", "ClusterRoleBinding") or not _applies_to(binding, account):
+            continue
+        ref = binding.get("roleRef", {})
+        scope = binding["metadata"].get("namespace") if kind == "RoleBinding" else None
+        if ref.get("apiGroup") != RBAC_GROUP:
+            continue
+        if ref.get("kind") == "Role" and kind == "RoleBinding":
+            roles = [r for r in objects(docs, "Role", ref.get("name"))
+                     if r["metadata"].get("namespace") == scope]
+        elif ref.get("kind") == "ClusterRole":
+            roles = objects(docs, "ClusterRole", ref.get("name"))
+        else:
+            roles = []
+        found += [(scope, rule) for role in roles for rule in role.get("rules") or []]
+    return found
+
+
+def allowed(docs: Docs, account: tuple[str, str], verb: str, group: str, resource: str,
+            namespace: str, name: str = "") -> bool:
+    """Whether ``account`` may ``verb`` ``group/resource[/name]`` in ``namespace``.
+
+    ``RuleAllows`` (pkg/apis/rbac/v1/evaluation_helpers.go): verbs, groups and resources
+    match exactly or by ``*``; a rule with resourceNames matches only a request that names
+    one of them, so never a ``create`` (whose request has no name) or a ``list``.
+    """
+    def matches(rule: dict[str, Any]) -> bool:
+        names = rule.get("resourceNames") or []
+        return (any(v in ("*", verb) for v in rule.get("verbs") or [])
+                and any(g in ("*", group) for g in rule.get("apiGroups") or [])
+                and any(r in ("*", resource) for r in rule.get("resources") or [])
+                and (not names or (name != "" and name in names)))
+    return any(scope in (None, namespace) and matches(rule)
+               for scope, rule in bound_rules(docs, account))
+
+
+def grants(docs: Docs, account: tuple[str, str]) -> set[Grant]:
+    """Every (namespace, group, resource, verb, resourceName) the bound rules spell out."""
+    return {(scope or "*", g, r, v, n) for scope, rule in bound_rules(docs, account)
+            for g in rule.get("apiGroups") or [] for r in rule.get("resources") or []
+            for v in rule.get("verbs") or [] for n in rule.get("resourceNames") or [""]}
+
+
+def kubeflow_namespace() -> str:
+    """Where single-user KFP runs the workflows: the namespace of manifests/kubeflow."""
+    return _declared_namespace(KUBEFLOW_DIR)
+
+
+def run_namespace(docs: Docs, namespace: str) -> tuple[str | None, list[str]]:
+    """Where this render expects the run's pods: its own namespace (multi-user: the account
+    is in the render) or the subject of the rollout binding (single-user: ``kubeflow``)."""
+    if objects(docs, "ServiceAccount", PIPELINE_SA):
+        return namespace, []
+    binding, problems = one(docs, "RoleBinding", ROLLOUT_BINDING)
+    if binding is None:
+        return None, [*problems, "no install mode: the overlay lists neither "
+                      "components/kfp-multi-user nor components/kfp-single-user"]
+    subjects = [s for s in binding.get("subjects") or [] if s.get("name") == PIPELINE_SA]
+    run_ns = subjects[0].get("namespace") if len(subjects) == 1 else None
+    if run_ns != kubeflow_namespace():
+        return None, [f"RoleBinding/{ROLLOUT_BINDING} subjects {binding.get('subjects')}: "
+                      f"without ServiceAccount/{PIPELINE_SA} in the render (single-user) the "
+                      f"subject must be {PIPELINE_SA} in {kubeflow_namespace()!r}"]
+    return run_ns, []
+
+
 def check_rbac(docs: Docs, namespace: str) -> list[str]:
+    """The run's account gets exactly what it needs here, from Roles of this namespace."""
     problems = []
     for kind in ("ClusterRole", "ClusterRoleBinding"):
         if objects(docs, kind):
             problems.append(f"{kind} present: the pipeline may act in its namespace only")
-    role, found = one(docs, "Role")
-    binding, found2 = one(docs, "RoleBinding")
-    sa, found3 = one(docs, "ServiceAccount", PIPELINE_SA)
-    problems += found + found2 + found3
-    if role is not None:
-        grants = set()
-        for rule in role.get("rules", []):
-            if rule.get("nonResourceURLs") or rule.get("resourceNames"):
-                problems.append(f"Role rule {rule} has nonResourceURLs/resourceNames")
-            grants |= {(g, r, v) for g in rule.get("apiGroups", [])
-                       for r in rule.get("resources", []) for v in rule.get("verbs", [])}
-        if grants != ROLE_GRANTS:
-            problems.append(f"Role grants {sorted(grants)}; expected exactly "
-                            f"{sorted(ROLE_GRANTS)}")
-    if binding is not None and role is not None:
+    run_ns, found = run_namespace(docs, namespace)
+    problems += found
+    if run_ns is None:
+        return problems
+    account = (run_ns, PIPELINE_SA)
+    expected = rollout_grants(namespace) | (runner_grants(namespace) if run_ns == namespace
+                                            else set())
+    actual = grants(docs, account)
+    if actual != expected:
+        problems.append(f"Role grants to {run_ns}/{PIPELINE_SA}: {sorted(actual - expected)} "
+                        f"more than a run needs, {sorted(expected - actual)} missing")
+    for binding in objects(docs, "RoleBinding"):
+        name = binding["metadata"]["name"]
         ref = binding.get("roleRef", {})
-        if ref != {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                   "name": role["metadata"]["name"]}:
-            problems.append(f"RoleBinding roleRef {ref} is not Role/{role['metadata']['name']}")
-        expected = [{"kind": "ServiceAccount", "name": PIPELINE_SA, "namespace": namespace}]
-        if binding.get("subjects") != expected:
-            problems.append(f"RoleBinding subjects {binding.get('subjects')}, expected {expected}")
-    if sa is not None and sa["metadata"].get("namespace") != namespace:
-        problems.append(f"ServiceAccount/{PIPELINE_SA} is not in {namespace}")
+        if ref.get("apiGroup") != RBAC_GROUP or ref.get("kind") != "Role" \
+                or not objects(docs, "Role", ref.get("name")):
+            problems.append(f"RoleBinding/{name} roleRef {ref} is not a Role of this render")
+        expected_subjects = [{"kind": "ServiceAccount", "name": PIPELINE_SA, "namespace": run_ns}]
+        if binding.get("subjects") != expected_subjects:
+            problems.append(f"RoleBinding/{name} subjects {binding.get('subjects')}, expected "
+                            f"{expected_subjects}")
     return problems
 
 
@@ -491,64 +648,9 @@ def check_resources(docs: Docs, namespace: str) -> list[str]:
     return problems
 
 
-#: The generated API models that know every field of these kinds (kserve 0.20's SDK and the
-#: Kubernetes client); a misspelt or misplaced field is not one of their attributes.
-SCHEMA_TYPES = {
-    "InferenceService": "V1beta1InferenceService",
-    "ServingRuntime": "V1alpha1ServingRuntime",
-    "Deployment": "V1Deployment",
-    "Service": "V1Service",
-    "ServiceAccount": "V1ServiceAccount",
-    "ConfigMap": "V1ConfigMap",
-    "Role": "V1Role",
-    "RoleBinding": "V1RoleBinding",
-}
-_SCALARS = {"str", "int", "bool", "float", "object", "datetime", "date"}
-
-
-def _model_class(type_name: str) -> Any:
-    import kserve.models
-    import kubernetes.client
-
-    return getattr(kserve.models, type_name, None) or getattr(kubernetes.client, type_name, None)
-
-
-def _schema_problems(value: Any, type_name: str, path: str) -> list[str]:
-    if type_name in _SCALARS:
-        return []
-    if type_name.startswith("list[") and type_name.endswith("]"):
-        if not isinstance(value, list):
-            return [f"{path}: expected a list"]
-        return [p for i, item in enumerate(value)
-                for p in _schema_problems(item, type_name[5:-1], f"{path}[{i}]")]
-    if type_name.startswith("dict(") and type_name.endswith(")"):
-        if not isinstance(value, dict):
-            return [f"{path}: expected a mapping"]
-        inner = type_name[5:-1].split(", ", 1)[1]
-        return [p for k, v in value.items() for p in _schema_problems(v, inner, f"{path}.{k}")]
-    cls = _model_class(type_name)
-    if cls is None:
-        return []
-    if not isinstance(value, dict):
-        return [f"{path}: expected an object ({type_name})"]
-    fields = {json_name: attr for attr, json_name in cls.attribute_map.items()}
-    problems = []
-    for key, item in value.items():
-        if key not in fields:
-            problems.append(f"{path}.{key}: not a field of {type_name}")
-        else:
-            problems += _schema_problems(item, cls.openapi_types[fields[key]], f"{path}.{key}")
-    return problems
-
-
 def check_fields(docs: Docs, namespace: str) -> list[str]:
-    """Every field is one the API knows (kserve's SDK models, the Kubernetes client's)."""
-    problems = []
-    for d in docs:
-        type_name = SCHEMA_TYPES.get(str(d.get("kind")))
-        if type_name is not None:
-            problems += _schema_problems(d, type_name, f"{d['kind']}/{d['metadata']['name']}")
-    return problems
+    """Every object deserialises strictly into its official model (test_manifest_models)."""
+    return [p for d in docs for p in model_problems(d)[1]]
 
 
 CHECKS: dict[str, Callable[[Docs, str], list[str]]] = {
@@ -575,11 +677,176 @@ def test_there_are_dev_and_prod_overlays() -> None:
     assert {"dev", "prod"} <= set(OVERLAYS), OVERLAYS
 
 
-@pytest.mark.parametrize("check", sorted(CHECKS))
-@pytest.mark.parametrize("target", TARGETS)
+#: Every overlay as shipped and in both install modes; the base leaves the mode (and with it
+#: every RoleBinding) to the overlay, so its RBAC is checked by test_base_binds_nobody.
+MODE_TARGETS = [f"{overlay}@{mode}" for overlay in OVERLAYS for mode in MODES]
+
+
+@pytest.mark.parametrize(("target", "check"), [
+    (target, check) for target in [*TARGETS, *MODE_TARGETS] for check in sorted(CHECKS)
+    if (target, check) != ("base", "rbac")])
 def test_rendered_manifests(target: str, check: str) -> None:
     problems = CHECKS[check](rendered(target), namespace_of(target))
     assert problems == [], f"{target}: " + "\n".join(problems)
+
+
+def test_base_binds_nobody() -> None:
+    """The rollout Role is in the base; who gets it is the install mode's business."""
+    docs = rendered("base")
+    assert [r["metadata"]["name"] for r in objects(docs, "Role")] == [ROLLOUT_ROLE]
+    assert objects(docs, "RoleBinding") == [] and objects(docs, "ServiceAccount", PIPELINE_SA) == []
+    assert any("no install mode" in p for p in check_rbac(docs, namespace_of("base")))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_picks_one_install_mode(overlay: str) -> None:
+    kustomization = yaml.safe_load((OVERLAYS_DIR / overlay / "kustomization.yaml").read_text())
+    picked = [c for c in kustomization.get("components", [])
+              if Path(c).name in MODES.values()]
+    assert len(picked) == 1, f"{overlay} lists {picked}: pick exactly one of {list(MODES.values())}"
+    assert Path(picked[0]).name == MODES[SHIPPED_MODES[overlay]]
+    docs = rendered(overlay)
+    run_ns, problems = run_namespace(docs, namespace_of(overlay))
+    assert problems == []
+    assert run_ns == (namespace_of(overlay) if SHIPPED_MODES[overlay] == "multi-user"
+                      else kubeflow_namespace())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_mode_copies_render_like_the_shipped_overlays(overlay: str) -> None:
+    """The copies behind MODE_TARGETS differ from the tree only in the component they pick."""
+    assert rendered(f"{overlay}@{SHIPPED_MODES[overlay]}") == rendered(overlay)
+
+
+SINGLE_USER_BREAKAGES: dict[str, tuple[Callable[[Docs], None], str]] = {
+    "subject in the serving namespace": (
+        lambda d: _set("subjects.0.namespace", d[0]["metadata"]["namespace"])(
+            objects(d, "RoleBinding", ROLLOUT_BINDING)[0]), "subject must be"),
+    "subject is KFP's default account": (
+        lambda d: _set("subjects.0.name", "pipeline-runner")(
+            objects(d, "RoleBinding", ROLLOUT_BINDING)[0]), "subject must be"),
+    "both modes at once": (
+        lambda d: d.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+            "name": PIPELINE_SA, "namespace": d[0]["metadata"]["namespace"],
+            "labels": dict([PART_OF])}}), "missing"),
+    "no rollout binding": (
+        lambda d: d.remove(objects(d, "RoleBinding", ROLLOUT_BINDING)[0]), "no install mode"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(SINGLE_USER_BREAKAGES))
+def test_checks_catch_a_wrong_single_user_manifest(breakage: str) -> None:
+    docs, namespace = rendered("prod@single-user"), namespace_of("prod@single-user")
+    assert all_problems(docs, namespace) == []
+    mutate, expected = SINGLE_USER_BREAKAGES[breakage]
+    mutate(docs)
+    problems = all_problems(docs, namespace)
+    assert any(expected in p for p in problems), problems
+
+
+def test_the_kubeflow_namespace_render() -> None:
+    """Single-user: ServiceAccount, runner Role and binding in KFP's namespace, nothing else."""
+    docs, namespace = rendered("kubeflow"), namespace_of("kubeflow")
+    assert namespace == "kubeflow"
+    assert check_namespaces(docs, namespace) == []
+    assert check_fields(docs, namespace) == []
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("Role", RUNNER_ROLE), ("RoleBinding", RUNNER_ROLE), ("ServiceAccount", PIPELINE_SA)]
+    assert grants(docs, (namespace, PIPELINE_SA)) == runner_grants(namespace)
+
+
+def _run_docs(overlay: str, mode: str) -> tuple[Docs, str, str]:
+    """Everything applied for ``overlay`` in ``mode``, the serving and the run namespace."""
+    target = f"{overlay}@{mode}"
+    docs, serving_ns = rendered(target), namespace_of(target)
+    if mode == "single-user":
+        return [*docs, *rendered("kubeflow")], serving_ns, kubeflow_namespace()
+    return docs, serving_ns, serving_ns
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_run_account_can_do_what_a_kfp_run_needs(overlay: str, mode: str) -> None:
+    """Every pod of a KFP 2.17 run uses the run's account (KFP's driver and launcher, Argo's
+    executor, the rollout step); each must be allowed, nothing more."""
+    docs, serving_ns, run_ns = _run_docs(overlay, mode)
+    account = (run_ns, PIPELINE_SA)
+    assert objects(docs, "ServiceAccount", PIPELINE_SA)[0]["metadata"]["namespace"] == run_ns
+    # KFP's root-DAG driver: the launcher config (Forbidden fails the run)
+    assert allowed(docs, account, "get", "", "configmaps", run_ns, "kfp-launcher")
+    # KFP's launcher: the default minio:// pipeline root's keys
+    assert allowed(docs, account, "get", "", "secrets", run_ns, "mlpipeline-minio-artifact")
+    # Argo's executor: the task results
+    for verb in ("create", "patch"):
+        assert allowed(docs, account, verb, "argoproj.io", "workflowtaskresults", run_ns)
+    # driftloop's rollout step: the InferenceService in the serving namespace
+    for verb in ("get", "list", "watch", "patch"):
+        assert allowed(docs, account, verb, "serving.kserve.io", "inferenceservices",
+                       serving_ns, ISVC)
+    # and nothing beyond
+    refused = [
+        ("create", "serving.kserve.io", "inferenceservices", serving_ns, ""),
+        ("delete", "serving.kserve.io", "inferenceservices", serving_ns, ISVC),
+        ("update", "serving.kserve.io", "inferenceservices", serving_ns, ISVC),
+        ("get", "", "secrets", run_ns, GCS_SECRET),
+        ("get", "", "secrets", serving_ns, "driftloop-gcs-kserve"),
+        ("list", "", "secrets", run_ns, ""),
+        ("list", "", "configmaps", run_ns, ""),
+        ("get", "", "configmaps", run_ns, "driftloop-config"),
+        ("update", "", "configmaps", run_ns, "kfp-launcher"),
+        ("delete", "argoproj.io", "workflowtaskresults", run_ns, "t"),
+        ("patch", "argoproj.io", "workflows", run_ns, "w"),
+        ("get", "", "pods", run_ns, "p"),
+        ("create", "argoproj.io", "workflowtaskresults", "default", ""),
+        ("get", "serving.kserve.io", "inferenceservices", "default", ISVC),
+    ]
+    for verb, group, resource, namespace, name in refused:
+        assert not allowed(docs, account, verb, group, resource, namespace, name), \
+            (verb, group, resource, namespace, name)
+    assert grants(docs, account) == rollout_grants(serving_ns) | runner_grants(run_ns)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_single_user_needs_the_kubeflow_render_too(overlay: str) -> None:
+    """Without manifests/kubeflow the driver would be refused kfp-launcher."""
+    target = f"{overlay}@single-user"
+    account = (kubeflow_namespace(), PIPELINE_SA)
+    assert not allowed(rendered(target), account, "get", "", "configmaps",
+                       kubeflow_namespace(), "kfp-launcher")
+    assert allowed(rendered(target), account, "patch", "serving.kserve.io", "inferenceservices",
+                   namespace_of(target), ISVC)
+
+
+def test_the_rbac_evaluator_follows_the_api_server() -> None:
+    """The few RBAC rules the checks rely on, on hand-made objects."""
+    def role(rule: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "Role", "metadata": {"name": "r", "namespace": "a"}, "rules": [rule]}
+
+    def binding(subject: dict[str, Any], namespace: str = "a") -> dict[str, Any]:
+        return {"kind": "RoleBinding", "metadata": {"name": "b", "namespace": namespace},
+                "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": "r"},
+                "subjects": [subject]}
+
+    sa = {"kind": "ServiceAccount", "name": "s"}
+    get_cm = role({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"],
+                   "resourceNames": ["kfp-launcher"]})
+    docs = [get_cm, binding(sa)]  # a subject without namespace: the binding's own
+    assert allowed(docs, ("a", "s"), "get", "", "configmaps", "a", "kfp-launcher")
+    assert not allowed(docs, ("a", "s"), "get", "", "configmaps", "a", "other")
+    assert not allowed(docs, ("a", "s"), "list", "", "configmaps", "a")
+    assert not allowed(docs, ("b", "s"), "get", "", "configmaps", "a", "kfp-launcher")
+    assert not allowed(docs, ("a", "s"), "get", "", "configmaps", "b", "kfp-launcher")
+    # a binding in another namespace than the Role's finds no Role
+    assert not allowed([get_cm, binding(sa, "b")], ("b", "s"), "get", "", "configmaps", "b",
+                       "kfp-launcher")
+    # resourceNames never allow create
+    named = role({"apiGroups": ["x"], "resources": ["y"], "verbs": ["create"],
+                  "resourceNames": ["n"]})
+    assert not allowed([named, binding(sa)], ("a", "s"), "create", "x", "y", "a")
+    star = role({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]})
+    group = {"kind": "Group", "name": "system:serviceaccounts:a"}
+    assert allowed([star, binding(group)], ("a", "any"), "delete", "apps", "deployments", "a",
+                   "d")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -651,31 +918,70 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return apply
 
 
+def _role(docs: Docs, name: str = ROLLOUT_ROLE) -> dict[str, Any]:
+    return objects(docs, "Role", name)[0]
+
+
+def _runner_rule(docs: Docs, resource: str) -> dict[str, Any]:
+    return next(r for r in _role(docs, RUNNER_ROLE)["rules"] if resource in r["resources"])
+
+
 BREAKAGES: dict[str, tuple[Callable[[Docs], None], str]] = {
     "role with * verbs": (
-        lambda d: _set("rules.0.verbs", ["*"])(objects(d, "Role")[0]), "Role grants"),
+        lambda d: _set("rules.0.verbs", ["*"])(_role(d)), "Role grants"),
     "role with * resources": (
-        lambda d: _set("rules.0.resources", ["*"])(objects(d, "Role")[0]), "Role grants"),
+        lambda d: _set("rules.0.resources", ["*"])(_role(d)), "Role grants"),
     "role with create": (
-        lambda d: objects(d, "Role")[0]["rules"][0]["verbs"].append("create"), "Role grants"),
+        lambda d: _role(d)["rules"][0]["verbs"].append("create"), "Role grants"),
     "role without watch": (
-        lambda d: objects(d, "Role")[0]["rules"][0]["verbs"].remove("watch"), "Role grants"),
+        lambda d: _role(d)["rules"][0]["verbs"].remove("watch"), "Role grants"),
     "role reading secrets": (
-        lambda d: objects(d, "Role")[0]["rules"].append(
+        lambda d: _role(d)["rules"].append(
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}), "Role grants"),
+    "runner without kfp-launcher": (
+        lambda d: _role(d, RUNNER_ROLE)["rules"].remove(_runner_rule(d, "configmaps")),
+        "('ml', '', 'configmaps', 'get', 'kfp-launcher')] missing"),
+    "runner reading every configmap": (
+        lambda d: _runner_rule(d, "configmaps").pop("resourceNames"), "Role grants"),
+    "runner reading every secret": (
+        lambda d: _runner_rule(d, "secrets").pop("resourceNames"), "Role grants"),
+    "runner without the artifact secret": (
+        lambda d: _role(d, RUNNER_ROLE)["rules"].remove(_runner_rule(d, "secrets")),
+        "mlpipeline-minio-artifact')] missing"),
+    "runner without task results": (
+        lambda d: _role(d, RUNNER_ROLE)["rules"].remove(_runner_rule(d, "workflowtaskresults")),
+        "'workflowtaskresults', 'create', '')"),
+    "runner patching no task results": (
+        lambda d: _runner_rule(d, "workflowtaskresults")["verbs"].remove("patch"),
+        "'workflowtaskresults', 'patch', '')] missing"),
+    "runner binding to another account": (
+        lambda d: _set("subjects.0.name", "default-editor")(
+            objects(d, "RoleBinding", RUNNER_ROLE)[0]), "RoleBinding/driftloop-pipeline-runner"),
+    "runner role in another namespace": (
+        lambda d: _set("metadata.namespace", "kubeflow")(_role(d, RUNNER_ROLE)), "missing"),
+    "no pipeline account": (
+        lambda d: d.remove(objects(d, "ServiceAccount", PIPELINE_SA)[0]), "subject must be"),
+    "probe without a port": (
+        lambda d: _runtime(d)["spec"]["containers"][0]["readinessProbe"]["httpGet"].pop("port"),
+        "readinessProbe.httpGet.port: required by V1HTTPGetAction"),
+    "unknown probe field": (
+        lambda d: _runtime(d)["spec"]["containers"][0]["livenessProbe"].__setitem__(
+            "httpGet.port", 8080), "livenessProbe.httpGet.port: not a field of V1Probe"),
     "cluster role": (
         lambda d: d.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                             "metadata": {"name": "x", "labels": dict([PART_OF])}}),
         "ClusterRole present"),
     "binding to another service account": (
-        lambda d: _set("subjects.0.name", "default")(objects(d, "RoleBinding")[0]),
-        "RoleBinding subjects"),
+        lambda d: _set("subjects.0.name", "default")(objects(d, "RoleBinding", ROLLOUT_BINDING)[0]),
+        f"RoleBinding/{ROLLOUT_BINDING} subjects"),
     "binding subject in another namespace": (
-        lambda d: _set("subjects.0.namespace", "kubeflow")(objects(d, "RoleBinding")[0]),
-        "RoleBinding subjects"),
+        lambda d: _set("subjects.0.namespace", "kubeflow")(
+            objects(d, "RoleBinding", ROLLOUT_BINDING)[0]),
+        f"RoleBinding/{ROLLOUT_BINDING} subjects"),
     "binding to a cluster role": (
-        lambda d: _set("roleRef.kind", "ClusterRole")(objects(d, "RoleBinding")[0]),
-        "RoleBinding roleRef"),
+        lambda d: _set("roleRef.kind", "ClusterRole")(
+            objects(d, "RoleBinding", ROLLOUT_BINDING)[0]),
+        f"RoleBinding/{ROLLOUT_BINDING} roleRef"),
     "raw deployment": (
         lambda d: _set("metadata.annotations", {"serving.kserve.io/deploymentMode":
                                                 "RawDeployment"})(_isvc(d)), "deploymentMode"),
