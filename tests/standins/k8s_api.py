@@ -17,13 +17,14 @@ custom-object routes the ``kubernetes`` Python client calls for
 Errors are ``v1.Status`` objects (``{"kind": "Status", "apiVersion": "v1", "status":
 "Failure", "reason": "NotFound", "code": 404, "message": ...}``); 422 Invalid for what
 KServe's schema and webhook reject (``storageUri`` missing or with an unsupported scheme,
-``canaryTrafficPercent`` outside 0..100; :func:`driftloop.rollout.base.validate_inference_service`).
+``canaryTrafficPercent`` outside 0..100;
+:func:`~driftloop.rollout.inference_service.validate_inference_service`).
 ``status`` in a body is ignored (the status subresource). Every change bumps
 ``metadata.resourceVersion`` (one counter for the whole server, like etcd) and a change of
 ``spec`` bumps ``metadata.generation``; a patch that changes nothing changes neither.
 
 After each change the KServe controller and Knative are simulated by
-:func:`driftloop.rollout.local.reconcile` (shared with the local backend): a revision
+:func:`driftloop.rollout.reconciler.reconcile` (shared with the local backend): a revision
 ``{name}-predictor-0000N`` per predictor template, and ``status.components.predictor``
 traffic with KServe's canary rules. Revisions are kept per object (:meth:`revisions`).
 

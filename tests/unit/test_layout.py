@@ -115,3 +115,31 @@ def test_no_module_over_600_lines_without_a_reason():
             if "Longer than 600 lines" not in doc:
                 long.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
     assert long == []
+
+
+def _calls(tree: ast.AST, owner: str | None = None) -> set[str]:
+    """Names called in ``tree`` (``owner.name(...)`` only when ``owner`` is given)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if owner is None and isinstance(f, ast.Name):
+                out.add(f.id)
+            elif (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                  and f.value.id == owner):
+                out.add(f.attr)
+    return out
+
+
+def test_a_component_calls_one_step_and_the_loop_calls_the_same_steps():
+    components = ast.parse((ROOT / "kfp" / "components.py").read_text())
+    bodies = {f.name: _calls(f, "steps") for f in components.body
+              if isinstance(f, ast.FunctionDef) and f.decorator_list}
+    assert len(bodies) == 9 and all(len(c) == 1 for c in bodies.values()), bodies
+    called = set().union(*bodies.values())
+    loop = _calls(ast.parse((ROOT / "steps" / "loop.py").read_text()))
+    # every step of the pipeline's body runs in process too; the exit handler's step is
+    # the loop's own try/except (record_failure)
+    assert called - {"exit_step"} <= loop, called - loop
+    assert {"run_ingest", "run_drift", "run_decide", "run_train", "run_evaluate",
+            "run_promote"}.isdisjoint(loop)  # no second path around the steps

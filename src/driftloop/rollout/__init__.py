@@ -7,7 +7,7 @@ One interface, :class:`~driftloop.rollout.base.RolloutBackend`, two implementati
   bounded retries). Needs KServe in Serverless (Knative) mode.
 * :class:`~driftloop.rollout.local.LocalRolloutBackend` -- the same object as YAML in a
   local folder, with a stand-in of KServe's controller, and
-  :class:`~driftloop.rollout.local.LocalGateway`, a stand-in of Knative's traffic split that
+  :class:`~driftloop.rollout.gateway.LocalGateway`, a stand-in of Knative's traffic split that
   serves the split with real predictor servers on 127.0.0.1.
 
 A canary: ``ensure(stable_uri)``, ``set_canary(canary_uri, 10)``, ``set_traffic(50)``,

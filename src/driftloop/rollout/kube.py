@@ -13,7 +13,7 @@ Uses the ``kubernetes`` client's ``CustomObjectsApi`` on ``serving.kserve.io/v1b
 
 Errors: 404 -> :class:`~driftloop.rollout.base.InferenceServiceNotFound`; 400/422 ->
 :class:`~driftloop.rollout.base.RolloutRejected` with the server's message; 401/403 ->
-:class:`~driftloop.rollout.base.RolloutError` naming the RBAC rule needed; timeouts,
+:class:`~driftloop.rollout.errors.RolloutError` naming the RBAC rule needed; timeouts,
 connection errors, 429 and 5xx are retried with exponential backoff
 (``backoff_base * 2**attempt`` seconds, capped at ``backoff_max``; a numeric ``Retry-After``
 is honoured) up to ``max_attempts`` tries per request. A service in RawDeployment mode is
