@@ -77,17 +77,6 @@ def _registry(args: argparse.Namespace) -> Any:
     return Registry(open_store(args.store), args.model)
 
 
-def _read_frame(path: str) -> Any:
-    import pandas as pd
-
-    try:
-        return pd.read_parquet(path)
-    except FileNotFoundError:
-        raise DriftloopError(f"{path}: file does not exist") from None
-    except Exception as exc:
-        raise DriftloopError(f"{path}: not a readable Parquet file ({exc})") from None
-
-
 # --- subcommands ------------------------------------------------------------------------
 
 
@@ -132,6 +121,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     """Compare a Parquet file of current records with the champion's reference."""
     from driftloop.steps.champion import load_champion
+    from driftloop.steps.common import read_frame
     from driftloop.steps.drift import run_drift
 
     store, schema = _open(args)
@@ -140,7 +130,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     champion = load_champion(Registry(store, args.model))
     if champion is None:
         raise DriftloopError(f"model {args.model}: no champion to compare with (train first)")
-    report = run_drift(champion, _read_frame(args.current), schema, _config(args))
+    report = run_drift(champion, read_frame(args.current), schema, _config(args))
     if args.markdown and report is not None:
         sys.stdout.write(report.to_markdown())
         return 0
@@ -194,12 +184,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a registered challenger against the champion on an evaluation Parquet file."""
     from driftloop.models.registry import Registry
     from driftloop.steps.champion import load_champion
+    from driftloop.steps.common import read_frame
     from driftloop.steps.evaluate import run_evaluate
 
     store, schema = _open(args)
     registry = Registry(store, args.model)
     verdict = run_evaluate(registry, load_champion(registry), args.challenger,
-                           _read_frame(args.eval), schema, _config(args))
+                           read_frame(args.eval), schema, _config(args))
     _emit(args, verdict)
     return 0
 
