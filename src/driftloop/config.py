@@ -195,6 +195,9 @@ class TrainConfig:
         learning_rate: Learning rate of the tabular model.
         max_features: TF-IDF vocabulary size (text).
         c: Inverse regularisation strength of the text model.
+        importance_rows: Rows (sampled, seeded) the permutation feature importance of a
+            new model is measured on (0: not measured).
+        importance_repeats: Shuffles per feature of the permutation importance.
     """
 
     seed: int = 0
@@ -206,8 +209,12 @@ class TrainConfig:
     learning_rate: float = 0.1
     max_features: int = 20_000
     c: float = 4.0
+    importance_rows: int = 1000
+    importance_repeats: int = 5
 
     def __post_init__(self) -> None:
+        _check(self.importance_rows >= 0, "train.importance_rows", "must be >= 0")
+        _check(self.importance_repeats >= 1, "train.importance_repeats", "must be >= 1")
         _check(0 < self.eval_fraction < 1, "train.eval_fraction", "must be in (0, 1)")
         _check(0 < self.validation_fraction < 1, "train.validation_fraction",
                "must be in (0, 1)")

@@ -209,14 +209,24 @@ class ModelMetadata(JsonResult):
     #: What the last doubling of its data bought (:func:`learning_curve`): the label-volume
     #: rule grows the training set again only while this credibly paid. Empty: unknown.
     learning_curve: dict[str, float] = field(default_factory=dict)
+    #: Permutation importance on rows it never trained on (:func:`feature_importance`):
+    #: ``{"rows", "source", "metric", "baseline", "repeats", "features": [{"name", "mean",
+    #: "std"}, ...]}``, most important first. Empty: not measured (older versions too).
+    feature_importance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrainResult:
-    """A fitted pipeline and its metadata."""
+    """A fitted pipeline and its metadata.
+
+    ``probe`` is the pipeline fitted without the ``validation`` rows (the validation
+    metrics are its scores on them); ``None`` when no validation split was scored.
+    """
 
     model: Pipeline
     metadata: ModelMetadata
+    probe: Pipeline | None = None
+    validation: pd.DataFrame | None = None
 
 
 def _canonical_rows(df: pd.DataFrame, schema: Schema) -> list[str]:
@@ -315,6 +325,7 @@ def train_model(
                                        salt="validation")
     val_metrics: dict[str, float] = {}
     curve: dict[str, float] = {}
+    probe: Pipeline | None = None
     if len(val_part) and fit_part["label"].nunique() >= 2:
         probe = build_pipeline(schema, config).fit(X.loc[fit_part.index], y[fit_part.index])
         pred, proba = predict_frame(probe, val_part, schema)
@@ -350,7 +361,8 @@ def train_model(
         n_validation_rows=len(val_part) if val_metrics else 0,
         learning_curve=curve,
     )
-    return TrainResult(model=model, metadata=metadata)
+    return TrainResult(model=model, metadata=metadata, probe=probe,
+                       validation=val_part if probe is not None else None)
 
 
 def learning_curve(fit_part: pd.DataFrame, val_part: pd.DataFrame, full_pred: np.ndarray,
@@ -389,6 +401,76 @@ def learning_curve(fit_part: pd.DataFrame, val_part: pd.DataFrame, full_pred: np
     return {"n_half": float(len(half)), "n_full": float(len(fit_part)),
             "accuracy_half": float(half_ok.mean()), "accuracy_full": float(full_ok.mean()),
             "gain": float(full_ok.mean() - half_ok.mean()), "p": float(p)}
+
+
+def permutation_feature_importance(
+    model: Any, rows: pd.DataFrame, schema: Schema, config: TrainConfig, *, source: str,
+) -> dict[str, Any]:
+    """Permutation importance of each feature column of ``schema`` for ``model`` on ``rows``.
+
+    A feature's importance is the drop in accuracy when its column is shuffled across the
+    rows (``config.importance_repeats`` seeded shuffles: mean and standard deviation); a
+    text column is one feature (its documents are shuffled whole). At most
+    ``config.importance_rows`` labelled rows are used (a seeded sample). ``rows`` must be
+    rows the model never trained on: on its own training rows a model's importances say
+    what it memorised.
+
+    Returns:
+        ``{"rows", "source", "metric": "accuracy", "baseline", "repeats", "features"}``,
+        ``features`` sorted by mean importance (largest first, then by name); empty
+        without labelled rows or when ``config.importance_rows`` is 0.
+    """
+    from sklearn.inspection import permutation_importance
+
+    labelled = rows.loc[rows["label"].notna()] if "label" in rows.columns else rows.iloc[:0]
+    if labelled.empty or config.importance_rows == 0:
+        return {}
+    if len(labelled) > config.importance_rows:
+        pick = np.random.default_rng(config.seed).choice(len(labelled),
+                                                         size=config.importance_rows,
+                                                         replace=False)
+        labelled = labelled.iloc[np.sort(pick)]
+    X = feature_frame(labelled, schema).reset_index(drop=True)
+    y = labelled["label"].astype(str).to_numpy()
+    baseline = float((model.predict(X).astype(str) == y).mean())
+    found = permutation_importance(model, X, y, scoring="accuracy",
+                                   n_repeats=config.importance_repeats,
+                                   random_state=config.seed)
+    features = [{"name": name, "mean": float(found.importances_mean[i]),
+                 "std": float(found.importances_std[i])}
+                for i, name in enumerate(X.columns)]
+    features.sort(key=lambda f: (-f["mean"], f["name"]))
+    return {"rows": len(labelled), "source": source, "metric": "accuracy",
+            "baseline": baseline, "repeats": config.importance_repeats,
+            "features": features}
+
+
+def feature_importance(result: TrainResult, eval_set: pd.DataFrame, training: pd.DataFrame,
+                       schema: Schema, config: TrainConfig) -> dict[str, Any]:
+    """The new model's permutation importance on its evaluation rows (for its metadata).
+
+    The rows are ``eval_set``'s labelled rows outside ``training`` (by id): the rows the
+    gate judges it on. When there are none (a first model, before any production label),
+    the validation probe of :func:`train_model` is measured on the validation split it was
+    not fitted on, and ``source`` says so: the registered model was refit on those rows,
+    so it cannot be measured on them.
+    """
+    unseen = eval_set
+    if len(eval_set) and "label" in eval_set.columns:
+        unseen = eval_set.loc[eval_set["label"].notna()]
+        if len(training) and "id" in unseen.columns:
+            unseen = unseen.loc[~unseen["id"].astype(str).isin(training["id"].astype(str))]
+    if len(unseen) and "label" in unseen.columns:
+        return permutation_feature_importance(
+            result.model, unseen, schema, config,
+            source=f"evaluation set: {len(unseen)} held-out labelled rows it did not train on")
+    if result.probe is None or result.validation is None or result.validation.empty:
+        return {}
+    return permutation_feature_importance(
+        result.probe, result.validation, schema, config,
+        source=(f"validation split (no labelled evaluation rows: a first model): the "
+                f"validation probe, fitted without these {len(result.validation)} rows, "
+                f"not the registered model, which was refit on them"))
 
 
 def save_model_artifact(result: TrainResult, folder: Path) -> Path:

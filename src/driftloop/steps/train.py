@@ -29,6 +29,7 @@ from driftloop.decide.trigger import (
 from driftloop.models.registry import Registry
 from driftloop.models.train import (
     ModelMetadata,
+    feature_importance,
     save_model_artifact,
     train_model,
 )
@@ -76,7 +77,9 @@ def run_train(
     The rows are chosen by :func:`plan_training` (from the detected change on when drift
     or a performance drop fired, :func:`training_start`); the model, its metadata (with
     why it was trained and on which window) and its drift profile are registered and its
-    training set becomes the next reference.
+    training set becomes the next reference. Its permutation feature importance on the
+    evaluation rows (:func:`~driftloop.models.train.feature_importance`) goes into its
+    metadata.
 
     Raises:
         TrainingError: The planned training rows cannot train a model (the decision step
@@ -91,6 +94,8 @@ def run_train(
     result = train_model(plan.training, schema, config.train, model_name=model_name,
                          primary_metric=config.gate.primary_metric, now=now)
     result.metadata.trigger = trigger_record(fired, drift, choice)
+    result.metadata.feature_importance = feature_importance(
+        result, plan.eval_set, plan.training, schema, config.train)
     metadata = result.metadata
     if registry.has_version(metadata.version):
         # A retry of an interrupted run (or a forced re-run at the same logical time):
