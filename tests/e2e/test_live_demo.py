@@ -16,6 +16,7 @@ from driftloop.cli import main
 from driftloop.data.storage import LocalStore
 from driftloop.demo.live import run_live_demo
 from driftloop.demo.traffic import TrafficConfig
+from driftloop.models.registry import Registry
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 #: kserve 0.20 answers with ORJSONResponse, which FastAPI deprecates on every request.
@@ -54,7 +55,37 @@ def test_the_tweets_demo_finds_the_topic_change_and_keeps_every_record(tmp_path:
     text = printed.getvalue()
     assert "| day | regime | requests |" in text and text.count("\n| ") >= 5
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 3
+    # the counterfactual: the first champion, frozen, on the same labelled served rows
+    cf = result.counterfactual
+    assert cf is not None and cf.static_version == first
+    labelled = result.served[result.served["labelled"]]
+    assert cf.rows == len(labelled) and cf.excluded == 0  # it trained on the seed rows only
+    ok = (labelled["prediction"] == labelled["label"]).groupby(labelled["day"])
+    daily = cf.daily.set_index("day")
+    assert list(daily.index) == [0, 1, 2, 3]
+    assert (daily["labelled"] == ok.size()).all() and (daily["served"] == ok.mean()).all()
+    for d, part in labelled.groupby("day"):
+        if set(part["model_version"]) == {first}:  # it served that day: the same answers
+            assert daily.loc[d, "static"] == daily.loc[d, "served"]
+    if set(labelled["model_version"]) == {first}:  # nothing else served: nothing gained
+        assert cf.gain == 0.0 and cf.interval == (0.0, 0.0)
+    assert cf.retrains == sum(r.retrain for r in days)
+    assert "served vs static model (same rows)" in text
+    assert next(line.split(" | ")[-1].rstrip(" |") for line in text.splitlines()
+                if line.startswith("| ") and " | airline | " in line) == (
+        f"{daily.loc[0, 'served']:.2f} vs {daily.loc[0, 'static']:.2f} "
+        f"(n={daily.loc[0, 'labelled']})")
+    assert cf.line() in text and cf.line().startswith("continuous training: ")
+    assert f"at {cf.retrains} retrains and {cf.promotions} promotions" in cf.line()
+    assert "What continuous training bought" in html and "Feature importance by version" in html
+    # every version recorded its permutation importance on rows it did not train on
+    registry = Registry(store, "tweets")
+    for version in registry.versions():
+        found = registry.metadata(version)["feature_importance"]
+        assert [f["name"] for f in found["features"]] == ["text"] and found["rows"] > 0
+        assert found["features"][0]["mean"] > 0
+    assert "validation split" in registry.metadata(first)["feature_importance"]["source"]
 
 
 def test_make_demo_runs_the_pipeline_through_kfp_local(tmp_path: Path, capsys):

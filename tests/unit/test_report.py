@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import html
 import io
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,9 +12,16 @@ from types import SimpleNamespace
 import pandas as pd
 
 from driftloop.data.schema import schema_from_dict
-from driftloop.demo.report import DayRow, print_timeline, table_rows, write_report
+from driftloop.demo.report import (
+    DayRow,
+    attach_counterfactual,
+    importance_table,
+    print_timeline,
+    table_rows,
+    write_report,
+)
 from driftloop.demo.scenarios import Scenario
-from driftloop.demo.traffic import DayTraffic, live_accuracy
+from driftloop.demo.traffic import DayTraffic, live_accuracy, static_counterfactual
 
 DAY = dt.date(2026, 3, 2)
 
@@ -151,3 +159,55 @@ def test_a_rollback_before_a_new_start_in_the_same_run_is_shown():
     quiet = DayRow.from_run(8, DAY, "coachella", _record(history=history[:1]), None,
                             pd.DataFrame())
     assert quiet.rolled_back == "" and table_rows([quiet])[0][7] == "-"
+
+
+def _scenario() -> Scenario:
+    schema = schema_from_dict({"name": "t", "labels": ["a", "b"],
+                               "columns": [{"name": "text", "kind": "text"}]}, "test")
+    return Scenario("t", schema, pd.DataFrame(), [pd.DataFrame()] * 2, ["x", "y"], [1],
+                    "a test stream")
+
+
+def _importance(**means: float) -> dict:
+    feats = sorted(({"name": k, "mean": v, "std": 0.01} for k, v in means.items()),
+                   key=lambda f: -f["mean"])
+    return {"rows": 50, "source": "evaluation set", "metric": "accuracy", "baseline": 0.8,
+            "repeats": 5, "features": feats}
+
+
+def test_the_importance_table_is_feature_by_version_over_each_versions_top_features():
+    importances = {"v-one": _importance(a=0.30, b=0.10, c=0.0, d=-0.01),
+                   "v-two": _importance(a=0.05, b=0.02, c=0.25, d=0.0),
+                   "v-old": {}}
+    header, cells = importance_table(importances, top=2)
+    assert header == ["feature", "v-one", "v-two", "v-old"]
+    # the union of the top 2 of each version, most important (at its highest) first
+    assert [c[0] for c in cells] == ["a", "c", "b"]
+    assert cells[0] == ["a", "+0.300", "+0.050", "-"]
+    assert cells[1] == ["c", "+0.000", "+0.250", "-"]
+
+
+def test_the_report_shows_the_counterfactual_and_the_importance_by_version(tmp_path: Path):
+    scenario = _scenario()
+    served = pd.DataFrame(_served(0, "v-one", 8, 2, 3) + _served(1, "v-two", 9, 1, 0))
+    static = pd.Series({i: ("a" if n < 6 else "b") for n, i in enumerate(served["id"])})
+    cf = static_counterfactual(served, static, "v-one", retrains=1, promotions=1)
+    rows = [DayRow.from_run(-1, DAY, "seed", _record(), None, pd.DataFrame())]
+    for d in range(2):
+        rows.append(DayRow.from_run(d, DAY + dt.timedelta(days=d), scenario.regimes[d],
+                                    _record(), None, live_accuracy(served[served.day == d])))
+    attach_counterfactual(rows, cf)
+    cells = table_rows(rows)
+    assert cells[0][10] == "-"
+    day0 = cf.daily.set_index("day").loc[0]
+    assert cells[1][10] == f"0.80 vs {day0.static:.2f} (n=10)"
+    assert rows[2].static == (10, 0.9, float(cf.daily.set_index("day").loc[1, "static"]))
+    path = write_report(tmp_path / "report.html", scenario, rows, served, seconds=1.0,
+                        how="in this process", counterfactual=cf,
+                        importances={"v-one": _importance(text=0.3),
+                                     "v-two": _importance(text=0.4)})
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") == 3
+    assert html.escape(cf.line()) in text and "What continuous training bought" in text
+    assert "Feature importance by version" in text
+    assert "<tr><td>text</td><td>+0.300</td><td>+0.400</td></tr>" in text

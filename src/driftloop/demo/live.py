@@ -11,12 +11,16 @@
 4. At the end of each day the continuous-training pipeline runs (through ``kfp.local`` by
    default): ingest, canary analysis, drift, decision, train, evaluate, promote. A promoted
    challenger starts as a 10 % canary and the gateway splits the next day's traffic.
-5. The timeline table is printed and ``report.html`` written with the plots.
+5. The first champion, never retrained, scores the same served traffic again (the
+   counterfactual: what continuous training bought, :func:`counterfactual_of`); the
+   timeline table and that line are printed and ``report.html`` written with the plots
+   and each version's feature importance.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import shutil
 import sys
@@ -30,9 +34,24 @@ import pandas as pd
 
 from driftloop.config import Config
 from driftloop.data.storage import LocalStore
-from driftloop.demo.report import DayRow, print_timeline, short, write_report
+from driftloop.demo.report import (
+    DayRow,
+    attach_counterfactual,
+    print_timeline,
+    short,
+    write_report,
+)
 from driftloop.demo.scenarios import Scenario, load_scenario
-from driftloop.demo.traffic import DayTraffic, SimClock, Traffic, TrafficConfig, live_accuracy
+from driftloop.demo.traffic import (
+    Counterfactual,
+    DayTraffic,
+    SimClock,
+    Traffic,
+    TrafficConfig,
+    live_accuracy,
+    static_counterfactual,
+    static_predictions,
+)
 from driftloop.errors import DriftloopError
 from driftloop.models.registry import Registry
 
@@ -67,6 +86,8 @@ class DemoResult:
         report: The HTML report.
         seconds: Wall time.
         log_failures: Payload events the gateway could not log (0 expected).
+        counterfactual: What was served against the first champion, never retrained, on
+            the same rows (``None``: no champion was deployed).
     """
 
     scenario: str
@@ -76,6 +97,7 @@ class DemoResult:
     seconds: float
     log_failures: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    counterfactual: Counterfactual | None = None
 
 
 class Progress:
@@ -304,15 +326,65 @@ def run_live_demo(
         sink.close()
     served_frame = pd.DataFrame(served)
     served_frame.to_csv(out / "served.csv", index=False)
+    registry = Registry(store, data.name)
+    counterfactual = counterfactual_of(registry, data, plan, served_frame, rows, seed=seed)
+    if counterfactual is not None:
+        attach_counterfactual(rows, counterfactual)
     print_timeline(rows, printer)
+    if counterfactual is not None:
+        print(f"\n{counterfactual.line()}", file=printer, flush=True)
+    importances = {v: registry.metadata(v).get("feature_importance") or {}
+                   for v in registry.versions()}
     seconds = time.perf_counter() - started
     report = write_report(out / "report.html", data, rows, served_frame, seconds=seconds,
-                          how=how)
+                          how=how, counterfactual=counterfactual, importances=importances)
     print(f"\nreport: {report}\nstore: {out / 'store'} (runs/, models/, rollout/); "
           f"served rows: {out / 'served.csv'}\n"
           f"wall time {seconds:.0f}s (traffic {timings['traffic']:.0f}s, pipeline "
           f"{timings['pipeline']:.0f}s)", file=printer, flush=True)
-    return DemoResult(data.name, rows, served_frame, report, seconds, log_failures, timings)
+    return DemoResult(data.name, rows, served_frame, report, seconds, log_failures, timings,
+                      counterfactual)
+
+
+def first_champion(registry: Registry) -> str | None:
+    """The first version the champion alias pointed at (the static model), or ``None``."""
+    for change in registry.aliases().history:
+        if change.alias == "champion" and change.to_version:
+            return change.to_version
+    return None
+
+
+def promotions_after(registry: Registry, first: str) -> int:
+    """Versions that became champion after ``first`` (each counted once)."""
+    later = {change.to_version for change in registry.aliases().history
+             if change.alias == "champion" and change.to_version}
+    return len(later - {first})
+
+
+def counterfactual_of(registry: Registry, scenario: Scenario, days: list[pd.DataFrame],
+                      served: pd.DataFrame, rows: list[DayRow], *, seed: int = 0) -> (
+    Counterfactual | None
+):
+    """What the first champion, frozen, would have scored on the labelled served rows.
+
+    The static model is loaded from the registry (sha256-verified); the rows it trained
+    on (its training set, kept as ``reference/<model>/<version>.parquet``) are left out,
+    for it and for what was served alike.
+    """
+    first = first_champion(registry)
+    if first is None:
+        return None
+    model = registry.load_model(first)
+    key = f"reference/{scenario.name}/{first}.parquet"
+    store = registry.store
+    trained = (pd.read_parquet(io.BytesIO(store.read_bytes(key)), columns=["id"])["id"]
+               if store.exists(key) else pd.Series(dtype=str))
+    labelled = served.loc[served["labelled"].astype(bool), "id"] if len(served) else []
+    static = static_predictions(model, scenario.schema, days, labelled)
+    return static_counterfactual(
+        served, static, first, trained_ids=trained,
+        retrains=sum(1 for r in rows if r.day >= 0 and r.retrain),
+        promotions=promotions_after(registry, first), seed=seed)
 
 
 def _print_run(printer: TextIO, title: str, day: dt.date, record: Any, extra: str = "") -> None:

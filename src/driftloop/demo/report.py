@@ -2,7 +2,10 @@
 
 One :class:`DayRow` per pipeline run, built from the run's record in the store and the
 day's traffic; :func:`print_timeline` prints them as a Markdown table and
-:func:`write_report` writes a self-contained ``report.html`` (plots embedded as PNG).
+:func:`write_report` writes a self-contained ``report.html`` (plots embedded as PNG): the
+timeline, live accuracy, what continuous training bought over the static model
+(:class:`~driftloop.demo.traffic.Counterfactual`) and each version's permutation feature
+importance (:func:`importance_table`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from driftloop.demo.traffic import live_accuracy
 
 if TYPE_CHECKING:
     from driftloop.demo.scenarios import Scenario
-    from driftloop.demo.traffic import DayTraffic
+    from driftloop.demo.traffic import Counterfactual, DayTraffic
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class DayRow:
         champion: The champion after the run.
         accuracy: Live accuracy per model version on the day's labelled predictions:
             version -> (labelled, accuracy).
+        static: On the day's labelled rows the static model did not train on:
+            (rows, accuracy of what was served, accuracy of the static model); ``None``:
+            not computed.
     """
 
     day: int
@@ -86,6 +92,7 @@ class DayRow:
     rolled_back: str = ""
     #: The canary's own midday analysis (``"advance …x 50%"``), if one ran.
     midday: str = ""
+    static: tuple[int, float, float] | None = None
 
     @classmethod
     def from_run(cls, day: int, date: dt.date, regime: str, record: Any,
@@ -166,8 +173,25 @@ def _rollout_cell(row: DayRow) -> str:
     return noon + (f"{back}; {cell}" if back else cell)
 
 
+def _static_cell(row: DayRow) -> str:
+    if row.static is None or row.static[0] == 0:
+        return "-"
+    n, served, static = row.static
+    return f"{served:.2f} vs {static:.2f} (n={n})"
+
+
+def attach_counterfactual(rows: list[DayRow], counterfactual: Counterfactual) -> None:
+    """Set each served day's :attr:`DayRow.static` from ``counterfactual.daily``."""
+    by_day = {int(d.day): (int(d.labelled), float(d.served), float(d.static))
+              for d in counterfactual.daily.itertuples(index=False)}
+    for row in rows:
+        if row.day >= 0:
+            row.static = by_day.get(row.day, (0, math.nan, math.nan))
+
+
 HEADER = ("day", "regime", "requests", "labels", "drift (strongest test)", "trigger",
-          "verdict", "rollout", "champion", "live accuracy by version")
+          "verdict", "rollout", "champion", "live accuracy by version",
+          "served vs static model (same rows)")
 
 
 def table_rows(rows: list[DayRow]) -> list[list[str]]:
@@ -178,7 +202,7 @@ def table_rows(rows: list[DayRow]) -> list[list[str]]:
                                                      if r.fired else "-")
         out.append([str(r.day) if r.day >= 0 else "seed", r.regime, str(r.requests),
                     str(r.labels), _drift_cell(r), fired, r.verdict, _rollout_cell(r),
-                    short(r.champion), _accuracy_cell(r)])
+                    short(r.champion), _accuracy_cell(r), _static_cell(r)])
     return out
 
 
@@ -307,14 +331,105 @@ def drift_plot(scenario: Scenario, rows: list[DayRow]) -> Any:
     return fig
 
 
+def counterfactual_plot(scenario: Scenario, rows: list[DayRow],
+                        counterfactual: Counterfactual) -> Any:
+    """Daily accuracy of what was served and of the static model, on the same rows."""
+    plt = _pyplot()
+    days = [r for r in rows if r.day >= 0]
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    daily = counterfactual.daily
+    if len(daily):
+        ax.plot(daily["day"], daily["served"], marker="o", ms=4, color="black", lw=2,
+                label="served (continuous training)")
+        ax.plot(daily["day"], daily["static"], marker="s", ms=4, color="tab:gray", lw=1.5,
+                ls="--", label=f"static model {short(counterfactual.static_version)} "
+                               "(never retrained)")
+    _change_lines(ax, scenario, len(days))
+    promoted = [r.day for r in days
+                if r.rollout in ("advance", "deploy") and r.canary_percent == 0]
+    if promoted:
+        ax.scatter(promoted, [0.03] * len(promoted), marker="*", color="tab:green", s=80,
+                   zorder=5, label="promoted (100 %)")
+    ax.set(xlabel="simulated day", ylabel="accuracy (labelled served rows)", ylim=(0, 1.02),
+           xticks=[r.day for r in days])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    ax.set_title(f"{scenario.name}: what was served vs the first champion, same rows "
+                 f"({counterfactual.gain:+.1f} points)")
+    return fig
+
+
+def importance_table(importances: dict[str, dict[str, Any]], top: int = 5) -> (
+    tuple[list[str], list[list[str]]]
+):
+    """Mean permutation importance, feature x version (the versions in ``importances`` order).
+
+    The rows are the union of every version's ``top`` features, most important (at its
+    highest) first; a version that did not record importance shows ``-``.
+
+    Returns:
+        ``(header, rows)``: ``["feature", version...]`` and one list of cells per feature.
+    """
+    versions = list(importances)
+    means: dict[str, dict[str, float]] = {}
+    chosen: dict[str, float] = {}
+    for version, found in importances.items():
+        for rank, item in enumerate(found.get("features") or []):
+            means.setdefault(str(item["name"]), {})[version] = float(item["mean"])
+            if rank < top:
+                chosen[str(item["name"])] = max(chosen.get(str(item["name"]), -math.inf),
+                                                float(item["mean"]))
+    order = sorted(chosen, key=lambda name: (-chosen[name], name))
+    cells = [[name, *(f"{means[name][v]:+.3f}" if v in means[name] else "-"
+                      for v in versions)] for name in order]
+    return ["feature", *(short(v) for v in versions)], cells
+
+
+def _importance_html(importances: dict[str, dict[str, Any]], top: int = 5) -> list[str]:
+    items = []
+    for version, found in importances.items():
+        feats = found.get("features") or []
+        if not feats:
+            items.append(f"<li><code>{html.escape(version)}</code>: not recorded</li>")
+            continue
+        best = ", ".join(f"{html.escape(str(f['name']))} {f['mean']:+.3f} ± {f['std']:.3f}"
+                         for f in feats[:top])
+        baseline = float(found.get("baseline", math.nan))
+        items.append(f"<li><code>{html.escape(version)}</code>: {best} "
+                     f"<small>({html.escape(str(found.get('source', '')))}; "
+                     f"{found.get('rows', 0)} rows, accuracy {baseline:.3f}, "
+                     f"{found.get('repeats', 0)} shuffles)</small></li>")
+    header, cells = importance_table(importances, top)
+    table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                       for r in cells) + "</table>")
+    return ["<h2>Feature importance by version</h2>",
+            "<p>Permutation importance: the drop in accuracy when one feature's column is "
+            "shuffled across the rows (a text column is one feature), measured at training "
+            "time on rows the version did not train on and kept in its "
+            f"<code>metadata.json</code>. Top {top} per version:</p>",
+            "<ul>" + "".join(items) + "</ul>",
+            "<p>How they changed across versions (mean importance):</p>", table]
+
+
 def write_report(path: Path, scenario: Scenario, rows: list[DayRow], served: pd.DataFrame,
-                 *, seconds: float, how: str) -> Path:
-    """Write ``report.html``: the timeline, the two plots and how the run was made."""
+                 *, seconds: float, how: str, counterfactual: Counterfactual | None = None,
+                 importances: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Write ``report.html``: the timeline, the plots and how the run was made.
+
+    With ``counterfactual``, its line and a plot of both daily accuracies; with
+    ``importances`` (version -> its metadata's ``feature_importance``, in registration
+    order), each version's top features and the feature x version table.
+    """
     plt = _pyplot()
 
+    plots = [("Live accuracy", accuracy_plot(scenario, rows, served))]
+    if counterfactual is not None:
+        plots.append(("What continuous training bought",
+                      counterfactual_plot(scenario, rows, counterfactual)))
+    plots.append(("Drift tests", drift_plot(scenario, rows)))
     figures = []
-    for title, fig in (("Live accuracy", accuracy_plot(scenario, rows, served)),
-                       ("Drift tests", drift_plot(scenario, rows))):
+    for title, fig in plots:
         figures.append((title, _png(fig)))
         plt.close(fig)
     cells = table_rows(rows)
@@ -330,9 +445,12 @@ def write_report(path: Path, scenario: Scenario, rows: list[DayRow], served: pd.
         f"run {html.escape(how)}; wall time {seconds:.0f} s. True changes on days "
         f"{html.escape(', '.join(map(str, scenario.change_days)))}. Live accuracy over all "
         f"labelled predictions: {overall:.3f}.</p>",
+        *([f"<p class='counterfactual'><b>{html.escape(counterfactual.line())}</b></p>"]
+          if counterfactual is not None else []),
         *(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' "
           f"src='data:image/png;base64,{png}'>" for t, png in figures),
         "<h2>Timeline</h2>", table,
+        *(_importance_html(importances) if importances else []),
         "<p>Serving: the real predictor behind the local gateway (a stand-in for Knative's "
         "traffic split) on 127.0.0.1; nothing here ran on a Kubernetes cluster.</p>",
     ]
