@@ -3,12 +3,9 @@
 No ``from __future__ import annotations`` here: kfp reads the components' annotations.
 """
 
-import json
 import logging
 import re
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,8 +201,8 @@ def test_submit_creates_the_experiment_once(api: KfpApiStandIn, package: Path) -
     assert len(api.calls("POST", r"/experiments$")) == 1
     lookups = api.calls("GET", r"/experiments$")
     assert len(lookups) == 2
-    predicate = json.loads(lookups[0].param("filter") or "{}")["predicates"][0]
-    assert predicate["key"] == "display_name" and predicate["stringValue"] == "driftloop"
+    predicate = lookups[0].filter()["predicates"][0]
+    assert predicate["key"] == "display_name" and predicate["string_value"] == "driftloop"
     assert first != second
     assert api.runs[first]["experiment_id"] == api.runs[second]["experiment_id"]
     # no service account given: the server's default applies
@@ -235,6 +232,49 @@ def test_submit_recovers_when_another_client_creates_the_experiment(
     posts = api.calls("POST", r"/experiments$")
     assert [p.status for p in posts] == [409]
     assert len([e for e in api.experiments.values() if e["display_name"] == "raced"]) == 1
+
+
+@pytest.mark.parametrize("name", ["team+a", "50%-canary", "a%2Bb"])
+def test_submit_reuses_an_experiment_whose_name_needs_escaping(
+    api: KfpApiStandIn, package: Path, name: str
+) -> None:
+    """The server URL-unescapes ``filter`` a second time: an unencoded ``+`` or ``%`` breaks it."""
+    client = client_for(api)
+    common: dict[str, Any] = {"params": {}, "service_account": None, "namespace": None}
+
+    first = cluster.submit(client, package, experiment=name, run_name="one", **common)
+    second = cluster.submit(client, package, experiment=name, run_name="two", **common)
+
+    (experiment,) = [e for e in api.experiments.values() if e["display_name"] == name]
+    assert api.runs[first]["experiment_id"] == api.runs[second]["experiment_id"]
+    assert api.runs[second]["experiment_id"] == experiment["experiment_id"]
+    assert [p.status for p in api.calls("POST", r"/experiments$")] == [200]
+    for lookup in api.calls("GET", r"/experiments$"):
+        assert lookup.status == 200
+        assert lookup.filter()["predicates"][0]["string_value"] == name
+
+
+def test_submit_files_runs_under_the_experiment_the_server_says_has_that_name(
+    api: KfpApiStandIn, package: Path
+) -> None:
+    """MySQL compares names case-insensitively: "Driftloop" is the existing "driftloop"."""
+    client = client_for(api)
+    client.create_experiment(name="driftloop")
+    api.requests.clear()
+
+    run_id = cluster.submit(
+        client,
+        package,
+        params={},
+        experiment="Driftloop",
+        run_name="r",
+        service_account=None,
+        namespace=None,
+    )
+
+    (experiment,) = [e for e in api.experiments.values() if e["display_name"] == "driftloop"]
+    assert api.runs[run_id]["experiment_id"] == experiment["experiment_id"]
+    assert not [e for e in api.experiments.values() if e["display_name"] == "Driftloop"]
 
 
 @pytest.mark.parametrize(
@@ -464,6 +504,29 @@ def test_standin_models_the_cascade_that_schedule_avoids(package: Path, tmp_path
         assert client.get_run(run_id).state == "FAILED"
 
 
+@pytest.mark.parametrize("name", ["nightly+retrain", "100%-daily", "a b"])
+def test_reschedule_finds_the_old_schedule_whatever_its_name(
+    api: KfpApiStandIn, package: Path, name: str
+) -> None:
+    """The name filter is URL-encoded, so the server's second unescape gives it back intact."""
+    client = client_for(api)
+    common: dict[str, Any] = {
+        "name": name,
+        "cron": "0 2 * * *",
+        "params": {},
+        "experiment": "e",
+        "service_account": None,
+    }
+    old_id = cluster.schedule(client, package, **common)
+
+    new_id = cluster.schedule(client, package, **common)
+
+    assert [r["recurring_run_id"] for r in api.recurring_runs_named(name)] == [new_id]
+    assert api.calls("DELETE", rf"/recurringruns/{old_id}$")[0].status == 200
+    lookups = api.calls("GET", r"/recurringruns$")
+    assert [r.filter()["predicates"][0]["string_value"] for r in lookups] == [name, name]
+
+
 def test_schedule_lists_every_page_of_same_named_schedules(
     api: KfpApiStandIn, package: Path
 ) -> None:
@@ -616,7 +679,7 @@ def test_schedule_in_a_multi_user_deployment(package: Path) -> None:
                 namespace=None,
             )
         assert "HTTP 400 Bad Request" in str(info.value)
-        assert "No namespace provided in multi-user mode" in str(info.value)
+        assert "An experiment cannot have an empty namespace in multi-user mode" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -655,8 +718,7 @@ def test_not_found_is_one_line(api: KfpApiStandIn) -> None:
 
     assert str(info.value) == (
         "KFP get recurring run 0000-missing failed: HTTP 404 Not Found: Failed to fetch a "
-        "recurring run: Failed to get a recurring run: ResourceNotFoundError: "
-        "RecurringRun 0000-missing not found."
+        "recurring run: ResourceNotFoundError: Job 0000-missing not found"
     )
 
 
@@ -699,7 +761,7 @@ def test_non_json_error_body_is_reported_on_one_line(api: KfpApiStandIn, package
             namespace=None,
         )
     assert str(info.value) == (
-        "KFP create experiment 'e' failed: HTTP 502 Bad Gateway: <html><h1>Bad Gateway</h1></html>"
+        "KFP find experiment 'e' failed: HTTP 502 Bad Gateway: <html><h1>Bad Gateway</h1></html>"
     )
 
 
@@ -746,114 +808,3 @@ def test_submit_and_schedule_the_continuous_training_package(api: KfpApiStandIn)
     assert set(params) <= set(inner["root"].get("inputDefinitions", {}).get("parameters", {}))
     assert api.runs[run_id]["service_account"] == "driftloop-pipeline"
     assert api.recurring_runs[rr_id]["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *"
-
-
-# ----------------------------------------------------------------------------- the stand-in
-
-
-def _raw(api: KfpApiStandIn, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(api.url + path, data=body, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "body", "status", "code", "fragment"),
-    [
-        ("POST", "/apis/v2beta1/experiments", b'{"display_name": "x", "bogus": 1}', 400, 3,
-         'unknown field "bogus"'),
-        ("POST", "/apis/v2beta1/experiments", b'{"display_name": 5}', 400, 3,
-         "invalid value for string field display_name"),
-        ("POST", "/apis/v2beta1/experiments", b"{not json", 400, 3, "syntax error"),
-        ("POST", "/apis/v2beta1/experiments", b"", 400, 3, "Experiment name is empty"),
-        ("POST", "/apis/v2beta1/experiments", b'{"displayName": "Default"}', 409, 6,
-         "The name Default already exists"),
-        ("GET", "/apis/v2beta1/experiments/nope", None, 404, 5, "Experiment nope not found."),
-        ("GET", "/apis/v2beta1/nothing-here", None, 404, 5, "Not Found"),
-        ("PATCH", "/apis/v2beta1/runs", b"{}", 501, 12, "Method Not Allowed"),
-        ("POST", "/apis/v2beta1/runs", b'{"display_name": "r"}', 400, 3,
-         "pipeline spec or pipeline version reference is required"),
-        ("POST", "/apis/v2beta1/recurringruns",
-         b'{"display_name": "r", "pipeline_spec": {"pipelineInfo": {}, "root": {}},'
-         b' "max_concurrency": "11"}', 400, 3, "Support 1-10. Received 11."),
-        ("POST", "/apis/v2beta1/recurringruns",
-         b'{"display_name": "r", "pipeline_spec": {"pipelineInfo": {}, "root": {}},'
-         b' "max_concurrency": 1, "trigger": {"cronSchedule": {"cron": "* * *"}}}', 400, 3,
-         "Expected 5 to 6 fields, found 3"),
-        ("GET", "/apis/v2beta1/runs?filter=%7B%22predicates%22%3A%5B%7B%22operation%22%3A1%2C"
-         "%22key%22%3A%22color%22%2C%22string_value%22%3A%22x%22%7D%5D%7D", None, 400, 3,
-         "unrecognized field 'color'"),
-        ("DELETE", "/apis/v2beta1/recurringruns/nope", None, 404, 5,
-         "RecurringRun nope not found."),
-    ],
-)  # fmt: skip
-def test_standin_answers_like_the_api_server(
-    api: KfpApiStandIn,
-    method: str,
-    path: str,
-    body: bytes | None,
-    status: int,
-    code: int,
-    fragment: str,
-) -> None:
-    got_status, answer = _raw(api, method, path, body)
-
-    assert got_status == status
-    assert answer["code"] == code and fragment in answer["message"]
-    assert set(answer) == {"code", "message", "details"}
-    assert api.requests[-1].status == status
-
-
-def test_standin_encodes_like_the_server_marshaler(api: KfpApiStandIn) -> None:
-    status, created = _raw(
-        api,
-        "POST",
-        "/apis/v2beta1/recurringruns",
-        json.dumps(
-            {
-                "displayName": "r",
-                "pipelineSpec": {"pipelineInfo": {"name": "p"}, "root": {}},
-                "maxConcurrency": 2,
-                "noCatchup": False,
-                "mode": 1,
-                "trigger": {"cron_schedule": {"cron": "0 0 0 * * *"}},
-            }
-        ).encode(),
-    )
-    assert status == 200
-    assert created["max_concurrency"] == "2" and created["mode"] == "ENABLE"
-    assert "no_catchup" not in created  # false is left out
-    assert created["status"] == "ENABLED" and created["service_account"] == "pipeline-runner"
-
-    status, listed = _raw(api, "GET", "/apis/v2beta1/recurringruns")
-    assert status == 200 and set(listed) == {"recurringRuns", "total_size"}
-
-    status, empty = _raw(api, "GET", "/apis/v2beta1/runs")
-    assert status == 200 and empty == {}  # empty lists and zero totals are left out
-
-    status, health = _raw(api, "GET", "/apis/v2beta1/healthz")
-    assert health["multi_user"] is False and health["pipeline_store"] == "database"
-
-
-def test_standin_legacy_errors_carry_the_error_key() -> None:
-    with KfpApiStandIn(error_style="gateway-v1") as api:
-        status, answer = _raw(api, "GET", "/apis/v2beta1/experiments/nope")
-
-    assert status == 404
-    assert answer["error"] == answer["message"]
-    assert answer["details"][0]["error_message"] == "Experiment nope not found."
-
-
-def test_standin_stops_and_frees_its_port() -> None:
-    api = KfpApiStandIn().start()
-    url = api.url
-    _raw(api, "GET", "/apis/v2beta1/healthz")
-    api.stop()
-    api.stop()  # idempotent
-
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(url + "/apis/v2beta1/healthz", timeout=2)

@@ -1,37 +1,73 @@
-"""A local stand-in for the Kubeflow Pipelines v2beta1 REST API (what ``kfp.Client`` 2.17 calls).
+"""A local stand-in for the Kubeflow Pipelines 2.17.0 v2beta1 REST API (what ``kfp.Client`` calls).
 
 It is a real HTTP server on 127.0.0.1 (a free port, served from a thread) that keeps
 experiments, runs and recurring runs in memory and answers like the KFP API server behind its
-grpc-gateway v2 proxy (KFP >= 2.14):
+grpc-gateway v2 proxy. Everything was read from kubeflow/pipelines tag ``2.17.0`` (and
+grpc-gateway ``v2.28.0``, robfig/cron ``v1.2.0``, the versions its ``go.mod`` pins); the wire
+format (error bodies, query and body decoding, filters, paging, cron) lives in
+:mod:`standins.kfp_wire`, which names its own sources. Each route's handler docstring names the
+server function it plays:
 
-* routes and bodies of ``backend/api/v2beta1/{experiment,run,recurring_run}.proto``; request
-  bodies are decoded like protojson with ``DiscardUnknown: false`` (proto or lowerCamel field
-  names, unknown field -> 400, wrong JSON type -> 400, an empty body is an empty message);
-* answers are encoded like the server's ``CustomMarshaler`` (proto field names,
-  ``EmitUnpopulated: false``: empty strings, false, zero numbers, empty lists and zero enums are
-  left out; int64 values are JSON strings; enums are names; the recurring-run list key is
-  ``recurringRuns`` because that is the proto field's own name);
-* errors are ``google.rpc.Status`` JSON with the HTTP status grpc-gateway derives from the gRPC
-  code (404/5, 409/6, 400/3, 500/13, ...): ``{"code": 5, "message": ..., "details": [...]}``;
-  ``error_style="gateway-v1"`` adds the ``"error"`` key older servers (grpc-gateway v1) sent;
-* server-side checks the real server makes: experiment names unique per namespace (409),
-  ``max_concurrency`` within 1-10, a cron of 5-6 fields, a pipeline source present, unknown
-  ids -> 404, filters/sort keys it does not support -> 400; the single-user "Default" experiment
-  exists from the start; an empty service account becomes ``pipeline-runner``;
+========================================================  =========================================
+route                                                     upstream (``backend/src/apiserver/...``)
+========================================================  =========================================
+``* /apis/v2beta1/healthz``                               ``main.go`` buildHTTPRouter, healthz
+``POST /apis/v2beta1/experiments``                        ``server/experiment_server.go``
+``GET /apis/v2beta1/experiments[/{id}]``                  ``server/experiment_server.go``
+``DELETE /apis/v2beta1/experiments/{id}``                 ``server/experiment_server.go``,
+                                                          ``resource/resource_manager.go``
+``POST /apis/v2beta1/experiments/{id}:(un)archive``       same
+``POST /apis/v2beta1/runs``                               ``server/run_server.go`` CreateRun,
+                                                          ``server/api_converter.go`` toModelRun,
+                                                          ``resource/resource_manager.go``
+                                                          CreateRun, ``template/v2_template.go``
+``GET /apis/v2beta1/runs[/{id}]``                         ``server/run_server.go``
+``DELETE /apis/v2beta1/runs/{id}``, ``:terminate``,       ``server/run_server.go``,
+``:archive``, ``:unarchive``                              ``resource/resource_manager.go``
+``POST /apis/v2beta1/recurringruns``                      ``server/job_server.go``
+                                                          CreateRecurringRun, ``api_converter.go``
+                                                          toModelJob, ``resource_manager.go``
+                                                          CreateJob
+``GET /apis/v2beta1/recurringruns[/{id}]``                ``server/job_server.go``
+``POST /apis/v2beta1/recurringruns/{id}:enable|:disable`` ``server/job_server.go``,
+                                                          ``resource_manager.go`` ChangeJobMode
+``DELETE /apis/v2beta1/recurringruns/{id}``               ``server/job_server.go``,
+                                                          ``resource_manager.go`` DeleteJob
+========================================================  =========================================
+
+Routes the server has and the stand-in does not model (``:retry``, pipelines, uploads, reports,
+visualizations, auth) answer 501 with a message saying so, never a made-up success. A path
+under ``/apis/`` that no route matches gets the gateway's ``{"code": 5, "message": "Not
+Found"}``; a known path with another method gets 501 ``Method Not Allowed`` (grpc-gateway
+``runtime/mux.go``); any other path gets gorilla/mux's plain-text ``404 page not found``.
+
+Behaviour worth knowing when a test fails here, all as KFP 2.17.0 does it:
+
+* an empty run, recurring-run or experiment name is a 500 (``Internal Server Error``): the
+  converters in ``api_converter.go`` wrap the invalid-input error in an internal one before the
+  server's own 400 check is reached; a missing or invalid pipeline spec is a 500 too;
+* ``filter`` is URL-unescaped a second time (``list_request_util.go``): a client must
+  URL-encode the JSON it sends, or a ``+`` in a value becomes a space and a ``%`` a 400;
+* filters compare strings case-insensitively (MySQL ``utf8_general_ci``), recurring runs filter
+  only on id, name, description and times (``model/job.go``);
+* the run parameters are checked against the spec's root inputs (``v2_template.go``
+  ``validatePipelineJobInputs``): unknown, missing or mistyped ones are a 400;
+* a single-user server ignores ``namespace`` on lists (``ReplaceNamespace``) and files
+  recurring runs under its own namespace (``pod_namespace``, ``kubeflow``);
 * deleting a recurring run garbage-collects the runs it started that are still in flight, as
   Kubernetes does with the ScheduledWorkflow's Workflows, unless the request asks for
-  ``propagation_policy=ORPHAN`` and the stand-in emulates a backend that knows that option
-  (``honours_propagation_policy``, default True; False emulates KFP <= 2.15).
+  ``propagation_policy=ORPHAN`` (``resource_manager.go`` DeleteJob) and the stand-in emulates a
+  backend that knows that option (``honours_propagation_policy``, default True; False emulates
+  KFP <= 2.15, where the query parameter is an unknown field the gateway ignores).
 
 Every request is recorded (method, path, query, JSON body, authorization header, status) so a
 test can assert on what was sent and in which order. Test hooks: :meth:`KfpApiStandIn.fire`
 (the scheduler starts a run of a recurring run), :meth:`KfpApiStandIn.set_run_state`,
-:meth:`KfpApiStandIn.fail` (inject an error answer).
+:meth:`KfpApiStandIn.fail` and :meth:`KfpApiStandIn.respond` (inject an answer).
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import datetime as dt
 import json
@@ -44,378 +80,49 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from standins.http import TrackingServer
+from standins.kfp_wire import (
+    CAMEL_VALUE_KEYS,
+    FINAL_STATES,
+    HTTP_STATUS,
+    INTERNAL,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    PROPAGATION_POLICIES,
+    RUNTIME_STATES,
+    UNIMPLEMENTED,
+    ApiError,
+    GoError,
+    QueryKind,
+    already_exists,
+    bad_request,
+    decode_body,
+    decode_message,
+    encode_message,
+    failed_precondition,
+    gateway_error,
+    internal_server,
+    invalid_input,
+    invalid_input_with_details,
+    list_options,
+    not_found,
+    page,
+    parse_cron,
+    parse_query,
+    query_fields,
+    query_unescape,
+)
 
 API = "/apis/v2beta1"
 
-# ----------------------------------------------------------------------------- gRPC codes
-
-OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED, INTERNAL = 0, 3, 5, 6, 12, 13
-
-#: grpc-gateway's runtime.HTTPStatusFromCode.
-HTTP_STATUS = {
-    0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429,
-    9: 400, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401,
+#: Query fields of the list requests (``ListRunsRequest`` etc. in the ``.proto`` files).
+_LIST_QUERY: dict[str, QueryKind] = {
+    "page_token": "string", "page_size": "int32", "sort_by": "string", "filter": "string",
+    "namespace": "string", "experiment_id": "string",
 }  # fmt: skip
-
-
-class ApiError(Exception):
-    """An error answer: a gRPC code, the status message and the user-facing message."""
-
-    def __init__(
-        self, code: int, message: str, external: str | None = None, *, details: bool = True
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.external = external if external is not None else message
-        # KFP's own errors carry an api.Error detail; the gateway's routing and decoding
-        # errors carry none.
-        self.details = details
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(INVALID_ARGUMENT, f"Invalid input error: {message}", message)
-
-
-def _not_found(kind: str, ident: str, wrap: str) -> ApiError:
-    external = f"{kind} {ident} not found."
-    return ApiError(NOT_FOUND, f"{wrap}: ResourceNotFoundError: {external}", external)
-
-
-# ----------------------------------------------------------------------------- schema
-
-RUNTIME_STATES = {
-    "RUNTIMESTATE_UNSPECIFIED": 0, "PENDING": 1, "RUNNING": 2, "SUCCEEDED": 3, "SKIPPED": 4,
-    "FAILED": 5, "CANCELING": 6, "CANCELED": 7, "PAUSED": 8,
-}  # fmt: skip
-FINAL_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
-STORAGE_STATES = {"STORAGESTATE_UNSPECIFIED": 0, "AVAILABLE": 1, "ARCHIVED": 2}
-MODES = {"MODE_UNSPECIFIED": 0, "ENABLE": 1, "DISABLE": 2}
-STATUSES = {"STATUS_UNSPECIFIED": 0, "ENABLED": 1, "DISABLED": 3}
-PROPAGATION_POLICIES = {
-    "DELETE_PROPAGATION_POLICY_UNSPECIFIED": 0, "FOREGROUND": 1, "BACKGROUND": 2, "ORPHAN": 3,
-}  # fmt: skip
-FILTER_OPERATIONS = {
-    "UNSPECIFIED": 0, "EQUALS": 1, "NOT_EQUALS": 2, "GREATER_THAN": 3, "GREATER_THAN_EQUALS": 5,
-    "LESS_THAN": 6, "LESS_THAN_EQUALS": 7, "IN": 8, "IS_SUBSTRING": 9,
-}  # fmt: skip
-
-# A field kind is "string", "bool", "int64", "int32", "timestamp", "struct" (an object),
-# "object" (a message the stand-in keeps opaque), "map" (map<string, Value>), "list",
-# ("enum", {name: number}) or ("message", "Name").
-Kind = str | tuple[str, Any]
-
-SCHEMA: dict[str, dict[str, Kind]] = {
-    "Experiment": {
-        "experiment_id": "string",
-        "display_name": "string",
-        "description": "string",
-        "created_at": "timestamp",
-        "namespace": "string",
-        "storage_state": ("enum", STORAGE_STATES),
-        "last_run_created_at": "timestamp",
-    },
-    "PipelineVersionReference": {"pipeline_id": "string", "pipeline_version_id": "string"},
-    "RuntimeConfig": {"parameters": "map", "pipeline_root": "string"},
-    "Run": {
-        "experiment_id": "string",
-        "run_id": "string",
-        "display_name": "string",
-        "storage_state": ("enum", STORAGE_STATES),
-        "description": "string",
-        "pipeline_version_id": "string",
-        "pipeline_spec": "struct",
-        "pipeline_version_reference": ("message", "PipelineVersionReference"),
-        "runtime_config": ("message", "RuntimeConfig"),
-        "service_account": "string",
-        "created_at": "timestamp",
-        "scheduled_at": "timestamp",
-        "finished_at": "timestamp",
-        "state": ("enum", RUNTIME_STATES),
-        "error": "object",
-        "run_details": "object",
-        "recurring_run_id": "string",
-        "state_history": "list",
-        "plugins_input": "map",
-        "plugins_output": "map",
-    },
-    "CronSchedule": {"start_time": "timestamp", "end_time": "timestamp", "cron": "string"},
-    "PeriodicSchedule": {
-        "start_time": "timestamp",
-        "end_time": "timestamp",
-        "interval_second": "int64",
-    },
-    "Trigger": {
-        "cron_schedule": ("message", "CronSchedule"),
-        "periodic_schedule": ("message", "PeriodicSchedule"),
-    },
-    "RecurringRun": {
-        "recurring_run_id": "string",
-        "display_name": "string",
-        "description": "string",
-        "pipeline_version_id": "string",
-        "pipeline_spec": "struct",
-        "pipeline_version_reference": ("message", "PipelineVersionReference"),
-        "runtime_config": ("message", "RuntimeConfig"),
-        "service_account": "string",
-        "max_concurrency": "int64",
-        "trigger": ("message", "Trigger"),
-        "mode": ("enum", MODES),
-        "created_at": "timestamp",
-        "updated_at": "timestamp",
-        "status": ("enum", STATUSES),
-        "error": "object",
-        "no_catchup": "bool",
-        "namespace": "string",
-        "experiment_id": "string",
-        "plugins_input": "map",
-    },
-}
-
-ONEOFS: dict[str, dict[str, tuple[str, ...]]] = {
-    "Run": {
-        "pipeline_source": ("pipeline_version_id", "pipeline_spec", "pipeline_version_reference")
-    },
-    "RecurringRun": {
-        "pipeline_source": ("pipeline_version_id", "pipeline_spec", "pipeline_version_reference")
-    },
-    "Trigger": {"trigger": ("cron_schedule", "periodic_schedule")},
-}
-
-PACKAGE = {
-    "Experiment": "kubeflow.pipelines.backend.api.v2beta1.Experiment",
-    "Run": "kubeflow.pipelines.backend.api.v2beta1.Run",
-    "RecurringRun": "kubeflow.pipelines.backend.api.v2beta1.RecurringRun",
-    "Trigger": "kubeflow.pipelines.backend.api.v2beta1.Trigger",
-}
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-_INT_RE = re.compile(r"^-?\d+$")
-_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
-
-
-def _decode_value(kind: Kind, value: Any, name: str) -> Any:
-    def bad() -> ApiError:
-        shown = json.dumps(value)
-        if isinstance(kind, tuple):
-            return _proto_error(f"invalid value for enum field {name}: {shown}")
-        return _proto_error(f"invalid value for {kind} field {name}: {shown}")
-
-    if isinstance(kind, tuple):
-        tag, arg = kind
-        if tag == "enum":
-            if isinstance(value, str) and value in arg:
-                return value
-            if isinstance(value, int) and not isinstance(value, bool):
-                names = [n for n, num in arg.items() if num == value]
-                if names:
-                    return names[0]
-            raise bad()
-        if not isinstance(value, dict):
-            raise _proto_error(f"invalid value for message field {name}: {json.dumps(value)}")
-        return decode_message(arg, value)
-    if kind == "string":
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if kind in ("int64", "int32"):
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, str) and _INT_RE.match(value):
-            value = int(value)
-        if not isinstance(value, int):
-            raise bad()
-        return str(value) if kind == "int64" else value
-    if kind == "timestamp":
-        if not isinstance(value, str) or not _TS_RE.match(value):
-            raise _proto_error(f"invalid google.protobuf.Timestamp value {json.dumps(value)}")
-        return value
-    if kind in ("struct", "map", "object"):
-        if not isinstance(value, dict):
-            raise _proto_error(f"invalid value for {kind} field {name}: {json.dumps(value)}")
-        return copy.deepcopy(value)
-    if kind == "list":
-        if not isinstance(value, list):
-            raise bad()
-        return copy.deepcopy(value)
-    raise AssertionError(f"unknown kind {kind!r}")
-
-
-def _proto_error(message: str) -> ApiError:
-    return ApiError(INVALID_ARGUMENT, f"proto: {message}", details=False)
-
-
-def decode_message(message: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Decode a JSON object into canonical proto-name form, like protojson.Unmarshal."""
-    fields = SCHEMA[message]
-    by_json = {_camel(n): n for n in fields}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = key if key in fields else by_json.get(key)
-        if name is None:
-            raise _proto_error(f"unknown field {json.dumps(key)}")
-        if name in out:
-            raise _proto_error(f"duplicate field {json.dumps(key)}")
-        if value is None:  # null leaves a field unset
-            continue
-        for oneof, members in ONEOFS.get(message, {}).items():
-            if name in members and any(m in out for m in members):
-                full = PACKAGE.get(message, message)
-                raise _proto_error(
-                    f"error parsing {json.dumps(key)}, oneof {full}.{oneof} is already set"
-                )
-        out[name] = _decode_value(fields[name], value, name)
-    return out
-
-
-def _is_default(kind: Kind, value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(kind, tuple):
-        return kind[0] == "enum" and kind[1].get(value) == 0
-    if kind == "string":
-        return value == ""
-    if kind == "bool":
-        return value is False
-    if kind == "int64":
-        return value in ("0", 0)
-    if kind == "int32":
-        return value == 0
-    if kind in ("map", "list"):
-        return not value
-    return False
-
-
-def encode_message(message: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """Encode like protojson with UseProtoNames and EmitUnpopulated=false."""
-    fields = SCHEMA[message]
-    out: dict[str, Any] = {}
-    for name, kind in fields.items():
-        value = obj.get(name)
-        if _is_default(kind, value):
-            continue
-        if isinstance(kind, tuple) and kind[0] == "message":
-            value = encode_message(kind[1], value)
-        out[name] = copy.deepcopy(value)
-    return out
-
-
-# ----------------------------------------------------------------------------- filters
-
-# API filter/sort keys -> stored field, per resource (the server's APIToModelFieldMap).
-FILTER_KEYS: dict[str, dict[str, str]] = {
-    "Experiment": {
-        "experiment_id": "experiment_id", "id": "experiment_id", "display_name": "display_name",
-        "name": "display_name", "created_at": "created_at", "description": "description",
-        "namespace": "namespace", "storage_state": "storage_state",
-        "last_run_created_at": "last_run_created_at",
-    },
-    "Run": {
-        "run_id": "run_id", "id": "run_id", "display_name": "display_name", "name": "display_name",
-        "created_at": "created_at", "finished_at": "finished_at", "description": "description",
-        "scheduled_at": "scheduled_at", "storage_state": "storage_state", "state": "state",
-        "experiment_id": "experiment_id", "recurring_run_id": "recurring_run_id",
-        "namespace": "namespace",
-    },
-    "RecurringRun": {
-        "recurring_run_id": "recurring_run_id", "id": "recurring_run_id",
-        "display_name": "display_name", "name": "display_name", "created_at": "created_at",
-        "updated_at": "updated_at", "description": "description", "experiment_id": "experiment_id",
-        "namespace": "namespace",
-    },
-}  # fmt: skip
-
-_PREDICATE_VALUE_KEYS = {
-    "int_value": "int", "long_value": "int", "string_value": "str", "timestamp_value": "ts",
-    "int_values": "ints", "long_values": "ints", "string_values": "strs",
-}  # fmt: skip
-
-
-def _epoch(text: str) -> float:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _parse_filter(text: str, resource: str) -> list[tuple[str, str, Any]]:
-    """Parse a JSON-serialized Filter proto into (field, operation, value) triples."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise _invalid(f"Failed to parse valid filter from {text!r}: not JSON") from None
-    if not isinstance(data, dict):
-        raise _invalid(f"Failed to parse valid filter from {text!r}")
-    keys = FILTER_KEYS[resource]
-    predicates: list[tuple[str, str, Any]] = []
-    for raw in data.get("predicates") or []:
-        if not isinstance(raw, dict):
-            raise _invalid(f"Failed to parse valid filter from {text!r}")
-        pred = {k if k in ("operation", "key") else _snake(k): v for k, v in raw.items()}
-        op = pred.get("operation", 0)
-        if isinstance(op, int):
-            op = next((n for n, v in FILTER_OPERATIONS.items() if v == op), None)
-        if op not in FILTER_OPERATIONS or op == "UNSPECIFIED":
-            raise _invalid(f"Invalid filter operation {pred.get('operation')!r}")
-        key = pred.get("key", "")
-        if key not in keys:
-            raise _invalid(
-                "Failed to create list options: "
-                f"no support for filtering on unrecognized field {key!r}"
-            )
-        values = [(k, v) for k, v in pred.items() if k in _PREDICATE_VALUE_KEYS]
-        if len(values) != 1:
-            raise _invalid(f"Filter predicate on {key!r} must have exactly one value")
-        value_key, value = values[0]
-        sort = _PREDICATE_VALUE_KEYS[value_key]
-        if sort in ("ints", "strs"):
-            value = (value or {}).get("values", [])
-        if sort == "int" or sort == "ints":
-            value = [int(v) for v in value] if isinstance(value, list) else int(value)
-        predicates.append((keys[key], str(op), value))
-    return predicates
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
-
-
-def _matches(obj: dict[str, Any], predicates: list[tuple[str, str, Any]]) -> bool:
-    for field_name, op, wanted in predicates:
-        have: Any = obj.get(field_name, "")
-        if field_name.endswith("_at") and have:
-            have = _epoch(have)
-            if isinstance(wanted, str):
-                wanted = _epoch(wanted)
-        if op == "EQUALS" and have != wanted:
-            return False
-        if op == "NOT_EQUALS" and have == wanted:
-            return False
-        if op == "IN" and have not in wanted:
-            return False
-        if op == "IS_SUBSTRING" and str(wanted) not in str(have):
-            return False
-        if op in ("GREATER_THAN", "GREATER_THAN_EQUALS", "LESS_THAN", "LESS_THAN_EQUALS"):
-            compare = {
-                "GREATER_THAN": lambda a, b: a > b,
-                "GREATER_THAN_EQUALS": lambda a, b: a >= b,
-                "LESS_THAN": lambda a, b: a < b,
-                "LESS_THAN_EQUALS": lambda a, b: a <= b,
-            }[op]
-            if not compare(have, wanted):
-                return False
-    return True
+_RUN_QUERY: dict[str, QueryKind] = {"experiment_id": "string"}  # deprecated, ignored
 
 
 # ----------------------------------------------------------------------------- recording
@@ -428,7 +135,7 @@ class RecordedRequest:
     Attributes:
         method: HTTP method.
         path: URL path without the query.
-        query: Query parameters (each name -> list of values, blanks kept).
+        query: Query parameters as Go's ``url.ParseQuery`` decodes them (the gateway's view).
         json: The decoded JSON body, or None when there was none or it was not JSON.
         body_text: The raw body text (for malformed or non-JSON bodies).
         authorization: The Authorization header, if any.
@@ -448,6 +155,17 @@ class RecordedRequest:
         values = self.query.get(name)
         return values[0] if values else None
 
+    def filter(self) -> Any:
+        """The ``filter`` parameter as the API server reads it (unescaped again, value keys
+        rewritten to snake_case, then JSON)."""
+        text = self.param("filter")
+        if text is None:
+            return None
+        decoded = query_unescape(text)
+        for camel, snake in CAMEL_VALUE_KEYS:
+            decoded = decoded.replace(camel, snake)
+        return json.loads(decoded)
+
 
 @dataclass
 class _Fault:
@@ -462,12 +180,21 @@ class _Fault:
 
 # ----------------------------------------------------------------------------- the stand-in
 
-RouteHandler = Callable[[dict[str, str], dict[str, list[str]], Any], Any]
+RouteHandler = Callable[[dict[str, str], dict[str, Any], Any], Any]
+
+
+@dataclass
+class _Route:
+    method: str
+    regex: re.Pattern[str]
+    handler: RouteHandler
+    query: dict[str, QueryKind] | None  # None: the generated handler never parses the query
+    body: str | None  # the message the body decodes into, if any
 
 
 @dataclass
 class KfpApiStandIn:
-    """An in-memory KFP v2beta1 API server on 127.0.0.1; use it as a context manager.
+    """An in-memory KFP 2.17.0 v2beta1 API server on 127.0.0.1; use it as a context manager.
 
     Args:
         seed: Seeds the generated ids.
@@ -478,6 +205,8 @@ class KfpApiStandIn:
         error_style: ``"gateway-v2"`` (``google.rpc.Status``) or ``"gateway-v1"`` (adds
             ``"error"``, as servers before KFP 2.14 did).
         tag_name: The version healthz reports.
+        pod_namespace: The API server's own namespace (``POD_NAMESPACE``), where a
+            single-user server runs everything.
     """
 
     seed: int = 0
@@ -485,6 +214,7 @@ class KfpApiStandIn:
     honours_propagation_policy: bool = True
     error_style: str = "gateway-v2"
     tag_name: str = "2.17.0"
+    pod_namespace: str = "kubeflow"
     requests: list[RecordedRequest] = field(default_factory=list)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -505,45 +235,65 @@ class KfpApiStandIn:
         self._server: TrackingServer | None = None
         self._thread: threading.Thread | None = None
         self._fired = 0
-        if not self.multi_user:  # the API server creates it at start-up in single-user mode
-            self._create_experiment(
-                {
-                    "display_name": "Default",
-                    "description": "All runs created without specifying an experiment"
-                    " will be grouped here.",
-                }
-            )
-        self._routes: list[tuple[str, re.Pattern[str], RouteHandler]] = []
-        for method, pattern, handler in (
-            ("GET", "/healthz", self._healthz),
-            ("POST", "/experiments", self._post_experiment),
-            ("GET", "/experiments", self._list_experiments),
-            ("GET", "/experiments/{experiment_id}", self._get_experiment),
-            ("DELETE", "/experiments/{experiment_id}", self._delete_experiment),
-            ("POST", "/experiments/{experiment_id}:archive", self._archive_experiment),
-            ("POST", "/experiments/{experiment_id}:unarchive", self._unarchive_experiment),
-            ("POST", "/runs", self._post_run),
-            ("GET", "/runs", self._list_runs),
-            ("GET", "/runs/{run_id}", self._get_run),
-            ("DELETE", "/runs/{run_id}", self._delete_run),
-            ("POST", "/runs/{run_id}:terminate", self._terminate_run),
-            ("POST", "/runs/{run_id}:archive", self._archive_run),
-            ("POST", "/runs/{run_id}:unarchive", self._unarchive_run),
-            ("POST", "/recurringruns", self._post_recurring_run),
-            ("GET", "/recurringruns", self._list_recurring_runs),
-            ("GET", "/recurringruns/{recurring_run_id}", self._get_recurring_run),
-            ("DELETE", "/recurringruns/{recurring_run_id}", self._delete_recurring_run),
-            ("POST", "/recurringruns/{recurring_run_id}:enable", self._enable_recurring_run),
-            ("POST", "/recurringruns/{recurring_run_id}:disable", self._disable_recurring_run),
-            ("POST", "/pipelines/upload", self._not_modelled),
-            ("POST", "/pipelines/upload_version", self._not_modelled),
-        ):
+        self._default_experiment = ""
+        if not self.multi_user:  # main.go initWithDefaultExperiment, single-user only
+            self._default_experiment = self._store_experiment(
+                "Default",
+                "All runs created without specifying an experiment will be grouped here.",
+                "",
+            )["experiment_id"]
+        recurring_delete_query: dict[str, QueryKind] = (
+            {"propagation_policy": ("enum", PROPAGATION_POLICIES)}
+            if self.honours_propagation_policy
+            else {}
+        )
+        self._routes: list[_Route] = []
+        for method, pattern, handler, query, body in (
+            ("POST", "/experiments", self._post_experiment, None, "Experiment"),
+            ("GET", "/experiments", self._list_experiments, _LIST_QUERY, None),
+            ("GET", "/experiments/{experiment_id}", self._get_experiment, None, None),
+            ("DELETE", "/experiments/{experiment_id}", self._delete_experiment, None, None),
+            ("POST", "/experiments/{experiment_id}:archive", self._archive_experiment, None, None),
+            ("POST", "/experiments/{experiment_id}:unarchive", self._unarchive_experiment, None,
+             None),
+            ("POST", "/runs", self._post_run, _RUN_QUERY, "Run"),
+            ("GET", "/runs", self._list_runs, _LIST_QUERY, None),
+            ("GET", "/runs/{run_id}", self._get_run, _RUN_QUERY, None),
+            ("DELETE", "/runs/{run_id}", self._delete_run, _RUN_QUERY, None),
+            ("POST", "/runs/{run_id}:terminate", self._terminate_run, _RUN_QUERY, None),
+            ("POST", "/runs/{run_id}:archive", self._archive_run, _RUN_QUERY, None),
+            ("POST", "/runs/{run_id}:unarchive", self._unarchive_run, _RUN_QUERY, None),
+            ("POST", "/runs/{run_id}:retry", self._not_modelled, _RUN_QUERY, None),
+            ("POST", "/recurringruns", self._post_recurring_run, None, "RecurringRun"),
+            ("GET", "/recurringruns", self._list_recurring_runs, _LIST_QUERY, None),
+            ("GET", "/recurringruns/{recurring_run_id}", self._get_recurring_run, None, None),
+            ("DELETE", "/recurringruns/{recurring_run_id}", self._delete_recurring_run,
+             recurring_delete_query, None),
+            ("POST", "/recurringruns/{recurring_run_id}:enable", self._enable_recurring_run,
+             None, None),
+            ("POST", "/recurringruns/{recurring_run_id}:disable", self._disable_recurring_run,
+             None, None),
+            ("POST", "/pipelines", self._not_modelled, None, None),
+            ("GET", "/pipelines", self._not_modelled, None, None),
+            ("POST", "/pipelines/create", self._not_modelled, None, None),
+            ("GET", "/pipelines/{pipeline_id}", self._not_modelled, None, None),
+            ("GET", "/pipelines/names/{name}", self._not_modelled, None, None),
+            ("DELETE", "/pipelines/{pipeline_id}", self._not_modelled, None, None),
+            ("POST", "/pipelines/{pipeline_id}/versions", self._not_modelled, None, None),
+            ("GET", "/pipelines/{pipeline_id}/versions", self._not_modelled, None, None),
+            ("GET", "/pipelines/{pipeline_id}/versions/{version_id}", self._not_modelled, None,
+             None),
+            ("POST", "/workflows", self._not_modelled, None, None),
+            ("POST", "/scheduledworkflows", self._not_modelled, None, None),
+            ("POST", "/visualizations/{namespace}", self._not_modelled, None, None),
+            ("GET", "/auth", self._not_modelled, None, None),
+        ):  # fmt: skip
             regex = re.sub(
                 r"\{(\w+)\}",
                 r"(?P<\1>[^/:]+)",
                 re.escape(API + pattern).replace(r"\{", "{").replace(r"\}", "}"),
             )
-            self._routes.append((method, re.compile(f"^{regex}$"), handler))
+            self._routes.append(_Route(method, re.compile(f"^{regex}$"), handler, query, body))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -643,7 +393,7 @@ class KfpApiStandIn:
                 "state": state,
                 "state_history": [{"update_time": now, "state": state}],
                 "recurring_run_id": recurring_run_id,
-                "namespace": rr.get("namespace", ""),
+                "namespace": self.experiments[rr["experiment_id"]].get("namespace", ""),
             }
             return run_id
 
@@ -687,11 +437,11 @@ class KfpApiStandIn:
 
     def handle(
         self, method: str, raw_path: str, body: bytes, authorization: str | None
-    ) -> tuple[int, dict[str, Any] | str]:
-        """Serve one request; return (HTTP status, JSON answer or raw text)."""
+    ) -> tuple[int, dict[str, Any] | str, str]:
+        """Serve one request; return (HTTP status, JSON answer or raw text, content type)."""
         parts = urlsplit(raw_path)
         path = parts.path
-        query = parse_qs(parts.query, keep_blank_values=True)
+        query, query_error = parse_query(parts.query)
         text = body.decode("utf-8", errors="replace")
         try:
             parsed: Any = json.loads(text) if text.strip() else None
@@ -700,159 +450,146 @@ class KfpApiStandIn:
         record = RecordedRequest(method, path, query, parsed, text, authorization)
         with self._lock:
             self.requests.append(record)
-            status, answer = self._dispatch(method, path, query, text)
+            status, answer, content_type = self._dispatch(method, path, query, query_error, text)
             record.status = status
-        return status, answer
+        return status, answer, content_type
+
+    def _error(self, err: ApiError) -> tuple[int, dict[str, Any], str]:
+        body = err.body(legacy=self.error_style == "gateway-v1")
+        return HTTP_STATUS.get(err.code, 500), body, "application/json"
 
     def _dispatch(
-        self, method: str, path: str, query: dict[str, list[str]], text: str
-    ) -> tuple[int, dict[str, Any] | str]:
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        query_error: str | None,
+        text: str,
+    ) -> tuple[int, dict[str, Any] | str, str]:
         for fault in self._faults:
             if fault.times > 0 and fault.method == method and fault.path.search(path):
                 fault.times -= 1
+                if isinstance(fault.body, str):
+                    return fault.status, fault.body, "text/html; charset=utf-8"
                 if fault.body is not None:
-                    return fault.status, copy.deepcopy(fault.body)
-                return fault.status, self._error_body(ApiError(fault.code, fault.message))
+                    return fault.status, copy.deepcopy(fault.body), "application/json"
+                err = ApiError(fault.code, fault.message)
+                return fault.status, self._error(err)[1], "application/json"
+        if path == API + "/healthz":  # main.go: gorilla/mux, any method, encoding/json
+            return 200, self._healthz(), "application/json"
+        if path in (API + "/pipelines/upload", API + "/pipelines/upload_version"):
+            return self._error(gateway_error(UNIMPLEMENTED, "pipeline upload is not modelled"))
+        if not path.startswith("/apis/"):  # gorilla/mux NotFoundHandler
+            return 404, "404 page not found\n", "text/plain; charset=utf-8"
         path_matched = False
-        for route_method, regex, handler in self._routes:
-            match = regex.match(path)
+        for route in self._routes:
+            match = route.regex.match(path)
             if not match:
                 continue
             path_matched = True
-            if route_method != method:
+            if route.method != method:
                 continue
             try:
-                body = self._decode_body(text) if method in ("POST", "PATCH", "PUT") else None
-                answer = handler(match.groupdict(), query, body)
+                fields: dict[str, Any] = {}
+                if route.query is not None:
+                    if query_error is not None:  # generated handler: req.ParseForm()
+                        raise gateway_error(INVALID_ARGUMENT, query_error)
+                    fields = query_fields(query, route.query)
+                decoded = decode_body(text) if route.body else None
+                if route.body:
+                    decoded = decode_message(route.body, decoded or {})
+                answer = route.handler(match.groupdict(), fields, decoded)
             except ApiError as err:
-                return HTTP_STATUS.get(err.code, 500), self._error_body(err)
-            return 200, answer if answer is not None else {}
-        if path_matched:  # grpc-gateway v2: a known path with another method
-            err = ApiError(UNIMPLEMENTED, "Method Not Allowed", details=False)
-            return HTTP_STATUS[UNIMPLEMENTED], self._error_body(err)
-        return 404, self._error_body(ApiError(NOT_FOUND, "Not Found", details=False))
-
-    @staticmethod
-    def _decode_body(text: str) -> Any:
-        if not text.strip():
-            return {}  # grpc-gateway decodes an empty body as an empty message
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise _proto_error(
-                f"syntax error (line 1:{exc.pos + 1 if hasattr(exc, 'pos') else 1}): invalid value"
-            ) from None
-        if not isinstance(data, dict):
-            raise _proto_error(f"syntax error (line 1:1): unexpected token {json.dumps(data)[:20]}")
-        return data
-
-    def _error_body(self, err: ApiError) -> dict[str, Any]:
-        details = []
-        if err.details:
-            details.append(
-                {
-                    "@type": "type.googleapis.com/api.Error",
-                    "error_message": err.external,
-                    "error_details": err.message,
-                }
-            )
-        body: dict[str, Any] = {"code": err.code, "message": err.message, "details": details}
-        if self.error_style == "gateway-v1":
-            body = {"error": err.message, **body}
-        return body
+                return self._error(err)
+            return 200, answer if answer is not None else {}, "application/json"
+        if path_matched:  # runtime/mux.go: a known path with another method
+            return self._error(gateway_error(UNIMPLEMENTED, "Method Not Allowed"))
+        return self._error(gateway_error(NOT_FOUND, "Not Found"))
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _q(query: dict[str, list[str]], name: str) -> str:
-        values = query.get(name) or query.get(_camel(name)) or [""]
-        return values[0]
-
     def _page(
-        self, query: dict[str, list[str]], items: list[dict[str, Any]], resource: str
+        self, fields: dict[str, Any], items: list[dict[str, Any]], resource: str, wrap: str
     ) -> tuple[list[dict[str, Any]], int, str]:
-        filter_text = self._q(query, "filter")
-        if filter_text:
-            predicates = _parse_filter(filter_text, resource)
-            items = [i for i in items if _matches(i, predicates)]
-        sort_by = self._q(query, "sort_by").strip()
-        key_field, reverse = "created_at", False
-        if sort_by:
-            key_name, _, direction = sort_by.partition(" ")
-            if key_name not in FILTER_KEYS[resource] or direction.strip() not in (
-                "",
-                "asc",
-                "desc",
-            ):
-                raise _invalid(f"Failed to create list options: invalid sorting field {sort_by!r}")
-            key_field, reverse = FILTER_KEYS[resource][key_name], direction.strip() == "desc"
         id_field = {
             "Experiment": "experiment_id",
             "Run": "run_id",
             "RecurringRun": "recurring_run_id",
         }[resource]
-        items = sorted(
-            items, key=lambda i: (str(i.get(key_field, "")), i[id_field]), reverse=reverse
-        )
-        size_text = self._q(query, "page_size") or "0"
-        if not _INT_RE.match(size_text) or int(size_text) < 0:
-            raise _proto_error(f'parsing field "page_size": invalid value {size_text!r}')
-        size = int(size_text) or 20
-        size = min(size, 200)
-        token = self._q(query, "page_token")
-        offset = 0
-        if token:
-            try:
-                offset = int(
-                    base64.urlsafe_b64decode(token.encode()).decode().removeprefix("offset:")
-                )
-            except ValueError:
-                raise _invalid(f"Invalid page token {token!r}") from None
-        page = items[offset : offset + size]
-        next_token = ""
-        if offset + size < len(items):
-            next_token = base64.urlsafe_b64encode(f"offset:{offset + size}".encode()).decode()
-        return page, len(items), next_token
+        try:
+            options = list_options(
+                resource,
+                fields.get("page_token", ""),
+                fields.get("page_size", 0),
+                fields.get("sort_by", ""),
+                fields.get("filter", ""),
+            )
+        except ApiError as err:
+            raise err.wrap(wrap) from None
+        return page(items, options, resource, id_field)
 
-    def _resolve_experiment(self, experiment_id: str, namespace: str) -> tuple[str, str]:
+    def _replace_namespace(self, namespace: str) -> str:
+        # resource_manager.go ReplaceNamespace
+        return namespace if self.multi_user else ""
+
+    def _namespace_of_experiment(self, experiment_id: str) -> str:
+        # resource_manager.go GetNamespaceFromExperimentId
+        if experiment_id not in self.experiments:
+            raise not_found("Experiment", experiment_id).wrap(
+                f"Failed to fetch namespace from experiment {experiment_id}"
+            )
+        return str(self.experiments[experiment_id].get("namespace", ""))
+
+    def _experiment_pair(self, experiment_id: str) -> tuple[str, str]:
+        # resource_manager.go GetValidExperimentNamespacePair (the API sends no namespace)
+        if self.multi_user and not experiment_id:
+            raise invalid_input("Experiment id can not be empty in multi-user mode")
         if experiment_id:
-            if experiment_id not in self.experiments:
-                raise _not_found("Experiment", experiment_id, "Failed to get experiment")
-            return experiment_id, self.experiments[experiment_id].get("namespace", "")
-        if self.multi_user:
-            raise _invalid(
-                "Experiment id is empty in multi-user mode. Please specify a valid experiment id"
-            )
-        default = next(e for e in self.experiments.values() if e["display_name"] == "Default")
-        return default["experiment_id"], ""
-
-    @staticmethod
-    def _check_pipeline_source(obj: dict[str, Any], what: str) -> None:
-        sources = [
-            k
-            for k in ("pipeline_spec", "pipeline_version_reference", "pipeline_version_id")
-            if obj.get(k)
-        ]
-        if not sources:
-            raise _invalid(
-                f"Failed to create a {what}: "
-                "pipeline spec or pipeline version reference is required"
-            )
-        spec = obj.get("pipeline_spec")
-        if spec is not None:
-            inner = spec.get("pipeline_spec", spec) if isinstance(spec, dict) else None
-            if not isinstance(inner, dict) or "root" not in inner or "pipelineInfo" not in inner:
-                raise _invalid(
-                    f"Failed to create a {what}: "
-                    "pipeline_spec is not a valid PipelineSpec (no root or pipelineInfo)"
-                )
+            try:
+                namespace = self._namespace_of_experiment(experiment_id)
+            except ApiError as err:
+                raise err.wrap(
+                    f"Failed to fetch namespace for experiment {experiment_id}"
+                ) from None
+            return experiment_id, namespace
+        return self._default_experiment, ""
 
     def _default_service_account(self) -> str:
+        # template.go: DEFAULTPIPELINERUNNERSERVICEACCOUNT, which Kubeflow's multi-user
+        # manifests set to default-editor
         return "default-editor" if self.multi_user else "pipeline-runner"
+
+    def _check_spec(self, obj: dict[str, Any], what: str) -> dict[str, Any] | None:
+        """``fetchTemplateFromPipelineSpec`` + ``template.New``: the inner PipelineSpec.
+
+        Returns None when no spec was sent; raises the server's 500 for one that is not a v2
+        PipelineSpec (``template.go`` ``isPipelineSpec``: strict protojson, a pipeline name
+        and a root), and 501 for pipeline versions, which the stand-in does not store.
+        """
+        if obj.get("pipeline_version_id") or obj.get("pipeline_version_reference"):
+            raise gateway_error(
+                UNIMPLEMENTED, "pipeline versions are not modelled by the KFP stand-in"
+            )
+        spec = obj.get("pipeline_spec")
+        if spec is None:
+            return None
+        inner = spec.get("pipeline_spec", spec) if isinstance(spec, dict) else None
+        if not _is_pipeline_spec(inner):
+            raise internal_server(
+                invalid_input_with_details(
+                    "pipeline spec is invalid", "unknown template format"
+                ).wrap("Failed to fetch a template with an invalid pipeline spec manifest"),
+                f"Failed to create a {what} with an invalid pipeline spec manifest"
+                if what == "recurring run"
+                else "Failed to create a run due to error fetching manifest",
+            )
+        assert isinstance(inner, dict)
+        return inner
 
     # ------------------------------------------------------------------ healthz
 
-    def _healthz(self, _p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> dict[str, Any]:
+    def _healthz(self) -> dict[str, Any]:
+        # main.go healthzResponse: encoding/json, pipeline_store omitempty
         return {
             "commit_sha": "standin",
             "tag_name": self.tag_name,
@@ -862,28 +599,11 @@ class KfpApiStandIn:
 
     # ------------------------------------------------------------------ experiments
 
-    def _create_experiment(self, data: dict[str, Any]) -> dict[str, Any]:
-        name = data.get("display_name", "")
-        if not name:
-            raise _invalid("Experiment name is empty. Please specify a valid experiment name")
-        namespace = data.get("namespace", "") if self.multi_user else ""
-        if self.multi_user and not namespace:
-            raise _invalid("Experiment namespace is empty. Please specify a valid namespace")
-        for existing in self.experiments.values():
-            if existing["display_name"] == name and existing.get("namespace", "") == namespace:
-                external = (
-                    f"Failed to create a new experiment. The name {name} already exists. "
-                    "Please specify a new name"
-                )
-                raise ApiError(
-                    ALREADY_EXISTS,
-                    f"Failed to create an experiment: Already exist error: {external}",
-                    external,
-                )
+    def _store_experiment(self, name: str, description: str, namespace: str) -> dict[str, Any]:
         experiment = {
             "experiment_id": self._new_id(),
             "display_name": name,
-            "description": data.get("description", ""),
+            "description": description,
             "created_at": self._tick(),
             "namespace": namespace,
             "storage_state": "AVAILABLE",
@@ -892,63 +612,164 @@ class KfpApiStandIn:
         self.experiments[experiment["experiment_id"]] = experiment
         return experiment
 
-    def _post_experiment(
-        self, _p: dict[str, str], _q: dict[str, list[str]], body: Any
-    ) -> dict[str, Any]:
-        return encode_message(
-            "Experiment", self._create_experiment(decode_message("Experiment", body))
-        )
-
-    def _experiment(self, experiment_id: str) -> dict[str, Any]:
-        if experiment_id not in self.experiments:
-            raise _not_found("Experiment", experiment_id, "Failed to get experiment")
-        return self.experiments[experiment_id]
-
-    def _list_experiments(
-        self, _p: dict[str, str], query: dict[str, list[str]], _b: Any
-    ) -> dict[str, Any]:
-        namespace = self._q(query, "namespace")
-        if self.multi_user and not namespace:
-            raise _invalid(
-                "Invalid ListExperiment request. No namespace provided in multi-user mode."
+    def _post_experiment(self, _p: dict[str, str], _f: dict[str, Any], data: Any) -> Any:
+        """experiment_server.go CreateExperiment, api_converter.go toModelExperiment."""
+        outer = "Failed to create a experiment"
+        name, namespace = data.get("display_name", ""), data.get("namespace", "")
+        convert = "Failed to convert API experiment to model experiment"
+        problem = ""
+        if not name:
+            problem = "Experiment must have a non-empty name"
+        elif len(name.encode()) > 128:  # validation/length.go
+            problem = "Experiment.Name length cannot exceed 128"
+        elif len(namespace.encode()) > 63:
+            problem = "Experiment.Namespace length cannot exceed 63"
+        if problem:
+            raise internal_server(invalid_input(problem), convert).wrap(
+                "[ExperimentServer]: Failed to create a experiment due to conversion error"
             )
+        namespace = self._replace_namespace(namespace)
+        if self.multi_user and not namespace:
+            raise (
+                invalid_input("An experiment cannot have an empty namespace in multi-user mode")
+                .wrap("Failed to authorize the request")
+                .wrap(outer)
+            )
+        key = _mysql_key(name)
+        for existing in self.experiments.values():
+            if _mysql_key(existing["display_name"]) == key and existing["namespace"] == namespace:
+                raise already_exists(
+                    f"Failed to create a new experiment. The name {name} already exists. "
+                    "Please specify a new name"
+                ).wrap(outer)
+        created = self._store_experiment(name, data.get("description", ""), namespace)
+        return encode_message("Experiment", created)
+
+    def _experiment(self, experiment_id: str, outer: str) -> dict[str, Any]:
+        """The experiment, or the 404 the server gives through ``canAccessExperiment``."""
+        if experiment_id in self.experiments:
+            return self.experiments[experiment_id]
+        err = not_found("Experiment", experiment_id)
+        if self.multi_user:
+            err = err.wrap("Failed to authorize with the experiment ID")
+            err = err.wrap("Failed to authorize the request")
+        raise err.wrap(outer)
+
+    def _list_experiments(self, _p: dict[str, str], fields: dict[str, Any], _b: Any) -> Any:
+        """experiment_server.go ListExperiments / listExperiments."""
+        namespace = self._replace_namespace(fields.get("namespace", ""))
         items = [
             e
             for e in self.experiments.values()
             if not self.multi_user or e["namespace"] == namespace
         ]
-        page, total, token = self._page(query, items, "Experiment")
+        rows, total, token = self._page(
+            fields, items, "Experiment", "Failed to create list options"
+        )
+        if self.multi_user and not namespace:
+            raise (
+                invalid_input("An experiment cannot have an empty namespace in multi-user mode")
+                .wrap("Failed to authorize with API")
+                .wrap("List experiments failed")
+            )
         return _prune_list(
-            "experiments", [encode_message("Experiment", e) for e in page], total, token
+            "experiments", [encode_message("Experiment", e) for e in rows], total, token
         )
 
-    def _get_experiment(
-        self, p: dict[str, str], _q: dict[str, list[str]], _b: Any
-    ) -> dict[str, Any]:
-        return encode_message("Experiment", self._experiment(p["experiment_id"]))
+    def _get_experiment(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> Any:
+        """experiment_server.go GetExperiment."""
+        return encode_message(
+            "Experiment", self._experiment(p["experiment_id"], "Failed to fetch experiment")
+        )
 
-    def _delete_experiment(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
-        self._experiment(p["experiment_id"])
-        del self.experiments[p["experiment_id"]]
+    def _delete_experiment(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """experiment_server.go DeleteExperiment, resource_manager.go DeleteExperiment."""
+        experiment_id, outer = p["experiment_id"], "Failed to delete experiment"
+        if self.multi_user:
+            self._experiment(experiment_id, outer)
+        if self._default_experiment and experiment_id == self._default_experiment:
+            raise bad_request(
+                invalid_input(f"Experiment id cannot be equal to the default id {experiment_id}"),
+                f"Failed to delete experiment {experiment_id}. The default experiment cannot be "
+                "deleted",
+            ).wrap(outer)
+        if experiment_id not in self.experiments:
+            raise (
+                not_found("Experiment", experiment_id)
+                .wrap(f"Failed to delete experiment {experiment_id} due to error fetching it")
+                .wrap(outer)
+            )
+        del self.experiments[experiment_id]
 
-    def _archive_experiment(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
-        self._experiment(p["experiment_id"])["storage_state"] = "ARCHIVED"
+    def _archive_experiment(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """resource_manager.go ArchiveExperiment: its runs archived, its recurring runs disabled.
 
-    def _unarchive_experiment(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
-        self._experiment(p["experiment_id"])["storage_state"] = "AVAILABLE"
+        The store's UPDATE checks no row: an unknown id is a 200 on a single-user server.
+        """
+        experiment_id = p["experiment_id"]
+        if self.multi_user:
+            self._experiment(experiment_id, "Failed to archive experiment")
+        if experiment_id not in self.experiments:
+            return
+        now = self._tick()
+        for rr in self.recurring_runs.values():
+            if rr["experiment_id"] == experiment_id and rr["mode"] == "ENABLE":
+                rr.update(mode="DISABLE", status="DISABLED", updated_at=now)
+        for run in self.runs.values():
+            if run["experiment_id"] == experiment_id:
+                run["storage_state"] = "ARCHIVED"
+        self.experiments[experiment_id]["storage_state"] = "ARCHIVED"
+
+    def _unarchive_experiment(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """resource_manager.go UnarchiveExperiment: the experiment only (runs stay archived)."""
+        experiment_id = p["experiment_id"]
+        if self.multi_user:
+            self._experiment(experiment_id, "Failed to unarchive experiment")
+        if experiment_id in self.experiments:
+            self.experiments[experiment_id]["storage_state"] = "AVAILABLE"
 
     # ------------------------------------------------------------------ runs
 
-    def _post_run(
-        self, _p: dict[str, str], query: dict[str, list[str]], body: Any
-    ) -> dict[str, Any]:
-        data = decode_message("Run", body)
+    def _post_run(self, _p: dict[str, str], _f: dict[str, Any], data: Any) -> Any:
+        """run_server.go CreateRun -> toModelRun -> createRun -> resource_manager.go CreateRun."""
+        if "plugins_output" in data:
+            raise ApiError(
+                10,
+                "BadRequestError: plugins_output is server-owned and populated exclusively via "
+                "plugin lifecycle hooks: plugins_output must not be set by the client",
+                external="plugins_output is server-owned and populated exclusively via plugin "
+                "lifecycle hooks",
+            )
+        outer = "Failed to create a new run"
         if not data.get("display_name"):
-            raise _invalid("The run name is empty. Please specify a valid name")
-        self._check_pipeline_source(data, "run")
-        experiment_id, namespace = self._resolve_experiment(
-            data.get("experiment_id") or self._q(query, "experiment_id"), ""
-        )
+            raise internal_server(
+                invalid_input("Run name cannot be empty"),
+                "Failed to convert a API run detail to its internal representation",
+            ).wrap("CreateJob(job.ToV2())Failed to create a run due to conversion error")
+        try:
+            experiment_id, namespace = self._experiment_pair(data.get("experiment_id", ""))
+        except ApiError as err:
+            raise err.wrap(
+                "Failed to create a run due to invalid experimentId and namespace combination"
+            ).wrap(outer) from None
+        if self.multi_user and not namespace:
+            raise invalid_input("A run cannot have an empty namespace in multi-user mode").wrap(
+                outer
+            )
+        try:
+            spec = self._check_spec(data, "run")
+            if spec is None:
+                raise internal_server(
+                    invalid_input(
+                        "Failed to fetch a template with an empty pipeline spec manifest"
+                    ),
+                    "Failed to create a run due to error fetching manifest",
+                )
+            _check_inputs(
+                spec, data.get("runtime_config") or {}, "Failed to generate the ExecutionSpec"
+            )
+        except ApiError as err:
+            raise err.wrap(outer) from None
         now = self._tick()
         run = {
             **data,
@@ -964,163 +785,265 @@ class KfpApiStandIn:
         }
         self.runs[run["run_id"]] = run
         self.experiments[experiment_id]["last_run_created_at"] = now
-        return encode_message("Run", run)
+        return _encode_run(run)
 
-    def _run(self, run_id: str) -> dict[str, Any]:
-        if run_id not in self.runs:
-            raise _not_found("Run", run_id, "Failed to get a run: Failed to fetch run")
-        return self.runs[run_id]
+    def _run(self, run_id: str, action: str, outer: str) -> dict[str, Any]:
+        """The run, or the 404 the server builds for ``action`` (through ``canAccessRun``)."""
+        if run_id in self.runs:
+            return self.runs[run_id]
+        err = not_found("Run", run_id).wrap(f"Failed to fetch run {run_id}")
+        if self.multi_user:
+            err = err.wrap(f"Failed to authorize with the run ID {run_id}")
+            err = err.wrap("Failed to authorize the request")
+        elif action:
+            err = err.wrap(action)
+        raise err.wrap(outer)
 
-    def _list_runs(
-        self, _p: dict[str, str], query: dict[str, list[str]], _b: Any
-    ) -> dict[str, Any]:
+    def _list_runs(self, _p: dict[str, str], fields: dict[str, Any], _b: Any) -> Any:
+        """run_server.go ListRuns / listRuns."""
+        outer = "Failed to list runs"
         items = list(self.runs.values())
-        experiment_id = self._q(query, "experiment_id")
+        self._page(fields, [], "Run", "Failed to create list options")  # options come first
+        namespace = self._replace_namespace(fields.get("namespace", ""))
+        experiment_id = fields.get("experiment_id", "")
         if experiment_id:
-            self._experiment(experiment_id)
-            items = [r for r in items if r["experiment_id"] == experiment_id]
-        namespace = self._q(query, "namespace")
-        if self.multi_user and not namespace and not experiment_id:
-            raise _invalid(
-                "ListRuns must filter by resource reference or namespace in multi-user mode."
+            try:
+                namespace = self._namespace_of_experiment(experiment_id)
+            except ApiError as err:
+                raise err.wrap(
+                    f"Failed to list runs due to error fetching namespace for experiment "
+                    f"{experiment_id}. Try filtering based on namespace"
+                ).wrap(outer) from None
+        if self.multi_user and not namespace:
+            raise (
+                invalid_input("A run cannot have an empty namespace in multi-user mode")
+                .wrap(
+                    "Failed to list runs due to authorization error. Check if you have "
+                    f"permission to access namespace {namespace}"
+                )
+                .wrap(outer)
             )
-        if namespace:
+        if experiment_id:
+            items = [r for r in items if r["experiment_id"] == experiment_id]
+        elif namespace:
             items = [r for r in items if r.get("namespace", "") == namespace]
-        page, total, token = self._page(query, items, "Run")
-        return _prune_list("runs", [encode_message("Run", r) for r in page], total, token)
+        rows, total, token = self._page(fields, items, "Run", "Failed to create list options")
+        return _prune_list("runs", [_encode_run(r) for r in rows], total, token)
 
-    def _get_run(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> dict[str, Any]:
-        return encode_message("Run", self._run(p["run_id"]))
+    def _get_run(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> Any:
+        """run_server.go GetRun, resource_manager.go GetRun."""
+        return _encode_run(self._run(p["run_id"], "", "Failed to get a run"))
 
-    def _delete_run(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
-        self._run(p["run_id"])
-        del self.runs[p["run_id"]]
-        self.deleted_runs.append(p["run_id"])
+    def _delete_run(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """run_server.go DeleteRun, resource_manager.go DeleteRun."""
+        run_id = p["run_id"]
+        self._run(
+            run_id, f"Failed to delete run {run_id} as it does not exist", "Failed to delete a run"
+        )
+        del self.runs[run_id]
+        self.deleted_runs.append(run_id)
 
-    def _terminate_run(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
-        run = self._run(p["run_id"])
+    def _terminate_run(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """run_server.go TerminateRun, resource_manager.go TerminateRun."""
+        run_id = p["run_id"]
+        run = self._run(
+            run_id,
+            f"Failed to terminate run {run_id} due to error fetching the run",
+            "Failed to terminate a run",
+        )
         if run["state"] not in FINAL_STATES:
             run["state"] = "CANCELING"
-        self.terminated_runs.append(p["run_id"])
+        self.terminated_runs.append(run_id)
 
-    def _archive_run(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
-        self._run(p["run_id"])["storage_state"] = "ARCHIVED"
+    def _archive_run(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """run_server.go ArchiveRun, resource_manager.go ArchiveRun."""
+        run_id = p["run_id"]
+        self._run(
+            run_id,
+            f"Failed to archive run {run_id} as it failed to be retrieved",
+            "Failed to archive a run",
+        )["storage_state"] = "ARCHIVED"
 
-    def _unarchive_run(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
-        self._run(p["run_id"])["storage_state"] = "AVAILABLE"
+    def _unarchive_run(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """run_server.go UnarchiveRun, resource_manager.go UnarchiveRun."""
+        run_id, outer = p["run_id"], "Failed to unarchive a run"
+        run = self._run(run_id, f"Failed to unarchive run {run_id} as it does not exist", outer)
+        experiment = self.experiments.get(run["experiment_id"], {})
+        if experiment.get("storage_state") == "ARCHIVED":
+            raise failed_precondition(
+                "Unarchive the experiment first to allow the run to be restored",
+                f"Failed to unarchive run {run_id} as experiment {run['experiment_id']} must be "
+                "un-archived first",
+            ).wrap(outer)
+        run["storage_state"] = "AVAILABLE"
 
     # ------------------------------------------------------------------ recurring runs
 
-    def _post_recurring_run(
-        self, _p: dict[str, str], _q: dict[str, list[str]], body: Any
-    ) -> dict[str, Any]:
-        data = decode_message("RecurringRun", body)
-        self._check_pipeline_source(data, "recurring run")
+    def _post_recurring_run(self, _p: dict[str, str], _f: dict[str, Any], data: Any) -> Any:
+        """job_server.go CreateRecurringRun -> toModelJob -> createJob -> CreateJob.
+
+        The checks come in the server's order: toModelJob first (an empty name is a 500
+        there, before ``createJob``'s own 400 for it can run; then max concurrency 1-10, the
+        cron through robfig/cron v1, the period), then the experiment, then the spec and its
+        inputs.
+        """
+        outer = "Failed to create a recurring run"
+        conversion = "Failed to create a recurring run due to conversion error"
+        if not data.get("display_name"):
+            raise internal_server(
+                invalid_input("Recurring run's name cannot be empty"),
+                "Failed to convert a API recurring run to its internal representation",
+            ).wrap(conversion)
         concurrency = int(data.get("max_concurrency", "0"))
         if not 1 <= concurrency <= 10:
-            raise _invalid(
-                "The max concurrency of the recurring run is out of range. "
-                f"Support 1-10. Received {concurrency}."
-            )
-        trigger = data.get("trigger", {})
-        cron = (trigger.get("cron_schedule") or {}).get("cron")
-        if cron is not None and not cron.startswith("@"):  # robfig/cron also takes @daily etc.
-            fields = cron.split()
-            if not 5 <= len(fields) <= 6:
-                raise _invalid(
+            raise invalid_input(
+                "Max concurrency of a recurring run must be at least 1 and at most 10. "
+                f"Received {concurrency}"
+            ).wrap(conversion)
+        trigger = data.get("trigger") or {}
+        if "cron_schedule" in trigger:
+            cron = trigger["cron_schedule"].get("cron", "")
+            try:
+                parse_cron(cron)
+            except ValueError as exc:
+                raise invalid_input(
                     "Schedule cron is not a supported format"
-                    "(https://godoc.org/github.com/robfig/cron). "
-                    f"Error: Expected 5 to 6 fields, found {len(fields)}: {cron}"
-                )
-        periodic = trigger.get("periodic_schedule")
-        if periodic is not None and int(periodic.get("interval_second", "0")) < 1:
-            raise _invalid(
-                f"Found invalid period schedule interval {periodic.get('interval_second', '0')}. "
-                "Set at interval to least 1 second."
+                    f"(https://godoc.org/github.com/robfig/cron). Error: {exc}"
+                ).wrap(conversion) from None
+        if "periodic_schedule" in trigger:
+            interval = int(trigger["periodic_schedule"].get("interval_second", "0"))
+            if interval < 1:
+                raise invalid_input(
+                    f"Found invalid period schedule interval {interval}. "
+                    "Set at interval to least 1 second"
+                ).wrap(conversion)
+        try:
+            experiment_id, namespace = self._experiment_pair(data.get("experiment_id", ""))
+        except ApiError as err:
+            raise err.wrap(
+                "Failed to create a recurring run due to invalid experimentId and namespace "
+                "combination"
+            ).wrap(outer) from None
+        if self.multi_user and not namespace:
+            raise invalid_input(
+                "Recurring run cannot have an empty namespace in multi-user mode"
+            ).wrap(outer)
+        try:
+            spec = self._check_spec(data, "recurring run")
+            if spec is None:
+                raise GoError("Cannot create a job with an empty pipeline ID")
+            _check_inputs(
+                spec,
+                data.get("runtime_config") or {},
+                "Failed to create a recurring run during scheduled workflow creation",
             )
-        if not data.get("display_name"):
-            raise _invalid("Recurring run name is empty. Please specify a valid name")
-        experiment_id, namespace = self._resolve_experiment(data.get("experiment_id", ""), "")
+        except ApiError as err:
+            raise err.wrap(outer) from None
         now = self._tick()
         enabled = data.get("mode") == "ENABLE"
         recurring = {
             **data,
             "recurring_run_id": self._new_id(),
             "experiment_id": experiment_id,
-            "namespace": namespace,
+            # resource_manager.go CreateJob: the ScheduledWorkflow's namespace
+            "namespace": namespace or self.pod_namespace,
             "service_account": data.get("service_account") or self._default_service_account(),
+            "max_concurrency": str(concurrency),
             "created_at": now,
             "updated_at": now,
             "mode": "ENABLE" if enabled else "DISABLE",
             "status": "ENABLED" if enabled else "DISABLED",
         }
         self.recurring_runs[recurring["recurring_run_id"]] = recurring
-        return encode_message("RecurringRun", recurring)
+        return _encode_recurring(recurring)
 
-    def _recurring(self, recurring_run_id: str, wrap: str) -> dict[str, Any]:
-        if recurring_run_id not in self.recurring_runs:
-            raise _not_found("RecurringRun", recurring_run_id, wrap)
-        return self.recurring_runs[recurring_run_id]
+    def _recurring(self, recurring_run_id: str, action: str, outer: str) -> dict[str, Any]:
+        """The recurring run, or the 404 the server builds (through ``canAccessJob``)."""
+        if recurring_run_id in self.recurring_runs:
+            return self.recurring_runs[recurring_run_id]
+        err = not_found("Job", recurring_run_id)
+        if self.multi_user:
+            err = err.wrap("failed to authorize with the recurring run ID")
+            err = err.wrap("Failed to authorize the request")
+        elif action:
+            err = err.wrap(action)
+        raise err.wrap(outer)
 
-    def _list_recurring_runs(
-        self, _p: dict[str, str], query: dict[str, list[str]], _b: Any
-    ) -> dict[str, Any]:
+    def _list_recurring_runs(self, _p: dict[str, str], fields: dict[str, Any], _b: Any) -> Any:
+        """job_server.go ListRecurringRuns / listJobs."""
+        outer = "Failed to list jobs"
+        wrap = "Failed to list recurring runs due to error parsing the listing options"
         items = list(self.recurring_runs.values())
-        experiment_id = self._q(query, "experiment_id")
-        namespace = self._q(query, "namespace")
-        if self.multi_user and not namespace and not experiment_id:
-            raise _invalid(
-                "Invalid ListRecurringRuns request. No namespace provided in multi-user mode."
+        self._page(fields, [], "RecurringRun", wrap)  # options come first
+        namespace = self._replace_namespace(fields.get("namespace", ""))
+        experiment_id = fields.get("experiment_id", "")
+        if experiment_id:
+            try:
+                namespace = self._namespace_of_experiment(experiment_id)
+            except ApiError as err:
+                raise err.wrap(
+                    "Failed to list recurring runs due to error fetching namespace for "
+                    f"experiment {experiment_id}. Try filtering based on namespace"
+                ).wrap(outer) from None
+        if self.multi_user and not namespace:
+            raise (
+                invalid_input("a recurring run cannot have an empty namespace in multi-user mode")
+                .wrap(
+                    "Failed to list recurring runs due to authorization error. Check if you "
+                    f"have permission to access namespace {namespace}"
+                )
+                .wrap(outer)
             )
         if experiment_id:
-            self._experiment(experiment_id)
             items = [r for r in items if r["experiment_id"] == experiment_id]
-        if namespace:
+        elif namespace:
             items = [r for r in items if r.get("namespace", "") == namespace]
-        page, total, token = self._page(query, items, "RecurringRun")
-        return _prune_list(
-            "recurringRuns", [encode_message("RecurringRun", r) for r in page], total, token
-        )
+        rows, total, token = self._page(fields, items, "RecurringRun", wrap)
+        # the proto field is named recurringRuns, so UseProtoNames writes it so
+        return _prune_list("recurringRuns", [_encode_recurring(r) for r in rows], total, token)
 
-    def _get_recurring_run(
-        self, p: dict[str, str], _q: dict[str, list[str]], _b: Any
-    ) -> dict[str, Any]:
-        rr = self._recurring(
-            p["recurring_run_id"], "Failed to fetch a recurring run: Failed to get a recurring run"
-        )
-        return encode_message("RecurringRun", rr)
+    def _get_recurring_run(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> Any:
+        """job_server.go GetRecurringRun."""
+        rr = self._recurring(p["recurring_run_id"], "", "Failed to fetch a recurring run")
+        return _encode_recurring(rr)
 
     def _set_mode(self, recurring_run_id: str, enable: bool) -> None:
+        """resource_manager.go ChangeJobMode; the UPDATE only touches a row whose mode changes."""
         verb = "enable" if enable else "disable"
         rr = self._recurring(
-            recurring_run_id, f"Failed to {verb} a recurring run: Failed to get a recurring run"
+            recurring_run_id,
+            f"Failed to change recurring run's mode to enable:{str(enable).lower()}. "
+            f"Check if recurring run {recurring_run_id} exists",
+            f"Failed to {verb} a recurring run",
         )
-        rr["mode"] = "ENABLE" if enable else "DISABLE"
-        rr["status"] = "ENABLED" if enable else "DISABLED"
-        rr["updated_at"] = self._tick()
+        mode = "ENABLE" if enable else "DISABLE"
+        if rr["mode"] != mode:
+            rr.update(
+                mode=mode, status="ENABLED" if enable else "DISABLED", updated_at=self._tick()
+            )
 
-    def _enable_recurring_run(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
+    def _enable_recurring_run(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """job_server.go EnableRecurringRun."""
         self._set_mode(p["recurring_run_id"], True)
 
-    def _disable_recurring_run(self, p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
+    def _disable_recurring_run(self, p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        """job_server.go DisableRecurringRun."""
         self._set_mode(p["recurring_run_id"], False)
 
-    def _delete_recurring_run(
-        self, p: dict[str, str], query: dict[str, list[str]], _b: Any
-    ) -> None:
-        policy = self._q(query, "propagation_policy") or "DELETE_PROPAGATION_POLICY_UNSPECIFIED"
-        if policy.isdigit():
-            policy = next((n for n, v in PROPAGATION_POLICIES.items() if v == int(policy)), policy)
-        if self.honours_propagation_policy and policy not in PROPAGATION_POLICIES:
-            raise _proto_error(f'parsing field "propagation_policy": {policy!r} is not valid value')
+    def _delete_recurring_run(self, p: dict[str, str], fields: dict[str, Any], _b: Any) -> None:
+        """job_server.go DeleteRecurringRun, resource_manager.go DeleteJob.
+
+        The ScheduledWorkflow is deleted with the propagation policy asked for; without
+        ORPHAN, Kubernetes garbage-collects the Workflows it owns, i.e. its runs in flight.
+        """
         rr_id = p["recurring_run_id"]
         self._recurring(
             rr_id,
-            "Failed to delete a recurring run: "
             f"Failed to delete recurring run {rr_id}. Check if exists",
+            "Failed to delete a recurring run",
         )
-        orphan = self.honours_propagation_policy and policy == "ORPHAN"
-        if not orphan:  # Kubernetes garbage-collects the ScheduledWorkflow's Workflows
+        orphan = fields.get("propagation_policy") == "ORPHAN"
+        if not orphan:
             for run in self.runs.values():
                 if run.get("recurring_run_id") == rr_id and run["state"] not in FINAL_STATES:
                     now = self._tick()
@@ -1134,8 +1057,101 @@ class KfpApiStandIn:
                     self.cascade_killed_runs.append(run["run_id"])
         del self.recurring_runs[rr_id]
 
-    def _not_modelled(self, _p: dict[str, str], _q: dict[str, list[str]], _b: Any) -> None:
-        raise ApiError(UNIMPLEMENTED, "pipeline upload is not modelled by the KFP stand-in")
+    def _not_modelled(self, _p: dict[str, str], _f: dict[str, Any], _b: Any) -> None:
+        raise gateway_error(UNIMPLEMENTED, "this route is not modelled by the KFP stand-in")
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def _mysql_key(text: str) -> str:
+    # the experiments' unique index (Name, Namespace) compares under utf8_general_ci
+    return text.rstrip(" ").casefold()
+
+
+def _is_pipeline_spec(spec: Any) -> bool:
+    """template.go isPipelineSpec: strict protojson into PipelineSpec, a name and a root."""
+    if not isinstance(spec, dict):
+        return False
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    message = pipeline_spec_pb2.PipelineSpec()
+    try:
+        json_format.ParseDict(spec, message)
+    except json_format.ParseError:
+        return False
+    return bool(message.pipeline_info.name) and message.HasField("root")
+
+
+_PARAMETER_KINDS = {
+    "NUMBER_DOUBLE": (int, float), "NUMBER_INTEGER": (int, float), "STRING": (str,),
+    "BOOLEAN": (bool,), "LIST": (list,), "STRUCT": (dict,),
+}  # fmt: skip
+_PARAMETER_WORDS = {
+    "NUMBER_DOUBLE": ("double or integer", "number"),
+    "NUMBER_INTEGER": ("double or integer", "number"), "STRING": ("string", "string"),
+    "BOOLEAN": ("bool", "bool"), "LIST": ("list", "list"), "STRUCT": ("struct", "struct"),
+}  # fmt: skip
+
+
+def _check_inputs(spec: dict[str, Any], runtime_config: dict[str, Any], wrap: str) -> None:
+    """v2_template.go validatePipelineJobInputs (parameter literals are not modelled).
+
+    Declared parameters are visited in name order (Go's map order is random, so upstream
+    reports any one of several problems).
+    """
+    root = spec.get("root") or {}
+    declared = ((root.get("inputDefinitions") or {}).get("parameters")) or {}
+    given = runtime_config.get("parameters") or {}
+
+    def fail(message: str) -> ApiError:
+        return invalid_input(message).wrap("invalid pipeline job inputs").wrap(wrap)
+
+    for name in sorted(declared):
+        param = declared[name] or {}
+        if name not in given:
+            if not param.get("isOptional") and "defaultValue" not in param:
+                raise fail(
+                    f"parameter {name} is not optional, yet has neither default value nor "
+                    "user provided value"
+                )
+            continue
+        kind = param.get("parameterType", "PARAMETER_TYPE_ENUM_UNSPECIFIED")
+        value = given[name]
+        if kind not in _PARAMETER_KINDS:
+            raise fail(f"input parameter {name} has unspecified type")
+        ok = isinstance(value, _PARAMETER_KINDS[kind]) and (
+            kind == "BOOLEAN" or not isinstance(value, bool)
+        )
+        if not ok:
+            wanted, actual = _PARAMETER_WORDS[kind]
+            if kind.startswith("NUMBER"):
+                raise fail(
+                    f"input parameter {name} requires type {wanted}, but the parameter value is "
+                    "not of number value type"
+                )
+            raise fail(
+                f"input parameter {name} requires type {wanted}, but the input parameter is not "
+                f"of {actual} value type"
+            )
+    extra = [n for n in given if n not in declared]
+    if extra:
+        raise fail(f"parameter(s) provided are not required by pipeline: {', '.join(extra)}")
+
+
+def _encode_run(run: dict[str, Any]) -> dict[str, Any]:
+    out = encode_message("Run", run)
+    if out.get("runtime_config") == {}:  # api_converter.go toApiRuntimeConfig: nil when empty
+        del out["runtime_config"]
+    return out
+
+
+def _encode_recurring(rr: dict[str, Any]) -> dict[str, Any]:
+    out = encode_message("RecurringRun", rr)
+    if out.get("runtime_config") == {}:  # toApiRecurringRun: nil when empty
+        del out["runtime_config"]
+    return out
 
 
 def _prune_list(key: str, items: list[dict[str, Any]], total: int, token: str) -> dict[str, Any]:
@@ -1166,13 +1182,10 @@ def _make_handler(standin: KfpApiStandIn) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            status, answer = standin.handle(
+            status, answer, content_type = standin.handle(
                 self.command, self.path, body, self.headers.get("Authorization")
             )
-            if isinstance(answer, str):
-                payload, content_type = answer.encode(), "text/html; charset=utf-8"
-            else:
-                payload, content_type = json.dumps(answer).encode(), "application/json"
+            payload = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,13 +182,38 @@ def check_params(package_path: Path | str, params: Mapping[str, object]) -> dict
 # --------------------------------------------------------------------------- runs
 
 
+def _experiment_named(client: kfp.Client, name: str, namespace: str | None) -> Any:
+    """The experiment the server files under ``name``, or None.
+
+    An exact match wins; otherwise the server's only match is taken, because MySQL's default
+    collation (KFP's database, ``backend/src/apiserver/client/sql.go`` in 2.17.0) compares
+    names case-insensitively for this filter and for the unique (name, namespace) index alike:
+    the experiment it returns is the one a create with ``name`` collides with.
+    """
+    with api_call(f"find experiment {name!r}"):
+        # The generated API, not kfp.Client.get_experiment, whose filter is not URL-encoded.
+        page = client.experiments.experiment_service_list_experiments(
+            filter=_name_filter("display_name", name),
+            namespace=namespace,
+            page_size=_PAGE_SIZE,
+        )
+    found = list(page.experiments or [])
+    exact = [e for e in found if e.display_name == name]
+    if exact:
+        return exact[0]
+    return found[0] if len(found) == 1 else None
+
+
 def ensure_experiment(client: kfp.Client, name: str, *, namespace: str | None = None) -> str:
     """Return the id of the experiment named ``name``, creating it when missing.
+
+    The lookup is ours rather than ``kfp.Client.create_experiment``'s, whose name filter the
+    server's second unescape garbles (see :func:`_name_filter`).
 
     Args:
         client: A ``kfp.Client``.
         name: Experiment display name (unique per namespace on the server).
-        namespace: Namespace for multi-user deployments.
+        namespace: Namespace for multi-user deployments (default: the client's).
 
     Returns:
         The experiment id.
@@ -196,16 +222,26 @@ def ensure_experiment(client: kfp.Client, name: str, *, namespace: str | None = 
         ConfigError: The name is empty.
         ClusterError: The server refused the lookup or the creation.
     """
+    import kfp_server_api
+
     if not name or not name.strip():
         raise ConfigError("--experiment is empty: give an experiment name")
-    try:
-        with api_call(f"create experiment {name!r}"):
-            experiment = client.create_experiment(name=name, namespace=namespace)
-    except ClusterError as err:
-        if err.status != 409:  # another client created it between lookup and create
-            raise
-        with api_call(f"get experiment {name!r}"):
-            experiment = client.get_experiment(experiment_name=name, namespace=namespace)
+    namespace = namespace or client.get_user_namespace() or None
+    experiment = _experiment_named(client, name, namespace)
+    if experiment is None:
+        try:
+            with api_call(f"create experiment {name!r}"):
+                experiment = client.experiments.experiment_service_create_experiment(
+                    experiment=kfp_server_api.V2beta1Experiment(
+                        display_name=name, namespace=namespace
+                    )
+                )
+        except ClusterError as err:
+            if err.status != 409:  # another client created it between lookup and create
+                raise
+            experiment = _experiment_named(client, name, namespace)
+            if experiment is None:
+                raise
     return str(experiment.experiment_id)
 
 
@@ -257,8 +293,15 @@ def submit(
 
 
 def _name_filter(key: str, value: str) -> str:
-    # The same encoding kfp.Client uses for its own lookups (operation 1 = EQUALS).
-    return json.dumps({"predicates": [{"operation": 1, "key": key, "stringValue": value}]})
+    """A list ``filter`` for ``key == value`` (operation 1 = EQUALS), URL-encoded.
+
+    The API server URL-unescapes ``filter`` once more after the HTTP layer has decoded the
+    query (``url.QueryUnescape`` in ``parseAPIFilter``, ``backend/src/apiserver/server/
+    list_request_util.go``, KFP 2.17.0 and every release since 2019): sent as plain JSON, a
+    ``+`` in the value would become a space and a ``%`` a 400. Encoded, it arrives intact.
+    """
+    text = json.dumps({"predicates": [{"operation": 1, "key": key, "string_value": value}]})
+    return urllib.parse.quote(text, safe="")
 
 
 def _recurring_runs_named(client: kfp.Client, name: str, namespace: str | None) -> list[Any]:
