@@ -26,15 +26,17 @@ data: $(STAMP) ## Fetch the real data sets (tweets, Elec2) from PyPI wheels into
 demo: $(STAMP) data ## Serve a model, replay real data as days, run the pipeline daily (SCENARIO=tweets|elec2|sample)
 	$(BIN)/driftloop demo --scenario $(SCENARIO) --out $(OUT)
 
-prometheus: ## Install Debian's prometheus when missing (the serving-metrics tests scrape with it)
-	@command -v prometheus >/dev/null 2>&1 || { \
+prometheus: ## Install Debian's prometheus and prometheus-pushgateway when missing (the metrics tests run them)
+	@for pkg in prometheus prometheus-pushgateway; do \
+	  command -v $$pkg >/dev/null 2>&1 && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get install -y -q prometheus >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q prometheus >/dev/null)) \
-	    && echo "installed prometheus (Debian package)"; \
-	  else echo "make: prometheus is missing and cannot be installed here (needs root and apt-get on Debian): install it, e.g. sudo apt-get install prometheus" >&2; exit 1; fi; }
+	    (apt-get install -y -q $$pkg >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$pkg >/dev/null)) \
+	    && echo "installed $$pkg (Debian package)" || exit 1; \
+	  else echo "make: $$pkg is missing and cannot be installed here (needs root and apt-get on Debian): install it, e.g. sudo apt-get install $$pkg" >&2; exit 1; fi; \
+	done
 
-test: $(STAMP) data prometheus ## Run the whole test suite (fetches the data sets, installs prometheus)
+test: $(STAMP) data prometheus ## Run the whole test suite (fetches the data sets, installs prometheus + pushgateway)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## ruff + mypy

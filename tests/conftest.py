@@ -78,3 +78,27 @@ def gcs_store(gcs_emulator: str) -> Store:
     bucket = f"driftloop-test-{next(_bucket_ids)}"
     client.create_bucket(bucket)
     return open_store(f"gs://{bucket}/root/prefix")
+
+
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus Pushgateway (Debian's ``prometheus-pushgateway``) on 127.0.0.1."""
+    import shutil
+
+    exe = shutil.which("prometheus-pushgateway")
+    if exe is None:
+        pytest.fail("prometheus-pushgateway is not installed: `make test` installs Debian's "
+                    "package (apt-get install prometheus-pushgateway, as root)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "pushgateway.log"
+    with log.open("wb") as out:
+        # no persistence file: the gateway starts empty and leaves nothing behind
+        proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}",
+                                 "--persistence.file="], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_answers(f"{url}/-/ready", proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

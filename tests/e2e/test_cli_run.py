@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 STEP_LINES = ("ingest ", "drift ", "decide ", "train ", "evaluate ", "registry ", "canary ",
-              "promotion ")
+              "promotion ", "status ")
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:

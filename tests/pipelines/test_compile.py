@@ -172,6 +172,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "force_retrain": ("BOOLEAN", False), "notify_webhook": ("STRING", ""),
         "rollout_backend": ("STRING", "local"), "rollout_state": ("STRING", ""),
         "prometheus_url": ("STRING", ""),
+        "pushgateway_url": ("STRING", ""),
     }
     assert {k: (v["parameterType"], v.get("defaultValue")) for k, v in params.items()} == \
         expected
@@ -222,3 +223,10 @@ def test_the_canary_pipeline_only_ingests_and_judges_the_canary(fresh: Path):
         "{{$.pipeline_job_schedule_time_utc}}")
     defaults = doc["root"]["inputDefinitions"]["parameters"]
     assert defaults["canary_max_holds"]["defaultValue"] == 24 * CanaryConfig.max_holds
+
+
+def test_the_in_process_loop_pushes_under_the_pipelines_names():
+    from driftloop.kfp.pipeline import CANARY_PIPELINE_NAME, PIPELINE_NAME
+    from driftloop.steps.loop import CANARY_PIPELINE, PIPELINE
+
+    assert (PIPELINE, CANARY_PIPELINE) == (PIPELINE_NAME, CANARY_PIPELINE_NAME)

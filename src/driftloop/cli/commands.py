@@ -207,7 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"run-{uuid.uuid4().hex[:12]}"
     result = run_loop(store, schema, args.model, now=_now(args.now), run_id=run_id,
                       config=config, force=args.force, window_days=args.window_days,
-                      lookback_days=args.lookback_days, notifier=make_notifier(config.notify))
+                      lookback_days=args.lookback_days, notifier=make_notifier(config.notify),
+                      pushgateway_url=args.pushgateway_url)
     from driftloop.steps.records import read_run
 
     for line in read_run(store, run_id).lines():
@@ -237,7 +238,7 @@ def _run_local(args: argparse.Namespace) -> int:
     run = run_local(args.store, args.schema, args.model, run_date=args.now or "",
                     force_retrain=args.force, window_days=args.window_days,
                     lookback_days=args.lookback_days, config=_config(args),
-                    pipeline_root=args.pipeline_root,
+                    pipeline_root=args.pipeline_root, pushgateway_url=args.pushgateway_url,
                     stream=sys.stderr if args.verbose else None)
     print_chain(run, sys.stderr)
     record = run.record

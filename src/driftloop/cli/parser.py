@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --local: keep the task artifacts here (default: a temp folder)")
     p.add_argument("--verbose", action="store_true",
                    help="with --local: stream every task's output to stderr")
+    p.add_argument("--pushgateway-url", default="",
+                   help="push the run's decisions to this Prometheus Pushgateway when it ends")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("models", help="list, show, verify or promote registered versions")

@@ -94,6 +94,9 @@ class IngestReport(JsonResult):
     files: list[str] = field(default_factory=list)
     #: Files under the window's partitions that were not read, with the reason.
     skipped_files: dict[str, str] = field(default_factory=dict)
+    #: When the run's ingest step started (ISO-8601 UTC; "" when not run as a step): the
+    #: start of the run, for its duration.
+    started_at: str = ""
 
     def summary(self) -> str:
         """One line for logs and timelines."""

@@ -13,7 +13,7 @@ from driftloop.clock import utc_now_iso
 from driftloop.serde import JsonResult, dumps
 from driftloop.data.storage import Store
 
-__all__ = ["RunFailure", "record_failure", "record_result"]
+__all__ = ["RunFailure", "RunStatus", "record_failure", "record_result"]
 
 
 def record_result(store: Store, run_id: str, name: str, result: Any) -> str:
@@ -41,6 +41,31 @@ class RunFailure(JsonResult):
     failed_at: str
     retry: str = ("the same inputs resume it: a version already registered with the same "
                   "training data is reused, finished steps are written again")
+
+
+@dataclass
+class RunStatus(JsonResult):
+    """How a run ended, as recorded in ``runs/<run-id>/status.json`` by the exit task.
+
+    Attributes:
+        state: ``SUCCEEDED``, ``FAILED`` or ``CANCELLED``.
+        error: The error message of a failed run.
+        task: The task (or task group) the status is about.
+        finished_at: When the exit task ran (ISO-8601 UTC).
+        notified: Whether a failure notification was delivered.
+        delivery_error: Why a failure notification was not delivered.
+        pushed: Samples pushed to the Pushgateway (0: none pushed).
+        push_error: Why the push to the Pushgateway failed.
+    """
+
+    state: str
+    error: str = ""
+    task: str = ""
+    finished_at: str = ""
+    notified: bool = False
+    delivery_error: str | None = None
+    pushed: int = 0
+    push_error: str | None = None
 
 
 def record_failure(store: Store, run_id: str, exc: BaseException) -> str | None:

@@ -482,26 +482,33 @@ def notify_on_exit(
     model_name: str,
     run_id: str,
     webhook: str,
+    pushgateway_url: str,
+    pipeline_name: str,
     status: dsl.PipelineTaskFinalStatus,
 ) -> None:
     """The exit handler: record how the run ended; send a failure event unless it succeeded.
 
     Runs after the pipeline's body whatever happened (KFP exit task). Records
     runs/<run-id>/status.json; a failed or cancelled run sends a failure event to the
-    webhook (or the log). Problems recording or delivering are logged, never raised.
+    webhook (or the log); with a Pushgateway the run's decisions are pushed there as
+    gauges (grouping key job=driftloop, pipeline, model). Problems recording, delivering
+    or pushing are logged, never raised.
 
     Args:
         store_uri: Store root: a folder or gs://bucket/prefix.
         model_name: Model name.
         run_id: The run's id; its folder under runs/ in the store.
         webhook: http(s) URL receiving the failure event ("" = log only).
+        pushgateway_url: Prometheus Pushgateway base URL ("" = push nothing).
+        pipeline_name: The pipeline's name, part of the Pushgateway grouping key.
         status: The final status of the pipeline's body (set by KFP).
     """
     from driftloop import steps
 
     steps.exit_step(store_uri, model_name=model_name, run_id=run_id, state=status.state,
                     error=status.error_message or "", task=status.pipeline_task_name,
-                    webhook=webhook)
+                    webhook=webhook, pushgateway_url=pushgateway_url,
+                    pipeline_name=pipeline_name)
 
 
 #: Every component, by name, in pipeline order.

@@ -132,6 +132,7 @@ def run_local(
     pipeline_root: str | Path | None = None,
     stream: TextIO | None = None,
     canary_only: bool = False,
+    pushgateway_url: str = "",
 ) -> LocalRun:
     """Run the continuous-training pipeline (or the canary analysis) once through ``kfp.local``.
 
@@ -151,6 +152,7 @@ def run_local(
         stream: Where the tasks' output goes (default: captured in :attr:`LocalRun.log`).
         canary_only: Run the ``canary-analysis`` pipeline instead (ingest → analyse_canary);
             arguments it does not declare are left out.
+        pushgateway_url: A Pushgateway the exit task pushes the run's decisions to.
 
     Returns:
         The run's outcome with the decision chain read back from the store. A failed run
@@ -167,6 +169,7 @@ def run_local(
         "store_uri": str(store_uri), "schema_uri": str(schema_uri), "model_name": model_name,
         "isvc_name": isvc_name or model_name, "namespace": namespace, "run_date": run_date,
         "force_retrain": force_retrain, **pipeline_arguments(config or Config()),
+        "pushgateway_url": pushgateway_url,
     }
     if window_days is not None:
         arguments["window_days"] = window_days

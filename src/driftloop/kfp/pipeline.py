@@ -98,6 +98,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
         rollout_backend: str = "local",
         rollout_state: str = "",
         prometheus_url: str = "",
+        pushgateway_url: str = "",
     ) -> None:
         """One continuous-training run: retrain on drift or new labels, promote if better.
 
@@ -131,11 +132,14 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
             prometheus_url: Prometheus base URL: the canary's requests, 5xx errors and p95
                 latency per version come from its serving metrics ("" = from the logged
                 records only).
+            pushgateway_url: Prometheus Pushgateway base URL: the exit task pushes the
+                run's decisions there as gauges ("" = push nothing).
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
         finale = notify_on_exit(store_uri=store_uri, model_name=model_name, run_id=run_id,
-                                webhook=notify_webhook)
+                                webhook=notify_webhook, pushgateway_url=pushgateway_url,
+                                pipeline_name=PIPELINE_NAME)
         store_tasks = [finale]
         with dsl.ExitHandler(finale, name="run"):
             ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
@@ -235,6 +239,7 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
         rollout_backend: str = "local",
         rollout_state: str = "",
         prometheus_url: str = "",
+        pushgateway_url: str = "",
     ) -> None:
         """Judge the canary in progress and advance, hold or roll it back.
 
@@ -257,11 +262,14 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
             prometheus_url: Prometheus base URL: the canary's requests, 5xx errors and p95
                 latency per version come from its serving metrics ("" = from the logged
                 records only).
+            pushgateway_url: Prometheus Pushgateway base URL: the exit task pushes the
+                run's decisions there as gauges ("" = push nothing).
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
         finale = notify_on_exit(store_uri=store_uri, model_name=model_name, run_id=run_id,
-                                webhook=notify_webhook)
+                                webhook=notify_webhook, pushgateway_url=pushgateway_url,
+                                pipeline_name=CANARY_PIPELINE_NAME)
         with dsl.ExitHandler(finale, name="run"):
             ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
                               run_date=run_date, scheduled_time=scheduled,

@@ -144,6 +144,7 @@ def ingest_step(
         now: The logical time itself (an in-process run); wins over both strings.
     """
     run_id = run_key(run_id)
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     store, schema = open_inputs(store, schema)
     now = now or run_logical_time(run_date, scheduled_time)
     try:
@@ -151,10 +152,12 @@ def ingest_step(
                             lookback_days=lookback_days)
     except IngestError as exc:
         if exc.result is not None:  # keep what was read before failing the task
+            exc.result.report.started_at = started
             record_result(store, run_id, "ingest", exc.result.report)
             write_frame(exc.result.quarantine.astype("string"), quarantine_path)
         record_failure(store, run_id, exc)
         raise
+    window.result.report.started_at = started
     record_result(store, run_id, "ingest", window.result.report)
     write_frame(window.records, records_path)
     write_frame(window.current, current_path)

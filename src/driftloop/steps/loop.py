@@ -16,8 +16,10 @@ One difference is deliberate: a ``needs_approval`` verdict is announced here (an
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,7 @@ from driftloop.steps.promote import (
     notify_step,
     promote_step,
 )
+from driftloop.steps.status import SUCCEEDED, exit_step
 from driftloop.steps.train import (
     TrainSummary,
     train_step,
@@ -97,6 +100,11 @@ class LoopResult:
         return self.ingest.window.records
 
 
+#: The pipelines' names (:data:`driftloop.kfp.pipeline.PIPELINE_NAME` and
+#: ``CANARY_PIPELINE_NAME``; a test keeps them equal): the Pushgateway grouping key.
+PIPELINE, CANARY_PIPELINE = "continuous-training", "canary-analysis"
+
+
 class _Artifacts:
     """Where the in-process run keeps the artifacts a pipeline run passes between tasks."""
 
@@ -113,7 +121,7 @@ class _Artifacts:
 def run_canary_analysis(
     store: Store, schema: Schema, model_name: str, *, now: dt.datetime, run_id: str,
     backend: RolloutBackend, config: Config | None = None, lookback_days: int = 30,
-    notifier: Notifier | None = None,
+    notifier: Notifier | None = None, pushgateway_url: str = "",
 ) -> RolloutStep | None:
     """The ``canary-analysis`` pipeline in process: ingest up to ``now``, judge the canary.
 
@@ -123,21 +131,40 @@ def run_canary_analysis(
     Returns:
         The rollout step, or ``None`` when no canary is in progress.
     """
-    with tempfile.TemporaryDirectory(prefix="driftloop-canary-") as tmp:
+    notifier = notifier or NullNotifier()
+    with _exit_handler(store, model_name, run_id, notifier, pushgateway_url,
+                       CANARY_PIPELINE), \
+            tempfile.TemporaryDirectory(prefix="driftloop-canary-") as tmp:
         paths = _Artifacts(Path(tmp))
         ingested = ingest_step(store, schema, run_id=run_id, now=now,
                                lookback_days=lookback_days, records_path=paths.records,
                                current_path=paths.current, quarantine_path=paths.quarantine)
         return analyse_canary_step(store, model_name, paths.records, run_id=run_id,
-                                   now=ingested.now, backend=backend,
-                                   notifier=notifier or NullNotifier(), config=config).step
+                                   now=ingested.now, backend=backend, notifier=notifier,
+                                   config=config).step
+
+
+@contextlib.contextmanager
+def _exit_handler(store: Store, model_name: str, run_id: str, notifier: Notifier,
+                  pushgateway_url: str, pipeline: str) -> Iterator[None]:
+    """The pipeline's exit task: :func:`exit_step` however the body ended."""
+    try:
+        yield
+    except Exception as exc:
+        record_failure(store, run_key(run_id), exc)
+        exit_step(store, model_name=model_name, run_id=run_id, state="FAILED",
+                  error=f"{type(exc).__name__}: {exc}", notifier=notifier,
+                  pushgateway_url=pushgateway_url, pipeline_name=pipeline)
+        raise
+    exit_step(store, model_name=model_name, run_id=run_id, state=SUCCEEDED,
+              notifier=notifier, pushgateway_url=pushgateway_url, pipeline_name=pipeline)
 
 
 def run_loop(
     store: Store, schema: Schema, model_name: str, *, now: dt.datetime, run_id: str,
     config: Config | None = None, force: bool = False, window_days: int = 1,
     lookback_days: int = 30, notifier: Notifier | None = None,
-    backend: RolloutBackend | None = None,
+    backend: RolloutBackend | None = None, pushgateway_url: str = "",
 ) -> LoopResult:
     """Run ingest → canary → drift → decide → train → evaluate → notify → promote.
 
@@ -156,17 +183,16 @@ def run_loop(
             promote verdict moves the champion alias at once). With one, a canary in
             progress is judged and stepped first and no new challenger is trained while
             it is in flight; a promote verdict starts a canary.
+        pushgateway_url: A Prometheus Pushgateway's base URL: the run's decisions are
+            pushed there when it ends (``""``: none).
     """
-    try:
-        with tempfile.TemporaryDirectory(prefix="driftloop-run-") as tmp:
-            return _run_loop(store, schema, model_name, now=now, run_id=run_id,
-                             config=config or Config(), force=force,
-                             window_days=window_days, lookback_days=lookback_days,
-                             notifier=notifier or NullNotifier(), backend=backend,
-                             paths=_Artifacts(Path(tmp)))
-    except Exception as exc:
-        record_failure(store, run_key(run_id), exc)
-        raise
+    notifier = notifier or NullNotifier()
+    with _exit_handler(store, model_name, run_id, notifier, pushgateway_url, PIPELINE), \
+            tempfile.TemporaryDirectory(prefix="driftloop-run-") as tmp:
+        return _run_loop(store, schema, model_name, now=now, run_id=run_id,
+                         config=config or Config(), force=force, window_days=window_days,
+                         lookback_days=lookback_days, notifier=notifier, backend=backend,
+                         paths=_Artifacts(Path(tmp)))
 
 
 def _run_loop(

@@ -12,6 +12,7 @@ from typing import Any
 from driftloop.data.ingest import (
     IngestReport,
 )
+from driftloop.data.runs import RunStatus
 from driftloop.data.storage import Store
 from driftloop.decide.drift import (
     DriftReport,
@@ -24,7 +25,6 @@ from driftloop.errors import DriftloopError
 from driftloop.models.registry import AliasState
 from driftloop.rollout.progressive import RolloutStep
 from driftloop.serde import loads
-from driftloop.steps.status import RunStatus
 from driftloop.steps.train import (
     TrainSummary,
 )

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 
-from driftloop.data.runs import record_result
+from driftloop.data.runs import RunStatus, record_result
 from driftloop.data.storage import Store
 from driftloop.errors import DriftloopError
-from driftloop.notify import Delivery, Event, make_notifier
-from driftloop.serde import JsonResult
+from driftloop.notify import Delivery, Event, Notifier, make_notifier
 from driftloop.steps.common import (
     as_store,
     notifier_config,
@@ -22,32 +20,14 @@ logger = logging.getLogger(__name__)
 SUCCEEDED = "SUCCEEDED"
 
 
-@dataclass
-class RunStatus(JsonResult):
-    """How a run ended, as recorded in ``runs/<run-id>/status.json`` by the exit task.
-
-    Attributes:
-        state: ``SUCCEEDED``, ``FAILED`` or ``CANCELLED``.
-        error: The error message of a failed run.
-        task: The task (or task group) the status is about.
-        finished_at: When the exit task ran (ISO-8601 UTC).
-        notified: Whether a failure notification was delivered.
-        delivery_error: Why a failure notification was not delivered.
-    """
-
-    state: str
-    error: str = ""
-    task: str = ""
-    finished_at: str = ""
-    notified: bool = False
-    delivery_error: str | None = None
 
 
 def exit_step(
     store: Store | str, *, model_name: str, run_id: str, state: str, error: str = "",
-    task: str = "", webhook: str = "",
+    task: str = "", webhook: str = "", pushgateway_url: str = "",
+    pipeline_name: str = "continuous-training", notifier: Notifier | None = None,
 ) -> RunStatus:
-    """Record how the run ended and send a ``failure`` event unless it succeeded.
+    """Record how the run ended, send a ``failure`` event unless it succeeded, push metrics.
 
     Never raises for a store or delivery problem: the run's outcome is already decided;
     what could not be recorded or delivered is logged and returned.
@@ -60,6 +40,10 @@ def exit_step(
         error: The error message of a failed body.
         task: The task the status is about.
         webhook: ``http(s)://`` URL for the failure event (``""``: log it).
+        pushgateway_url: A Prometheus Pushgateway's base URL: the run's decisions are
+            pushed there as gauges (:mod:`driftloop.steps.pushgateway`; ``""``: none).
+        pipeline_name: The pipeline, part of the Pushgateway grouping key.
+        notifier: Sends the failure event instead of ``webhook`` (an in-process caller's).
     """
     run_id = run_key(run_id)
     status = RunStatus(state=state, error=error, task=task,
@@ -68,12 +52,27 @@ def exit_step(
         event = Event("failure", f"run {run_id} of {model_name} ended {state}", model_name,
                       {"state": state, "error": error, "task": task}, run_id=run_id)
         try:
-            delivery = make_notifier(notifier_config(webhook)).send(event)
+            delivery = (notifier or make_notifier(notifier_config(webhook))).send(event)
         except DriftloopError as exc:  # e.g. a malformed webhook URL
             delivery = Delivery("webhook", False, str(exc))
         status.notified, status.delivery_error = delivery.ok, delivery.error
     try:
-        record_result(as_store(store), run_id, "status", status)
+        store = as_store(store)
+        record_result(store, run_id, "status", status)
     except (DriftloopError, OSError) as exc:
         logger.warning("run %s: could not record the final status: %s", run_id, exc)
+        return status
+    if pushgateway_url:
+        from driftloop.steps.pushgateway import push_run
+
+        try:
+            status.pushed = push_run(store, run_id, model_name, url=pushgateway_url,
+                                     pipeline=pipeline_name)
+        except (DriftloopError, OSError) as exc:
+            status.push_error = str(exc)
+            logger.warning("run %s: %s", run_id, exc)
+        try:  # the push's outcome, beside the state it reported
+            record_result(store, run_id, "status", status)
+        except (DriftloopError, OSError) as exc:
+            logger.warning("run %s: could not record the push: %s", run_id, exc)
     return status
