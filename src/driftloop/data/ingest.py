@@ -26,11 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop.errors import DriftloopError, SchemaError, StoreError
 from driftloop.data.schema import Schema
-from driftloop.serde import JsonResult
 from driftloop.data.storage import LocalStore, Store
 from driftloop.data.validate import LINE, RAW, REASON, SOURCE, validate_labels, validate_records
+from driftloop.errors import DriftloopError, SchemaError, StoreError
+from driftloop.serde import JsonResult
 
 REQUESTS, FEEDBACK = "requests", "feedback"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

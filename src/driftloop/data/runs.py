@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from driftloop.clock import utc_now_iso
-from driftloop.serde import JsonResult, dumps
 from driftloop.data.storage import Store
+from driftloop.serde import JsonResult, dumps
 
 __all__ = ["RunFailure", "RunStatus", "record_failure", "record_result"]
 

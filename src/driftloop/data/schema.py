@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 import yaml
 
-from driftloop.errors import SchemaError
 from driftloop.data.storage import read_uri
+from driftloop.errors import SchemaError
 
 ColumnKind = Literal["numeric", "categorical", "text"]
 KINDS: tuple[str, ...] = ("numeric", "categorical", "text")
