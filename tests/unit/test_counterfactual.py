@@ -48,7 +48,7 @@ def test_only_labelled_rows_count_and_both_models_are_scored_on_the_same_rows():
     line = cf.line()
     assert line.startswith("continuous training: +50.0 points of live accuracy over the "
                            "static model")
-    assert "same 8 labelled rows" in line and line.endswith("at 2 retrains and 1 promotions")
+    assert "same 8 labelled rows" in line and line.endswith("at 2 retrains and 1 promotion")
 
 
 def test_a_demo_that_serves_the_static_model_gains_exactly_nothing():

@@ -269,17 +269,17 @@ class Counterfactual:
 
     def line(self) -> str:
         """The one-line summary the demo prints and the report shows."""
+        at = (f"at {self.retrains} retrain{'' if self.retrains == 1 else 's'} and "
+              f"{self.promotions} promotion{'' if self.promotions == 1 else 's'}")
         if self.rows == 0:
-            return (f"continuous training: no labelled served rows to compare with the "
-                    f"static model, at {self.retrains} retrains and {self.promotions} "
-                    "promotions")
+            return ("continuous training: no labelled served rows to compare with the "
+                    f"static model, {at}")
         low, high = (100.0 * v for v in self.interval)
         return (f"continuous training: {self.gain:+.1f} points of live accuracy over the "
                 f"static model ({self.served:.3f} served vs {self.static:.3f} for the first "
                 f"champion, never retrained; {self.confidence:.0%} interval "
                 f"[{low:+.1f}, {high:+.1f}] from a paired bootstrap over the same "
-                f"{self.rows} labelled rows, seeded), at {self.retrains} retrains and "
-                f"{self.promotions} promotions")
+                f"{self.rows} labelled rows, seeded), {at}")
 
 
 def static_predictions(model: Any, schema: Schema, frames: list[pd.DataFrame],
