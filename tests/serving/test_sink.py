@@ -26,6 +26,7 @@ from driftloop.serving.sink_pairing import PayloadSink
 
 DAY = dt.date(2026, 1, 1)
 TIME = "2026-01-01T10:00:00.123456789Z"
+LATER = "2026-01-01T10:00:00.223456789Z"
 MODEL = "sample"
 
 
@@ -175,7 +176,9 @@ def test_feedback_is_partitioned_by_arrival_day(sink, store):
 
 def test_response_before_request_and_structured_mode(sink, store):
     _, _, client = sink
-    structured = {"specversion": "1.0", "id": "s1", "type": RESPONSE_TYPE, "source": "/x",
+    # One source for both sides, as KServe's agent sends (its --source-uri, the pod name).
+    structured = {"specversion": "1.0", "id": "s1", "type": RESPONSE_TYPE,
+                  "source": "http://localhost:9081/",
                   "time": TIME, "datacontenttype": "application/json",
                   "data": response_body(1)}
     answer = client.post("/events", json=structured,
@@ -241,24 +244,33 @@ def test_odd_event_ids_and_the_seen_bound_survive_a_restart(store):
 # -- unpaired events --------------------------------------------------------------------
 
 
+def _wait_until_nothing_pending(sink_obj: PayloadSink) -> None:
+    deadline = time.monotonic() + 5
+    while sink_obj.pending_count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink_obj.pending_count == 0
+
+
 def test_unpaired_events_are_written_alone_after_the_ttl(start_sink, store):
     sink_obj, server = start_sink(store, pending_ttl=0.2)
     with httpx.Client(base_url=server.url) as c:
         send(c, "lonely-req", REQUEST_TYPE, request_body(1))
         send(c, "lonely-resp", RESPONSE_TYPE, response_body(2))
-        deadline = time.monotonic() + 5
-        while sink_obj.pending_count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert sink_obj.pending_count == 0
-        # A partner arriving after its event was written alone is written alone at once.
-        late = send(c, "lonely-req", RESPONSE_TYPE, response_body(1))
-        assert late.json() == {"status": "stored", "records": 1}
-    by_logged = {}
+        _wait_until_nothing_pending(sink_obj)
+        # A partner arriving after its event was written alone waits like any event (it
+        # may be a later inference reusing the id) and is then written alone too, its row
+        # id tagged so it cannot pass for the first one's at ingest.
+        late = send(c, "lonely-req", RESPONSE_TYPE, response_body(1), time=LATER)
+        assert late.json() == {"status": "pending", "records": 0}
+        _wait_until_nothing_pending(sink_obj)
+    by_logged: dict[str, list[dict[str, Any]]] = {}
     for r in lines_under(store, "requests"):
         by_logged.setdefault(r["logged"], []).append(r)
     assert [r["id"] for r in by_logged["request_only"]] == ["lonely-req-0"]
     assert by_logged["request_only"][0]["prediction"] is None
     assert len(by_logged["response_only"]) == 3
+    tagged = by_logged["response_only"][-1]["id"]
+    assert tagged.startswith("lonely-req.") and tagged.endswith("-0")
     result = ingest(store, sample_schema(), DAY, DAY)
     counts = result.report.counts
     # The lone request is a valid record; responses without features are quarantined,
@@ -559,7 +571,8 @@ def test_an_acknowledged_request_the_predictor_refused_is_written_alone(start_si
         answer = c.post("/", content=body, headers=ce_headers("refused", REQUEST_TYPE))
         assert answer.status_code == 200 and answer.json()["status"] == "pending"
         deadline = time.monotonic() + 10
-        while not store.list("requests"):
+        # the file appears before its line is appended: wait for the line itself
+        while not lines_under(store, "requests"):
             assert time.monotonic() < deadline, "the lone request was never written"
             time.sleep(0.02)
     [record] = lines_under(store, "requests")

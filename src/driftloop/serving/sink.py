@@ -1,39 +1,89 @@
 """The payload sink: KServe InferenceLogger CloudEvents and user feedback, durably stored.
 
-KServe's agent (``spec.predictor.logger: {mode: all, url: http://sink/}``) posts one
-CloudEvent per inference request and one per response, in binary content mode: the body is
-the raw JSON request/response and the attributes travel as headers (``pkg/logger/worker.go``)::
+What KServe's logger sends (read from KServe v0.20.0 and the cloudevents/sdk-go v2.16.2 its
+``go.mod`` pins; ``tests/serving/test_sink_kserve_logger.py`` plays it). The agent in the
+predictor pod (``spec.predictor.logger: {mode: all, url: http://sink/}``) posts one
+CloudEvent per inference request and one per response, in binary content mode
+(``cloudevents.WithEncodingBinary`` in ``pkg/logger/worker.go``): the body is the raw
+request/response body, the attributes travel as headers::
 
-    Ce-Id            shared by a request and its response (the x-request-id / a UUID)
+    Ce-Id            the inference request's own Ce-Id header, else a new UUID
+                     (getOrCreateID, pkg/logger/handler.go); shared by request and
+                     response. There is no x-request-id involved: a client that sends
+                     the same Ce-Id on every request gets it on every event.
     Ce-Type          org.kubeflow.serving.inference.request | ...inference.response
-    Ce-Source, Ce-Specversion (1.0), Ce-Time
-    Ce-Inferenceservicename, Ce-Namespace, Ce-Component, Ce-Endpoint (default|canary),
-    Ce-Metadata (JSON), Ce-Annotations (JSON, optional)
+    Ce-Source        the agent's --source-uri: the pod's name
+                     (pkg/webhook/admission/pod/agent_injector.go)
+    Ce-Specversion   1.0
+    Ce-Time          when the request arrived / the response was read (handler.go),
+                     RFC 3339 in UTC with nanoseconds (sdk-go types.FormatTime)
+    Ce-Recordedtime  when the event was sent (worker.go)
+    Ce-Inferenceservicename, Ce-Namespace
+    Ce-Component     the pod label ``component``: predictor, transformer or explainer
+    Ce-Endpoint      the pod label ``endpoint`` (agent_injector.go), which no v0.20.0
+                     controller sets: sent, and empty. Default and canary are NOT told
+                     apart by it; the predictor's ``model_version`` in each response is
+                     what names the version that answered (Ce-Source names the pod).
+    Ce-Metadata      JSON {header: [values]} of the request headers listed in the
+                     logger's metadataHeaders; "{}" when none
+    Ce-Annotations   JSON, only when the logger has annotations
+    Content-Type     the inference request's Content-Type, on both events (none when the
+                     request had none); the response event reuses the request's
 
 The agent sends the two events from a worker pool, so they may arrive in either order; a
-response is only logged for a 200. Structured mode (``application/cloudevents+json``) is
-accepted too.
+response is only logged for HTTP 200; a failed send is logged and dropped, never retried
+(``worker.go``). Structured mode (``application/cloudevents+json``) is accepted too.
+
+Pairing
+    A response pairs with a waiting request of the same ``Ce-Id`` *and* ``Ce-Source`` (the
+    same pod: KServe sets one source for both events of an inference). Because a client
+    may reuse a ``Ce-Id``, several may wait under one id: a request that occurred after
+    the response (``Ce-Time``, when both have one) is never its partner (the agent stamps
+    the request before proxying it, ``handler.go``); among the others the sink takes one
+    whose body fits (as many rows as predictions, and a V2 response's ``id`` equal to the
+    request's, as kserve's ``InferResponse`` echoes it), then the nearest in time, then
+    the first to arrive. Without reuse there is one candidate and this is plain pairing.
 
 What is stored
     Each request/response pair becomes one record per instance in
     ``requests/dt=YYYY-MM-DD/<file>.jsonl``::
 
         {"id", "timestamp", <features...>, "prediction", "score", "probabilities",
-         "model_version", "event_id", "logged", "inference_service", "namespace",
-         "component", "endpoint"}
+         "model_version", "event_id", "logged", "event_keys", "source",
+         "inference_service", "namespace", "component", "endpoint"}
 
     ``id`` is the instance's ``id`` when the request (or our predictor's response) gave
-    one, else ``f"{Ce-Id}-{index}"``. ``score`` is the top class probability. ``logged``
-    is ``pair``, ``request_only`` or ``response_only``. Ingest reads these files as
-    records; it ignores the extra keys. ``POST /feedback`` with ``{"id", "label"}``
-    (optional ``timestamp``; or a list of such objects) appends to
-    ``feedback/dt=YYYY-MM-DD/``, which ingest joins to records by ``id``.
+    one, else ``f"{Ce-Id}-{index}"``; when that ``Ce-Id`` was already given to earlier
+    records (a reused id, or the late partner of a side written alone), the rows get
+    ``f"{Ce-Id}.{tag}-{index}"`` with ``tag`` the first 12 hex digits of the event's key,
+    so ingest does not drop a new inference as a duplicate of the earlier one.
+    ``score`` is the top class probability. ``logged`` is ``pair``, ``request_only`` or
+    ``response_only``; ``event_keys`` the events' deduplication keys, ``source`` the
+    ``Ce-Source``. Empty extensions (``Ce-Endpoint`` from KServe 0.20) are left out.
+    Ingest reads these files as records; it ignores the extra keys. ``POST /feedback``
+    with ``{"id", "label"}`` (optional ``timestamp``; or a list of such objects) appends
+    to ``feedback/dt=YYYY-MM-DD/``, which ingest joins to records by ``id``.
 
     ``dt=`` is the UTC day the sink *received* the data (for a pair: its first event),
     ``timestamp`` is the request's ``Ce-Time`` (the feedback's own ``timestamp``, default
     the receive time). Partitioning by arrival keeps every write of the last days inside
     the dedup window below, whatever clocks the senders have; a record's partition and its
     timestamp differ only around midnight or for replayed events.
+
+V2 binary tensors
+    A V2 request with the binary tensor extension (a JSON header, then raw tensor bytes;
+    the header's length in the request header ``Inference-Header-Content-Length``, kserve
+    v0.20.0 ``python/kserve/kserve/protocol/rest/v2_endpoints.py`` / ``infer_type.py``)
+    reaches the sink as it was sent, without that header, and is not JSON. The sink
+    decodes it (:mod:`driftloop.serving.sink_binary`: the header's end from
+    ``Ce-Metadata`` when the logger lists the header, else from the JSON itself, checked
+    against the tensors' ``binary_data_size``) and stores its rows like a JSON body's;
+    binary responses (``binary_data_output``) likewise. One it cannot decode, or whose
+    decoded form is not a request/response the sink reads, is neither refused nor lost:
+    the raw event is written to ``sink/quarantine/dt=YYYY-MM-DD/`` as one JSON line
+    ``{"event_id", "side", "source", "time", "received", "reason", "event_key",
+    "headers", "body_base64"}`` and answered 200 ``{"status": "quarantined", "reason"}``.
+    Other bodies that are not JSON stay a 400.
 
 Unpaired events
     The first event of a pair waits in memory (bounded by ``max_pending``, oldest first)
@@ -43,7 +93,8 @@ Unpaired events
     drift detection still sees it; a lone response (e.g. its request was never logged) is
     written with its predictions and no features (``logged: response_only``), and ingest
     quarantines it with "<feature>: required value missing" -- counted, never silent. A
-    partner that arrives after its event was written alone is written alone at once.
+    partner that arrives after its event was written alone waits like any event (with a
+    reused id it may belong to a later inference) and is written alone in turn.
     When ``max_pending`` is reached the oldest pending event is written alone early.
 
 Durability: a 2xx only after the data is on disk
@@ -51,34 +102,43 @@ Durability: a 2xx only after the data is on disk
     partition (``sink-<host>-<pid>-<start>.jsonl``) with ``O_APPEND`` and ``fsync`` before
     it answers; a new file also fsyncs its folder. One fsync per event (~0.25 ms here).
     Other stores, e.g. ``gs://`` (``mode="object"``): one atomic object per event, named
-    from the event id, so a retried write replaces the same object.
-    Measured on 2 CPUs over loopback (benchmarks/sink_throughput.py): ~900-1,300 events/s
-    with one client, ~1,150-1,550 with four, no loss. Append-mode journals are compacted
-    on start and at each new UTC day (pending events rewritten, older files deleted).
+    from the event's key, so a retried write replaces the same object.
+    Measured on 2 CPUs over loopback (benchmarks/sink_throughput.py): ~800-1,300 events/s
+    with one client, ~1,100-1,550 with four, no loss (the event keys and the longer
+    records cost ~5-10 % with one client, none visible with four, measured side by side).
+    Append-mode journals are compacted on start and at each new UTC day (pending events
+    rewritten, older files deleted).
     A reader of today's partition may see a line that is being appended at that instant
     (ingest quarantines it as unparsable); ingest whole past days to avoid it.
 
 Idempotence
-    Events are deduplicated by ``(Ce-Id, Ce-Type)``: a retried event is answered 200
-    (``{"status": "duplicate"}``) and stored once. On start the seen ids are rebuilt from
-    the ``event_id``/``logged`` keys of the records in the ``requests/`` partitions of the
-    last ``dedup_days`` days (the dedup window) and the pending events from the whole
-    journal, so a restart still deduplicates and still pairs. At most ``max_seen`` ids
-    are kept (default 1,000,000, ~125 MB); a retry older than the window is stored again
-    and ingest counts its rows as duplicates by ``id`` (accounted, not silent). The
-    start-up scan reads every record line of the window (~0.2 M lines/s): large daily
-    volumes make restarts slower.
+    An event is identified by its key, a digest of ``(Ce-Id, Ce-Type, Ce-Source,
+    Ce-Time, body)`` (:func:`driftloop.serving.sink_events.event_key` gives the sources):
+    KServe makes the time and the pod unique per inference even when the client reuses
+    the id, and a true redelivery (a retrying proxy or broker, our gateway's retry)
+    repeats all of it. So a redelivered event is answered 200 (``{"status":
+    "duplicate"}``) and stored once, while a new inference under a reused ``Ce-Id`` is
+    kept. On start the seen keys are rebuilt from the ``event_keys`` of the records in
+    the ``requests/`` partitions (and from the quarantine) of the last ``dedup_days``
+    days (the dedup window) and the pending events from the whole journal, so a restart
+    still deduplicates and still pairs. Records and journal lines written before events
+    had keys are matched by ``(Ce-Id, side)``, the rule then. At most ``max_seen`` keys
+    are kept (default 1,000,000; with the ids, ~180 bytes per event, measured); a retry
+    older than the window is stored again and ingest counts its rows as duplicates by
+    ``id`` (accounted, not silent). The start-up scan reads every record line of the
+    window (~0.2 M lines/s): large daily volumes make restarts slower.
     Feedback is not deduplicated: a repeated label is superseded at ingest (the latest
     timestamp wins).
 
 Run one replica per store: request and response must reach the same process to be paired.
 
-Status codes: 200 stored/pending/duplicate; 400 a missing or invalid CloudEvent header, a
-body that is not JSON or is nested deeper than ``MAX_JSON_DEPTH`` (64) levels; 413 a body
-above ``max_body_bytes``; 415 an unsupported structured event; 422 JSON of the wrong shape
-or a string that is not valid Unicode (a lone surrogate such as ``"\ud800"``, which no
-UTF-8 file can hold); the message names the field; 503 the store write failed (nothing was
-recorded as seen; the sender may retry).
+Status codes: 200 stored/pending/duplicate/quarantined; 400 a missing or invalid
+CloudEvent header, a body that is neither JSON nor a V2 binary body or is nested deeper
+than ``MAX_JSON_DEPTH`` (64) levels; 413 a body above ``max_body_bytes``; 415 an
+unsupported structured event; 422 JSON of the wrong shape or a string that is not valid
+Unicode (a lone surrogate such as ``"\ud800"``, which no UTF-8 file can hold); the message
+names the field; 503 the store write failed (nothing was recorded as seen; the sender may
+retry).
 
 Everything an event's later writing needs (its shape, depth and text) is checked before
 the 2xx, so an acknowledged event can always be written; a refused one is neither
@@ -93,12 +153,14 @@ Where the code lives
 
     * :mod:`driftloop.serving.sink_bodies` -- the checks on a body before the 2xx (JSON
       limits, V1/V2 request and response shapes, feedback).
-    * :mod:`driftloop.serving.sink_events` -- the CloudEvent envelope and the records a
-      request/response pair becomes.
+    * :mod:`driftloop.serving.sink_events` -- the CloudEvent envelope, the event keys and
+      the records a request/response pair becomes.
+    * :mod:`driftloop.serving.sink_binary` -- V2 binary-extension bodies: found, split and
+      decoded into their JSON form.
     * :mod:`driftloop.serving.sink_log` -- the durable files: fsync'd appends or atomic
       objects, read back on start.
     * :mod:`driftloop.serving.sink_pairing` -- :class:`PayloadSink`, the state: pairing,
-      deduplication, the pending journal and recovery.
+      deduplication, the pending journal, the quarantine and recovery.
 
 Entry point::
 

@@ -166,8 +166,8 @@ def _v2_columns(tensors: Any, where: str) -> tuple[dict[str, list[Any]], int]:
             raise SinkError(422, f"{where}[{i}]: expected an object with a 'name'")
         name = tensor["name"]
         if "data" not in tensor:
-            raise SinkError(422, f"{where}[{name}].data: required (binary tensors are not "
-                                 "supported by the sink)")
+            raise SinkError(422, f"{where}[{name}].data: required (or, with the V2 binary "
+                                 "extension, the tensor's bytes after the JSON header)")
         values = _flat(tensor["data"], f"{where}[{name}].data")
         shape = tensor.get("shape")
         rows = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) \

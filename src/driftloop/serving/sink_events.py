@@ -3,21 +3,30 @@
 KServe's agent posts one CloudEvent per inference request and one per response, sharing a
 ``Ce-Id`` (the protocol is described in :mod:`driftloop.serving.sink`). This module turns
 one posted event into an :class:`Event` (:func:`parse_cloudevent`, binary or structured
-mode) and a request/response pair, or one lone side, into the records stored under
-``requests/`` (:func:`build_records`). It is its own module because both are pure
-functions of the events: which events are paired, when, and where they are written is
-:mod:`driftloop.serving.sink_pairing`'s business.
+mode; V2 binary-extension bodies decoded by :mod:`driftloop.serving.sink_binary`), gives
+each event its deduplication key (:func:`event_key`), and turns a request/response pair,
+or one lone side, into the records stored under ``requests/`` (:func:`build_records`). It
+is its own module because all of these are pure functions of the events: which events are
+paired, when, and where they are written is :mod:`driftloop.serving.sink_pairing`'s
+business.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from driftloop.serving.sink_binary import (
+    BinaryBodyError,
+    declared_json_length,
+    decode_binary_body,
+)
 from driftloop.serving.sink_bodies import (
     Prediction,
     SinkError,
@@ -41,12 +50,60 @@ EXTENSIONS = {
 }
 #: Keys of a stored record that an instance's own keys can never override.
 RESERVED = frozenset({"id", "timestamp", "label", "prediction", "score", "probabilities",
-                      "model_version", "event_id", "logged", *EXTENSIONS.values()})
+                      "model_version", "event_id", "logged", "event_keys", "source",
+                      *EXTENSIONS.values()})
+#: Headers never copied into the quarantine (credentials a proxy may have added).
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+#: Hex digits of an event key (128 bits of SHA-256).
+KEY_HEX = 32
+
+
+def event_key(ce_id: str, ce_type: str, source: str, ce_time: str, payload: bytes) -> str:
+    """The deduplication key of one event: the same key means the same event, sent again.
+
+    The key digests ``(Ce-Id, Ce-Type, Ce-Source, Ce-Time, body)``. Why these: KServe
+    v0.20.0's logger takes the id from the inference request's own ``Ce-Id`` header and
+    only makes a UUID when there is none (``getOrCreateID`` in ``pkg/logger/handler.go``),
+    so a client that resends one ``Ce-Id`` gets the same id on different inferences. What
+    the logger makes unique per inference is the source (``--source-uri`` is the pod's name,
+    ``pkg/webhook/admission/pod/agent_injector.go``) and the time: ``Ce-Time`` is the
+    moment the request arrived, or the response was read, in nanoseconds
+    (``requestTime``/``responseTime`` in ``handler.go``; RFC 3339 with nanoseconds by
+    ``types.FormatTime`` in cloudevents/sdk-go v2.16.2, the version KServe's ``go.mod``
+    pins). The CloudEvents spec identifies an event by source + id; KServe breaks that
+    when ids are reused, and source + id + time restores it. The body digest keeps events
+    of senders that set no ``Ce-Time`` (it is optional) apart when they differ. A true
+    redelivery (a retrying proxy, a broker, our own gateway's retry) repeats every
+    attribute and the body, so it has the same key and is dropped. KServe's logger
+    itself never retries (``pkg/logger/worker.go`` logs a failed send and moves on).
+
+    ``payload`` is the raw body in binary content mode, the compact JSON of ``data`` in
+    structured mode. Extensions are left out: a broker may add its own (Knative adds
+    ``knativearrivaltime``) to a redelivered event.
+    """
+    digest = hashlib.sha256()
+    for part in (ce_id, ce_type, source, ce_time):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    digest.update(payload)
+    return digest.hexdigest()[:KEY_HEX]
+
+
+def legacy_key(ce_id: str, side: str) -> str:
+    """The key of an event journaled or written before events had keys: ``(ce_id, side)``.
+
+    That is what deduplicated events then, so old journal lines and records still match.
+    """
+    return event_key(ce_id, side, "", "", b"")
 
 
 @dataclass
 class Event:
-    """One accepted CloudEvent: the attributes the sink keeps and the parsed JSON body."""
+    """One accepted CloudEvent: the attributes the sink keeps and the parsed JSON body.
+
+    ``problem`` is set (and ``data`` is None) for an event whose body is a V2 binary body
+    that could not be decoded: the sink stores it raw, with ``headers``, in its quarantine.
+    """
 
     ce_id: str
     side: str  # "request" or "response"
@@ -55,25 +112,70 @@ class Event:
     ext: dict[str, str]
     data: Any
     journal_key: str = ""
+    key: str = ""  # event_key(...)
+    source: str = ""  # Ce-Source
+    occurred: float | None = None  # Ce-Time as epoch seconds; None when the event had none
+    problem: str | None = None
+    raw: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
 
     def to_line(self) -> bytes:
         """Serialise as one JSON line for the pending journal."""
         doc = {"ce_id": self.ce_id, "side": self.side, "time": self.time,
-               "received": self.received, "ext": self.ext, "data": self.data}
+               "received": self.received, "ext": self.ext, "data": self.data,
+               "key": self.key, "source": self.source, "occurred": self.occurred}
         return (json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], journal_key: str) -> Event:
-        """Rebuild an event from a journal line's object."""
-        return cls(str(doc["ce_id"]), str(doc["side"]), str(doc["time"]),
-                   float(doc["received"]), dict(doc.get("ext") or {}), doc.get("data"),
-                   journal_key)
+        """Rebuild an event from a journal line's object.
 
+        Lines written before events had keys get one from ``(ce_id, side)`` alone, which
+        is what deduplicated them then.
+        """
+        ce_id, side = str(doc["ce_id"]), str(doc["side"])
+        occurred = doc.get("occurred")
+        key = doc.get("key") or legacy_key(ce_id, side)
+        return cls(ce_id, side, str(doc["time"]), float(doc["received"]),
+                   dict(doc.get("ext") or {}), doc.get("data"), journal_key, str(key),
+                   str(doc.get("source") or ""),
+                   None if occurred is None else float(occurred))
+
+    def quarantine_line(self) -> bytes:
+        """One JSON line for the sink's quarantine: the raw event, its headers, the reason."""
+        doc = {"event_id": self.ce_id, "side": self.side, "source": self.source,
+               "time": self.time, "received": iso_utc(dt.datetime.fromtimestamp(
+                   self.received, dt.UTC)),
+               "reason": self.problem, "event_key": self.key, "headers": self.headers,
+               "body_base64": base64.b64encode(self.raw).decode("ascii")}
+        return (json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def _binary_data(headers: Mapping[str, str], body: bytes, side: str,
+                 refusal: SinkError) -> tuple[Any, str | None]:
+    """``(decoded body, None)`` or ``(None, reason)`` for a body that is not JSON.
+
+    Raises:
+        SinkError: ``refusal`` again when the body is not a V2 binary body either.
+    """
+    declared = declared_json_length(headers.get("ce-metadata")) if side == REQUEST else None
+    try:
+        data = decode_binary_body(body, "inputs" if side == REQUEST else "outputs", declared)
+    except BinaryBodyError as exc:
+        return None, f"V2 binary body: {exc.reason}"
+    if data is None:
+        raise refusal
+    return data, None
 
 
 def parse_cloudevent(headers: Mapping[str, str], body: bytes,
                      clock: Callable[[], float] = time.time) -> Event:
     """Check a CloudEvent (binary or structured mode) and return it with its JSON body.
+
+    A binary-mode body that is not JSON but a V2 binary-extension body (a JSON header,
+    then raw tensors) is decoded to its JSON form; one that cannot be decoded, or whose
+    decoded form the sink cannot read, comes back with ``problem`` set, to be quarantined
+    rather than refused (KServe's logger never resends a refused event).
 
     Args:
         headers: HTTP headers, keys in lower case.
@@ -85,7 +187,8 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes,
     """
     received = clock()
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/cloudevents+json":
+    binary_mode = content_type != "application/cloudevents+json"
+    if not binary_mode:
         doc = parse_json(body, "body")
         if not isinstance(doc, dict):
             raise SinkError(422, "body: a structured CloudEvent must be a JSON object")
@@ -102,8 +205,7 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes,
     for required in ("id", "type", "source", "specversion"):
         if not attrs.get(required, "").strip():
             shown = names.get(required) or (
-                f"body.{required}" if content_type == "application/cloudevents+json"
-                else f"header Ce-{required.capitalize()}"
+                f"header Ce-{required.capitalize()}" if binary_mode else f"body.{required}"
             )
             raise SinkError(400, f"{shown}: required CloudEvent attribute missing")
     if attrs["specversion"] != "1.0":
@@ -113,51 +215,87 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes,
     if side is None:
         raise SinkError(400, f"{names['type']}: {attrs['type']!r} is not one of "
                              f"{REQUEST_TYPE}, {RESPONSE_TYPE}")
-    if data is None:
-        data = parse_json(body, where)
-    moment = (parse_time(attrs["time"], names["time"]) if attrs.get("time")
+    problem: str | None = None
+    decoded = False  # data came from a V2 binary body
+    if binary_mode:
+        try:
+            data = parse_json(body, where)
+        except SinkError as exc:
+            if exc.status != 400:  # JSON, but not storable: the field is named
+                raise
+            data, problem = _binary_data(headers, body, side, exc)
+            decoded = True
+        payload = body
+    else:
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    ce_time = attrs.get("time", "").strip()
+    moment = (parse_time(ce_time, names["time"]) if ce_time
               else dt.datetime.fromtimestamp(received, dt.UTC))
     ext = {EXTENSIONS[k]: v for k, v in attrs.items() if k in EXTENSIONS and v}
-    event = Event(attrs["id"].strip(), side, iso_utc(moment), received, ext, data)
-    # Reject a malformed body now, while the sender can still see the error.
-    (parse_request_body if side == REQUEST else parse_response_body)(data, where)
+    ce_id, source = attrs["id"].strip(), attrs["source"].strip()
+    event = Event(ce_id, side, iso_utc(moment), received, ext, data,
+                  key=event_key(ce_id, attrs["type"], source, ce_time, payload),
+                  source=source, occurred=moment.timestamp() if ce_time else None)
+    if problem is None:
+        # Reject a malformed body now, while the sender can still see the error.
+        try:
+            (parse_request_body if side == REQUEST else parse_response_body)(data, where)
+        except SinkError as exc:
+            if not decoded:
+                raise
+            problem = f"V2 binary body, decoded: {exc}"
+    if problem is not None:
+        event.problem, event.data, event.raw = problem, None, body
+        event.headers = {k: v for k, v in headers.items() if k not in _SECRET_HEADERS}
     return event
 
 
+def build_records(ce_id: str, request: Event | None, response: Event | None,
+                  tag: str | None = None) -> list[dict[str, Any]]:
+    """Turn a request/response pair (or one lone side) into one record per instance.
 
-def build_records(
-    ce_id: str, request: Event | None, response: Event | None
-) -> list[dict[str, Any]]:
-    """Turn a request/response pair (or one lone side) into one record per instance."""
+    Args:
+        ce_id: The events' ``Ce-Id``.
+        request: The request event, if any.
+        response: The response event, if any.
+        tag: Set when ``ce_id`` was already given to other records: a row without an id
+            of its own is then ``f"{ce_id}.{tag}-{index}"``, not ``f"{ce_id}-{index}"``, so
+            ingest does not take a new inference for a duplicate of the earlier one.
+    """
     rows = parse_request_body(request.data) if request is not None else []
     preds = parse_response_body(response.data) if response is not None else []
     logged = "pair" if request and response else ("request_only" if request else "response_only")
     base = request or response
     assert base is not None
     ext = {**(response.ext if response else {}), **(request.ext if request else {})}
+    keys = " ".join(e.key for e in (request, response) if e is not None and e.key)
+    prefix = ce_id if tag is None else f"{ce_id}.{tag}"
     records = []
     for i in range(max(len(rows), len(preds))):
         rid, features = rows[i] if i < len(rows) else (None, {})
         pred = preds[i] if i < len(preds) else Prediction()
         record: dict[str, Any] = {k: v for k, v in features.items() if k not in RESERVED}
         record.update({
-            "id": rid or pred.id or f"{ce_id}-{i}",
+            "id": rid or pred.id or f"{prefix}-{i}",
             "timestamp": base.time,
             "prediction": pred.label,
             "score": pred.score,
             "probabilities": pred.probabilities,
             "model_version": pred.model_version,
+            # event_id, logged and event_keys stay together: sink_log reads them by regex
             "event_id": ce_id,
             "logged": logged,
+            "event_keys": keys,
+            "source": base.source or None,
             **ext,
         })
         records.append(record)
     return records
 
 
-
 __all__ = [
     "EXTENSIONS",
+    "KEY_HEX",
     "REQUEST",
     "REQUEST_TYPE",
     "RESERVED",
@@ -166,5 +304,7 @@ __all__ = [
     "SIDE_OF_TYPE",
     "Event",
     "build_records",
+    "event_key",
+    "legacy_key",
     "parse_cloudevent",
 ]

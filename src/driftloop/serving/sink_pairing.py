@@ -3,8 +3,9 @@
 :class:`PayloadSink` is what the HTTP app (:mod:`driftloop.serving.sink`) calls for each
 body. It pairs a logged request with its response, writes them (or a lone side after
 ``pending_ttl``) as records, journals the first event of a pair under ``sink/pending/``,
-remembers which events it has written so a retry is stored once, and rebuilds all of that
-from the store when it starts (the rules are in :mod:`driftloop.serving.sink`, "Unpaired
+remembers which events it has written so a retry is stored once, quarantines the raw
+events whose V2 binary bodies cannot be decoded, and rebuilds all of that from the store
+when it starts (the rules are in :mod:`driftloop.serving.sink`, "Pairing", "Unpaired
 events" and "Idempotence"). It is its own module because it is the one place holding
 mutable state and a lock; the bodies it checks (:mod:`driftloop.serving.sink_events`,
 :mod:`driftloop.serving.sink_bodies`) and the files it writes
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
+import math
 import threading
 import time
 import uuid
@@ -26,12 +29,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from driftloop.data.storage import LocalStore, Store
 from driftloop.errors import DriftloopError
-from driftloop.serving.sink_bodies import SinkError, parse_feedback
+from driftloop.serving.sink_bodies import (
+    SinkError,
+    parse_feedback,
+    parse_request_body,
+    parse_response_body,
+)
 from driftloop.serving.sink_events import (
     REQUEST,
     RESPONSE,
     Event,
     build_records,
+    legacy_key,
     parse_cloudevent,
 )
 from driftloop.serving.sink_log import (
@@ -44,9 +53,12 @@ from driftloop.serving.sink_log import (
     read_event_ids,
 )
 
-_BIT = {REQUEST: 1, RESPONSE: 2}
-BOTH = 3
+log = logging.getLogger(__name__)
 PENDING_PREFIX = "sink/pending"
+#: Raw events whose V2 binary body could not be decoded, one JSON line each, by arrival day.
+QUARANTINE_PREFIX = "sink/quarantine"
+#: Hex digits of an event key that tag the row ids of a reused ``Ce-Id``.
+TAG_HEX = 12
 
 
 def _utc_now(clock: Callable[[], float]) -> dt.datetime:
@@ -56,6 +68,31 @@ def _utc_now(clock: Callable[[], float]) -> dt.datetime:
 def _day(epoch: float) -> str:
     """The partition day (UTC) of a receive time."""
     return dt.datetime.fromtimestamp(epoch, dt.UTC).date().isoformat()
+
+
+_ORDINALS: dict[int, int] = {}
+
+
+def _ordinal(epoch: float) -> int:
+    """The UTC day ordinal of ``epoch``, one int object per day (the dedup maps hold many)."""
+    day = dt.datetime.fromtimestamp(epoch, dt.UTC).date().toordinal()
+    return _ORDINALS.setdefault(day, day)
+
+
+def _fits(request: Event, response: Event) -> bool:
+    """Whether a response's body can answer a request's: as many rows, the same V2 id.
+
+    A V2 response carries the request's ``id`` (kserve v0.20.0 ``InferResponse``
+    ``response_id``; driftloop's predictor too), and every predictor answers each row.
+    """
+    try:
+        rows = len(parse_request_body(request.data))
+        predictions = len(parse_response_body(response.data))
+    except SinkError:
+        return False
+    asked, answered = (e.data.get("id") if isinstance(e.data, dict) else None
+                       for e in (request, response))
+    return rows == predictions and (asked is None or asked == answered)
 
 
 @dataclass
@@ -69,6 +106,8 @@ class SinkStats:
     records: int = 0
     lone_requests: int = 0
     lone_responses: int = 0
+    quarantined: int = 0
+    reused_ids: int = 0
     feedback: int = 0
     recovered_pending: int = 0
     recovered_ids: int = 0
@@ -86,9 +125,9 @@ class PayloadSink:
         pending_ttl: Seconds an unpaired event waits for its partner.
         max_pending: Most unpaired events kept; beyond, the oldest is written alone.
         dedup_days: Partitions (days back from today, plus today and tomorrow) scanned on
-            start to rebuild the seen event ids; ids older than that are forgotten.
-        max_seen: Most event ids remembered for deduplication (oldest forgotten first;
-            about 125 bytes each).
+            start to rebuild the seen event keys; keys older than that are forgotten.
+        max_seen: Most events remembered for deduplication (oldest forgotten first; about
+            180 bytes each, see :mod:`driftloop.serving.sink`).
         labels: When given, feedback labels must be one of these.
         clock: Time source (epoch seconds), for tests.
     """
@@ -118,9 +157,14 @@ class PayloadSink:
                                else ObjectWriter(store))
         self.stats = SinkStats()
         self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str], Event] = {}
-        # ce_id -> sides bitmask | day ordinal << 2, oldest first; at most max_seen entries.
-        self._done: dict[str, int] = {}
+        # Unpaired events by key, oldest arrival first; and the same events by what pairs
+        # them, (Ce-Id, Ce-Source, side), in arrival order.
+        self._pending: dict[str, Event] = {}
+        self._waiting: dict[tuple[str, str, str], list[Event]] = {}
+        # Event keys written (or quarantined) -> day ordinal, oldest first: the dedup set.
+        self._seen: dict[str, int] = {}
+        # Ce-Ids already given to records -> day ordinal: a reused id tags its row ids.
+        self._ids: dict[str, int] = {}
         self._last_prune = 0.0
         self._journal_day = ""
         self.registry = CollectorRegistry()
@@ -150,13 +194,22 @@ class PayloadSink:
         self.stats.unreadable_lines += 1
 
     def _recover(self) -> None:
-        codes = {"pair": BOTH, "request_only": _BIT[REQUEST], "response_only": _BIT[RESPONSE]}
+        legacy = {"pair": (REQUEST, RESPONSE), "request_only": (REQUEST,),
+                  "response_only": (RESPONSE,)}
         for day in self._window():
+            ordinal = _ORDINALS.setdefault(day.toordinal(), day.toordinal())
             for key in self.store.list(f"requests/dt={day.isoformat()}"):
-                for ce_id, logged in read_event_ids(self.store, key, self._torn_line):
-                    code = codes.get(logged)
-                    if code is not None:
-                        self._remember(ce_id, code, day.toordinal())
+                for ce_id, logged, keys in read_event_ids(self.store, key, self._torn_line):
+                    self._remember_id(ce_id, ordinal)
+                    # Records written before events had keys: the keys that version's
+                    # journal lines are given (Event.from_doc), so those resolve too.
+                    for event_key_ in keys or [legacy_key(ce_id, side)
+                                               for side in legacy.get(logged, ())]:
+                        self._remember(event_key_, ordinal)
+            for key in self.store.list(f"{QUARANTINE_PREFIX}/dt={day.isoformat()}"):
+                for doc in read_docs(self.store, key, self._torn_line):
+                    if isinstance(doc.get("event_key"), str):
+                        self._remember(doc["event_key"], ordinal)
         # Every journal is read, whatever its day: a pending event is never left behind.
         restored: list[Event] = []
         for key in self.store.list(PENDING_PREFIX):
@@ -164,12 +217,12 @@ class PayloadSink:
                 with contextlib.suppress(KeyError, TypeError, ValueError):
                     restored.append(Event.from_doc(doc, key))
         for event in sorted(restored, key=lambda e: e.received):
-            if not self._seen(event.ce_id) & _BIT[event.side]:
-                self._pending.setdefault((event.ce_id, event.side), event)
-            else:
+            if event.key in self._seen:
                 with contextlib.suppress(OSError, DriftloopError):
                     self.writer.drop(event.journal_key)  # object mode: resolved, tidy up
-        self.stats.recovered_ids = len(self._done)
+            elif event.key not in self._pending:  # (a compaction crash repeats lines)
+                self._add_pending(event)
+        self.stats.recovered_ids = len(self._seen)
         self.stats.recovered_pending = len(self._pending)
         self._m_pending.set(len(self._pending))
         self._compact()
@@ -209,12 +262,23 @@ class PayloadSink:
         self._m_write.observe(time.perf_counter() - started)
         return key
 
-    def _store_records(self, ce_id: str, request: Event | None, response: Event | None) -> int:
-        records = build_records(ce_id, request, response)
-        day = _day(min(e.received for e in (request, response) if e is not None))
+    def _store_records(self, request: Event | None, response: Event | None) -> int:
+        base = request or response
+        assert base is not None
+        ce_id = base.ce_id
+        # A Ce-Id already given to records (a client reusing it, or the late partner of a
+        # side written alone) tags the new rows' fallback ids, so they stay unique.
+        tag = base.key[:TAG_HEX] if ce_id in self._ids else None
+        records = build_records(ce_id, request, response, tag)
+        received = min(e.received for e in (request, response) if e is not None)
         logged = records[0]["logged"] if records else "pair"
         if records:
-            self._write(f"requests/dt={day}", encode_lines(records), event_name(ce_id, logged))
+            keys = " ".join(e.key for e in (request, response) if e is not None)
+            self._write(f"requests/dt={_day(received)}", encode_lines(records),
+                        event_name(keys, logged))
+        self._remember_id(ce_id, _ordinal(received))
+        if tag is not None:
+            self.stats.reused_ids += 1
         self._m_records.labels(logged).inc(len(records))
         self.stats.records += len(records)
         if logged == "request_only":
@@ -223,25 +287,68 @@ class PayloadSink:
             self.stats.lone_responses += 1
         return len(records)
 
-    def _seen(self, ce_id: str) -> int:
-        """The sides of ``ce_id`` already written (bitmask; 0 when none)."""
-        return self._done.get(ce_id, 0) & BOTH
+    def _remember(self, key: str, ordinal: int) -> None:
+        """Remember an event key as written (the dedup set), forgetting the oldest."""
+        self._seen[key] = ordinal
+        while len(self._seen) > self.max_seen:
+            del self._seen[next(iter(self._seen))]
 
-    def _remember(self, ce_id: str, mask: int, day_ordinal: int) -> None:
-        self._done[ce_id] = self._seen(ce_id) | mask | (day_ordinal << 2)
-        while len(self._done) > self.max_seen:
-            del self._done[next(iter(self._done))]  # forget the oldest
+    def _remember_id(self, ce_id: str, ordinal: int) -> None:
+        self._ids[ce_id] = ordinal
+        while len(self._ids) > self.max_seen:
+            del self._ids[next(iter(self._ids))]
 
-    def _mark(self, ce_id: str, mask: int, received: float) -> None:
-        day = dt.datetime.fromtimestamp(received, dt.UTC).date().toordinal()
-        self._remember(ce_id, mask, day)
+    def _mark(self, event: Event) -> None:
+        self._remember(event.key, _ordinal(event.received))
+
+    def _add_pending(self, event: Event) -> None:
+        self._pending[event.key] = event
+        self._waiting.setdefault((event.ce_id, event.source, event.side), []).append(event)
+
+    def _remove_pending(self, event: Event) -> None:
+        del self._pending[event.key]
+        index = (event.ce_id, event.source, event.side)
+        left = [e for e in self._waiting[index] if e is not event]
+        if left:
+            self._waiting[index] = left
+        else:
+            del self._waiting[index]
+
+    def _partner(self, event: Event) -> Event | None:
+        """The waiting event of the other side that ``event`` pairs with, if any.
+
+        The rule is in :mod:`driftloop.serving.sink`, "Pairing": same ``Ce-Id`` and
+        ``Ce-Source``; a request that occurred after the response is never its partner;
+        among several, the one whose body fits, then the nearest in time, then the first
+        to arrive.
+        """
+        other = RESPONSE if event.side == REQUEST else REQUEST
+        waiting = self._waiting.get((event.ce_id, event.source, other))
+        if not waiting:
+            return None
+        best: Event | None = None
+        best_rank: tuple[int, float] | None = None
+        for candidate in waiting:
+            request, response = (candidate, event) if event.side == RESPONSE else (
+                event, candidate)
+            timed = request.occurred is not None and response.occurred is not None
+            if timed and request.occurred > response.occurred:  # type: ignore[operator]
+                continue  # KServe stamps a request before its response (handler.go)
+            if len(waiting) == 1:
+                return candidate
+            gap = response.occurred - request.occurred if timed else math.inf  # type: ignore[operator]
+            rank = (0 if _fits(request, response) else 1, gap)
+            if best_rank is None or rank < best_rank:  # ties: the first to arrive
+                best, best_rank = candidate, rank
+        return best
 
     def handle_event(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         """Check, pair and store one CloudEvent.
 
         Returns:
-            ``{"status": "stored" | "pending" | "duplicate", "records": n}``; returned only
-            once everything the status promises is durable.
+            ``{"status": "stored" | "pending" | "duplicate" | "quarantined", "records": n}``
+            (``reason`` too when quarantined); returned only once everything the status
+            promises is durable.
 
         Raises:
             SinkError: The event is refused (4xx) or the store failed (503).
@@ -259,32 +366,26 @@ class PayloadSink:
         self._m_rejected.labels(str(exc.status)).inc()
 
     def _accept(self, event: Event) -> dict[str, Any]:
-        bit = _BIT[event.side]
-        other_side = RESPONSE if event.side == REQUEST else REQUEST
-        mask = self._seen(event.ce_id)
-        if mask & bit or (event.ce_id, event.side) in self._pending:
+        if event.key in self._seen or event.key in self._pending:
             self.stats.duplicates += 1
             self._m_events.labels(event.side, "duplicate").inc()
             return {"status": "duplicate", "records": 0}
-        if mask:  # the partner was already written alone: so is this one, at once
-            n = self._store_records(event.ce_id, event if bit == 1 else None,
-                                    event if bit == 2 else None)
-            self._mark(event.ce_id, bit, event.received)
-            return self._stored(event, n)
-        partner = self._pending.get((event.ce_id, other_side))
+        if event.problem is not None:
+            return self._quarantine(event)
+        partner = self._partner(event)
         if partner is not None:
             request, response = (event, partner) if event.side == REQUEST else (partner, event)
-            n = self._store_records(event.ce_id, request, response)
-            del self._pending[(event.ce_id, other_side)]
-            self._mark(event.ce_id, BOTH, min(request.received, response.received))
+            n = self._store_records(request, response)
+            self._remove_pending(partner)
+            self._mark(request)
+            self._mark(response)
             with contextlib.suppress(OSError, DriftloopError):
                 self.writer.drop(partner.journal_key)
             self._m_pending.set(len(self._pending))
             return self._stored(event, n)
         event.journal_key = self._write(f"{PENDING_PREFIX}/dt={_day(event.received)}",
-                                        event.to_line(),
-                                        event_name(event.ce_id, event.side))
-        self._pending[(event.ce_id, event.side)] = event
+                                        event.to_line(), event_name(event.key, event.side))
+        self._add_pending(event)
         self.stats.pending += 1
         self._m_events.labels(event.side, "pending").inc()
         while len(self._pending) > self.max_pending:
@@ -292,16 +393,27 @@ class PayloadSink:
         self._m_pending.set(len(self._pending))
         return {"status": "pending", "records": 0}
 
+    def _quarantine(self, event: Event) -> dict[str, Any]:
+        """Store an event the sink cannot read, raw (base64) with its headers and why."""
+        self._write(f"{QUARANTINE_PREFIX}/dt={_day(event.received)}",
+                    event.quarantine_line(), event_name(event.key, "quarantine"))
+        self._mark(event)
+        self.stats.quarantined += 1
+        self._m_events.labels(event.side, "quarantined").inc()
+        log.warning("sink: event %r (%s) quarantined: %s", event.ce_id, event.side,
+                    event.problem)
+        return {"status": "quarantined", "records": 0, "reason": event.problem}
+
     def _stored(self, event: Event, n: int) -> dict[str, Any]:
         self.stats.stored += 1
         self._m_events.labels(event.side, "stored").inc()
         return {"status": "stored", "records": n}
 
     def _write_alone(self, event: Event) -> None:
-        self._store_records(event.ce_id, event if event.side == REQUEST else None,
+        self._store_records(event if event.side == REQUEST else None,
                             event if event.side == RESPONSE else None)
-        del self._pending[(event.ce_id, event.side)]
-        self._mark(event.ce_id, _BIT[event.side], event.received)
+        self._remove_pending(event)
+        self._mark(event)
         with contextlib.suppress(OSError, DriftloopError):
             self.writer.drop(event.journal_key)
 
@@ -323,7 +435,8 @@ class PayloadSink:
             if now - self._last_prune > 3600:
                 self._last_prune = now
                 oldest = self._window()[0].toordinal()
-                self._done = {k: v for k, v in self._done.items() if v >> 2 >= oldest}
+                self._seen = {k: v for k, v in self._seen.items() if v >= oldest}
+                self._ids = {k: v for k, v in self._ids.items() if v >= oldest}
         return written
 
     @property
@@ -357,4 +470,4 @@ class PayloadSink:
             self.writer.close()
 
 
-__all__ = ["PENDING_PREFIX", "PayloadSink", "SinkStats"]
+__all__ = ["PENDING_PREFIX", "QUARANTINE_PREFIX", "PayloadSink", "SinkStats"]
