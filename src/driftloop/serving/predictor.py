@@ -26,6 +26,15 @@ Responses
     in the order of the output parameter ``classes``, a JSON list), plus ``id`` when the
     request had one; the response's ``model_version`` is the registry version.
 
+Model metadata
+    ``GET /v2/models/NAME`` lists the tensors a V2 client (Triton's, kserve's) discovers:
+    inputs, one per feature column in schema order, ``shape [-1]``, datatype ``FP64``
+    (float), ``INT64`` (int, numeric or categorical), ``BYTES`` (string, text) or
+    ``BOOL`` (bool); outputs ``class`` (``BYTES [-1]``) and ``probabilities``
+    (``FP64 [-1, n_classes]``), as the V2 response above. kserve v0.20.0's
+    ``protocol/dataplane.py`` builds it from :meth:`DriftloopModel.get_input_types` and
+    :meth:`DriftloopModel.get_output_types`; the optional ``id`` tensors are not listed.
+
 Every value is checked against the schema stored in ``metadata.json`` (the same rules
 ingest applies: type, required, min/max, allowed values, max_length), and two more no
 schema states: a number must fit float64 (JSON integers have no size limit), and a string
@@ -70,7 +79,7 @@ from threadpoolctl import ThreadpoolController
 from driftloop.errors import DriftloopError
 from driftloop.serving import clean_argv
 from driftloop.serving import metrics as m
-from driftloop.serving.predictor_inputs import ID_FIELD, parse_v1, parse_v2
+from driftloop.serving.predictor_inputs import ID_FIELD, parse_v1, parse_v2, v2_datatype
 from driftloop.serving.predictor_loading import (
     LoadedModel,
     load_from_folder,
@@ -177,6 +186,8 @@ class DriftloopModel(KServeModel):
         self._feature_index = pd.Index([])
         self._classes_json = "[]"
         self._class_names = np.asarray([], dtype=str)
+        self._input_types: list[dict[str, Any]] = []
+        self._output_types: list[dict[str, Any]] = []
 
     def load(self) -> bool:
         """Load and verify the model; set ``ready``.
@@ -208,8 +219,46 @@ class DriftloopModel(KServeModel):
         self._feature_index = pd.Index([name for name, _ in self._layout])
         self._classes_json = json.dumps(self.loaded.classes)
         self._class_names = np.asarray(self.loaded.classes, dtype=str)
+        self._input_types = [
+            {"name": c.name, "datatype": v2_datatype(c), "shape": [-1]}
+            for c in self.loaded.schema.columns
+        ]
+        # What _v2_response returns, always: class BYTES [n], probabilities FP64 [n, k].
+        self._output_types = [
+            {"name": "class", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64",
+             "shape": [-1, len(self.loaded.classes)]},
+        ]
         self.ready = True
         return True
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """The V2 model metadata's ``inputs``: one tensor per feature column, schema order.
+
+        kserve v0.20.0's ``GET /v2/models/NAME`` answers with these
+        (``protocol/dataplane.py`` ``model_metadata`` calls ``get_input_types``; the base
+        ``Model`` returns ``[]``, which left V2 clients nothing to discover). Each is
+        ``{"name", "datatype", "shape": [-1]}``: -1 is the V2 protocol's variable-size
+        dimension (the rows); the datatype is the one to send for the column's kind and
+        dtype (:data:`driftloop.serving.predictor_inputs.V2_DATATYPES`: FP64, INT64,
+        BYTES, BOOL). A feature with ``required: false`` is listed too; the metadata has
+        no way to mark a tensor optional. The optional ``id`` input is not listed for the
+        same reason: a client that sends every listed tensor must not be made to invent
+        ids. Empty before :meth:`load`.
+        """
+        return [dict(t, shape=list(t["shape"])) for t in self._input_types]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """The V2 model metadata's ``outputs``: as :meth:`predict` answers a V2 request.
+
+        ``class`` (``BYTES``, shape ``[-1]``) and ``probabilities`` (``FP64``, shape
+        ``[-1, n_classes]``; its columns follow the output parameter ``classes`` of each
+        response, which the metadata's tensor objects cannot carry: kserve's
+        ``MetadataTensor`` in ``protocol/rest/v2_datamodels.py`` has name, datatype and
+        shape only). The ``id`` output appears only when the request sent ids, so it is
+        not listed. Empty before :meth:`load`.
+        """
+        return [dict(t, shape=list(t["shape"])) for t in self._output_types]
 
     @property
     def version(self) -> str:

@@ -35,6 +35,16 @@ _NUMERIC_V2 = frozenset(
      "UINT8"}
 )
 _CATEGORICAL_V2 = frozenset({"BYTES", "BOOL"}) | (_NUMERIC_V2 - {"FP64", "FP32", "FP16"})
+#: The V2 datatype a feature column is advertised with in the model metadata, by (kind, dtype):
+#: what a client should send (parse_v2 accepts a few more, e.g. FP32 for a float column).
+V2_DATATYPES = {
+    ("numeric", "float"): "FP64",
+    ("numeric", "int"): "INT64",
+    ("categorical", "string"): "BYTES",
+    ("categorical", "int"): "INT64",
+    ("categorical", "bool"): "BOOL",
+    ("text", "string"): "BYTES",
+}
 #: A UTF-16 surrogate left alone (JSON's "\ud800" escape): text no UTF-8 encoder can write.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -141,6 +151,12 @@ def check_value(spec: ColumnSpec, value: Any) -> tuple[Any, str | None]:
     if spec.max_length is not None and len(value) > spec.max_length:
         return None, f"longer than {spec.max_length} characters ({len(value)})"
     return value, None
+
+
+def v2_datatype(spec: ColumnSpec) -> str:
+    """The V2 datatype of a feature column's input tensor (see :data:`V2_DATATYPES`)."""
+    return V2_DATATYPES.get((spec.kind, spec.dtype), "BYTES" if spec.kind != "numeric"
+                            else "FP64")
 
 
 def _raise(errors: list[str]) -> None:
@@ -296,7 +312,7 @@ def parse_v2(request: Any, schema: Schema) -> tuple[dict[str, list[Any]], list[s
         else:
             allowed_types = _CATEGORICAL_V2
         if datatype not in allowed_types:
-            wanted = "FP64" if spec is not None and spec.kind == "numeric" else "BYTES"
+            wanted = v2_datatype(spec) if spec is not None else "BYTES"
             raise InvalidInput(f"{where}.datatype: {datatype} does not fit a "
                                f"{spec.kind if spec else 'id'} column; send {wanted}")
         flat = _v2_values(inp)
@@ -319,5 +335,5 @@ def parse_v2(request: Any, schema: Schema) -> tuple[dict[str, list[Any]], list[s
     return columns, ids
 
 
-__all__ = ["ID_FIELD", "MAX_BATCH_ROWS", "MAX_LISTED_ERRORS", "check_value", "parse_v1",
-           "parse_v2"]
+__all__ = ["ID_FIELD", "MAX_BATCH_ROWS", "MAX_LISTED_ERRORS", "V2_DATATYPES", "check_value",
+           "parse_v1", "parse_v2", "v2_datatype"]
