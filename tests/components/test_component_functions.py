@@ -82,6 +82,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         verdict_json=a["verdict_json"], promotion_report=a["promotion_report"])
     components.notify_on_exit.python_func(
         store_uri=common["store_uri"], model_name=MODEL, run_id=RUN, webhook="",
+        pushgateway_url="", pipeline_name="continuous-training",
         status=dsl.PipelineTaskFinalStatus(state="SUCCEEDED", pipeline_job_resource_name="j",
                                            pipeline_task_name="run", error_code=None,
                                            error_message=None))

@@ -143,3 +143,21 @@ def test_a_component_calls_one_step_and_the_loop_calls_the_same_steps():
     assert called - {"exit_step"} <= loop, called - loop
     assert {"run_ingest", "run_drift", "run_decide", "run_train", "run_evaluate",
             "run_promote"}.isdisjoint(loop)  # no second path around the steps
+
+
+def test_the_light_tasks_never_import_scikit_learn_or_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom driftloop import steps\n"
+            "steps.notify_step, steps.promote_step, steps.exit_step\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+    # and the lazy package still names every step a component body calls
+    import driftloop.steps as steps
+
+    assert callable(steps.train_step) and "drift_step" in dir(steps)
+    with __import__("pytest").raises(AttributeError):
+        steps.no_such_step  # noqa: B018

@@ -25,16 +25,25 @@ pipeline's order. Component bodies call ``steps.<name>_step``: that is why this 
 names them (the compiled YAML holds those bodies).
 """
 
-from driftloop.steps.canary import analyse_canary_step
-from driftloop.steps.decide import decide_step
-from driftloop.steps.drift import drift_step
-from driftloop.steps.evaluate import evaluate_step
-from driftloop.steps.ingest import ingest_step
-from driftloop.steps.promote import notify_step, promote_step
-from driftloop.steps.status import exit_step
-from driftloop.steps.train import train_step
+import importlib
+from typing import Any
 
-__all__ = [
-    "analyse_canary_step", "decide_step", "drift_step", "evaluate_step", "exit_step",
-    "ingest_step", "notify_step", "promote_step", "train_step",
-]
+#: Where each step lives. Imported on first use (PEP 562), so a task imports only its own
+#: step's module: the notify, promote and exit tasks never load scikit-learn or scipy.
+_STEPS = {
+    "analyse_canary_step": "canary", "decide_step": "decide", "drift_step": "drift",
+    "evaluate_step": "evaluate", "exit_step": "status", "ingest_step": "ingest",
+    "notify_step": "promote", "promote_step": "promote", "train_step": "train",
+}
+
+__all__ = sorted(_STEPS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _STEPS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_STEPS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_STEPS])

@@ -14,7 +14,7 @@ from pathlib import Path
 from driftloop.config import Config
 from driftloop.data.runs import record_result
 from driftloop.data.storage import Store
-from driftloop.decide.gate import Verdict
+from driftloop.decide.verdict import Verdict
 from driftloop.errors import DriftloopError
 from driftloop.models.registry import AliasState, Registry
 from driftloop.notify import Delivery, Event, Notifier, NullNotifier, make_notifier, notify_or_raise
