@@ -32,7 +32,9 @@ from driftloop.rollout import (
     build_inference_service,
     version_storage_uri,
 )
+from driftloop.rollout.errors import AdmissionDenied, RolloutTimeout
 from driftloop.rollout.gateway import LocalGateway
+from driftloop.rollout.inference_service import TEMPLATE_GENERATION_ANNOTATION
 from driftloop.rollout.local import LocalRolloutBackend
 from driftloop.rollout.reconciler import reconcile
 
@@ -138,7 +140,8 @@ def test_the_canary_sequence_on_the_yaml_file(backend):
     rolled_back = backend.rollback()
     assert [a.patch for a in backend.applied] == [
         {"spec": {"predictor": {"canaryTrafficPercent": 0}}},
-        {"spec": {"predictor": {"model": {"storageUri": v1}}}},
+        {"metadata": {"annotations": {TEMPLATE_GENERATION_ANNOTATION: "6"}},
+         "spec": {"predictor": {"model": {"storageUri": v1}}}},
         {"spec": {"predictor": {"canaryTrafficPercent": None}}},
     ]
     assert rolled_back.storage_uri == v1 and rolled_back.traffic_by_revision() == {R3: 100}
@@ -163,7 +166,8 @@ def test_a_concurrent_writer_is_detected_and_the_step_recomputed(tmp_path):
 
     ours._read_object = read_then_race  # type: ignore[method-assign]
     state = ours.set_canary("/m/v2", 10)
-    assert len(reads) == 2 and reads[0] != reads[1]
+    # read, conflict, read again, then the read of the wait for the step to take effect
+    assert len(reads) == 3 and reads[0] != reads[1]
     doc = _on_disk(ours)
     assert doc["metadata"]["labels"]["team"] == "risk"
     assert doc["spec"]["predictor"]["canaryTrafficPercent"] == 10
@@ -175,8 +179,11 @@ def test_a_concurrent_writer_is_detected_and_the_step_recomputed(tmp_path):
 def test_invalid_changes_and_raw_deployment_leave_the_file_alone(backend, tmp_path):
     backend.ensure("/m/v1")
     before = backend.path.read_bytes()
-    with pytest.raises(RolloutRejected, match=r"StorageUri \[ftp://x/m\] is not supported"):
-        backend.set_canary("ftp://x/m", 10)
+    with pytest.raises(RolloutRejected, match="canaryTrafficPercent in body must be of type "
+                                              "integer"):  # the CRD schema: 422
+        backend._patch_object({"spec": {"predictor": {"canaryTrafficPercent": "10"}}})
+    with pytest.raises(AdmissionDenied, match="exactly one of"):  # KServe's webhook: 403
+        backend._patch_object({"spec": {"predictor": {"sklearn": {"storageUri": "/m/v2"}}}})
     assert backend.path.read_bytes() == before
 
     raw = LocalRolloutBackend(tmp_path / "raw", NAME, NS)
@@ -188,6 +195,22 @@ def test_invalid_changes_and_raw_deployment_leave_the_file_alone(backend, tmp_pa
     with pytest.raises(UnsupportedDeploymentMode, match="ignores canaryTrafficPercent"):
         raw.set_canary("/m/v2", 10)
     assert raw.path.read_bytes() == before
+
+
+def test_an_unsupported_storage_uri_is_accepted_and_never_takes_effect(backend):
+    # KServe 0.20 checks the scheme in its controller, not at admission: the write is
+    # stored, no revision is made, and the step says what the controller refused.
+    backend.ensure("/m/v1")
+    with pytest.raises(RolloutTimeout) as caught:
+        backend.set_canary("ftp://x/m", 10)
+    message = str(caught.value)
+    assert "a new revision for the changed spec" in message
+    assert "StorageURI not supported" in message and "StorageUri [ftp://x/m]" in message
+    assert _on_disk(backend)["spec"]["predictor"]["model"]["storageUri"] == "ftp://x/m"
+    assert [r["name"] for r in backend.revisions()] == [R1]
+    state = backend.rollback()  # what the rollout policy does next
+    assert state.storage_uri == "/m/v1" and state.settled
+    assert state.traffic_by_revision() == {R2: 100}
 
 
 def test_reconcile_tags_the_latest_revision_only_with_tag_routing():

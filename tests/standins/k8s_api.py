@@ -2,7 +2,7 @@
 
 A real HTTP server on 127.0.0.1 (a free port, served from a thread) that answers the
 custom-object routes the ``kubernetes`` Python client calls for
-``serving.kserve.io/v1beta1`` ``inferenceservices``, as an API server does:
+``serving.kserve.io/v1beta1`` ``inferenceservices``, as an API server with KServe does:
 
 * ``GET  /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}``
 * ``GET  /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices`` (list) and
@@ -13,34 +13,47 @@ custom-object routes the ``kubernetes`` Python client calls for
   (RFC 7386: ``null`` deletes a key); any other patch type gets 415. A patch carrying
   ``metadata.resourceVersion`` that is not the current one gets 409 Conflict.
 * ``DELETE .../inferenceservices/{name}``
+* ``GET /api/v1/namespaces/{ns}/events`` (the Warning events KServe's controller records)
+
+A write goes through what a cluster runs, in the API server's order (mutating admission,
+schema validation, validating admission; :mod:`driftloop.rollout.admission`), for the
+KServe release chosen with ``kserve`` (:data:`BEHAVIOURS`):
+
+* KServe's mutating webhook (:meth:`K8sApiStandIn._mutate`);
+* the CRD's structural schema: 422 ``Invalid`` (``canaryTrafficPercent`` must be an
+  integer, with no range; ``storageUri`` a string, with no scheme check);
+* KServe's validating webhook: 403 ``Forbidden`` whose message starts ``admission webhook
+  "inferenceservice.kserve-webhook-server.validator" denied the request:``
+  (controller-runtime v0.22.5 pkg/webhook/admission/response.go ``Denied``;
+  k8s.io/apiserver v0.34.3 pkg/admission/plugin/webhook/errors/statuserror.go).
 
 Errors are ``v1.Status`` objects (``{"kind": "Status", "apiVersion": "v1", "status":
-"Failure", "reason": "NotFound", "code": 404, "message": ...}``); 422 Invalid for what
-KServe's schema and webhook reject (``storageUri`` missing or with an unsupported scheme,
-``canaryTrafficPercent`` outside 0..100;
-:func:`~driftloop.rollout.inference_service.validate_inference_service`).
-``status`` in a body is ignored (the status subresource). Every change bumps
-``metadata.resourceVersion`` (one counter for the whole server, like etcd) and a change of
-``spec`` bumps ``metadata.generation``; a patch that changes nothing changes neither.
+"Failure", "reason": "NotFound", "code": 404, "message": ...}``). ``status`` in a body is
+ignored (the status subresource). Every change bumps ``metadata.resourceVersion`` (one
+counter for the whole server, like etcd) and a change of ``spec`` bumps
+``metadata.generation``; a patch that changes nothing changes neither.
 
-After each change the KServe controller and Knative are simulated by
-:func:`driftloop.rollout.reconciler.reconcile` (shared with the local backend): a revision
-``{name}-predictor-0000N`` per predictor template, and ``status.components.predictor``
-traffic with KServe's canary rules. Revisions are kept per object (:meth:`revisions`).
+After each change KServe's controller and Knative are simulated by
+:func:`driftloop.rollout.reconciler.reconcile` (shared with the local backend): revisions,
+traffic with the ``prev`` (and, with tag routing, ``latest``) tags, ``observedGeneration``
+counting the Knative Service's changes, and what the controller refuses after admission
+(an unsupported ``storageUri`` scheme: an ``InternalError`` event and no status change).
+Revisions are kept per object (:meth:`K8sApiStandIn.revisions`).
 
 Test hooks: every request is recorded (:attr:`K8sApiStandIn.requests`, with the answer);
-:meth:`fail` answers the next matching requests with an error; :meth:`delay` answers late
-(the request is carried out at once, as a real server does, but the client times
-out before the answer arrives);
-:meth:`write_between` lets a concurrent writer change an object right after the next GET
-of it is answered (so the client's following PATCH carries a stale resourceVersion);
-:meth:`put` stores an object directly.
+:meth:`~K8sApiStandIn.fail` answers the next matching requests with an error;
+:meth:`~K8sApiStandIn.delay` answers late (carried out at once, as a real server does);
+:meth:`~K8sApiStandIn.write_between` lets a concurrent writer change an object right after
+the next GET of it is answered; :meth:`~K8sApiStandIn.put` stores an object directly;
+:meth:`~K8sApiStandIn.break_model` makes a storageUri's revision fail;
+:meth:`~K8sApiStandIn.lag` makes the controller slow (the status lags the spec).
 
-Not modelled: authentication and RBAC, JSON patch, strategic merge patch and server-side
-apply (all 415), watches, ``dryRun``/``fieldManager``/``fieldValidation`` parameters,
+Not modelled: authentication and RBAC (a 403 from RBAC comes from :meth:`fail`), JSON
+patch, strategic merge patch and server-side apply (all 415), watches,
+``dryRun``/``fieldManager``/``fieldValidation`` parameters (an unknown field is neither
+pruned nor warned about: the tests check every body against kserve's models instead),
 ``generateName``, finalizers, label selectors and pagination of lists, other resources,
-and the controller's asynchrony (status is written in the same step as the spec, and
-revisions are ready at once).
+and the intermediate states of a rollout (a revision deploying, a model loading).
 """
 
 from __future__ import annotations
@@ -59,13 +72,21 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from driftloop.rollout.admission import (
+    VALIDATING_WEBHOOK,
+    controller_problems,
+    schema_problems,
+    webhook_problems,
+)
 from driftloop.rollout.inference_service import (
     API_VERSION,
+    DEPLOYMENT_MODE_ANNOTATION,
     GROUP,
     KIND,
+    LEGACY_MODE_NAMES,
     PLURAL,
     merge_patch,
-    validate_inference_service,
+    parse_deployment_mode,
 )
 from driftloop.rollout.reconciler import reconcile
 from standins.http import TrackingServer
@@ -75,8 +96,45 @@ MERGE_PATCH = "application/merge-patch+json"
 _OBJECT = re.compile(rf"^{re.escape(PREFIX)}/namespaces/(?P<ns>[^/]+)/{PLURAL}/(?P<name>[^/]+)$")
 _COLLECTION = re.compile(rf"^{re.escape(PREFIX)}/namespaces/(?P<ns>[^/]+)/{PLURAL}$")
 _ALL = re.compile(rf"^{re.escape(PREFIX)}/{PLURAL}$")
+_EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
 _MANAGED = ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion",
             "managedFields")
+
+
+@dataclass(frozen=True)
+class KServeBehaviour:
+    """What differs between the KServe releases the stand-in plays.
+
+    Attributes:
+        version: ``"0.20"``, ``"0.16"`` or ``"0.15"``.
+        rewrites_mode: The mutating webhook rewrites ``Serverless`` to ``Knative`` and
+            ``RawDeployment`` to ``Standard`` on create and update (since v0.17:
+            pkg/apis/serving/v1beta1/inference_service_defaults.go
+            ``DefaultInferenceService``, kserve/kserve#5025).
+        status_mode: The controller writes ``status.deploymentMode``, the mode it resolved
+            with ``GetDeploymentMode`` (legacy names mapped; since v0.16:
+            pkg/controller/v1beta1/inferenceservice/controller.go ``updateStatus``).
+        denies_mode_change: The validating webhook refuses an update whose annotation
+            differs from the stored ``status.deploymentMode`` (since v0.16:
+            inference_service_validation.go ``validateDeploymentMode``; in v0.16 this
+            refuses every update of a service annotated ``Serverless``, kserve/kserve#4798).
+    """
+
+    version: str
+    rewrites_mode: bool
+    status_mode: bool
+    denies_mode_change: bool
+
+
+#: The releases the stand-in plays, by version.
+BEHAVIOURS = {
+    "0.20": KServeBehaviour("0.20", rewrites_mode=True, status_mode=True,
+                            denies_mode_change=True),
+    "0.16": KServeBehaviour("0.16", rewrites_mode=False, status_mode=True,
+                            denies_mode_change=True),
+    "0.15": KServeBehaviour("0.15", rewrites_mode=False, status_mode=False,
+                            denies_mode_change=False),
+}
 
 
 def status_body(code: int, reason: str, message: str,
@@ -113,12 +171,26 @@ def _conflict(name: str) -> ApiError:
 
 
 def _invalid(name: str, errors: list[str]) -> ApiError:
+    """The API server's 422 for a schema violation (apimachinery errors.NewInvalid)."""
     causes = []
     for error in errors:
         path, _, message = error.partition(": ")
         causes.append({"reason": "FieldValueInvalid", "message": message, "field": path})
     return ApiError(422, "Invalid", f'{KIND}.{GROUP} "{name}" is invalid: ' + ", ".join(errors),
                     {"name": name, "group": GROUP, "kind": KIND, "causes": causes})
+
+
+def webhook_denial(reason: str, webhook: str = VALIDATING_WEBHOOK) -> ApiError:
+    """A validating webhook's denial as the API server returns it.
+
+    controller-runtime v0.22.5 ``admission.Denied`` answers ``code 403, reason Forbidden``
+    with the validator's error as message (pkg/webhook/admission/response.go
+    ``ValidationResponse``; validator_custom.go); the API server prefixes it with
+    ``admission webhook "<name>" denied the request: `` and adds no details
+    (k8s.io/apiserver v0.34.3 pkg/admission/plugin/webhook/errors/statuserror.go).
+    """
+    return ApiError(403, "Forbidden", f'admission webhook "{webhook}" denied the request: '
+                                      f"{reason}")
 
 
 @dataclass
@@ -159,16 +231,26 @@ class _Fault:
 
 @dataclass
 class K8sApiStandIn:
-    """An in-memory Kubernetes API for InferenceServices on 127.0.0.1 (a context manager)."""
+    """An in-memory Kubernetes API for InferenceServices on 127.0.0.1 (a context manager).
 
+    Args:
+        kserve: The KServe release to play (a key of :data:`BEHAVIOURS`).
+    """
+
+    kserve: str = "0.20"
     requests: list[RecordedRequest] = field(default_factory=list)
     #: Writes made by :meth:`write_between` (namespace, name, patch), in order.
     concurrent_writes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.behaviour = BEHAVIOURS[self.kserve]
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._revisions: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._events: list[dict[str, Any]] = []
+        self._broken: dict[str, str] = {}
+        self._lag = 0
+        self._stale: dict[tuple[str, str], list[Any]] = {}  # key -> [status, reads left]
         self._rv = 1000
         self._faults: list[_Fault] = []
         self._between: list[tuple[str, str, dict[str, Any]]] = []
@@ -219,7 +301,7 @@ class K8sApiStandIn:
             return self._create(str(meta.get("namespace") or "default"), copy.deepcopy(obj))
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
-        """Return a copy of the stored object (KeyError when missing)."""
+        """Return a copy of the stored object, with the status the controller wrote."""
         with self._lock:
             return copy.deepcopy(self._objects[(namespace, name)])
 
@@ -231,6 +313,38 @@ class K8sApiStandIn:
     def revision_uris(self, namespace: str, name: str) -> dict[str, str]:
         """Return revision name -> the storageUri it serves."""
         return {r["name"]: r["storageUri"] for r in self.revisions(namespace, name)}
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """Return the events recorded for an object (``v1.Event`` dicts), oldest first."""
+        with self._lock:
+            return [copy.deepcopy(e) for e in self._events
+                    if e["involvedObject"]["namespace"] == namespace
+                    and e["involvedObject"]["name"] == name]
+
+    def break_model(self, storage_uri: str, message: str = "") -> None:
+        """Make every revision serving ``storage_uri`` fail: its model never loads.
+
+        What a cluster shows once Knative's progress deadline has passed for such a
+        revision (knative.dev/serving v0.48.1; KServe v0.20.0
+        ``PropagateStatus`` / ``PropagateModelStatus``): ``latestCreatedRevision`` is the
+        new revision, ``latestReadyRevision`` the one before (which keeps the traffic),
+        ``PredictorReady`` and ``Ready`` False with reason ``RevisionFailed``, and
+        ``modelStatus`` ``BlockedByFailedLoad`` with ``lastFailureInfo`` ``ModelLoadFailed``
+        and the storage initializer's message.
+        """
+        with self._lock:
+            self._broken[storage_uri] = message or (
+                f"RuntimeError: Failed to fetch model. No model found in {storage_uri}.")
+
+    def lag(self, reads: int) -> None:
+        """Make the controller slow: after each write, ``reads`` GETs show the old status.
+
+        On a cluster the API server stores the spec and answers at once, and KServe's
+        controller writes the status later; the write's own answer carries the old
+        status too. ``reads=0`` (the default) reconciles within the write.
+        """
+        with self._lock:
+            self._lag = reads
 
     def fail(self, method: str, path_regex: str = ".*", *, status: int = 500,
              reason: str = "InternalError", message: str = "etcdserver: request timed out",
@@ -314,12 +428,12 @@ class K8sApiStandIn:
         if match := _OBJECT.match(path):
             ns, name = match["ns"], match["name"]
             if method == "GET":
-                obj = self._require(ns, name)
-                answer = copy.deepcopy(obj)
+                answer = self._view(ns, name, read=True)
                 self._write_between(ns, name)
                 return 200, answer
             if method == "PATCH":
-                return 200, self._patch(ns, name, content_type, text, body)
+                self._patch(ns, name, content_type, text, body)
+                return 200, self._view(ns, name)
             if method == "DELETE":
                 self._require(ns, name)
                 del self._objects[(ns, name)]
@@ -332,16 +446,22 @@ class K8sApiStandIn:
         if match := _COLLECTION.match(path):
             ns = match["ns"]
             if method == "GET":
-                return 200, self._list([o for (n, _), o in self._objects.items() if n == ns])
+                return 200, self._list([self._view(n, o) for (n, o) in self._objects
+                                        if n == ns])
             if method == "POST":
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "the body of the request was not a JSON "
                                    "object")
-                return 201, self._create(ns, copy.deepcopy(body))
+                name = self._create(ns, copy.deepcopy(body))["metadata"]["name"]
+                return 201, self._view(ns, name)
             raise ApiError(405, "MethodNotAllowed",
                            "the server does not allow this method on the requested resource")
         if _ALL.match(path) and method == "GET":
-            return 200, self._list(list(self._objects.values()))
+            return 200, self._list([self._view(n, o) for (n, o) in self._objects])
+        if (match := _EVENTS.match(path)) and method == "GET":
+            return 200, {"apiVersion": "v1", "kind": "EventList", "metadata": {},
+                         "items": [e for e in self._events
+                                   if e["involvedObject"]["namespace"] == match["ns"]]}
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
     def _require(self, ns: str, name: str) -> dict[str, Any]:
@@ -350,11 +470,88 @@ class K8sApiStandIn:
             raise _not_found(name)
         return obj
 
+    def _view(self, ns: str, name: str, *, read: bool = False) -> dict[str, Any]:
+        """The object as a client sees it: with the old status while the controller lags."""
+        obj = copy.deepcopy(self._require(ns, name))
+        stale = self._stale.get((ns, name))
+        if stale is not None and stale[1] > 0:
+            if stale[0] is None:
+                obj.pop("status", None)
+            else:
+                obj["status"] = copy.deepcopy(stale[0])
+            if read:
+                stale[1] -= 1
+        return obj
+
     def _list(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return {"apiVersion": API_VERSION, "kind": f"{KIND}List",
-                "items": [copy.deepcopy(o) for o in sorted(
-                    items, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))],
+                "items": sorted(items, key=lambda o: (o["metadata"]["namespace"],
+                                                      o["metadata"]["name"])),
                 "metadata": {"resourceVersion": str(self._rv)}}
+
+    def _mutate(self, obj: dict[str, Any]) -> None:
+        """KServe's mutating webhook, for the annotation we write.
+
+        Since v0.17 (``DefaultInferenceService``, pkg/apis/serving/v1beta1/
+        inference_service_defaults.go) the legacy deployment mode names are rewritten on
+        create and update: ``Serverless`` -> ``Knative``, ``RawDeployment`` -> ``Standard``.
+        Up to v0.16 the annotation is kept as written.
+        """
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        mode = annotations.get(DEPLOYMENT_MODE_ANNOTATION)
+        if self.behaviour.rewrites_mode and mode in LEGACY_MODE_NAMES:
+            annotations[DEPLOYMENT_MODE_ANNOTATION] = LEGACY_MODE_NAMES[mode]
+
+    def _admit(self, name: str, new: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """Mutating webhook, CRD schema (422), validating webhook (403), in that order."""
+        self._mutate(new)
+        errors = schema_problems(new)
+        if errors:
+            raise _invalid(name, errors)
+        denials = webhook_problems(new, old, checks_mode_change=self.behaviour.denies_mode_change)
+        if denials:
+            raise webhook_denial(denials[0])
+
+    def _controller(self, ns: str, name: str, obj: dict[str, Any]) -> None:
+        """KServe's controller and Knative after a change (see the module docstring).
+
+        ``status.deploymentMode``: v0.16 and later write the mode ``GetDeploymentMode``
+        resolved (status first, legacy names mapped); v0.15 writes none.
+        """
+        key = (ns, name)
+        old_status = obj.get("status")
+        new, revisions = reconcile(obj, self._revisions.get(key, []),
+                                   failing=self._broken.get)
+        status = new["status"]
+        if self.behaviour.status_mode:
+            status["deploymentMode"] = parse_deployment_mode(str(status["deploymentMode"]))
+        else:
+            status.pop("deploymentMode", None)
+        for kind, message in controller_problems(new):
+            if kind == "storageUri":  # controller.go: Recorder.Eventf(... "InternalError" ...)
+                self._record_event(new, "InternalError", message)
+        if self._lag > 0:
+            stale = self._stale.get(key)
+            if stale is None or stale[1] <= 0:
+                self._stale[key] = [copy.deepcopy(old_status), self._lag]
+            else:
+                stale[1] = self._lag  # the status lags further behind, from the same point
+        self._objects[key] = new
+        self._revisions[key] = revisions
+
+    def _record_event(self, obj: dict[str, Any], reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._events.append({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                         "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": reason, "message": message, "type": "Warning", "count": 1,
+            "source": {"component": "v1beta1Controllers"},  # cmd/manager/main.go
+            "firstTimestamp": stamp, "lastTimestamp": stamp,
+        })
 
     def _create(self, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj.setdefault("metadata", {})
@@ -369,16 +566,12 @@ class K8sApiStandIn:
             raise ApiError(409, "AlreadyExists", f'{PLURAL}.{GROUP} "{name}" already exists',
                            {"name": name, "group": GROUP, "kind": PLURAL})
         obj.pop("status", None)
-        errors = validate_inference_service(obj)
-        if errors:
-            raise _invalid(name, errors)
+        self._admit(name, obj, None)
         meta.update(namespace=ns, uid=str(uuid.uuid4()), generation=1,
                     resourceVersion=self._next_rv(),
                     creationTimestamp=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        new, revisions = reconcile(obj, [])
-        self._objects[(ns, name)] = new
-        self._revisions[(ns, name)] = revisions
-        return copy.deepcopy(new)
+        self._controller(ns, name, obj)
+        return copy.deepcopy(self._objects[(ns, name)])
 
     def _patch(self, ns: str, name: str, content_type: str | None, text: str,
                body: Any) -> dict[str, Any]:
@@ -405,9 +598,7 @@ class K8sApiStandIn:
         for key in _MANAGED:
             meta_patch.pop(key, None)
         new = merge_patch(current, clean)
-        errors = validate_inference_service(new)
-        if errors:
-            raise _invalid(name, errors)
+        self._admit(name, new, current)
 
         def stable(obj: dict[str, Any]) -> dict[str, Any]:
             out = {k: v for k, v in obj.items() if k != "status"}
@@ -419,10 +610,8 @@ class K8sApiStandIn:
         if new.get("spec") != current.get("spec"):
             new["metadata"]["generation"] = int(current["metadata"]["generation"]) + 1
         new["metadata"]["resourceVersion"] = self._next_rv()
-        new, revisions = reconcile(new, self._revisions.get((ns, name), []))
-        self._objects[(ns, name)] = new
-        self._revisions[(ns, name)] = revisions
-        return new
+        self._controller(ns, name, new)
+        return self._objects[(ns, name)]
 
     def _write_between(self, ns: str, name: str) -> None:
         for i, (n, o, patch) in enumerate(self._between):
@@ -468,9 +657,9 @@ def _make_handler(standin: K8sApiStandIn) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def running() -> Iterator[K8sApiStandIn]:
+def running(kserve: str = "0.20") -> Iterator[K8sApiStandIn]:
     """Yield a started stand-in and always stop it (for ``yield from`` in a pytest fixture)."""
-    standin = K8sApiStandIn().start()
+    standin = K8sApiStandIn(kserve=kserve).start()
     try:
         yield standin
     finally:

@@ -406,3 +406,63 @@ def test_holds_while_labels_keep_arriving_do_not_count_towards_max_holds(registr
     assert [step(f"s{n}", n) for n in (10, 20, 30, 40)] == ["hold"] * 4  # labels grow
     # no label since s40: s40 and s41 are two holds without progress, s42 the next one
     assert [step("s41", 40), step("s42", 40)] == ["hold", "rollback"]
+
+
+# -- a write that does not take effect is rolled back -------------------------------------------
+
+
+def _broken(registry: Registry, tmp_path: Path, *versions: str) -> LocalRolloutBackend:
+    """A backend whose controller stand-in never loads the models of ``versions``."""
+    uris = {version_storage_uri(registry, v): f"No model found in {v}" for v in versions}
+    return LocalRolloutBackend(tmp_path / "state", "m", "ml", failing=uris.get)
+
+
+def test_a_canary_that_never_becomes_ready_is_rolled_back_with_the_reason(registry, tmp_path):
+    # Before the fix the PATCH's 200 was enough: "start" was recorded (canary alias set,
+    # 10% announced) for a revision that never served a request.
+    backend = _broken(registry, tmp_path, "v2")
+    notifier = Recorder(backend)
+    _with_champion(registry, backend)
+    step = _start(registry, backend, notifier)
+    assert step.action == "rollback" and (step.from_percent, step.to_percent) == (0, 0)
+    assert step.reasons[0] == (
+        "the canary at 10% of v2 did not take effect (revision m-predictor-00002): "
+        'RevisionFailed: Revision "m-predictor-00002" failed with message: ReplicaSet '
+        '"m-predictor-00002-deployment" has timed out progressing..')
+    assert "the champion v1 serves all traffic" in step.reasons[1]
+    state = backend.get()
+    assert state.spec_storage_uri == version_storage_uri(registry, "v1") and state.settled
+    assert not state.canary_in_progress
+    assert state.traffic_by_revision() == {"m-predictor-00003": 100}
+    assert registry.aliases().canary is None and registry.aliases().champion == "v1"
+    assert notifier.kinds == ["model_update", "rollback"]
+    assert notifier.events[1][0].details["reasons"] == step.reasons
+    assert recorded_step(registry, "r1") == step
+
+
+def test_an_advance_that_does_not_take_effect_rolls_back(registry, backend, notifier,
+                                                          monkeypatch):
+    from driftloop.rollout.errors import RolloutTimeout
+
+    _with_champion(registry, backend)
+    _start(registry, backend, notifier)
+
+    def never(percent: int) -> None:
+        raise RolloutTimeout(f"not in effect after 720 s: still waiting for {percent}% of the "
+                             "traffic on m-predictor-00002", reason="Timeout")
+
+    monkeypatch.setattr(backend, "set_traffic", never)
+    step = _step(registry, backend, notifier, records({"v1": 0.80, "v2": 0.90}), "r2")
+    assert step is not None and step.action == "rollback" and step.from_percent == 10
+    assert step.reasons[0].startswith("the step to 50% of v2 did not take effect: not in "
+                                      "effect after 720 s")
+    assert step.analysis is not None and step.analysis.decision == "advance"
+    assert registry.aliases().canary is None and not backend.get().canary_in_progress
+
+
+def test_the_first_model_that_never_loads_is_not_promoted(registry, tmp_path):
+    backend = _broken(registry, tmp_path, "v1")
+    with pytest.raises(ProgressiveError, match=r"the first model v1 did not take effect .*"
+                                               "RevisionFailed.*nothing was promoted"):
+        _start(registry, backend, Recorder(backend), "v1")
+    assert registry.aliases().champion is None

@@ -16,9 +16,24 @@ the way KServe's Serverless (Knative) mode does it:
   ``canaryTrafficPercent``. Each step is one PATCH, and a rollback interrupted half-way
   continues from where it stopped when called again.
 
-KServe's RawDeployment mode ignores ``canaryTrafficPercent``; every operation refuses such a
-service before writing anything
-(:class:`~driftloop.rollout.errors.UnsupportedDeploymentMode`).
+KServe's Standard (formerly RawDeployment) and ModelMesh modes ignore
+``canaryTrafficPercent``; every operation refuses such a service before writing anything
+(:class:`~driftloop.rollout.errors.UnsupportedDeploymentMode`). Knative mode has two
+names, ``Serverless`` and (since KServe 0.16) ``Knative``; both are accepted, and the mode
+is read the way KServe reads it (:func:`~driftloop.rollout.inference_service.deployment_mode`).
+
+**Each step waits until it is in effect.** The API server accepts a write before KServe
+and Knative act on it, and some writes it accepts never take effect (a ``storageUri`` the
+model server cannot load; one with a scheme the controller refuses). After every write a
+step polls the status (every :attr:`RolloutBackend.poll_interval` seconds, at most
+:attr:`RolloutBackend.ready_timeout` seconds) until its new revision is ready and the
+traffic is the split it asked for (:func:`~driftloop.rollout.readiness.judge`), and raises
+:class:`~driftloop.rollout.errors.RevisionFailed` with the condition's reason and message
+when the status reports a failure, or
+:class:`~driftloop.rollout.errors.RolloutTimeout` naming what it still waited for. Rolling
+back is the rollout policy's decision (:mod:`driftloop.rollout.progressive`). A step that
+finds its change already in place still waits, so re-running a step that timed out waits
+for the same outcome again.
 
 **Which model is stable.** The status of an InferenceService names revisions, not storage
 URIs, so the backends record the rolled-out model's URI in the annotation
@@ -57,18 +72,26 @@ from driftloop.rollout.errors import (
     AlreadyExistsError,
     ConflictError,
     InferenceServiceNotFound,
+    RevisionFailed,
     RolloutError,
     RolloutRejected,  # noqa: F401 - kept importable for rollout/kube.py
+    RolloutTimeout,
 )
 from driftloop.rollout.inference_service import (
+    DEPLOYMENT_MODE_ANNOTATION,
     GROUP,  # noqa: F401 - kept importable for rollout/kube.py
     PLURAL,  # noqa: F401 - kept importable for rollout/kube.py
     PREVIOUS_URI_ANNOTATION,
+    TEMPLATE_GENERATION_ANNOTATION,
     VERSION,  # noqa: F401 - kept importable for rollout/kube.py
     ServiceState,
     build_inference_service,
     check_serverless,
+    merge_patch,
+    mode_annotation_fix,
+    revision_template,
 )
+from driftloop.rollout.readiness import Expectation, judge, unready_conditions
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +126,15 @@ def _predictor_patch(**fields: Any) -> dict[str, Any]:
     return {"spec": {"predictor": fields}}
 
 
+#: How long a step waits for its write to take effect by default: Knative gives a revision
+#: ``progress-deadline`` 600 s to become ready before it reports the revision failed
+#: (knative.dev/serving v0.48.1 config/core/configmaps/deployment.yaml); a little more, so
+#: that its reason arrives before our timeout.
+DEFAULT_READY_TIMEOUT = 720.0
+#: Seconds between two reads of the status while a step waits.
+DEFAULT_POLL_INTERVAL = 2.0
+
+
 # -- the interface ----------------------------------------------------------------------------
 
 #: Computes the merge patch that moves an object towards a target; None when it is there.
@@ -128,14 +160,28 @@ class RolloutBackend(ABC):
             kserve model object); default
             :data:`~driftloop.rollout.inference_service.DEFAULT_TEMPLATE`.
         max_conflict_retries: How many times a step is recomputed after a 409 Conflict.
+        ready_timeout: Seconds a step waits for its write to take effect (0: the status is
+            judged once, for backends whose controller answers at once).
+        poll_interval: Seconds between two reads of the status while waiting.
+        sleep: The sleep function (tests pass a recorder).
+        clock: The monotonic clock the timeout is measured on (tests pass a fake).
     """
 
     def __init__(self, name: str, namespace: str = "default", *, template: Any = None,
-                 max_conflict_retries: int = 5) -> None:
+                 max_conflict_retries: int = 5, ready_timeout: float = DEFAULT_READY_TIMEOUT,
+                 poll_interval: float = DEFAULT_POLL_INTERVAL,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if ready_timeout < 0 or poll_interval <= 0:
+            raise ValueError("ready_timeout must be >= 0 and poll_interval > 0")
         self.name = name
         self.namespace = namespace
         self.template = template
         self.max_conflict_retries = max_conflict_retries
+        self.ready_timeout = ready_timeout
+        self.poll_interval = poll_interval
+        self._sleep = sleep
+        self._clock = clock
         self.applied: list[AppliedPatch] = []
 
     # -- primitives ---------------------------------------------------------------
@@ -177,40 +223,91 @@ class RolloutBackend(ABC):
         """Return the whole InferenceService object as a dict."""
         return self._read_object()
 
-    def wait_until_reconciled(self, timeout: float = 300.0, poll: float = 2.0) -> ServiceState:
-        """Poll until the status describes the current spec and the service is ready.
+    def wait_until_reconciled(self, timeout: float | None = None,
+                              poll: float | None = None) -> ServiceState:
+        """Poll until the current spec is in effect: ready, and the traffic as specified.
 
-        Waits for: ``Ready`` true, ``status.observedGeneration >= metadata.generation``, the
-        latest created revision ready, and the latest revision's traffic equal to what
-        ``canaryTrafficPercent`` asks for. On a cluster KServe and Knative update the status
-        asynchronously; the local backend and the test stand-in reconcile at once, so this
-        returns on the first read there.
+        What every step already waits for after its own write; for a caller that changed
+        the object some other way. Does not compare ``status.observedGeneration`` with
+        ``metadata.generation``: KServe copies the former from the Knative Service, another
+        object's counter (see :mod:`driftloop.rollout.readiness`). Without knowing the
+        revision before a change this cannot tell a status that lags behind a new
+        template from a settled one.
+
+        Args:
+            timeout: Seconds (default :attr:`ready_timeout`).
+            poll: Seconds between reads (default :attr:`poll_interval`).
 
         Raises:
-            RolloutError: Not reconciled and ready within ``timeout`` seconds.
+            RevisionFailed: The status reports a failure.
+            RolloutTimeout: Not in effect within ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
+        return self._await("wait", Expectation(self.get(), new_revision=False),
+                           timeout=timeout, poll=poll)
+
+    def _diagnosis(self) -> str:
+        """More about a step that timed out (a backend may read events); "" by default."""
+        return ""
+
+    def _await(self, action: str, expect: Expectation, *, timeout: float | None = None,
+               poll: float | None = None) -> ServiceState:
+        """Read the status until ``expect`` is met; raise when it fails or time runs out."""
+        timeout = self.ready_timeout if timeout is None else timeout
+        poll = self.poll_interval if poll is None else poll
+        deadline = self._clock() + timeout
         while True:
             state = self.get()
-            if (state.ready and state.reconciled and state.traffic_matches_spec
-                    and state.latest_created_revision == state.latest_ready_revision):
+            progress = judge(state, expect)
+            if progress.done:
                 return state
-            if time.monotonic() >= deadline:
-                raise RolloutError(
-                    f"{self.where}: not reconciled and ready after {timeout:g} s "
-                    f"(generation {state.generation}, ready={state.ready}, "
-                    f"latest created {state.latest_created_revision}, "
-                    f"latest ready {state.latest_ready_revision})"
-                )
-            time.sleep(poll)
+            if progress.failed:
+                what = f" {progress.revision}" if progress.revision else ""
+                raise RevisionFailed(
+                    f"{self.where}: {action}: the rollout failed: revision{what} is not ready: "
+                    f"{progress.reason}: {progress.message}".rstrip(": "),
+                    reason=progress.reason, detail=progress.message, revision=progress.revision)
+            left = deadline - self._clock()
+            if left <= 0:
+                conditions = unready_conditions(state)
+                hint = ""
+                if expect.new_revision and "new revision" in progress.waiting_for:
+                    hint = ("; KServe's controller made no revision for the change: it may "
+                            "refuse the spec at reconcile time (e.g. an unsupported storageUri "
+                            "scheme), which only its events show (kubectl describe "
+                            "inferenceservice)")
+                diagnosis = self._diagnosis()
+                raise RolloutTimeout(
+                    f"{self.where}: {action}: not in effect after {timeout:g} s: still waiting "
+                    f"for {progress.waiting_for}"
+                    + (f"; conditions: {conditions}" if conditions else "") + hint
+                    + (f"; {diagnosis}" if diagnosis else ""),
+                    reason="Timeout", detail=progress.waiting_for,
+                    revision=state.latest_created_revision)
+            log.info("%s: %s: waiting for %s", self.where, action, progress.waiting_for)
+            self._sleep(min(poll, left))
+
+    def _expect(self, before: dict[str, Any], after: dict[str, Any], *,
+                pin: bool = False) -> Expectation:
+        """What a write that turned ``before`` into ``after`` waits for."""
+        return Expectation(ServiceState.from_object(before),
+                           new_revision=revision_template(before) != revision_template(after),
+                           pin=pin)
 
     # -- writing --------------------------------------------------------------------
 
-    def _update(self, action: str, compute: PatchFn) -> tuple[dict[str, Any], bool]:
+    def _update(self, action: str, compute: PatchFn
+                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
         """Read, compute a patch, send it with the resourceVersion; recompute on a conflict.
 
+        A patch also renames a legacy deployment mode annotation when KServe 0.16 would
+        refuse it otherwise (:func:`~driftloop.rollout.inference_service.mode_annotation_fix`),
+        and one that changes the revision template records the generation it makes in
+        :data:`~driftloop.rollout.inference_service.TEMPLATE_GENERATION_ANNOTATION` (so the
+        change is a new revision, always).
+
         Returns:
-            The object after the step, and whether a patch was sent.
+            The object after the step, the object read before it, and the patch sent (None
+            when the step was already in place).
         """
         for attempt in range(self.max_conflict_retries + 1):
             obj = self._read_object()
@@ -218,7 +315,19 @@ class RolloutBackend(ABC):
             patch = compute(obj)
             if patch is None:
                 log.info("%s: %s: already in place, nothing sent", self.where, action)
-                return obj, False
+                return obj, obj, None
+            patch = copy.deepcopy(patch)
+            annotations = patch.setdefault("metadata", {}).setdefault("annotations", {})
+            fix = mode_annotation_fix(obj)
+            if fix is not None:
+                annotations[DEPLOYMENT_MODE_ANNOTATION] = fix
+            if revision_template(merge_patch(obj, patch)) != revision_template(obj):
+                generation = int((obj.get("metadata") or {}).get("generation") or 0)
+                annotations[TEMPLATE_GENERATION_ANNOTATION] = str(generation + 1)
+            if not annotations:
+                del patch["metadata"]["annotations"]
+            if not patch["metadata"]:
+                del patch["metadata"]
             version = (obj.get("metadata") or {}).get("resourceVersion")
             body = copy.deepcopy(patch)
             if version is not None:  # a precondition: a stale write gets 409 Conflict
@@ -231,21 +340,27 @@ class RolloutBackend(ABC):
                 continue
             self.applied.append(AppliedPatch(action, patch, version))
             log.info("%s: %s: patched %s", self.where, action, patch)
-            return new, True
+            return new, obj, patch
         raise RolloutError(
             f"{self.where}: {action}: the object changed under us {self.max_conflict_retries + 1} "
             "times in a row (409 Conflict each time); try again"
         )
 
+    def _step(self, action: str, compute: PatchFn) -> ServiceState:
+        """One write and its wait (also when the change was already in place)."""
+        new, before, _ = self._update(action, compute)
+        return self._await(action, self._expect(before, new))
+
     def ensure(self, storage_uri: str) -> ServiceState:
         """Create the InferenceService serving ``storage_uri`` unless it exists.
 
         An existing service is left as it is (its state is returned): use the rollout
-        steps to change what it serves.
+        steps to change what it serves. A new one is waited for until it serves.
 
         Raises:
-            UnsupportedDeploymentMode: The existing service runs in RawDeployment mode.
+            UnsupportedDeploymentMode: The existing service runs in another mode.
             RolloutRejected: The API server refused the new object.
+            RolloutNotReady: The new service did not become ready.
         """
         _check_uri(storage_uri)
         try:
@@ -255,10 +370,14 @@ class RolloutBackend(ABC):
                                            self.template)
             try:
                 obj = self._create_object(body)
-                self.applied.append(AppliedPatch("create", body))
-                log.info("%s: created serving %s", self.where, storage_uri)
             except AlreadyExistsError:  # created by someone else since our read
                 obj = self._read_object()
+            else:
+                self.applied.append(AppliedPatch("create", body))
+                log.info("%s: created serving %s", self.where, storage_uri)
+                check_serverless(obj, self.where)
+                return self._await(f"create serving {storage_uri}",
+                                   Expectation(None, new_revision=True))
         check_serverless(obj, self.where)
         return ServiceState.from_object(obj)
 
@@ -266,13 +385,16 @@ class RolloutBackend(ABC):
         """Serve ``storage_uri`` as a canary on ``percent`` % of the traffic.
 
         Patches ``spec.predictor.model.storageUri`` and ``spec.predictor.canaryTrafficPercent``
-        (and records the stable URI in :data:`PREVIOUS_URI_ANNOTATION`). Calling it again
-        for the same canary only changes the percentage (or sends nothing). 100 rolls the
-        model out at once (no ``canaryTrafficPercent``).
+        (and records the stable URI in :data:`PREVIOUS_URI_ANNOTATION`), then waits until
+        the canary's revision is ready and receives its share. Calling it again for the
+        same canary only changes the percentage (or sends nothing). 100 rolls the model out
+        at once (no ``canaryTrafficPercent``).
 
         Raises:
             RolloutError: ``storage_uri`` is already the rolled-out model, or it is the
                 stable model of a canary in progress (use :meth:`rollback`).
+            RolloutNotReady: The canary did not take effect (its revision failed, or the
+                timeout passed); the service is left as it is for the caller to roll back.
             ValueError: ``percent`` is not in 0..100.
         """
         _check_uri(storage_uri)
@@ -302,17 +424,18 @@ class RolloutBackend(ABC):
                                        "canaryTrafficPercent": wanted}},
             }
 
-        obj, _ = self._update(f"canary {storage_uri} at {percent}%", compute)
-        return ServiceState.from_object(obj)
+        return self._step(f"canary {storage_uri} at {percent}%", compute)
 
     def set_traffic(self, percent: int) -> ServiceState:
         """Give the canary in progress ``percent`` % of the traffic; 100 promotes it.
 
         Promoting removes ``canaryTrafficPercent``: the latest revision takes all traffic
         and becomes the rolled-out revision. Sends nothing when the share is already set.
+        Waits until the traffic is split so.
 
         Raises:
             RolloutError: No canary is in progress (and ``percent`` is below 100).
+            RolloutNotReady: The split did not take effect.
             ValueError: ``percent`` is not in 0..100.
         """
         wanted = None if check_percent(percent) == 100 else percent
@@ -329,8 +452,7 @@ class RolloutBackend(ABC):
                 return None
             return _predictor_patch(canaryTrafficPercent=wanted)
 
-        obj, _ = self._update(f"traffic {percent}%", compute)
-        return ServiceState.from_object(obj)
+        return self._step(f"traffic {percent}%", compute)
 
     def promote(self) -> ServiceState:
         """Roll the canary out to 100% (same as ``set_traffic(100)``)."""
@@ -339,14 +461,17 @@ class RolloutBackend(ABC):
     def rollback(self) -> ServiceState:
         """Send all traffic back to the previous model and make it the rolled-out model.
 
-        Three patches, each sent only when needed: ``canaryTrafficPercent: 0`` (Knative
-        pins all traffic to the previously rolled-out revision at once), then
-        ``storageUri`` = the previous URI (the next revision serves the old model, still on
-        0%), then ``canaryTrafficPercent`` removed (that revision takes 100%). Works during
-        a canary and after a promotion; a rollback that was interrupted resumes.
+        Three patches, each sent only when needed, each waited for: ``canaryTrafficPercent:
+        0`` (Knative pins all traffic to the previously rolled-out revision at once; the
+        wait asks only for that, since the latest revision may be the one that failed),
+        then ``storageUri`` = the previous URI (a new revision serves the old model, still
+        on 0%), then ``canaryTrafficPercent`` removed (that revision takes 100%). Works
+        during a canary and after a promotion; a rollback that was interrupted resumes.
 
         Raises:
             RolloutError: No previous storageUri is recorded (nothing to roll back to).
+            RolloutNotReady: A patch did not take effect (the previous model no longer
+                becomes ready, or the timeout passed).
         """
 
         def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -365,13 +490,16 @@ class RolloutBackend(ABC):
                 return _predictor_patch(canaryTrafficPercent=None)
             return None
 
-        obj: dict[str, Any] | None = None
+        state: ServiceState | None = None
         for _ in range(4):  # at most three patches, then a read that finds nothing to do
-            obj, patched = self._update("rollback", compute)
-            if not patched:
+            new, before, patch = self._update("rollback", compute)
+            pin = patch is not None and patch.get("spec") == _predictor_patch(
+                canaryTrafficPercent=0)["spec"]
+            state = self._await("rollback", self._expect(before, new, pin=pin))
+            if patch is None:
                 break
-        assert obj is not None
-        return ServiceState.from_object(obj)
+        assert state is not None
+        return state
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (nothing by default)."""

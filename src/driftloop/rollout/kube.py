@@ -11,20 +11,24 @@ Uses the ``kubernetes`` client's ``CustomObjectsApi`` on ``serving.kserve.io/v1b
   409 Conflict, and the step is recomputed from a fresh read (bounded, see
   :class:`~driftloop.rollout.base.RolloutBackend`).
 
-Errors: 404 -> :class:`~driftloop.rollout.base.InferenceServiceNotFound`; 400/422 ->
-:class:`~driftloop.rollout.base.RolloutRejected` with the server's message; 401/403 ->
-:class:`~driftloop.rollout.errors.RolloutError` naming the RBAC rule needed; timeouts,
-connection errors, 429 and 5xx are retried with exponential backoff
-(``backoff_base * 2**attempt`` seconds, capped at ``backoff_max``; a numeric ``Retry-After``
-is honoured) up to ``max_attempts`` tries per request. A service in RawDeployment mode is
-refused before any write (:class:`~driftloop.rollout.base.UnsupportedDeploymentMode`).
+Errors: 404 -> :class:`~driftloop.rollout.errors.InferenceServiceNotFound`; 400/422 ->
+:class:`~driftloop.rollout.errors.RolloutRejected` with the server's message; a 403 is told
+apart by its ``Status`` message (:func:`classify_forbidden`): an admission webhook's denial
+-> :class:`~driftloop.rollout.errors.AdmissionDenied` (a refusal of the object, not of the
+caller), the authorizer's refusal -> :class:`~driftloop.rollout.errors.PermissionDenied`
+naming the RBAC rule needed, anything else (a terminating namespace, a quota) ->
+:class:`~driftloop.rollout.errors.RolloutRejected`; 401 ->
+:class:`~driftloop.rollout.errors.PermissionDenied` (the credentials). Timeouts, connection
+errors, 429 and 5xx are retried with exponential backoff (``backoff_base * 2**attempt``
+seconds, capped at ``backoff_max``; a numeric ``Retry-After`` is honoured) up to
+``max_attempts`` tries per request. A service in Standard/RawDeployment or ModelMesh mode
+is refused before any write (:class:`~driftloop.rollout.errors.UnsupportedDeploymentMode`).
 
 RBAC the caller's service account needs: ``get``, ``patch`` and ``create`` on
 ``inferenceservices.serving.kserve.io`` in the namespace.
 
-On a cluster the status lags the spec: the state a step returns may still show the old
-traffic. Call :meth:`~driftloop.rollout.base.RolloutBackend.wait_until_reconciled` before
-reading the split.
+On a cluster the status lags the spec; every step polls it until the write is in effect
+(``ready_timeout``, ``poll_interval``: :class:`~driftloop.rollout.base.RolloutBackend`).
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from driftloop.rollout.base import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_READY_TIMEOUT,
     GROUP,
     PLURAL,
     VERSION,
@@ -47,6 +54,7 @@ from driftloop.rollout.base import (
     RolloutError,
     RolloutRejected,
 )
+from driftloop.rollout.errors import AdmissionDenied, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +126,39 @@ def _server_reason(exc: Any) -> str:
     return str(doc.get("reason", "")) if isinstance(doc, dict) else ""
 
 
+#: How the API server words a webhook's denial (k8s.io/apiserver v0.34.3
+#: pkg/admission/plugin/webhook/errors/statuserror.go ``ToStatusErr``): the webhook's own
+#: Status with this prefix; KServe's validator answers through controller-runtime v0.22.5
+#: ``admission.Denied``, i.e. code 403 and reason Forbidden, like an RBAC refusal.
+WEBHOOK_DENIAL = re.compile(
+    r'admission webhook "(?P<webhook>[^"]*)" denied the request(?::\s*(?P<why>.*)| without '
+    r"explanation)?", re.DOTALL)
+#: How the authorizer words its refusal (k8s.io/apiserver v0.34.3
+#: pkg/endpoints/handlers/responsewriters/errors.go ``forbiddenMessage``, wrapped by
+#: k8s.io/apimachinery pkg/api/errors ``NewForbidden``: '<resource> "<name>" is forbidden:
+#: User "<user>" cannot <verb> resource "<resource>" in API group "<group>" in the
+#: namespace "<ns>"').
+RBAC_DENIAL = re.compile(
+    r'User "(?P<user>[^"]*)" cannot (?P<verb>\S+) (?:resource "(?P<resource>[^"]*)" in API '
+    r'group "(?P<group>[^"]*)"|path "(?P<path>[^"]*)")')
+
+
+def classify_forbidden(message: str) -> tuple[str, dict[str, str]]:
+    """Tell a 403's cause from its Status message.
+
+    Returns:
+        ``("webhook", {"webhook", "why"})``, ``("rbac", {"user", "verb", "resource",
+        "group"})`` or ``("other", {})``.
+    """
+    denial = WEBHOOK_DENIAL.search(message)
+    if denial is not None:
+        return "webhook", {"webhook": denial["webhook"], "why": (denial["why"] or "").strip()}
+    rbac = RBAC_DENIAL.search(message)
+    if rbac is not None:
+        return "rbac", {k: v or "" for k, v in rbac.groupdict().items()}
+    return "other", {}
+
+
 def _retry_after(exc: Any) -> float | None:
     headers = getattr(exc, "headers", None) or {}
     value = headers.get("Retry-After") if hasattr(headers, "get") else None
@@ -140,18 +181,25 @@ class KubeRolloutBackend(RolloutBackend):
         backoff_base: The first retry's delay in seconds (doubled each retry).
         backoff_max: The longest delay between retries.
         request_timeout: Seconds to connect, and seconds to wait for the answer.
-        sleep: The sleep function (tests pass a recorder).
+        ready_timeout: Seconds a step waits for its write to take effect.
+        poll_interval: Seconds between two reads of the status while it waits.
+        sleep: The sleep function for backoff and polling (tests pass a recorder).
+        clock: The monotonic clock of ``ready_timeout`` (tests pass a fake).
     """
 
     def __init__(self, name: str, namespace: str = "default", *, api_client: Any = None,
                  template: Any = None, max_conflict_retries: int = 5, max_attempts: int = 5,
                  backoff_base: float = 0.5, backoff_max: float = 8.0,
-                 request_timeout: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 request_timeout: float = 30.0, ready_timeout: float = DEFAULT_READY_TIMEOUT,
+                 poll_interval: float = DEFAULT_POLL_INTERVAL,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         from kubernetes import client
 
         super().__init__(name, namespace, template=template,
-                         max_conflict_retries=max_conflict_retries)
+                         max_conflict_retries=max_conflict_retries,
+                         ready_timeout=ready_timeout, poll_interval=poll_interval,
+                         sleep=sleep, clock=clock)
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._own_client = api_client is None
@@ -161,7 +209,6 @@ class KubeRolloutBackend(RolloutBackend):
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.request_timeout = request_timeout
-        self._sleep = sleep
 
     @property
     def host(self) -> str:
@@ -205,15 +252,12 @@ class KubeRolloutBackend(RolloutBackend):
                     if _server_reason(exc) == "AlreadyExists":
                         raise AlreadyExistsError(f"{what}: {message}") from None
                     raise ConflictError(f"{what}: {message}") from None
-                elif status in (400, 422):
-                    raise RolloutRejected(
-                        f"{what}: the API server rejected the change ({status}): {message}"
-                    ) from None
-                elif status in (401, 403):
-                    raise RolloutError(
-                        f"{what}: not allowed ({status}): {message}; the service account needs "
-                        f"get, patch and create on {PLURAL}.{GROUP} in namespace "
-                        f"{self.namespace}"
+                elif status in (400, 403, 422):
+                    raise self._refusal(what, status, message) from None
+                elif status == 401:
+                    raise PermissionDenied(
+                        f"{what}: not authenticated (401): {message}; check the kubeconfig or "
+                        "the service account token"
                     ) from None
                 else:
                     raise RolloutError(f"{what}: HTTP {status}: {message}") from None
@@ -225,6 +269,52 @@ class KubeRolloutBackend(RolloutBackend):
                             self.max_attempts - 1, wait)
                 self._sleep(wait)
         raise RolloutError(f"{what}: failed {self.max_attempts} times; last error: {last}")
+
+    def _refusal(self, what: str, status: int, message: str) -> RolloutError:
+        """The error for a 400/403/422: whose refusal it is, from the Status message."""
+        kind, parts = classify_forbidden(message)
+        if kind == "webhook":
+            return AdmissionDenied(
+                f"{what}: admission webhook {parts['webhook']} denied the change ({status}): "
+                f"{parts['why'] or 'without explanation'} (the object was refused, not the "
+                "service account)", webhook=parts["webhook"], reason=parts["why"])
+        if kind == "rbac" and status == 403:
+            verb = parts["verb"]
+            rule = (f"{verb} on {parts['resource']}.{parts['group']}".rstrip(".")
+                    if parts["resource"] else f"{verb} on path {parts['path']}")
+            return PermissionDenied(
+                f"{what}: not allowed by RBAC ({status}): {message}; the service account "
+                f"needs {rule} in namespace {self.namespace} (a rollout needs get, patch and "
+                f"create on {PLURAL}.{GROUP})")
+        if status == 403:
+            return RolloutRejected(f"{what}: the API server refused the change (403 "
+                                   f"Forbidden, not an RBAC rule): {message}")
+        return RolloutRejected(
+            f"{what}: the API server rejected the change ({status}): {message}")
+
+    def _diagnosis(self) -> str:
+        """KServe's Warning events for the service, for a step that timed out.
+
+        An unsupported ``storageUri`` scheme, an unknown runtime and the like are reported
+        only as events (KServe v0.20.0 controller.go: ``Recorder.Eventf(isvc, Warning,
+        "InternalError", ...)``). Best effort: it needs ``list`` on ``events`` (without it,
+        or on any error, nothing is added to the message).
+        """
+        from kubernetes import client
+
+        try:
+            events = client.CoreV1Api(self.api_client).list_namespaced_event(
+                self.namespace, field_selector=(
+                    f"involvedObject.kind=InferenceService,involvedObject.name={self.name}"),
+                _request_timeout=(self.request_timeout, self.request_timeout))
+        except Exception as exc:  # a diagnosis must not hide the timeout
+            log.info("%s: events not readable (%s)", self.where, exc)
+            return ""
+        warnings = [e for e in events.items or [] if e.type == "Warning"
+                    and e.involved_object is not None and e.involved_object.name == self.name]
+        if not warnings:
+            return ""
+        return "KServe's events: " + "; ".join(f"{e.reason}: {e.message}" for e in warnings[-3:])
 
     def _read_object(self) -> dict[str, Any]:
         obj = self._call("GET", self.api.get_namespaced_custom_object, GROUP, VERSION,

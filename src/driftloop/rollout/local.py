@@ -21,9 +21,12 @@ Three parts, together a laptop/CI stand-in for KServe Serverless on a cluster:
   :class:`~driftloop.rollout.predictors.PredictorServers`.
 
 This module holds the backend's state file: reading, locking, patching and writing the
-YAML, with the Kubernetes API's answers (404, 409, 422) and KServe's status after every
-write. What KServe semantics are simulated, and what not, is listed in
-:mod:`driftloop.rollout.reconciler`.
+YAML, with the Kubernetes API's answers (404, 409, 422, a webhook's denial) and KServe's
+status after every write. What KServe semantics are simulated, and what not, is listed in
+:mod:`driftloop.rollout.reconciler`. Its controller answers in the write itself, so a step
+judges the status once (``ready_timeout`` 0): what a cluster would never bring into effect
+(e.g. an unsupported ``storageUri`` scheme, accepted and then refused by KServe's
+controller) fails the step at once instead of after a timeout.
 """
 
 from __future__ import annotations
@@ -40,8 +43,15 @@ import yaml
 
 from driftloop.data.storage import LocalStore
 from driftloop.errors import StoreError
+from driftloop.rollout.admission import (
+    VALIDATING_WEBHOOK,
+    controller_problems,
+    schema_problems,
+    webhook_problems,
+)
 from driftloop.rollout.base import RolloutBackend
 from driftloop.rollout.errors import (
+    AdmissionDenied,
     AlreadyExistsError,
     ConflictError,
     InferenceServiceNotFound,
@@ -50,8 +60,8 @@ from driftloop.rollout.errors import (
 
 # kept importable for demo/live.py and tests/e2e/test_canary_flow.py, which import it from here
 from driftloop.rollout.gateway import LocalGateway  # noqa: F401
-from driftloop.rollout.inference_service import merge_patch, validate_inference_service
-from driftloop.rollout.reconciler import now_rfc3339, reconcile
+from driftloop.rollout.inference_service import merge_patch
+from driftloop.rollout.reconciler import Failing, now_rfc3339, reconcile
 
 ISVC_DIR = "inferenceservices"
 REVISIONS_DIR = "revisions"
@@ -74,8 +84,9 @@ class LocalRolloutBackend(RolloutBackend):
     """The rollout interface over an InferenceService stored as YAML in a local folder.
 
     Behaves like the Kubernetes API plus KServe for what a rollout needs: merge patches,
-    the resourceVersion precondition (409), ``metadata.generation``, KServe's validation
-    (:class:`~driftloop.rollout.base.RolloutRejected`) and the controller's status
+    the resourceVersion precondition (409), ``metadata.generation``, KServe's admission
+    (the CRD schema: :class:`~driftloop.rollout.errors.RolloutRejected`; the validating
+    webhook: :class:`~driftloop.rollout.errors.AdmissionDenied`) and the controller's status
     (:func:`reconcile`). A lock file serialises writers of the same service.
 
     Args:
@@ -84,12 +95,19 @@ class LocalRolloutBackend(RolloutBackend):
         namespace: Its namespace (a sub-folder).
         template: The template :meth:`ensure` creates from.
         max_conflict_retries: How many times a step is recomputed after a conflict.
+        ready_timeout: Seconds a step waits for its write to take effect (default 0: the
+            status is written with the spec, so one read tells).
+        failing: Simulates models that never load (a storageUri -> the model server's
+            error, :data:`driftloop.rollout.reconciler.Failing`), e.g. to rehearse a canary
+            that fails; default: every model loads.
     """
 
     def __init__(self, state_dir: str | Path, name: str, namespace: str = "default", *,
-                 template: Any = None, max_conflict_retries: int = 5) -> None:
+                 template: Any = None, max_conflict_retries: int = 5,
+                 ready_timeout: float = 0.0, failing: Failing | None = None) -> None:
         super().__init__(name, namespace, template=template,
-                         max_conflict_retries=max_conflict_retries)
+                         max_conflict_retries=max_conflict_retries, ready_timeout=ready_timeout)
+        self.failing = failing
         self.store = LocalStore(state_dir, create=True)
         self.key = f"{ISVC_DIR}/{namespace}/{name}.yaml"
         self.revisions_key = f"{REVISIONS_DIR}/{namespace}/{name}.yaml"
@@ -152,11 +170,26 @@ class LocalRolloutBackend(RolloutBackend):
         self.store.write_text(self.revisions_key, _dump(revisions))
         self.store.write_text(self.key, _dump(obj))
 
-    def _reject(self, errors: list[str]) -> RolloutRejected:
-        return RolloutRejected(
-            f"InferenceService.serving.kserve.io {self.name!r} is invalid ({self.path}): "
-            + "; ".join(errors)
-        )
+    def _diagnosis(self) -> str:
+        """What the controller stand-in refused (a cluster's controller says so in events)."""
+        try:
+            problems = controller_problems(self._read_file())
+        except (InferenceServiceNotFound, StoreError):
+            return ""
+        return "; ".join(f"the controller refused it: {message}" for _, message in problems)
+
+    def _admit(self, new: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """KServe's admission: the CRD schema (422), then the validating webhook (403)."""
+        errors = schema_problems(new)
+        if errors:
+            raise RolloutRejected(
+                f"InferenceService.serving.kserve.io {self.name!r} is invalid ({self.path}): "
+                + "; ".join(errors))
+        denials = webhook_problems(new, old)
+        if denials:
+            raise AdmissionDenied(
+                f"admission webhook {VALIDATING_WEBHOOK!r} denied the request ({self.path}): "
+                + "; ".join(denials), webhook=VALIDATING_WEBHOOK, reason="; ".join(denials))
 
     def _patch_object(self, patch: dict[str, Any]) -> dict[str, Any]:
         with self._locked():
@@ -174,16 +207,14 @@ class LocalRolloutBackend(RolloutBackend):
             for key in _MANAGED_METADATA:
                 (clean.get("metadata") or {}).pop(key, None)
             new = merge_patch(current, clean)
-            errors = validate_inference_service(new)
-            if errors:
-                raise self._reject(errors)
+            self._admit(new, current)
             if _strip_volatile(new) == _strip_volatile(current):
                 return current  # a no-op write changes nothing, not even the resourceVersion
             new_meta = new["metadata"]
             if new.get("spec") != current.get("spec"):
                 new_meta["generation"] = int(meta.get("generation") or 0) + 1
             new_meta["resourceVersion"] = str(int(meta.get("resourceVersion") or 0) + 1)
-            new, revisions = reconcile(new, self.revisions())
+            new, revisions = reconcile(new, self.revisions(), failing=self.failing)
             self._write(new, revisions)
             return new
 
@@ -196,14 +227,12 @@ class LocalRolloutBackend(RolloutBackend):
                 )
             new = copy.deepcopy(obj)
             new.pop("status", None)
-            errors = validate_inference_service(new)
-            if errors:
-                raise self._reject(errors)
+            self._admit(new, None)
             meta = new.setdefault("metadata", {})
             meta.update(name=self.name, namespace=self.namespace, generation=1,
                         resourceVersion="1", creationTimestamp=now_rfc3339(),
                         uid=str(uuid.uuid4()))
-            new, revisions = reconcile(new, [])
+            new, revisions = reconcile(new, [], failing=self.failing)
             self._write(new, revisions)
             return new
 

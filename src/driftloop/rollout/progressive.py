@@ -12,6 +12,11 @@ canary is in progress, first judges it on the logged responses joined with feedb
   previous ``storageUri`` restored (:meth:`RolloutBackend.rollback`), the canary alias
   cleared with the reasons in the registry's history.
 
+A write that does not take effect (the backend raises
+:class:`~driftloop.rollout.errors.RolloutNotReady`: a failure like ``RevisionFailed``, or
+its timeout) is rolled back the same way, the condition's reason and message recorded as
+reasons; the first model ever has nothing to return to (:class:`ProgressiveError`).
+
 The state lives in two places, the registry's aliases (``canary`` names the version under
 test) and the InferenceService (its ``canaryTrafficPercent``); every function reads both
 and only writes what differs, so re-running a step with the same state sends no patch and
@@ -52,6 +57,7 @@ from driftloop.rollout.base import (
     ServiceState,
     version_storage_uri,
 )
+from driftloop.rollout.errors import RevisionFailed, RolloutNotReady
 from driftloop.serde import JsonResult, loads
 
 log = logging.getLogger(__name__)
@@ -254,9 +260,17 @@ def start_canary(
             "model_update", f"deploying the first model {version} at 100%", model_name,
             {"version": version, "storage_uri": uri, "service": backend.where,
              "reason": why}, run_id=run_id), require_notification)
-        deployed = backend.ensure(uri)
-        if deployed.spec_storage_uri != uri:  # the service existed, serving something else
-            backend.set_canary(uri, 100)
+        try:
+            if backend.ensure(uri).spec_storage_uri != uri:  # it existed, serving another
+                try:
+                    backend.set_canary(uri, 100)
+                except RolloutNotReady:
+                    backend.rollback()  # back to what it served
+                    raise
+        except RolloutNotReady as exc:
+            raise ProgressiveError(
+                f"model {model_name}: the first model {version} did not take effect on "
+                f"{backend.where}: {_why_not(exc)}; nothing was promoted") from exc
         registry.promote(version, reason=f"first model, deployed at 100%: {why}",
                          run_id=run_id)
         step = RolloutStep(DEPLOY, version, 0, 100, reasons=[
@@ -282,7 +296,12 @@ def start_canary(
              "percent": first, "steps": list(config.steps), "service": backend.where,
              "reason": why}, run_id=run_id), require_notification)
     backend.ensure(champion_uri)
-    state = backend.set_canary(uri, first)
+    try:
+        state = backend.set_canary(uri, first)
+    except RolloutNotReady as exc:
+        return _not_in_effect(registry, backend, version, exc, f"the canary at {first}%",
+                              notifier=notifier, run_id=run_id, model_name=model_name,
+                              from_percent=0)
     registry.set_alias("canary", version, reason=f"canary at {first}%: {why}", run_id=run_id)
     step = RolloutStep(START, version, 0, _percent(state), reasons=[
         f"canary {version} started at {first}% of the traffic (steps "
@@ -292,6 +311,25 @@ def start_canary(
 
 
 # --- step ----------------------------------------------------------------------------------
+
+
+def _why_not(exc: RolloutNotReady) -> str:
+    """The failing condition's reason and message; all of a timeout's message."""
+    return f"{exc.reason}: {exc.detail}" if isinstance(exc, RevisionFailed) else str(exc)
+
+
+def _not_in_effect(registry: Registry, backend: RolloutBackend, version: str,
+                   exc: RolloutNotReady, what: str, *, notifier: Notifier, run_id: str,
+                   model_name: str, from_percent: int,
+                   analysis: CanaryAnalysis | None = None) -> RolloutStep:
+    """A write the cluster did not carry out: roll the canary back, say why."""
+    log.warning("%s: %s of %s did not take effect: %s", backend.where, what, version, exc)
+    revision = f" (revision {exc.revision})" if exc.revision else ""
+    return _rollback(registry, backend, version, reasons=[
+        f"{what} of {version} did not take effect{revision}: {_why_not(exc)}",
+        f"rolled back: the champion {registry.aliases().champion} serves all traffic"],
+        notifier=notifier, run_id=run_id, model_name=model_name, from_percent=from_percent,
+        analysis=analysis)
 
 
 def _rollback(registry: Registry, backend: RolloutBackend, version: str, *, reasons: list[str],
@@ -320,7 +358,12 @@ def _complete(registry: Registry, backend: RolloutBackend, version: str, *, reas
         "model_update", f"promoting canary {version} to champion (100%)", model_name,
         {"version": version, "old_champion": champion, "from_percent": from_percent,
          "reasons": reasons, "service": backend.where}, run_id=run_id), False)
-    backend.set_traffic(100)
+    try:
+        backend.set_traffic(100)
+    except RolloutNotReady as exc:
+        return _not_in_effect(registry, backend, version, exc, "the promotion to 100%",
+                              notifier=notifier, run_id=run_id, model_name=model_name,
+                              from_percent=from_percent, analysis=analysis)
     registry.promote(version, reason=f"{action} to 100%: " + "; ".join(reasons), run_id=run_id)
     step = RolloutStep(action, version, from_percent, 100, analysis, reasons, run_id=run_id,
                        notified=notified)
@@ -405,7 +448,13 @@ def step_canary(
         return _complete(registry, backend, version, reasons=analysis.reasons,
                          notifier=notifier, run_id=run_id, model_name=model_name,
                          from_percent=current, action=ADVANCE, analysis=analysis)
-    backend.set_traffic(analysis.next_percent)
+    try:
+        backend.set_traffic(analysis.next_percent)
+    except RolloutNotReady as exc:
+        return _not_in_effect(registry, backend, version, exc,
+                              f"the step to {analysis.next_percent}%", notifier=notifier,
+                              run_id=run_id, model_name=model_name, from_percent=current,
+                              analysis=analysis)
     return _finish(registry, RolloutStep(
         ADVANCE, version, current, analysis.next_percent, analysis,
         [*analysis.reasons, f"canary {version}: {current}% → {analysis.next_percent}%"],
@@ -452,7 +501,12 @@ def manual_promote(
         return _finish(registry, RolloutStep(NOOP, version, 100, 100, reasons=[
             f"{version} is already the champion at 100%"], run_id=run_id))
     if state.canary_storage_uri != uri:  # no canary of it yet: make it one at 100% at once
-        state = backend.set_canary(uri, 100) if state.spec_storage_uri != uri else state
+        try:
+            state = backend.set_canary(uri, 100) if state.spec_storage_uri != uri else state
+        except RolloutNotReady as exc:
+            return _not_in_effect(registry, backend, version, exc, "the promotion to 100%",
+                                  notifier=notifier, run_id=run_id, model_name=model_name,
+                                  from_percent=0)
         current = 0
     else:
         current = _percent(state)
