@@ -305,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         0 after a clean shutdown; non-zero, with one line on stderr, when the store cannot
-        be opened (a file, missing permissions, read-only).
+        be opened (a file, missing permissions, read-only). Logs go to stderr as
+        ``--log-format`` says (else ``$DRIFTLOOP_LOG_FORMAT``, else text), via
+        :func:`driftloop.logs.configure_logging`.
     """
     parser = argparse.ArgumentParser(
         prog="python -m driftloop.serving.sink",
@@ -324,10 +326,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="most event ids remembered for deduplication")
     parser.add_argument("--schema", help="schema file: feedback labels must be its labels")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", metavar="{text,json}", default=None,
+                        help="plain text or one JSON object per line (default: "
+                             "$DRIFTLOOP_LOG_FORMAT, else text)")
     args = parser.parse_args(argv)
 
+    from driftloop.logs import configure_logging, resolve_format
+
+    try:  # first, so that even a store error below comes out in the chosen format
+        setup = configure_logging(resolve_format(args.log_format), args.log_level)
+    except DriftloopError as exc:
+        print(f"driftloop sink: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    with setup:
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """:func:`main` once logging is set up: open the store, serve until a signal."""
     from driftloop.data.schema import load_schema
     from driftloop.data.storage import check_store_root, describe_os_error
+    from driftloop.logs import report_error
     from driftloop.serving.server import run_app
 
     store_path = args.store
@@ -342,10 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                            max_pending=args.max_pending, dedup_days=args.dedup_days,
                            max_seen=args.max_seen, labels=labels)
     except DriftloopError as exc:
-        print(f"driftloop sink: error: {exc}", file=sys.stderr)
+        report_error(f"driftloop sink: error: {exc}", logger="driftloop.serving.sink")
         return exc.exit_code
     except OSError as exc:
-        print(f"driftloop sink: error: {describe_os_error(exc, store_path)}", file=sys.stderr)
+        report_error(f"driftloop sink: error: {describe_os_error(exc, store_path)}",
+                     logger="driftloop.serving.sink")
         return StoreError.exit_code
     app = create_app(sink, max_body_bytes=args.max_body_bytes)
     run_app(app, args.host, args.port, log_level=args.log_level)
