@@ -147,6 +147,19 @@ refuses it (a 400 has no response event): such a request, when well-formed JSON,
 acknowledged and written alone after ``pending_ttl`` (``request_only``); ingest then
 applies the schema to its values.
 
+Metrics (``GET /metrics``, the sink's own registry; every one is listed with its labels
+in ``manifests/monitoring/README.md``)
+    ``driftloop_sink_requests_total{route, code}`` and
+    ``driftloop_sink_request_duration_seconds{route}`` for every answer of ``events`` and
+    ``feedback`` (each code above has a series from the start, so a 5xx ratio is 0, not
+    undefined); ``driftloop_sink_events_total{side, outcome}``,
+    ``driftloop_sink_records_total{logged}``, ``driftloop_sink_feedback_total``,
+    ``driftloop_sink_rejected_total{status}``, ``driftloop_sink_pending`` and
+    ``driftloop_sink_write_seconds``; and live quality per model version, where the logged
+    predictions meet the feedback labels (:mod:`driftloop.serving.sink_quality`):
+    ``driftloop_feedback_labels_total``, ``driftloop_feedback_correct_total``,
+    ``driftloop_feedback_label_lag_seconds`` and ``driftloop_feedback_received_total``.
+
 Where the code lives
     This module is the HTTP app (:func:`create_app`: routes, body size limit, the sweeper)
     and the entry point (:func:`main`). The rest is split by what each part knows:
@@ -161,6 +174,8 @@ Where the code lives
       objects, read back on start.
     * :mod:`driftloop.serving.sink_pairing` -- :class:`PayloadSink`, the state: pairing,
       deduplication, the pending journal, the quarantine and recovery.
+    * :mod:`driftloop.serving.sink_quality` -- the live join of feedback labels to the
+      logged predictions (bounded in size and age) and its metrics.
 
 Entry point::
 
@@ -176,10 +191,11 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from prometheus_client import generate_latest
+from prometheus_client import Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -189,15 +205,27 @@ from starlette.routing import Route
 
 from driftloop.data.storage import LocalStore, open_store
 from driftloop.errors import DriftloopError, StoreError
+from driftloop.serving.metrics import LATENCY_BUCKETS, get_or_create
 from driftloop.serving.sink_bodies import SinkError
 
 # kept importable for rollout/local.py and tests/e2e/test_canary_flow.py
 from driftloop.serving.sink_events import REQUEST_TYPE, RESPONSE_TYPE  # noqa: F401
 from driftloop.serving.sink_pairing import PayloadSink
+from driftloop.serving.sink_quality import (
+    DEFAULT_MAX_PREDICTIONS,
+    DEFAULT_MAX_VERSIONS,
+    DEFAULT_TTL,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
+#: The status codes each route answers (see "Status codes"), whose request counts are
+#: exported from the start; 500 is an unexpected failure.
+ROUTE_CODES: dict[str, tuple[str, ...]] = {
+    "events": ("200", "400", "413", "415", "422", "500", "503"),
+    "feedback": ("200", "400", "413", "422", "500", "503"),
+}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -227,24 +255,41 @@ def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
     ``GET /healthz``, ``GET /metrics``. A background task writes expired pending events
     alone every ``sweep_interval`` seconds.
     """
+    answered = get_or_create(Counter, "driftloop_sink_requests",
+                             "Requests to the sink by route (events, feedback) and HTTP "
+                             "status code.", ("route", "code"), registry=sink.registry)
+    latency = get_or_create(Histogram, "driftloop_sink_request_duration_seconds",
+                            "Time to answer a request to the sink, by route, seconds.",
+                            ("route",), registry=sink.registry, buckets=LATENCY_BUCKETS)
+    for route, codes in ROUTE_CODES.items():  # 0 from the start: a 5xx ratio is defined
+        for code in codes:
+            answered.labels(route, code)
+        latency.labels(route)
 
-    async def call(request: Request, handler: Callable[..., dict[str, Any]],
+    async def call(request: Request, route: str, handler: Callable[..., dict[str, Any]],
                    *args: Any) -> Response:
+        began = time.perf_counter()
+        code = 500  # an unexpected exception: Starlette answers 500
         try:
             body = await read_body(request, max_body_bytes)
             result = await run_in_threadpool(handler, *args, body)
+            code = 200
+            return JSONResponse(result)
         except SinkError as exc:
             if exc.status == 413:
-                sink._reject(exc)
+                (sink.reject_feedback if route == "feedback" else sink._reject)(exc)
+            code = exc.status
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return JSONResponse(result)
+        finally:
+            answered.labels(route, str(code)).inc()
+            latency.labels(route).observe(time.perf_counter() - began)
 
     async def events(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return await call(request, sink.handle_event, headers)
+        return await call(request, "events", sink.handle_event, headers)
 
     async def feedback(request: Request) -> Response:
-        return await call(request, sink.handle_feedback)
+        return await call(request, "feedback", sink.handle_feedback)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "mode": sink.mode, "store": sink.store.uri,
@@ -325,6 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-seen", type=int, default=1_000_000,
                         help="most event ids remembered for deduplication")
     parser.add_argument("--schema", help="schema file: feedback labels must be its labels")
+    parser.add_argument("--feedback-max-predictions", type=int,
+                        default=DEFAULT_MAX_PREDICTIONS,
+                        help="most logged predictions kept to join live feedback labels to")
+    parser.add_argument("--feedback-ttl", type=float, default=DEFAULT_TTL,
+                        help="seconds a logged prediction is kept for that join")
+    parser.add_argument("--max-versions", type=int, default=DEFAULT_MAX_VERSIONS,
+                        help="most model versions with live-quality series of their own")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", metavar="{text,json}", default=None,
                         help="plain text or one JSON object per line (default: "
@@ -359,7 +411,9 @@ def _serve(args: argparse.Namespace) -> int:
             _probe_writable(store)
         sink = PayloadSink(store, mode=args.mode, pending_ttl=args.pending_ttl,
                            max_pending=args.max_pending, dedup_days=args.dedup_days,
-                           max_seen=args.max_seen, labels=labels)
+                           max_seen=args.max_seen, labels=labels,
+                           feedback_max_predictions=args.feedback_max_predictions,
+                           feedback_ttl=args.feedback_ttl, max_versions=args.max_versions)
     except DriftloopError as exc:
         report_error(f"driftloop sink: error: {exc}", logger="driftloop.serving.sink")
         return exc.exit_code
@@ -367,6 +421,9 @@ def _serve(args: argparse.Namespace) -> int:
         report_error(f"driftloop sink: error: {describe_os_error(exc, store_path)}",
                      logger="driftloop.serving.sink")
         return StoreError.exit_code
+    except ValueError as exc:  # a flag out of range (PayloadSink names it)
+        report_error(f"driftloop sink: error: {exc}", logger="driftloop.serving.sink")
+        return 2
     app = create_app(sink, max_body_bytes=args.max_body_bytes)
     run_app(app, args.host, args.port, log_level=args.log_level)
     return 0

@@ -52,6 +52,13 @@ from driftloop.serving.sink_log import (
     read_docs,
     read_event_ids,
 )
+from driftloop.serving.sink_quality import (
+    DEFAULT_MAX_PREDICTIONS,
+    DEFAULT_MAX_VERSIONS,
+    DEFAULT_TTL,
+    LiveQuality,
+    response_model_name,
+)
 
 log = logging.getLogger(__name__)
 PENDING_PREFIX = "sink/pending"
@@ -130,12 +137,20 @@ class PayloadSink:
             180 bytes each, see :mod:`driftloop.serving.sink`).
         labels: When given, feedback labels must be one of these.
         clock: Time source (epoch seconds), for tests.
+        feedback_max_predictions: Most logged predictions remembered to join live feedback
+            labels to (:mod:`driftloop.serving.sink_quality`: oldest forgotten first).
+        feedback_ttl: Seconds a logged prediction is remembered for that join.
+        max_versions: Most ``(model_name, model_version)`` pairs with series of their own
+            in the live-quality metrics.
     """
 
     def __init__(self, store: Store, *, mode: str = "auto", pending_ttl: float = 60.0,
                  max_pending: int = 10_000, dedup_days: int = 2, max_seen: int = 1_000_000,
                  labels: Sequence[str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 feedback_max_predictions: int = DEFAULT_MAX_PREDICTIONS,
+                 feedback_ttl: float = DEFAULT_TTL,
+                 max_versions: int = DEFAULT_MAX_VERSIONS) -> None:
         if mode == "auto":
             mode = "append" if isinstance(store, LocalStore) else "object"
         if mode == "append" and not isinstance(store, LocalStore):
@@ -182,6 +197,9 @@ class PayloadSink:
                                   registry=self.registry,
                                   buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                            0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        #: Live accuracy, label lag and feedback volume per version (sink_quality).
+        self.quality = LiveQuality(self.registry, max_predictions=feedback_max_predictions,
+                                   ttl=feedback_ttl, max_versions=max_versions)
         self._recover()
 
     # -- start-up -----------------------------------------------------------------------
@@ -277,6 +295,9 @@ class PayloadSink:
             self._write(f"requests/dt={_day(received)}", encode_lines(records),
                         event_name(keys, logged))
         self._remember_id(ce_id, _ordinal(received))
+        # after the write: only a durable prediction can be joined to a label
+        self.quality.logged(records, response_model_name(
+            response.data if response is not None else None, base.ext), self.clock())
         if tag is not None:
             self.stats.reused_ids += 1
         self._m_records.labels(logged).inc(len(records))
@@ -364,6 +385,12 @@ class PayloadSink:
     def _reject(self, exc: SinkError) -> None:
         self.stats.rejected += 1
         self._m_rejected.labels(str(exc.status)).inc()
+
+    def reject_feedback(self, exc: SinkError) -> None:
+        """Count a refused feedback body (also in ``driftloop_feedback_received_total``)."""
+        self._reject(exc)
+        with self._lock:
+            self.quality.rejected()
 
     def _accept(self, event: Event) -> dict[str, Any]:
         if event.key in self._seen or event.key in self._pending:
@@ -455,12 +482,13 @@ class PayloadSink:
         try:
             rows = parse_feedback(body, labels=self.labels, now=_utc_now(self.clock))
         except SinkError as exc:
-            self._reject(exc)
+            self.reject_feedback(exc)
             raise
         day = _day(self.clock())
         with self._lock:
             self._write(f"feedback/dt={day}", encode_lines(rows), f"fb-{uuid.uuid4().hex}")
             self.stats.feedback += len(rows)
+            self.quality.feedback(rows, self.clock())  # only rows that are durable
         self._m_feedback.inc(len(rows))
         return {"stored": len(rows)}
 
