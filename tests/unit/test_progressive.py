@@ -466,3 +466,15 @@ def test_the_first_model_that_never_loads_is_not_promoted(registry, tmp_path):
                                                "RevisionFailed.*nothing was promoted"):
         _start(registry, backend, Recorder(backend), "v1")
     assert registry.aliases().champion is None
+
+
+def test_a_full_manual_promotion_that_never_loads_is_rolled_back(registry, tmp_path):
+    backend = _broken(registry, tmp_path, "v2")
+    notifier = Recorder(backend)
+    _with_champion(registry, backend)
+    step = manual_promote(registry, backend, "v2", config=CONFIG, notifier=notifier,
+                          run_id="manual-1", model_name=MODEL, full=True)
+    assert step.action == "rollback" and "RevisionFailed" in step.reasons[0]
+    assert registry.aliases().champion == "v1"
+    assert backend.get().spec_storage_uri == version_storage_uri(registry, "v1")
+    assert notifier.kinds == ["rollback"]

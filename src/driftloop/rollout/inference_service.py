@@ -423,8 +423,15 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-#: Annotations KServe does not pass on to the Knative revision template.
-_NOT_PROPAGATED = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+#: Annotations and labels KServe does not pass on to the Knative revision template: the
+#: default ``serviceAnnotationDisallowedList`` and ``RevisionTemplateLabelDisallowedList``
+#: (KServe v0.20.0 pkg/constants/constants.go; a cluster's inferenceservice-config can add
+#: to the annotations, which we cannot see).
+_NOT_PROPAGATED = frozenset({"autoscaling.knative.dev/min-scale",
+                             "autoscaling.knative.dev/max-scale",
+                             "internal.serving.kserve.io/storage-initializer-sourceuri",
+                             "kubectl.kubernetes.io/last-applied-configuration", "modelFormat"})
+_LABELS_NOT_PROPAGATED = frozenset({"networking.knative.dev/visibility"})
 
 
 def revision_template(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -441,8 +448,9 @@ def revision_template(obj: Mapping[str, Any]) -> dict[str, Any]:
     predictor.pop("canaryTrafficPercent", None)
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
                    if k not in _NOT_PROPAGATED}
-    return copy.deepcopy({"predictor": predictor, "labels": dict(meta.get("labels") or {}),
-                          "annotations": annotations})
+    labels = {k: v for k, v in (meta.get("labels") or {}).items()
+              if k not in _LABELS_NOT_PROPAGATED}
+    return copy.deepcopy({"predictor": predictor, "labels": labels, "annotations": annotations})
 
 
 # -- the deployment mode ---------------------------------------------------------------------
