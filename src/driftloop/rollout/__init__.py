@@ -24,11 +24,16 @@ from pathlib import Path
 from driftloop.errors import ConfigError
 from driftloop.rollout.base import RolloutBackend, version_storage_uri
 from driftloop.rollout.errors import (
+    AdmissionDenied,
     AlreadyExistsError,
     ConflictError,
     InferenceServiceNotFound,
+    PermissionDenied,
+    RevisionFailed,
     RolloutError,
+    RolloutNotReady,
     RolloutRejected,
+    RolloutTimeout,
     UnsupportedDeploymentMode,
 )
 from driftloop.rollout.inference_service import (
@@ -43,12 +48,17 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_TEMPLATE",
     "PREVIOUS_URI_ANNOTATION",
+    "AdmissionDenied",
     "AlreadyExistsError",
     "ConflictError",
     "InferenceServiceNotFound",
+    "PermissionDenied",
+    "RevisionFailed",
     "RolloutBackend",
     "RolloutError",
+    "RolloutNotReady",
     "RolloutRejected",
+    "RolloutTimeout",
     "ServiceState",
     "TrafficTarget",
     "UnsupportedDeploymentMode",

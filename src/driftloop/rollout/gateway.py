@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from driftloop.errors import DriftloopError
 from driftloop.rollout.errors import RolloutError
-from driftloop.rollout.inference_service import SERVERLESS, ServiceState
+from driftloop.rollout.inference_service import ServiceState
 from driftloop.rollout.predictors import PredictorServers
 
 if TYPE_CHECKING:
@@ -269,9 +269,9 @@ class LocalGateway:
     def _reload(self, key: bytes | None) -> None:
         obj = self.backend.get_object()
         state = ServiceState.from_object(obj)
-        if state.deployment_mode != SERVERLESS:
+        if not state.knative:
             raise RolloutError(f"{self.backend.where}: the local gateway only simulates "
-                               "Serverless mode")
+                               "Knative (Serverless) mode")
         by_name = {rev["name"]: rev.get("storageUri") for rev in self.backend.revisions()}
         shares = {rev: pct for rev, pct in state.traffic_by_revision().items() if pct > 0}
         routes: dict[str, str] = {}
