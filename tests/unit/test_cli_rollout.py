@@ -117,3 +117,17 @@ def test_the_kubernetes_backend_against_the_api_stand_in(store: Path, api: K8sAp
     assert status["canary_percent"] == 10 and status["service"].startswith(
         "InferenceService ml/fraud")
     assert not (store / "rollout").exists()  # nothing local for the kubernetes backend
+
+
+def test_the_ready_timeout_flag_reaches_the_kubernetes_backend():
+    from driftloop.cli.parser import build_parser
+    from driftloop.rollout import make_backend
+    from driftloop.rollout.base import DEFAULT_READY_TIMEOUT
+
+    args = build_parser().parse_args(["status", "--store", "s", "--model", "m", "--backend",
+                                      "kubernetes", "--ready-timeout", "30"])
+    backend = make_backend("kubernetes", name="m", kube_host="http://127.0.0.1:9",
+                           ready_timeout=args.ready_timeout)
+    assert backend.ready_timeout == 30.0
+    assert make_backend("kubernetes", name="m",
+                        kube_host="http://127.0.0.1:9").ready_timeout == DEFAULT_READY_TIMEOUT

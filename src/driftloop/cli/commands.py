@@ -300,7 +300,8 @@ def _rollout(args: argparse.Namespace) -> tuple[Any, Any]:
     check_store_root(args.store)
     backend = make_backend(args.backend, name=args.isvc or args.model,
                            namespace=args.namespace, state_dir=args.state or None,
-                           store_uri=args.store, kube_host=args.kube_host)
+                           store_uri=args.store, kube_host=args.kube_host,
+                           ready_timeout=args.ready_timeout)
     return _registry(args), backend
 
 

@@ -54,6 +54,9 @@ def _rollout_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", help="local backend: state folder (default: <store>/rollout)")
     p.add_argument("--kube-host", help="kubernetes backend: API server URL used without "
                                        "credentials (default: kubeconfig / in-cluster)")
+    p.add_argument("--ready-timeout", type=float, default=None,
+                   help="kubernetes backend: seconds a step waits for the new revision to be "
+                        "ready and serving its share (default: 720)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continuous training for Kubeflow and KServe: the steps of the loop.",
     )
     parser.add_argument("--version", action="version", version=f"driftloop {__version__}")
+    # Checked by main (driftloop.logs.resolve_format), not by choices=: a bad value is one
+    # line naming the flag, like every other driftloop error, not a usage dump.
+    parser.add_argument("--log-format", metavar="{text,json}", default=None,
+                        help="log records (INFO and up) as plain text or one JSON object "
+                             "per line, also in the tasks it starts (default: "
+                             "$DRIFTLOOP_LOG_FORMAT; without either, warnings as plain "
+                             "text)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
 
     p = sub.add_parser("sample", help="write a generated sample store (tabular, with drift)")

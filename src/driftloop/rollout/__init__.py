@@ -93,7 +93,8 @@ def default_state_dir(store_uri: str | Path) -> Path:
 
 def make_backend(kind: str, *, name: str, namespace: str = "default",
                  state_dir: str | Path | None = None, store_uri: str | Path | None = None,
-                 kube_host: str | None = None) -> RolloutBackend:
+                 kube_host: str | None = None,
+                 ready_timeout: float | None = None) -> RolloutBackend:
     """Return the rollout backend of ``kind`` for InferenceService ``namespace/name``.
 
     Args:
@@ -104,6 +105,8 @@ def make_backend(kind: str, *, name: str, namespace: str = "default",
         store_uri: The store, for the local backend's default state folder.
         kube_host: An API server URL used without credentials (``kubectl proxy``, tests);
             default: the kubeconfig or the pod's service account.
+        ready_timeout: Seconds a kubernetes rollout step waits for the new revision to be
+            ready and serving its share (default: the backend's, 720).
 
     Raises:
         ConfigError: Unknown kind, or no usable state folder for the local backend.
@@ -119,7 +122,10 @@ def make_backend(kind: str, *, name: str, namespace: str = "default",
 
         return LocalRolloutBackend(state_dir, name, namespace)
     if kind == "kubernetes":
+        from driftloop.rollout.base import DEFAULT_READY_TIMEOUT
         from driftloop.rollout.kube import KubeRolloutBackend, load_api_client
 
-        return KubeRolloutBackend(name, namespace, api_client=load_api_client(host=kube_host))
+        return KubeRolloutBackend(name, namespace, api_client=load_api_client(host=kube_host),
+                                  ready_timeout=DEFAULT_READY_TIMEOUT if ready_timeout is None
+                                  else ready_timeout)
     raise ConfigError(f"rollout backend {kind!r}: must be one of {', '.join(BACKENDS)}")
