@@ -53,6 +53,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -243,10 +244,12 @@ class LoggingSetup:
     """What :func:`configure_logging` changed; :meth:`restore` (or ``with``) undoes it."""
 
     def __init__(self, fmt: str, handler: logging.Handler,
-                 saved: list[tuple[logging.Logger, list[logging.Handler], bool, int]]) -> None:
+                 saved: list[tuple[logging.Logger, list[logging.Handler], bool, int]],
+                 captured_warnings: bool = False) -> None:
         self.format = fmt
         self.handler = handler
         self._saved = saved
+        self._captured_warnings = captured_warnings
 
     def restore(self) -> None:
         """Put back the handlers, propagation and levels found before; idempotent."""
@@ -256,6 +259,9 @@ class LoggingSetup:
             logger.propagate = propagate
             logger.setLevel(level)
         self._saved = []
+        if self._captured_warnings:
+            logging.captureWarnings(False)
+            self._captured_warnings = False
         if _active is self:
             _active = None
 
@@ -292,8 +298,9 @@ def configure_logging(format: str = "text", level: int | str = "INFO", *,
 
     The root logger gets a single stream handler (its previous handlers are set aside,
     e.g. KFP's ``basicConfig``) at ``level``; KServe's and uvicorn's loggers lose any
-    handler of their own and propagate to it (module docstring). Call it once from an
-    entry point's ``main``; a second call replaces the first.
+    handler of their own and propagate to it (module docstring). In JSON mode Python's
+    warnings are logged too (``logging.captureWarnings``), so no text line slips out.
+    Call it once from an entry point's ``main``; a second call replaces the first.
 
     Args:
         format: ``text`` or ``json``.
@@ -321,7 +328,12 @@ def configure_logging(format: str = "text", level: int | str = "INFO", *,
         saved.append((logger, list(logger.handlers), logger.propagate, logger.level))
         logger.handlers = []
         logger.propagate = True
-    _active = LoggingSetup(fmt, handler, saved)
+    # A Python warning (a library's DeprecationWarning) is printed on stderr by
+    # warnings.showwarning, bypassing logging: in JSON mode it becomes a py.warnings record.
+    capture = fmt == "json" and warnings.showwarning is not getattr(logging, "_showwarning", None)
+    if capture:
+        logging.captureWarnings(True)
+    _active = LoggingSetup(fmt, handler, saved, capture)
     return _active
 
 

@@ -402,6 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 after a clean shutdown; the error's exit code (one line on stderr) when the model
         cannot be loaded, e.g. 3 for a hash mismatch.
+
+    Logs go to stderr as ``--log-format`` says (else ``$DRIFTLOOP_LOG_FORMAT``, else
+    text); every record carries the model's name and version. The app is built by
+    :mod:`driftloop.serving.server`, not by kserve's ``ModelServer``, so kserve's
+    ``--configure_logging`` / ``--log_config_file`` set-up never runs here; kserve's and
+    uvicorn's loggers reach the same handler (:func:`driftloop.logs.configure_logging`).
     """
     parser = argparse.ArgumentParser(
         prog="python -m driftloop.serving.predictor",
@@ -419,23 +425,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="address to bind (a container needs 0.0.0.0)")
     parser.add_argument("--http_port", "--http-port", "--port", dest="port", type=int,
                         default=8080)
+    parser.add_argument("--log_format", "--log-format", dest="log_format",
+                        metavar="{text,json}", default=None,
+                        help="plain text or one JSON object per line (default: "
+                             "$DRIFTLOOP_LOG_FORMAT, else text)")
     args = parser.parse_args(argv)
 
+    from driftloop.logs import (
+        configure_logging,
+        report_error,
+        resolve_format,
+        set_process_context,
+    )
     from driftloop.serving.server import run
 
-    model = DriftloopModel(args.model_name, model_dir=args.model_dir, store_uri=args.store,
-                           version=args.version)
-    try:
-        model.load()
+    try:  # first, so that a load error below comes out in the chosen format
+        setup = configure_logging(resolve_format(args.log_format))
     except DriftloopError as exc:
         print(f"driftloop predictor: {exc}", file=sys.stderr)
         return exc.exit_code
+    model = DriftloopModel(args.model_name, model_dir=args.model_dir, store_uri=args.store,
+                           version=args.version)
+    set_process_context(model=args.model_name)
+    try:
+        model.load()
+    except DriftloopError as exc:
+        report_error(f"driftloop predictor: {exc}", logger="driftloop.serving.predictor")
+        setup.restore()
+        return exc.exit_code
+    # Every record of this process is about this one model version; the handlers run in
+    # uvicorn's tasks and threads, which a context variable would not all reach.
+    set_process_context(version=model.version)
     # Everything loaded so far (libraries, the model) lives as long as the process: keep it
     # out of the cyclic GC, whose full collections would otherwise walk ~230,000 objects
     # (~0.1 s, measured) every few hundred requests.
     gc.collect()
     gc.freeze()
-    run([model], host=args.host, port=args.port)
+    with setup:
+        run([model], host=args.host, port=args.port)
     return 0
 
 

@@ -26,6 +26,7 @@ from driftloop.steps.common import (
     as_store,
     backend_for,
     finite_metrics,
+    logged_step,
     notifier_config,
     read_frame,
     run_key,
@@ -82,6 +83,7 @@ def _serving_stats(url: str, model_name: str, records: pd.DataFrame, canary: str
     return dict(serving_stats(url, model_name, since=since, until=now))
 
 
+@logged_step("analyse_canary")
 def analyse_canary_step(
     store: Store | str, model_name: str, records_path: str | Path, *, run_id: str, now: str,
     isvc_name: str = "", namespace: str = "", rollout_backend: str = "local",

@@ -4,15 +4,24 @@ A step takes its store and schema as URIs (a KFP component passes its string par
 or as open objects (the in-process loop, :mod:`driftloop.steps.loop`, passes the ones it
 holds); :func:`as_store` and :func:`as_schema` accept both. Artifacts between steps are
 files: Parquet for row sets, JSON for typed results.
+
+Every ``*_step`` function is wrapped by :func:`logged_step`: what it logs carries the
+step's name, its run id and its model (:func:`step_context`), and in a KFP container the
+image's ``DRIFTLOOP_LOG_FORMAT`` picks the log format when the first step runs
+(:func:`driftloop.logs.configure_from_env`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -21,9 +30,51 @@ from driftloop.config import Config, NotifyConfig
 from driftloop.data.schema import Schema, load_schema
 from driftloop.data.storage import Store, open_store
 from driftloop.errors import DriftloopError
+from driftloop.logs import configure_from_env, log_context
 from driftloop.serde import loads
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@contextlib.contextmanager
+def step_context(step: str, *, run_id: str | None = None,
+                 model: str | None = None) -> Iterator[None]:
+    """Log the block's records with ``step``, ``run_id`` and ``model`` (when given).
+
+    The first step of a process also installs the log format of ``DRIFTLOOP_LOG_FORMAT``
+    (the pipeline image sets ``json``) unless an entry point chose one already; nothing
+    is read at import time.
+    """
+    configure_from_env()
+    with log_context(step=step, run_id=run_id, model=model):
+        yield
+
+
+def logged_step(step: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Run a ``*_step`` function inside :func:`step_context`.
+
+    The run id and the model come from the call's own ``run_id`` and ``model_name``
+    arguments (positional or keyword), so the step's signature stays as it is.
+    """
+    def wrap(func: Callable[_P, _R]) -> Callable[_P, _R]:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                bound = signature.bind_partial(*args, **kwargs).arguments
+            except TypeError:  # a wrong call: let the function itself say so
+                bound = {}
+            with step_context(step, run_id=bound.get("run_id"),
+                              model=bound.get("model_name")):
+                return func(*args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 def run_key(job_name: str) -> str:

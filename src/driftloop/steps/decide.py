@@ -36,6 +36,7 @@ from driftloop.models.train import (
 )
 from driftloop.steps.champion import Champion, load_champion
 from driftloop.steps.common import (
+    logged_step,
     open_inputs,
     pipeline_config,
     read_frame,
@@ -192,6 +193,7 @@ def run_decide(
     return decision if problem is None else decide(train_problem=problem)
 
 
+@logged_step("decide_retrain")
 def decide_step(
     store: Store | str, schema: Schema | str, model_name: str, records_path: str | Path,
     drift_path: str | Path, *, run_id: str, now: str, force: bool = False,

@@ -21,6 +21,7 @@ from driftloop.serde import dumps
 from driftloop.steps.champion import Champion, load_champion
 from driftloop.steps.common import (
     finite_metrics,
+    logged_step,
     metric_name,
     open_inputs,
     pipeline_config,
@@ -82,6 +83,7 @@ class DriftOutcome:
         return finite_metrics(values)
 
 
+@logged_step("detect_drift")
 def drift_step(
     store: Store | str, schema: Schema | str, model_name: str, current_path: str | Path, *,
     run_id: str, p_value: float | None = None, min_samples: int | None = None,

@@ -30,6 +30,7 @@ from driftloop.models.train import (
 from driftloop.steps.champion import Champion, load_champion
 from driftloop.steps.common import (
     finite_metrics,
+    logged_step,
     open_inputs,
     pipeline_config,
     read_frame,
@@ -151,6 +152,7 @@ class EvaluateOutcome:
         return finite_metrics(values)
 
 
+@logged_step("evaluate_challenger")
 def evaluate_step(
     store: Store | str, schema: Schema | str, model_name: str, model_dir: str | Path,
     eval_path: str | Path, *, run_id: str, auto_threshold: float | None = None,

@@ -25,6 +25,7 @@ from driftloop.data.runs import record_failure, record_result
 from driftloop.data.schema import Schema
 from driftloop.data.storage import Store
 from driftloop.steps.common import (
+    logged_step,
     open_inputs,
     run_key,
     write_frame,
@@ -120,6 +121,7 @@ class IngestOutcome:
         return {**counts, "current_rows": float(self.n_current)}
 
 
+@logged_step("ingest")
 def ingest_step(
     store: Store | str, schema: Schema | str, *, run_id: str, records_path: str | Path,
     current_path: str | Path, quarantine_path: str | Path, run_date: str = "",

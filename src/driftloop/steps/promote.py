@@ -25,6 +25,7 @@ from driftloop.serde import JsonResult
 from driftloop.steps.common import (
     as_store,
     backend_for,
+    logged_step,
     notifier_config,
     read_json_artifact,
     run_key,
@@ -102,6 +103,7 @@ def _champion_changed(registry: Registry, notifier: Notifier, run_id: str, model
     return registry.aliases()
 
 
+@logged_step("notify")
 def notify_step(
     verdict_path: str | Path, *, model_name: str, run_id: str, webhook: str = "",
     notifier: Notifier | None = None,
@@ -192,6 +194,7 @@ class PromoteOutcome:
                 f"`{self.aliases.canary}`, previous `{self.aliases.previous}`\n" + serving)
 
 
+@logged_step("promote_model")
 def promote_step(
     store: Store | str, model_name: str, verdict_path: str | Path, *, run_id: str,
     isvc_name: str = "", namespace: str = "", rollout_backend: str = "local",

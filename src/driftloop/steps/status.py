@@ -11,6 +11,7 @@ from driftloop.errors import DriftloopError
 from driftloop.notify import Delivery, Event, Notifier, make_notifier
 from driftloop.steps.common import (
     as_store,
+    logged_step,
     notifier_config,
     run_key,
 )
@@ -22,6 +23,7 @@ SUCCEEDED = "SUCCEEDED"
 
 
 
+@logged_step("notify_on_exit")
 def exit_step(
     store: Store | str, *, model_name: str, run_id: str, state: str, error: str = "",
     task: str = "", webhook: str = "", pushgateway_url: str = "",

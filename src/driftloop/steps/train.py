@@ -36,6 +36,7 @@ from driftloop.models.train import (
 from driftloop.serde import JsonResult
 from driftloop.steps.champion import Champion, load_champion
 from driftloop.steps.common import (
+    logged_step,
     open_inputs,
     read_frame,
     recorded,
@@ -187,6 +188,7 @@ def summarise_training(outcome: TrainOutcome, registry: Registry) -> TrainSummar
     )
 
 
+@logged_step("train_model")
 def train_step(
     store: Store | str, schema: Schema | str, model_name: str, records_path: str | Path, *,
     run_id: str, now: str, model_dir: str | Path, eval_path: str | Path,
