@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import socket
 import urllib.request
 
 import pytest
@@ -98,9 +99,9 @@ def test_a_failed_run_pushes_its_failure(pushgateway, tmp_path):
 def test_an_unreachable_gateway_is_recorded_and_the_run_still_ends(tmp_path):
     (tmp_path / "s").mkdir()
     st = open_store(str(tmp_path / "s"))
-    from conftest import free_port
-
-    url = f"http://127.0.0.1:{free_port()}"
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
     status = exit_step(st, model_name="m", run_id="x", state="SUCCEEDED",
                        pushgateway_url=url)
     assert status.pushed == 0 and status.push_error and url in status.push_error
