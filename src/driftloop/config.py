@@ -396,6 +396,27 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How the process uses the machine.
+
+    Attributes:
+        max_threads: Threads the OpenMP and BLAS pools (scikit-learn, numpy, scipy) and
+            pyarrow may start (:mod:`driftloop.threads`). ``0`` (default): decided from
+            the CPUs the process may really use: every usable CPU (affinity, cgroup quota:
+            a pod's CPU limit) for batch work when they are reserved for it, else 1.
+            ``N > 0``: that many, never more than the usable CPUs. ``-1``: driftloop
+            leaves every library at its own default (for comparison:
+            ``benchmarks/threads.py``).
+    """
+
+    max_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.max_threads >= -1, "runtime.max_threads",
+               "must be >= 1, 0 (decide from the machine) or -1 (library defaults)")
+
+
+@dataclass(frozen=True)
 class Config:
     """Every step's configuration."""
 
@@ -405,6 +426,7 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     canary: CanaryConfig = field(default_factory=CanaryConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -414,6 +436,7 @@ _SECTIONS: dict[str, type] = {
     "gate": GateConfig,
     "notify": NotifyConfig,
     "canary": CanaryConfig,
+    "runtime": RuntimeConfig,
 }
 
 

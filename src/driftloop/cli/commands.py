@@ -201,14 +201,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_local(args)
     from driftloop.notify import make_notifier
     from driftloop.steps.loop import run_loop
+    from driftloop.threads import thread_limits
 
     store, schema = _open(args)
     config = _config(args)
     run_id = args.run_id or f"run-{uuid.uuid4().hex[:12]}"
-    result = run_loop(store, schema, args.model, now=_now(args.now), run_id=run_id,
-                      config=config, force=args.force, window_days=args.window_days,
-                      lookback_days=args.lookback_days, notifier=make_notifier(config.notify),
-                      pushgateway_url=args.pushgateway_url)
+    # the run's thread budget (config runtime.max_threads); steps inside only narrow it
+    with thread_limits("run", config.runtime.max_threads):
+        result = run_loop(store, schema, args.model, now=_now(args.now), run_id=run_id,
+                          config=config, force=args.force, window_days=args.window_days,
+                          lookback_days=args.lookback_days,
+                          notifier=make_notifier(config.notify),
+                          pushgateway_url=args.pushgateway_url)
     from driftloop.steps.records import read_run
 
     for line in read_run(store, run_id).lines():
@@ -408,17 +412,24 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a scenario day by day: real data served over HTTP, or the generated sample."""
-    if args.scenario == "sample":
-        from driftloop.demo.synthetic import run_demo
+    from driftloop.config import RuntimeConfig
+    from driftloop.threads import thread_limits
 
-        run_demo(Path(args.out), days=args.days or 6, seed=args.seed,
-                 in_process=args.in_process)
-        return 0
-    from driftloop.demo.live import run_live_demo
-    from driftloop.demo.traffic import TrafficConfig
+    # the demo has no --config: its runs use the default budget (driftloop.threads)
+    with thread_limits("run", RuntimeConfig().max_threads):
+        if args.scenario == "sample":
+            from driftloop.demo.synthetic import run_demo
 
-    traffic = TrafficConfig(feedback_share=args.feedback_share,
-                            feedback_delay_hours=args.feedback_delay_hours, seed=args.seed)
-    run_live_demo(Path(args.out), args.scenario, data_dir=Path(args.data),
-                  in_process=args.in_process, traffic=traffic, days=args.days, seed=args.seed)
+            run_demo(Path(args.out), days=args.days or 6, seed=args.seed,
+                     in_process=args.in_process)
+            return 0
+        from driftloop.demo.live import run_live_demo
+        from driftloop.demo.traffic import TrafficConfig
+
+        traffic = TrafficConfig(feedback_share=args.feedback_share,
+                                feedback_delay_hours=args.feedback_delay_hours,
+                                seed=args.seed)
+        run_live_demo(Path(args.out), args.scenario, data_dir=Path(args.data),
+                      in_process=args.in_process, traffic=traffic, days=args.days,
+                      seed=args.seed)
     return 0

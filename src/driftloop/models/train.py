@@ -2,7 +2,9 @@
 
 The saved folder holds ``model.joblib`` at its root, the layout KServe's sklearn server
 loads, plus ``metadata.json`` (:class:`ModelMetadata`). The pipeline contains only
-scikit-learn objects so the server needs nothing from driftloop to unpickle it.
+scikit-learn objects so the server needs nothing from driftloop to unpickle it. Every
+function that fits or scores many rows runs within the ``train`` thread budget of
+:mod:`driftloop.threads` (never wider than the run's).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from driftloop.data.schema import Schema
 from driftloop.errors import DriftloopError, SchemaError
 from driftloop.models.metrics import compute_metrics
 from driftloop.serde import JsonResult
+from driftloop.threads import limited
 
 MIN_TRAIN_ROWS = 10
 # HistGradientBoosting accepts at most max_bins (255) categories per feature; rarer
@@ -289,6 +292,7 @@ def _prepare(train_df: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, str]
     return df.iloc[order].reset_index(drop=True), _hash_lines([lines[i] for i in order])
 
 
+@limited("train")
 def train_model(
     train_df: pd.DataFrame,
     schema: Schema,
@@ -365,6 +369,7 @@ def train_model(
                        validation=val_part if probe is not None else None)
 
 
+@limited("train")
 def learning_curve(fit_part: pd.DataFrame, val_part: pd.DataFrame, full_pred: np.ndarray,
                    schema: Schema, config: TrainConfig) -> dict[str, float]:
     """What doubling the data bought: a fit on half the rows against the fit on all of them.
@@ -403,6 +408,7 @@ def learning_curve(fit_part: pd.DataFrame, val_part: pd.DataFrame, full_pred: np
             "gain": float(full_ok.mean() - half_ok.mean()), "p": float(p)}
 
 
+@limited("train")
 def permutation_feature_importance(
     model: Any, rows: pd.DataFrame, schema: Schema, config: TrainConfig, *, source: str,
 ) -> dict[str, Any]:
@@ -433,9 +439,11 @@ def permutation_feature_importance(
     X = feature_frame(labelled, schema).reset_index(drop=True)
     y = labelled["label"].astype(str).to_numpy()
     baseline = float((model.predict(X).astype(str) == y).mean())
+    # n_jobs=1: joblib's workers would be processes with pools of their own; the model's
+    # predict already uses the thread budget this function runs in
     found = permutation_importance(model, X, y, scoring="accuracy",
                                    n_repeats=config.importance_repeats,
-                                   random_state=config.seed)
+                                   random_state=config.seed, n_jobs=1)
     features = [{"name": name, "mean": float(found.importances_mean[i]),
                  "std": float(found.importances_std[i])}
                 for i, name in enumerate(X.columns)]
@@ -487,6 +495,7 @@ def save_model_artifact(result: TrainResult, folder: Path) -> Path:
     return folder
 
 
+@limited("train")
 def out_of_fold_proba(
     train_df: pd.DataFrame, schema: Schema, config: TrainConfig, classes: list[str], *,
     folds: int = 5, max_rows: int = 5000,

@@ -32,6 +32,7 @@ from driftloop.data.storage import Store, open_store
 from driftloop.errors import DriftloopError
 from driftloop.logs import configure_from_env, log_context
 from driftloop.serde import loads
+from driftloop.threads import thread_limits
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -46,10 +47,13 @@ def step_context(step: str, *, run_id: str | None = None,
 
     The first step of a process also installs the log format of ``DRIFTLOOP_LOG_FORMAT``
     (the pipeline image sets ``json``) unless an entry point chose one already; nothing
-    is read at import time.
+    is read at import time. The block runs within the ``step`` thread budget
+    (:func:`driftloop.threads.thread_limits`): in a KFP task the pod's CPUs decide it,
+    inside ``driftloop run`` the run's budget bounds it. It starts after the step's module
+    (and its libraries) loaded, so their pools are sized too.
     """
     configure_from_env()
-    with log_context(step=step, run_id=run_id, model=model):
+    with log_context(step=step, run_id=run_id, model=model), thread_limits("step"):
         yield
 
 
