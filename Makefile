@@ -7,7 +7,7 @@ OUT    ?= demo-out
 SCENARIO ?= tweets
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data demo test lint compile bench clean prometheus
+.PHONY: help setup data demo test lint compile bench clean prometheus monitoring
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ lint: $(STAMP) ## ruff + mypy
 
 compile: $(STAMP) ## Write components/*/component.yaml (+README) and pipelines/continuous_training.yaml
 	$(BIN)/driftloop compile
+
+monitoring: $(STAMP) ## Write manifests/monitoring/: the Grafana dashboard, rules.yaml and the PrometheusRule
+	$(BIN)/python -m driftloop.serving.monitoring --out manifests/monitoring
 
 $(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev,report,bench]'

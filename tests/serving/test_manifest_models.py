@@ -14,10 +14,13 @@ JSON type is a problem, named by its path. What it builds must serialise back
 Two things are not the generated models' doing and are said where they are made:
 - Kubernetes ``Quantity`` fields (resource requests and limits, ``emptyDir.sizeLimit``) are
   strings in the models but the API also takes plain numbers (``cpu: 1``).
-- The Prometheus Operator publishes no Python models: ``ServiceMonitor`` is checked against
-  fields transcribed from its CRD (``example/prometheus-operator-crd/
-  monitoring.coreos.com_servicemonitors.yaml``, prometheus-operator v0.93.0); nested objects
-  we do not use (relabelings, TLS, auth) are taken as free-form there.
+- The Prometheus Operator publishes no Python models: ``ServiceMonitor`` and
+  ``PrometheusRule`` are checked against fields transcribed from their CRDs
+  (``example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml`` and
+  ``..._prometheusrules.yaml``, prometheus-operator v0.93.0); nested objects we do not use
+  (relabelings, TLS, auth, a rule's status) are taken as free-form there.
+- ``manifests/monitoring/rules.yaml`` is a plain Prometheus rules file, not a Kubernetes
+  object: ``promtool check rules`` checks it (``tests/monitoring/test_alert_rules.py``).
 
 ``tests/serving/test_manifests.py`` runs the same checker on every kustomize render; this
 module checks each file as written and proves the checker catches what a cluster refuses.
@@ -44,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_DIRS = (ROOT / "manifests", ROOT / "kserve")
 #: kustomize's own files (validated by kustomize itself, which refuses unknown fields).
 KUSTOMIZE_GROUP = "kustomize.config.k8s.io"
+#: Plain Prometheus rules files (no Kubernetes object: promtool checks them).
+PROMETHEUS_RULE_FILES = {ROOT / "manifests" / "monitoring" / "rules.yaml"}
 
 #: The API groups whose kinds the Kubernetes client models (group "" is core).
 KUBERNETES_GROUPS = {"", "apps", "batch", "autoscaling", "policy", "rbac.authorization.k8s.io",
@@ -123,6 +128,20 @@ MONITORING_MODELS: dict[str, type] = {
         "trackTimestampsStaleness": "bool"}),
     "MonitoringV1NamespaceSelector": _transcribed("MonitoringV1NamespaceSelector", {
         "any": "bool", "matchNames": "list[str]"}),
+    # PrometheusRule (monitoring.coreos.com_prometheusrules.yaml at v0.93.0): spec.groups[]
+    # (required: name), each rules[] (required: expr, an int-or-string).
+    "MonitoringV1PrometheusRule": _transcribed("MonitoringV1PrometheusRule", {
+        "apiVersion": "str", "kind": "str", "metadata": "V1ObjectMeta",
+        "spec": "MonitoringV1PrometheusRuleSpec", "status": "object"}, ("spec",)),
+    "MonitoringV1PrometheusRuleSpec": _transcribed("MonitoringV1PrometheusRuleSpec", {
+        "groups": "list[MonitoringV1RuleGroup]"}),
+    "MonitoringV1RuleGroup": _transcribed("MonitoringV1RuleGroup", {
+        "interval": "str", "labels": "dict(str, str)", "limit": "int", "name": "str",
+        "partial_response_strategy": "str", "query_offset": "str",
+        "rules": "list[MonitoringV1Rule]"}, ("name",)),
+    "MonitoringV1Rule": _transcribed("MonitoringV1Rule", {
+        "alert": "str", "annotations": "dict(str, str)", "expr": "object", "for": "str",
+        "keep_firing_for": "str", "labels": "dict(str, str)", "record": "str"}, ("expr",)),
 }
 
 
@@ -309,7 +328,7 @@ def shipped_objects() -> list[tuple[str, dict[str, Any]]]:
     configurations = _kustomize_configurations()
     objects = []
     for path in shipped_files():
-        if path.resolve() in configurations:
+        if path.resolve() in configurations or path in PROMETHEUS_RULE_FILES:
             continue
         for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
             if not doc or str(doc.get("apiVersion", "")).startswith(KUSTOMIZE_GROUP + "/"):
@@ -324,12 +343,15 @@ SHIPPED = shipped_objects()
 def test_the_scan_finds_the_shipped_objects() -> None:
     kinds = {doc["kind"] for _, doc in SHIPPED}
     assert {"InferenceService", "ServingRuntime", "Deployment", "Service", "ServiceAccount",
-            "Role", "RoleBinding", "ServiceMonitor"} <= kinds, kinds
+            "Role", "RoleBinding", "ServiceMonitor", "PrometheusRule"} <= kinds, kinds
     # every YAML file is either kustomize's own or holds API objects that are checked here
     checked = {label.split("#")[0] for label, _ in SHIPPED}
     configurations = _kustomize_configurations()
     for path in shipped_files():
         if path.resolve() in configurations or f"apiVersion: {KUSTOMIZE_GROUP}" in path.read_text():
+            continue
+        if path in PROMETHEUS_RULE_FILES:
+            assert set(yaml.safe_load(path.read_text())) == {"groups"}, path
             continue
         assert str(path.relative_to(ROOT)) in checked, path
 
@@ -477,8 +499,24 @@ def test_a_numeric_quantity_is_accepted() -> None:
     ({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
       "metadata": {"name": "x"}, "roleRef": {"kind": "Role", "name": "r"}},
      "roleRef.apiGroup: required by V1RoleRef, missing"),
+    ({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+      "metadata": {"name": "x"}, "spec": {"groups": [{"rules": [{"alert": "A", "expr": "1"}]}]}},
+     "spec.groups[0].name: required by MonitoringV1RuleGroup, missing"),
+    ({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+      "metadata": {"name": "x"}, "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}},
+     "spec.groups[0].rules[0].expr: required by MonitoringV1Rule, missing"),
+    ({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+      "metadata": {"name": "x"},
+      "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "1", "fore": "5m"}]}]}},
+     "spec.groups[0].rules[0].fore: not a field of MonitoringV1Rule"),
+    ({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+      "metadata": {"name": "x"}, "spec": {"groups": [{"name": "g", "rules": [
+          {"alert": "A", "expr": "1", "labels": {"severity": 1}}]}]}},
+     "spec.groups[0].rules[0].labels.severity: int 1, expected str"),
 ], ids=["retired apiVersion", "unknown group", "monitor without endpoints",
-        "monitor endpoint field", "rule without verbs", "roleRef without apiGroup"])
+        "monitor endpoint field", "rule without verbs", "roleRef without apiGroup",
+        "rule group without a name", "rule without expr", "misspelt rule field",
+        "numeric rule label"])
 def test_other_mistakes_are_caught(doc: dict[str, Any], expected: str) -> None:
     _, problems = model_problems(doc)
     assert any(expected in p for p in problems), problems

@@ -34,6 +34,8 @@ from test_manifest_models import model_problems
 from driftloop import __version__
 from driftloop.kfp.image import IMAGE_REPOSITORY
 from driftloop.kfp.pipeline import GCS_SECRET, GCS_SECRET_MOUNT
+from driftloop.serving.alerts import rules_file
+from driftloop.serving.dashboard import dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -611,6 +613,38 @@ def check_monitoring(docs: Docs, namespace: str) -> list[str]:
     return problems
 
 
+#: Grafana's dashboard sidecar loads ConfigMaps with this label (grafana/helm-charts,
+#: charts/grafana/values.yaml: sidecar.dashboards.label; labelValue "" = any value).
+DASHBOARD_LABEL = ("grafana_dashboard", "1")
+
+
+def check_dashboard_and_rules(docs: Docs, namespace: str) -> list[str]:
+    """The overlay ships the generated dashboard for the sidecar and the generated rules."""
+    problems = []
+    boards = [d for d in objects(docs, "ConfigMap")
+              if d["metadata"].get("labels", {}).get(DASHBOARD_LABEL[0]) == DASHBOARD_LABEL[1]]
+    if [d["metadata"]["name"] for d in boards] != ["driftloop-dashboard"]:
+        problems.append(f"expected one ConfigMap driftloop-dashboard labelled "
+                        f"{DASHBOARD_LABEL[0]}={DASHBOARD_LABEL[1]!r}, found "
+                        f"{[d['metadata']['name'] for d in boards]}")
+    for board in boards:
+        data = board.get("data", {})
+        if list(data) != ["driftloop-dashboard.json"]:
+            problems.append(f"ConfigMap/{board['metadata']['name']}: data keys {list(data)}")
+        elif json.loads(data["driftloop-dashboard.json"]) != dashboard():
+            problems.append(f"ConfigMap/{board['metadata']['name']}: the dashboard is not a "
+                            "fresh generation (make monitoring)")
+    rules = objects(docs, "PrometheusRule")
+    if [r["metadata"]["name"] for r in rules] != ["driftloop"]:
+        problems.append(f"expected one PrometheusRule driftloop, found "
+                        f"{[r['metadata']['name'] for r in rules]}")
+    for rule in rules:
+        if rule.get("spec") != rules_file():
+            problems.append(f"PrometheusRule/{rule['metadata']['name']}: its groups are not "
+                            "a fresh generation (make monitoring)")
+    return problems
+
+
 def check_images(docs: Docs, namespace: str) -> list[str]:
     problems = []
     for d in docs:
@@ -688,6 +722,30 @@ MODE_TARGETS = [f"{overlay}@{mode}" for overlay in OVERLAYS for mode in MODES]
 def test_rendered_manifests(target: str, check: str) -> None:
     problems = CHECKS[check](rendered(target), namespace_of(target))
     assert problems == [], f"{target}: " + "\n".join(problems)
+
+
+@pytest.mark.parametrize("target", [*OVERLAYS, *MODE_TARGETS])
+def test_overlays_ship_the_dashboard_and_the_rules(target: str) -> None:
+    docs = rendered(target)
+    assert check_dashboard_and_rules(docs, namespace_of(target)) == []
+    for kind, name in (("ConfigMap", "driftloop-dashboard"), ("PrometheusRule", "driftloop")):
+        assert objects(docs, kind, name)[0]["metadata"]["namespace"] == namespace_of(target)
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda d: objects(d, "ConfigMap", "driftloop-dashboard")[0]["metadata"]["labels"].pop(
+        "grafana_dashboard"), "expected one ConfigMap driftloop-dashboard"),
+    (lambda d: objects(d, "ConfigMap", "driftloop-dashboard")[0]["data"].__setitem__(
+        "driftloop-dashboard.json", "{}"), "not a fresh generation"),
+    (lambda d: _set("spec.groups.0.rules.0.expr", "vector(1)")(
+        objects(d, "PrometheusRule")[0]), "groups are not a fresh generation"),
+    (lambda d: d.remove(objects(d, "PrometheusRule")[0]), "expected one PrometheusRule"),
+], ids=["sidecar label missing", "stale dashboard", "stale rule", "no rules"])
+def test_the_monitoring_check_catches(mutate: Callable[[Docs], Any], expected: str) -> None:
+    docs = rendered("prod")
+    mutate(docs)
+    problems = check_dashboard_and_rules(docs, namespace_of("prod"))
+    assert any(expected in p for p in problems), problems
 
 
 def test_base_binds_nobody() -> None:
