@@ -18,11 +18,14 @@ shared cores took 493 s wall (450 s CPU) with the libraries' defaults and 10.4 s
   training, drift, evaluation, a large served batch) every usable CPU **when the CPUs
   are the process's own** (a cgroup quota, an affinity mask narrower than the machine, or
   an explicit override says so), else 1: CPUs nobody reserved for the process are shared
-  with whatever else runs, and there a second thread only waits (measured on 2 shared
-  cores: ``benchmarks/threads.py``; a HistGradientBoosting fit of 50,000 rows took 1.1 s
-  with 1 thread and 19 s with 2 while other jobs ran). The thread count does not change
-  a fitted model (HistGradientBoosting builds each feature's histogram in one thread; 1
-  and 2 threads give identical probabilities).
+  with whatever else runs, and there a second thread only waits. Measured on 2 shared
+  cores (``benchmarks/results/threads.md``, 50,000 records, a busy loop per CPU): the
+  run took 31.2 s wall / 18.0 s CPU with the libraries' pools and 13.8 s / 7.3 s with
+  this budget; without the added load 7.3 s / 9.0 s against 6.9 s / 6.9 s. One
+  HistGradientBoosting fit of 50,000 rows while other jobs ran: 1.1 s with 1 thread,
+  19 s with 2. The thread count does not change a fitted model (HistGradientBoosting
+  builds each feature's histogram in one thread: 1 and 2 threads gave identical
+  probabilities).
 * :func:`thread_limits` applies a budget for a block with threadpoolctl (every OpenMP and
   BLAS library loaded in the process) and pyarrow's CPU pool when pyarrow is loaded;
   nested blocks only ever narrow the budget of the block around them, so the entry point
