@@ -136,7 +136,7 @@ def _v2_cpus(folder: Path) -> int | None:
     parts = text.split() if text else []
     if not parts:
         return None
-    # "max" alone is possible: writing one number updates $MAX only; period defaults to 100 ms
+    # the kernel shows both values; a lone $MAX (a hand-made file) gets its 100 ms default
     return _quota_cpus(parts[0], parts[1] if len(parts) > 1 else "100000")
 
 
