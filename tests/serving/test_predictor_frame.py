@@ -235,3 +235,29 @@ def test_check_value_mirrors_ingest_for_booleans_and_allowed_infinities():
     assert check_value(b, 1)[1] == "expected a boolean, got number 1"
     assert check_value(x, float("inf")) == (float("inf"), None)
     assert check_value(y, float("inf"))[1] == "expected a finite number, got inf"
+
+
+def test_a_large_batch_predicts_within_the_serving_thread_budget(registered, monkeypatch):
+    import contextlib
+
+    from driftloop.serving import predictor as p
+
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def recording(purpose: str):
+        entered.append(purpose)
+        yield 1
+
+    monkeypatch.setattr(p, "thread_limits", recording)
+    model = p.DriftloopModel("sample", store_uri=str(registered.store_root),
+                             version=registered.version)
+    model.load()
+    rows = pd.read_parquet(registered.store_root / "reference/sample/seed.parquet")
+    columns = {c: rows[c].tolist() for c in ("x0", "x1", "segment")}
+    small = {c: v[:10] for c, v in columns.items()}
+    model.predict_frame(model.build_frame(small))
+    assert entered == []  # a few rows: one OpenMP thread, no pool-wide limit
+    big = {c: v[:p.SINGLE_THREAD_BELOW] for c, v in columns.items()}
+    model.predict_frame(model.build_frame(big))
+    assert entered == ["serve"]

@@ -85,6 +85,7 @@ from driftloop.serving.predictor_loading import (
     load_from_folder,
     load_from_registry,
 )
+from driftloop.threads import thread_limits
 
 # kserve parses sys.argv on first import (see driftloop.serving). Model is imported from its
 # defining module: run from the repository root, mypy would resolve a bare "kserve" to the
@@ -302,8 +303,9 @@ class DriftloopModel(KServeModel):
         if len(frame) < SINGLE_THREAD_BELOW:
             with _one_openmp_thread():
                 proba = model.predict_proba(frame)
-        else:
-            proba = model.predict_proba(frame)
+        else:  # a large batch: the CPUs the pod may use (its CPU limit), not the node's
+            with thread_limits("serve"):
+                proba = model.predict_proba(frame)
         proba = np.asarray(proba, dtype=float)
         return self._class_names[proba.argmax(axis=1)], proba
 
