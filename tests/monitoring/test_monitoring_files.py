@@ -9,6 +9,7 @@ hand). The queries themselves run against a real Prometheus in
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -132,3 +133,14 @@ def test_every_alert_has_its_own_threshold_fields() -> None:
         moved = {r["alert"]: r for r in alert_rules(Thresholds(**{field: other}))}
         assert moved != default, field
     assert set(render()) == {"driftloop-dashboard.json", "rules.yaml", "prometheusrule.yaml"}
+
+
+def test_the_readme_shows_every_alert_as_generated() -> None:
+    readme = (MONITORING / "README.md").read_text()
+    for rule in alert_rules():
+        heading = (f"### `{rule['alert']}` ({rule['labels']['severity']}, for "
+                   f"{rule.get('for', '0m')})")
+        assert heading in readme, heading
+        assert f"```promql\n{rule['expr']}\n```" in readme, rule["alert"]
+    for field in dataclasses.fields(Thresholds):
+        assert f"`{field.name}`" in readme, field.name
