@@ -17,7 +17,7 @@ for Grafana's dashboard sidecar. Layout, top to bottom::
     +-- The loop -------------------------------------------------------------------+
     | drift effect per feature vs its threshold (12) | canary traffic % (12)        |
     | champion age (6) | champion version (6) | latest run (6) | since last run (6) |
-    | trigger rules fired (12)              | gate verdict + improvement (12)       |
+    | trigger rules fired (12)              | gate verdict (6) | improvement (6)    |
     +--------------------------------------------------------------------------------+
 
 Annotations on every time-series panel, from the pushed series (a change marks the
@@ -251,13 +251,14 @@ def _loop(grid: _Grid) -> None:
         [_target(f"max by (rule) (driftloop_trigger_rule_fired{{{PUSHED}}}) == 1", "{{rule}}",
                  "A", instant=True)], unit="none", text_mode="name"), w=12, h=5)
     grid.add(_stat(
-        "Gate verdict", "The promotion gate's verdict on the latest challenger, and its "
-        "relative error reduction over the champion.",
+        "Gate verdict", "The promotion gate's verdict on the latest challenger.",
         [_target(f"max by (decision) (driftloop_verdict{{{PUSHED}}}) == 1", "{{decision}}",
-                 "A", instant=True),
-         _target(f"max by (model) (driftloop_gate_improvement_ratio{{{PUSHED}}})",
-                 "improvement", "B", instant=True)], unit="percentunit",
-        text_mode="value_and_name"), w=12, h=5)
+                 "A", instant=True)], unit="none", text_mode="name"), w=6, h=5)
+    grid.add(_stat(
+        "Challenger's improvement", "The latest challenger's relative error reduction over "
+        "the champion, as the gate measured it.",
+        [_target(f"max by (model) (driftloop_gate_improvement_ratio{{{PUSHED}}})", "{{model}}",
+                 "A", instant=True)], unit="percentunit"), w=6, h=5)
 
 
 def _annotation(name: str, expr: str, color: str, title: str) -> dict[str, Any]:
