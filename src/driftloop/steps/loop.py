@@ -36,8 +36,9 @@ from driftloop.decide.gate import Verdict
 from driftloop.decide.trigger import (
     RetrainDecision,
 )
+from driftloop.errors import StoreError
 from driftloop.models.registry import AliasState, Registry
-from driftloop.notify import Notifier, NullNotifier
+from driftloop.notify import LogNotifier, Notifier, NullNotifier
 from driftloop.rollout.base import RolloutBackend
 from driftloop.rollout.progressive import RolloutStep
 from driftloop.serde import dumps
@@ -147,13 +148,24 @@ def run_canary_analysis(
 @contextlib.contextmanager
 def _exit_handler(store: Store, model_name: str, run_id: str, notifier: Notifier,
                   pushgateway_url: str, pipeline: str) -> Iterator[None]:
-    """The pipeline's exit task: :func:`exit_step` however the body ended."""
+    """The pipeline's exit task: :func:`exit_step` however the body ended.
+
+    Unlike a pipeline's, an in-process run's caller gets the exception and reports it:
+    a failure is announced only to a notifier that reaches people elsewhere (not the log,
+    which would repeat the error line), and a store that refused a write is not written
+    again (nothing could be recorded or pushed from it).
+    """
     try:
         yield
+    except (StoreError, OSError) as exc:
+        record_failure(store, run_key(run_id), exc)  # best effort: it swallows a refusal
+        raise
     except Exception as exc:
         record_failure(store, run_key(run_id), exc)
+        quiet = isinstance(notifier, LogNotifier | NullNotifier)
         exit_step(store, model_name=model_name, run_id=run_id, state="FAILED",
-                  error=f"{type(exc).__name__}: {exc}", notifier=notifier,
+                  error=f"{type(exc).__name__}: {exc}",
+                  notifier=NullNotifier() if quiet else notifier,
                   pushgateway_url=pushgateway_url, pipeline_name=pipeline)
         raise
     exit_step(store, model_name=model_name, run_id=run_id, state=SUCCEEDED,
