@@ -102,3 +102,14 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_context() -> Iterator[None]:
+    """A server's main() run in process sets the process-wide log context: undo it."""
+    from driftloop import logs
+
+    saved = dict(logs._process_context)
+    yield
+    logs._process_context.clear()
+    logs._process_context.update(saved)

@@ -244,7 +244,7 @@ class LoggingSetup:
     """What :func:`configure_logging` changed; :meth:`restore` (or ``with``) undoes it."""
 
     def __init__(self, fmt: str, handler: logging.Handler,
-                 saved: list[tuple[logging.Logger, list[logging.Handler], bool, int]],
+                 saved: list[tuple[logging.Logger, list[logging.Handler], bool, int, bool]],
                  captured_warnings: bool = False) -> None:
         self.format = fmt
         self.handler = handler
@@ -254,10 +254,11 @@ class LoggingSetup:
     def restore(self) -> None:
         """Put back the handlers, propagation and levels found before; idempotent."""
         global _active
-        for logger, handlers, propagate, level in reversed(self._saved):
+        for logger, handlers, propagate, level, disabled in reversed(self._saved):
             logger.handlers = handlers
             logger.propagate = propagate
             logger.setLevel(level)
+            logger.disabled = disabled
         self._saved = []
         if self._captured_warnings:
             logging.captureWarnings(False)
@@ -320,14 +321,18 @@ def configure_logging(format: str = "text", level: int | str = "INFO", *,
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
-    saved = [(root, list(root.handlers), root.propagate, root.level)]
+    saved = [(root, list(root.handlers), root.propagate, root.level, root.disabled)]
     root.handlers = [handler]
     root.setLevel(number)
     for name in _FOREIGN_LOGGERS:
         logger = logging.getLogger(name)
-        saved.append((logger, list(logger.handlers), logger.propagate, logger.level))
+        saved.append((logger, list(logger.handlers), logger.propagate, logger.level,
+                      logger.disabled))
         logger.handlers = []
         logger.propagate = True
+        # a dictConfig before (uvicorn's, kserve's) may have disabled it or set its level
+        logger.disabled = False
+        logger.setLevel(logging.NOTSET)
     # A Python warning (a library's DeprecationWarning) is printed on stderr by
     # warnings.showwarning, bypassing logging: in JSON mode it becomes a py.warnings record.
     capture = fmt == "json" and warnings.showwarning is not getattr(logging, "_showwarning", None)
