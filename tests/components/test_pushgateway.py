@@ -127,3 +127,27 @@ def test_the_exposition_has_one_help_and_type_per_metric_and_no_nan(tmp_path):
     assert 'driftloop_run_info{state="FAILED"} 1.0' in text
     assert "nan" not in text.lower()
     assert "driftloop_run_duration_seconds" not in text  # no ingest: no start, no duration
+
+
+def test_a_rollback_shows_even_when_the_same_run_starts_a_new_canary():
+    from driftloop.models.registry import AliasChange
+    from driftloop.steps.pushgateway import _samples, rolled_back
+
+    def move(alias, old, new, run):
+        return AliasChange("2026-01-02T00:00:00+00:00", alias, old, new, "why", run)
+
+    history = [move("canary", None, "v-bad", "r1"),
+               move("canary", "v-bad", None, "r2"),    # r2 rolled v-bad back...
+               move("canary", None, "v-next", "r2"),   # ...and started v-next
+               move("canary", "v-next", None, "r3"),   # r3 completed v-next
+               move("champion", "v-0", "v-next", "r3")]
+    assert rolled_back(history, "r2") and not rolled_back(history, "r3")
+    assert not rolled_back(history, "r1")
+    from driftloop.rollout.progressive import RolloutStep
+    from driftloop.steps.records import RunRecord
+
+    record = RunRecord("r2", rollout=RolloutStep("start", "v-next", 0, 10, reasons=["x"]))
+    got = {dict(s.labels)["action"]: s.value for s in _samples(
+        record, champion_created=None, champion=None, now=dt.datetime.now(dt.UTC),
+        rolled_back=True) if s.name == "driftloop_rollout_action"}
+    assert got["rollback"] == 1.0 and got["start"] == 1.0 and got["hold"] == 0.0

@@ -47,7 +47,7 @@ class Thresholds:
             ``max_age_days`` plus the time a canary takes, or the age beyond which a model
             is stale for this use.
         canary_stuck: How long the canary may keep one traffic share (> 0) before it alerts.
-        rollback_window: A canary at 0 % after a share > 0 within this window was rolled back.
+        rollback_window: How long a rollback (a run's pushed rollout action) keeps alerting.
         error_ratio: 5xx answers / all answers (predictor per version, sink per route).
         error_window: Window of that ratio.
         min_requests: Answers the window needs before the ratio alerts.
@@ -130,13 +130,12 @@ def alert_rules(t: Thresholds | None = None) -> list[dict[str, Any]]:
                f"The canary's traffic share has not changed for {t.canary_stuck}: it holds "
                "for want of labels, or the runs stopped stepping it."),
         _alert("DriftloopCanaryRolledBack",
-               "(driftloop_canary_traffic_percent) == 0\n"
-               "and on (pipeline, model)\n"
-               f"(max_over_time(driftloop_canary_traffic_percent[{t.rollback_window}])) > 0",
+               "max without (action) (max_over_time(\n"
+               f"  driftloop_rollout_action{{action=\"rollback\"}}[{t.rollback_window}])) == 1",
                "0m", "warning",
                "Canary of {{ $labels.model }} was rolled back",
-               "The latest run rolled the canary back to 0 % (worse live accuracy, error "
-               "rate or latency): see the run's rollout.md."),
+               f"A run in the last {t.rollback_window} rolled the canary back (worse live "
+               "accuracy, error rate or latency): see that run's rollout.md."),
         _alert("DriftloopPredictorErrors",
                ratio("driftloop_serving_requests_total", SERVING), "5m", "critical",
                "{{ $labels.model_name }} {{ $labels.model_version }} answers "

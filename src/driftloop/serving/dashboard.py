@@ -23,7 +23,7 @@ for Grafana's dashboard sidecar. Layout, top to bottom::
 Annotations on every time-series panel, from the pushed series (a change marks the
 moment a run pushed it): *retrain* (a run decided to retrain), *canary* (the canary's
 traffic share changed), *promotion* (a new champion: its created timestamp changed) and
-*rollback* (the share dropped to 0).
+*rollback* (a run's pushed rollout action).
 
 Variables: ``datasource`` (a Prometheus data source), ``model_name`` (the serving and
 sink series' ``model_name``), ``model`` (the pushed series' ``model``: the registry's
@@ -282,9 +282,9 @@ def annotation_queries() -> list[dict[str, Any]]:
                     f"(changes(driftloop_champion_created_timestamp_seconds{{{PUSHED}}}[2m]))"
                     " > 0", "green", "new champion"),
         _annotation("Rollback",
-                    f"(changes(driftloop_canary_traffic_percent{{{PUSHED}}}[2m])) > 0\n"
-                    "and on (pipeline, model)\n"
-                    f"(driftloop_canary_traffic_percent{{{PUSHED}}}) == 0", "red",
+                    f"(changes(driftloop_rollout_action{{{PUSHED},action=\"rollback\"}}[2m]))"
+                    " > 0\nand\n"
+                    f"(driftloop_rollout_action{{{PUSHED},action=\"rollback\"}}) == 1", "red",
                     "rollback"),
     ]
 

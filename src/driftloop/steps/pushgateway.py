@@ -11,7 +11,8 @@ without bound); ``driftloop_run_info`` names nothing but the bounded ``state``.
 Names follow Prometheus' conventions: the ``driftloop_`` prefix, base units (seconds,
 ratios as 0..1), gauges only (a push replaces values, it does not accumulate them).
 Label sets are bounded: ``feature`` (the schema's columns), ``rule`` (the trigger's
-rules), ``decision`` (three verdicts), ``state`` (three run states), ``version`` (one
+rules), ``decision`` (three verdicts), ``state`` (three run states), ``action`` (the
+rollout policy's seven actions), ``version`` (one
 series: the current champion).
 """
 
@@ -31,6 +32,7 @@ from driftloop.clock import parse_time
 from driftloop.data.storage import Store
 from driftloop.errors import DriftloopError
 from driftloop.models.registry import Registry
+from driftloop.rollout.progressive import ACTIONS
 from driftloop.steps.records import RunRecord, read_run
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class Sample:
 
 
 def _samples(record: RunRecord, *, champion_created: str | None, champion: str | None,
-             now: dt.datetime) -> list[Sample]:
+             now: dt.datetime, rolled_back: bool = False) -> list[Sample]:
     out: list[Sample] = []
 
     def add(name: str, help_: str, value: float | None, **labels: str) -> None:
@@ -119,9 +121,18 @@ def _samples(record: RunRecord, *, champion_created: str | None, champion: str |
                 float(verdict.decision == name), decision=name)
         add("gate_improvement_ratio", "The challenger's relative error reduction.",
             verdict.improvement_rel)
-    if record.rollout is not None:
+    if record.rollout is not None or rolled_back:
+        # the record keeps the run's last step only: a rollback followed by a new canary
+        # in the same run is found in the alias history (``rolled_back``)
+        done = {record.rollout.action} if record.rollout is not None else set()
+        if rolled_back:
+            done.add("rollback")
+        for action in ACTIONS:
+            add("rollout_action", "1 for each thing the latest run's rollout steps did.",
+                float(action in done), action=action)
+        step = record.rollout
         add("canary_traffic_percent", "Percent of traffic on the canary after the run.",
-            record.rollout.to_percent if record.rollout.action in ("start", "advance", "hold")
+            step.to_percent if step is not None and step.action in ("start", "advance", "hold")
             else 0.0)
     if champion is not None:
         add("champion_info", "1, labelled with the champion's version.", 1.0,
@@ -166,7 +177,20 @@ def run_samples(store: Store, run_id: str, model_name: str, *,
     if now is None:  # the run's logical time: a replay's model age is the replayed one
         now = (parse_time(record.decision.decided_at) if record.decision is not None
                else dt.datetime.now(dt.UTC))
-    return _samples(record, champion_created=created, champion=champion, now=now)
+    return _samples(record, champion_created=created, champion=champion, now=now,
+                    rolled_back=rolled_back(registry.aliases().history, run_id))
+
+
+def rolled_back(history: list[Any], run_id: str) -> bool:
+    """Whether run ``run_id`` cleared a canary without making it the champion (a rollback).
+
+    A completed canary clears the ``canary`` alias too, but in the same run its version
+    becomes the champion.
+    """
+    mine = [c for c in history if c.run_id == run_id]
+    promoted = {c.to_version for c in mine if c.alias == "champion"}
+    return any(c.alias == "canary" and c.to_version is None and c.from_version is not None
+               and c.from_version not in promoted for c in mine)
 
 
 def group_url(base: str, *, pipeline: str, model: str) -> str:
