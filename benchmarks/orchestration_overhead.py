@@ -48,7 +48,8 @@ def _artifacts(root: Path) -> dict[str, dsl.Artifact]:
              ("train_metrics", dsl.Metrics), ("verdict_report", dsl.Markdown),
              ("verdict_json", dsl.Artifact), ("eval_metrics", dsl.Metrics),
              ("challenger_curves", dsl.ClassificationMetrics),
-             ("promotion_report", dsl.Markdown)]
+             ("promotion_report", dsl.Markdown), ("canary_report", dsl.Markdown),
+             ("canary_metrics", dsl.Metrics)]
     return {n: cls(name=n, uri=str(root / n), metadata={}) for n, cls in kinds}
 
 
@@ -66,16 +67,25 @@ def direct(store_dir: Path, run_date: str, work: Path) -> dict[str, float]:
         return out
 
     ing = timed("ingest", components.ingest.python_func, **common, run_id=run,
-                run_date=run_date, window_days=1, lookback_days=30, records=a["records"],
+                run_date=run_date, scheduled_time="", window_days=1, lookback_days=30,
+                records=a["records"],
                 current=a["current"], quarantine=a["quarantine"],
                 ingest_metrics=a["ingest_metrics"])
+    canary = timed("analyse-canary", components.analyse_canary.python_func,
+                   store_uri=common["store_uri"], model_name=MODEL, run_id=run, now=ing.now,
+                   isvc_name=MODEL, namespace="local", rollout_backend="local",
+                   rollout_state="", webhook="", min_labelled=50, max_holds=14,
+                   prometheus_url="", records=a["records"], canary_report=a["canary_report"],
+                   canary_metrics=a["canary_metrics"])
     timed("detect-drift", components.detect_drift.python_func, **common, model_name=MODEL,
-          run_id=run, p_value=0.05, min_samples=100, current=a["current"],
+          run_id=run, p_value=0.05, effect_threshold=0.1, min_samples=100,
+          current=a["current"],
           drift_report=a["drift_report"], drift_json=a["drift_json"],
           drift_metrics=a["drift_metrics"])
     timed("decide-retrain", components.decide_retrain.python_func, **common, model_name=MODEL,
           run_id=run, now=ing.now, force=True, min_new_labels=500, perf_drop=0.1,
-          max_age_days=7.0, records=a["records"], drift_json=a["drift_json"],
+          max_age_days=7.0, canary_in_progress=canary, records=a["records"],
+          drift_json=a["drift_json"],
           decision_report=a["decision_report"])
     timed("train-model", components.train_model.python_func, **common, model_name=MODEL,
           run_id=run, now=ing.now, records=a["records"], model=a["model"],
@@ -90,14 +100,15 @@ def direct(store_dir: Path, run_date: str, work: Path) -> dict[str, float]:
               webhook="", verdict_json=a["verdict_json"])
         timed("promote-model", components.promote_model.python_func,
               store_uri=common["store_uri"], model_name=MODEL, isvc_name=MODEL,
-              namespace="local", run_id=run, verdict_json=a["verdict_json"],
+              namespace="local", rollout_backend="local", rollout_state="", run_id=run,
+              verdict_json=a["verdict_json"],
               promotion_report=a["promotion_report"])
     status = dsl.PipelineTaskFinalStatus(state="SUCCEEDED", pipeline_job_resource_name="j",
                                          pipeline_task_name="run", error_code=None,
                                          error_message=None)
     timed("notify-on-exit", components.notify_on_exit.python_func,
           store_uri=common["store_uri"], model_name=MODEL, run_id=run, webhook="",
-          status=status)
+          pushgateway_url="", pipeline_name="continuous-training", status=status)
     return times
 
 
