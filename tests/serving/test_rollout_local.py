@@ -393,3 +393,47 @@ def test_the_payload_logger_sends_an_event_again_after_a_dropped_connection(back
         thread.join(timeout=5)
     assert gateway.log_failures == 0
     assert len(seen) == 3 and seen[0] == seen[1]  # the dropped request event came again
+
+
+def test_the_payload_logger_sends_what_kserve_v0_20s_logger_sends(backend):
+    # KServe v0.20.0 pkg/logger/handler.go: Ce-Id is the request's own Ce-Id header, else a
+    # new UUID; Ce-Endpoint is empty; both events carry the request's Content-Type.
+    import asyncio
+    import http.server
+    import threading
+
+    seen: list[dict[str, str]] = []
+
+    class Recording(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    gateway = LocalGateway(backend, model_name=MODEL,
+                           logger_url=f"http://127.0.0.1:{server.server_address[1]}/")
+
+    async def log_two() -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            gateway._client = client
+            await gateway._log_pair(b"{}", b"{}", "default",
+                                    {"Ce-Id": "client-42", "Content-Type": "application/x"})
+            await gateway._log_pair(b"{}", b"{}", "default", {})
+
+    try:
+        asyncio.run(log_two())
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert [h["ce-id"] for h in seen[:2]] == ["client-42", "client-42"]
+    assert [h["content-type"] for h in seen[:2]] == ["application/x"] * 2
+    assert seen[2]["ce-id"] == seen[3]["ce-id"] != "client-42"  # a fresh id per inference
+    assert all(h.get("ce-endpoint", "") == "" for h in seen)

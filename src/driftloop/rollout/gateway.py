@@ -323,12 +323,21 @@ class LocalGateway:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def _log_pair(self, request: bytes, response: bytes, revision: str) -> None:
-        """Post one inference's request and response to the logger URL (KServe's logger)."""
+    async def _log_pair(self, request: bytes, response: bytes, revision: str,
+                        request_headers: Mapping[str, str] | None = None) -> None:
+        """Post one inference's request and response to the logger URL (KServe's logger).
+
+        As KServe v0.20.0's logger does (``pkg/logger/handler.go``, ``worker.go``): the id
+        is the inference request's own ``Ce-Id`` header, else a new UUID; ``Ce-Endpoint``
+        is sent empty (it comes from a pod label no v0.20.0 controller sets); both events
+        carry the request's ``Content-Type``; ``Ce-Source`` names the revision's pod.
+        """
         from driftloop.serving.sink import REQUEST_TYPE, RESPONSE_TYPE
 
         assert self._client is not None and self.logger_url is not None
-        ce_id = uuid.uuid4().hex
+        given = {k.lower(): v for k, v in (request_headers or {}).items()}
+        ce_id = given.get("ce-id") or uuid.uuid4().hex
+        content_type = given.get("content-type") or "application/json"
         stamp = dt.datetime.fromtimestamp(self.clock(), dt.UTC).isoformat().replace(
             "+00:00", "Z")
         for ce_type, content in ((REQUEST_TYPE, request), (RESPONSE_TYPE, response)):
@@ -336,7 +345,7 @@ class LocalGateway:
                        "Ce-Source": f"http://localhost/{revision}", "Ce-Time": stamp,
                        "Ce-Inferenceservicename": self.backend.name,
                        "Ce-Namespace": self.backend.namespace, "Ce-Component": "predictor",
-                       "Ce-Endpoint": revision, "Content-Type": "application/json"}
+                       "Ce-Endpoint": "", "Content-Type": content_type}
             failed = True
             for attempt in range(LOG_ATTEMPTS):
                 try:
@@ -411,7 +420,7 @@ class LocalGateway:
                 gateway.count(version, answer.status_code, time.perf_counter() - began)
             if (gateway.logger_url and request.method == "POST" and answer.status_code == 200
                     and path.endswith((":predict", "/infer"))):
-                await gateway._log_pair(body, answer.content, revision)
+                await gateway._log_pair(body, answer.content, revision, request.headers)
             out = {"x-driftloop-revision": revision}
             if "content-type" in answer.headers:
                 out["content-type"] = answer.headers["content-type"]
