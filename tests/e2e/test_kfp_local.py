@@ -242,6 +242,9 @@ def test_pipeline_arguments_take_thresholds_and_webhook_from_the_config():
         pipeline_arguments(replace(base, train=replace(base.train, max_iter=5)))
     with pytest.raises(DriftloopError, match=r"canary\.tolerance cannot be set"):
         pipeline_arguments(replace(base, canary=replace(base.canary, tolerance=0.5)))
+    # silently ignored before: a kfp.local task sizes its threads itself
+    with pytest.raises(DriftloopError, match=r"runtime\.max_threads cannot be set"):
+        pipeline_arguments(replace(base, runtime=replace(base.runtime, max_threads=2)))
 
 
 def test_run_local_refuses_a_run_id_and_a_bad_date(tmp_path: Path, capsys):

@@ -87,7 +87,8 @@ def pipeline_arguments(config: Config) -> dict[str, Any]:
     settable = {(section, name) for section, name, _ in PIPELINE_THRESHOLDS}
     fixed = [
         f"{section}.{f.name}"
-        for section in ("drift", "trigger", "train", "gate", "canary")
+        # runtime: a task's threads come from its pod's CPU limit (driftloop.threads)
+        for section in ("drift", "trigger", "train", "gate", "canary", "runtime")
         for f in dataclasses.fields(getattr(default, section))
         if (section, f.name) not in settable
         and getattr(getattr(config, section), f.name) != getattr(getattr(default, section), f.name)
