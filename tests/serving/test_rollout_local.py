@@ -351,21 +351,21 @@ def test_a_dead_logger_does_not_fail_the_inference(backend, versions, rows):
         assert gateway.log_failures == 2  # the request and the response event
 
 
-def test_the_payload_logger_sends_an_event_again_after_a_dropped_connection(backend):
-    # Under load the sink may close an idle keep-alive connection just as the gateway
-    # reuses it: the event was lost (log_failures 1 in the tweets demo). Sent again, the
-    # sink stores its id once.
+def _log_to(backend: LocalRolloutBackend, answer: Any,
+            pairs: list[tuple[bytes, bytes, dict[str, str] | None]]) -> LocalGateway:
+    """Send ``pairs`` through the gateway's payload logger to a loopback HTTP server.
+
+    ``answer(handler)`` handles each POST (its headers are in ``handler.headers``) and
+    returns whether to answer 200 (False: drop the connection unanswered).
+    """
     import asyncio
     import http.server
     import threading
 
-    seen: list[str] = []
-
-    class Flaky(http.server.BaseHTTPRequestHandler):
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers["Ce-Type"])
-            if len(seen) == 1:  # drop the first one without an answer
+            if not answer(self):
                 self.close_connection = True
                 return
             self.send_response(200)
@@ -375,22 +375,37 @@ def test_the_payload_logger_sends_an_event_again_after_a_dropped_connection(back
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     gateway = LocalGateway(backend, model_name=MODEL,
                            logger_url=f"http://127.0.0.1:{server.server_address[1]}/")
 
-    async def log_one() -> None:
+    async def log_all() -> None:
         async with httpx.AsyncClient(timeout=5) as client:
             gateway._client = client
-            await gateway._log_pair(b'{"instances": []}', b'{"predictions": []}', "default")
+            for request, response, headers in pairs:
+                await gateway._log_pair(request, response, "default", headers)
 
     try:
-        asyncio.run(log_one())
+        asyncio.run(log_all())
     finally:
         server.shutdown()
         thread.join(timeout=5)
+    return gateway
+
+
+def test_the_payload_logger_sends_an_event_again_after_a_dropped_connection(backend):
+    # Under load the sink may close an idle keep-alive connection just as the gateway
+    # reuses it: the event was lost (log_failures 1 in the tweets demo). Sent again, the
+    # sink stores its id once.
+    seen: list[str] = []
+
+    def answer(handler: Any) -> bool:
+        seen.append(handler.headers["Ce-Type"])
+        return len(seen) > 1  # drop the first one without an answer
+
+    gateway = _log_to(backend, answer, [(b'{"instances": []}', b'{"predictions": []}', None)])
     assert gateway.log_failures == 0
     assert len(seen) == 3 and seen[0] == seen[1]  # the dropped request event came again
 
@@ -398,41 +413,15 @@ def test_the_payload_logger_sends_an_event_again_after_a_dropped_connection(back
 def test_the_payload_logger_sends_what_kserve_v0_20s_logger_sends(backend):
     # KServe v0.20.0 pkg/logger/handler.go: Ce-Id is the request's own Ce-Id header, else a
     # new UUID; Ce-Endpoint is empty; both events carry the request's Content-Type.
-    import asyncio
-    import http.server
-    import threading
-
     seen: list[dict[str, str]] = []
 
-    class Recording(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append({k.lower(): v for k, v in self.headers.items()})
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    def answer(handler: Any) -> bool:
+        seen.append({k.lower(): v for k, v in handler.headers.items()})
+        return True
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    gateway = LocalGateway(backend, model_name=MODEL,
-                           logger_url=f"http://127.0.0.1:{server.server_address[1]}/")
-
-    async def log_two() -> None:
-        async with httpx.AsyncClient(timeout=5) as client:
-            gateway._client = client
-            await gateway._log_pair(b"{}", b"{}", "default",
-                                    {"Ce-Id": "client-42", "Content-Type": "application/x"})
-            await gateway._log_pair(b"{}", b"{}", "default", {})
-
-    try:
-        asyncio.run(log_two())
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+    _log_to(backend, answer, [(b"{}", b"{}", {"Ce-Id": "client-42",
+                                             "Content-Type": "application/x"}),
+                              (b"{}", b"{}", {})])
     assert [h["ce-id"] for h in seen[:2]] == ["client-42", "client-42"]
     assert [h["content-type"] for h in seen[:2]] == ["application/x"] * 2
     assert seen[2]["ce-id"] == seen[3]["ce-id"] != "client-42"  # a fresh id per inference

@@ -799,11 +799,13 @@ class KfpApiStandIn:
             err = err.wrap(action)
         raise err.wrap(outer)
 
-    def _list_runs(self, _p: dict[str, str], fields: dict[str, Any], _b: Any) -> Any:
-        """run_server.go ListRuns / listRuns."""
-        outer = "Failed to list runs"
-        items = list(self.runs.values())
-        self._page(fields, [], "Run", "Failed to create list options")  # options come first
+    def _scoped(self, items: list[dict[str, Any]], fields: dict[str, Any], what: str,
+                one: str, outer: str) -> list[dict[str, Any]]:
+        """The items a list of ``what`` may show: of its experiment, else of its namespace.
+
+        run_server.go listRuns and job_server.go listJobs do the same steps with their own
+        messages (``one`` starts the empty-namespace one: "A run" / "a recurring run").
+        """
         namespace = self._replace_namespace(fields.get("namespace", ""))
         experiment_id = fields.get("experiment_id", "")
         if experiment_id:
@@ -811,22 +813,30 @@ class KfpApiStandIn:
                 namespace = self._namespace_of_experiment(experiment_id)
             except ApiError as err:
                 raise err.wrap(
-                    f"Failed to list runs due to error fetching namespace for experiment "
+                    f"Failed to list {what} due to error fetching namespace for experiment "
                     f"{experiment_id}. Try filtering based on namespace"
                 ).wrap(outer) from None
         if self.multi_user and not namespace:
             raise (
-                invalid_input("A run cannot have an empty namespace in multi-user mode")
+                invalid_input(f"{one} cannot have an empty namespace in multi-user mode")
                 .wrap(
-                    "Failed to list runs due to authorization error. Check if you have "
+                    f"Failed to list {what} due to authorization error. Check if you have "
                     f"permission to access namespace {namespace}"
                 )
                 .wrap(outer)
             )
         if experiment_id:
-            items = [r for r in items if r["experiment_id"] == experiment_id]
-        elif namespace:
-            items = [r for r in items if r.get("namespace", "") == namespace]
+            return [r for r in items if r["experiment_id"] == experiment_id]
+        if namespace:
+            return [r for r in items if r.get("namespace", "") == namespace]
+        return items
+
+    def _list_runs(self, _p: dict[str, str], fields: dict[str, Any], _b: Any) -> Any:
+        """run_server.go ListRuns / listRuns."""
+        outer = "Failed to list runs"
+        items = list(self.runs.values())
+        self._page(fields, [], "Run", "Failed to create list options")  # options come first
+        items = self._scoped(items, fields, "runs", "A run", outer)
         rows, total, token = self._page(fields, items, "Run", "Failed to create list options")
         return _prune_list("runs", [_encode_run(r) for r in rows], total, token)
 
@@ -975,29 +985,7 @@ class KfpApiStandIn:
         wrap = "Failed to list recurring runs due to error parsing the listing options"
         items = list(self.recurring_runs.values())
         self._page(fields, [], "RecurringRun", wrap)  # options come first
-        namespace = self._replace_namespace(fields.get("namespace", ""))
-        experiment_id = fields.get("experiment_id", "")
-        if experiment_id:
-            try:
-                namespace = self._namespace_of_experiment(experiment_id)
-            except ApiError as err:
-                raise err.wrap(
-                    "Failed to list recurring runs due to error fetching namespace for "
-                    f"experiment {experiment_id}. Try filtering based on namespace"
-                ).wrap(outer) from None
-        if self.multi_user and not namespace:
-            raise (
-                invalid_input("a recurring run cannot have an empty namespace in multi-user mode")
-                .wrap(
-                    "Failed to list recurring runs due to authorization error. Check if you "
-                    f"have permission to access namespace {namespace}"
-                )
-                .wrap(outer)
-            )
-        if experiment_id:
-            items = [r for r in items if r["experiment_id"] == experiment_id]
-        elif namespace:
-            items = [r for r in items if r.get("namespace", "") == namespace]
+        items = self._scoped(items, fields, "recurring runs", "a recurring run", outer)
         rows, total, token = self._page(fields, items, "RecurringRun", wrap)
         # the proto field is named recurringRuns, so UseProtoNames writes it so
         return _prune_list("recurringRuns", [_encode_recurring(r) for r in rows], total, token)

@@ -44,13 +44,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field, replace
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 from driftloop.config import CanaryConfig
 from driftloop.decide.sequential import (
+    STANDARD_NORMAL,
     StratifiedDifference,
     confidence_sequence,
     planned_information,
@@ -63,10 +63,6 @@ ADVANCE, HOLD, ROLLBACK = "advance", "hold", "rollback"
 METHOD = "mantel-haenszel risk difference, normal-mixture confidence sequence"
 #: Accuracy assumed for ``labels_needed`` before anything can be measured.
 PLANNING_ACCURACY = 0.9
-
-#: scipy.stats.norm's quantiles to double precision without importing scipy (0.6 s):
-#: the promote and canary tasks load this module.
-_STANDARD_NORMAL = NormalDist()
 
 
 @dataclass
@@ -382,7 +378,7 @@ def quality_decision(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndar
                        detail=f"{decided.detail}; {days}: it cannot be judged, rolled back")
     # One last fixed-sample look: the anytime penalty is for looks that may continue.
     est = stratified_difference(x1, n1, x2, n2)
-    z = _STANDARD_NORMAL.inv_cdf(1 - config.alpha / 2)
+    z = STANDARD_NORMAL.inv_cdf(1 - config.alpha / 2)
     upper = est.diff + z * math.sqrt(est.variance)
     look = (f"final look {days}: {1 - config.alpha:.0%} fixed-sample upper bound "
             f"{upper:+.3f}")

@@ -49,7 +49,7 @@ RHO_SHARES: tuple[float, ...] = (0.25, 1.0 / 128.0)
 
 #: scipy.stats.norm's quantiles to double precision without importing scipy (0.6 s):
 #: the promote and canary tasks load this module.
-_STANDARD_NORMAL = NormalDist()
+STANDARD_NORMAL = NormalDist()
 
 
 def optimal_rho(alpha: float, information: float) -> float:
@@ -134,7 +134,7 @@ def planned_information(margin: float, alpha: float, power: float) -> float:
         The planned information (1 / variance).
     """
     c = float(half_width(1.0, alpha, 1.0))  # h(V) * sqrt(V) at V = planned
-    return ((c + _STANDARD_NORMAL.inv_cdf(power)) / margin) ** 2
+    return ((c + STANDARD_NORMAL.inv_cdf(power)) / margin) ** 2
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 from driftloop.clock import parse_time
 from driftloop.data.storage import Store
 from driftloop.errors import DriftloopError
-from driftloop.models.registry import Registry
+from driftloop.models.registry import AliasChange, Registry
 from driftloop.rollout.progressive import ACTIONS
 from driftloop.steps.records import RunRecord, read_run
 
@@ -181,7 +181,7 @@ def run_samples(store: Store, run_id: str, model_name: str, *,
                     rolled_back=rolled_back(registry.aliases().history, run_id))
 
 
-def rolled_back(history: list[Any], run_id: str) -> bool:
+def rolled_back(history: list[AliasChange], run_id: str) -> bool:
     """Whether run ``run_id`` cleared a canary without making it the champion (a rollback).
 
     A completed canary clears the ``canary`` alias too, but in the same run its version
