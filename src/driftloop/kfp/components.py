@@ -17,7 +17,6 @@ branch locally. Other scalar outputs are NamedTuple fields.
 
 # No ``from __future__ import annotations``: kfp reads the real annotation objects.
 
-import functools
 from typing import NamedTuple
 
 from kfp import dsl
@@ -32,9 +31,7 @@ from kfp.dsl import (
     Output,
 )
 
-from driftloop.kfp.image import IMAGE
-
-component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_package=False)
+from driftloop.kfp.image import component
 
 
 @component
@@ -511,7 +508,8 @@ def notify_on_exit(
                     pipeline_name=pipeline_name)
 
 
-#: Every component, by name, in pipeline order.
+#: Every component, by name, in pipeline order (components of a later feature live in
+#: their own ``kfp/components_<topic>.py`` with the same decorator and are listed here).
 COMPONENTS = {
     "ingest": ingest,
     "analyse_canary": analyse_canary,
