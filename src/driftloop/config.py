@@ -359,6 +359,64 @@ class CanaryConfig:
         _check(self.min_requests >= 1, "canary.min_requests", "must be >= 1")
 
 
+@dataclass(frozen=True)
+class ABConfig:
+    """How an A/B test is judged (:func:`driftloop.decide.ab.analyse_ab`).
+
+    The primary metric is accuracy on labelled, keyed responses, compared within the same
+    time buckets (``stratum_hours``) as a Mantel-Haenszel risk difference with a per-user
+    (cluster-robust) variance, judged with the canary's anytime-valid confidence sequence
+    (:mod:`driftloop.decide.sequential`): every run may look, the error rate stays ``alpha``.
+
+    Attributes:
+        alpha: Two-sided error level over all looks: P(a winner is declared when the
+            variants are equal) <= alpha (split over the comparisons with the control).
+        power: Probability of declaring the better variant when it is better by ``mde``
+            once the planned sample is in (the power calculation behind ``labels_needed``).
+        mde: Minimum detectable effect (absolute accuracy difference) of the power
+            calculation; also the futility margin: a test whose interval lies inside
+            ``(-mde, +mde)`` stops without a winner.
+        min_effect: A winner's interval must lie above this (0: credibly better at all).
+        min_labelled: Labelled keyed responses every variant needs before any verdict
+            (the normal approximation behind the interval).
+        stratum_hours: Width of the time buckets (24 = calendar days) variants are compared
+            within, for traffic whose mix changes over the test.
+        max_days: Stop rule: the test stops after this many days without a winner.
+        min_requests: Requests every variant needs before the error-rate and latency
+            guardrails give a verdict.
+        max_error_rate_increase: A variant whose error rate credibly exceeds the
+            control's by more than this (absolute) cannot win.
+        latency_ratio: A variant whose p95 latency exceeds this multiple of the control's
+            cannot win.
+        auto_promote: Promote the winner through the normal rollout (a canary start) at
+            once; False: report it for approval (``needs_approval``).
+    """
+
+    alpha: float = 0.05
+    power: float = 0.9
+    mde: float = 0.02
+    min_effect: float = 0.0
+    min_labelled: int = 100
+    stratum_hours: float = 24.0
+    max_days: float = 28.0
+    min_requests: int = 500
+    max_error_rate_increase: float = 0.02
+    latency_ratio: float = 1.5
+    auto_promote: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0 < self.alpha < 1, "ab.alpha", "must be in (0, 1)")
+        _check(0.5 <= self.power < 1, "ab.power", "must be in [0.5, 1)")
+        _check(0 < self.mde < 1, "ab.mde", "must be in (0, 1)")
+        _check(0 <= self.min_effect < self.mde, "ab.min_effect", "must be in [0, mde)")
+        _check(self.min_labelled >= 1, "ab.min_labelled", "must be >= 1")
+        _check(self.stratum_hours > 0, "ab.stratum_hours", "must be > 0")
+        _check(self.max_days > 0, "ab.max_days", "must be > 0")
+        _check(self.min_requests >= 1, "ab.min_requests", "must be >= 1")
+        _check(self.max_error_rate_increase >= 0, "ab.max_error_rate_increase", "must be >= 0")
+        _check(self.latency_ratio >= 1, "ab.latency_ratio", "must be >= 1")
+
+
 PRIMARY_METRICS: tuple[str, ...] = (
     "accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc",
 )
@@ -426,6 +484,7 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     canary: CanaryConfig = field(default_factory=CanaryConfig)
+    ab: ABConfig = field(default_factory=ABConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
@@ -436,6 +495,7 @@ _SECTIONS: dict[str, type] = {
     "gate": GateConfig,
     "notify": NotifyConfig,
     "canary": CanaryConfig,
+    "ab": ABConfig,
     "runtime": RuntimeConfig,
 }
 

@@ -15,7 +15,8 @@ Shared interface between the request path (rollout/gateway.py) and the analysis
 (decide/ab.py): state lives at ``ab/<model_name>/<test_id>.json`` in the store
 (:func:`state_key`), decisions per run under ``runs/<run-id>/ab.json``; every logged
 prediction carries the response header :data:`VARIANT_HEADER` / :data:`KEYED_HEADER` and
-the record columns :data:`VARIANT_COLUMN` / :data:`KEYED_COLUMN`.
+the record columns :data:`VARIANT_COLUMN` / :data:`KEYED_COLUMN` (optionally
+:data:`TEST_COLUMN`, the test id, and :data:`KEY_COLUMN`, a header key).
 
 Stdlib only (the request path imports it per request).
 """
@@ -37,6 +38,9 @@ KEYED_HEADER = "x-driftloop-keyed"
 VARIANT_COLUMN = "ab_variant"
 KEYED_COLUMN = "ab_keyed"
 TEST_COLUMN = "ab_test"
+#: Record column of the user key when it came from the header (a key in the request field
+#: ``ABTest.key_field`` is a record column by itself); the analysis clusters on it.
+KEY_COLUMN = "ab_key"
 WEIGHT_TOLERANCE = 1e-6
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
