@@ -381,6 +381,55 @@ def _cluster_params(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k in declared}
 
 
+def parse_variants(specs: list[str]) -> list[Any]:
+    """``NAME=TARGET[:WEIGHT]`` flags as variants; no weight at all means an equal split."""
+    from driftloop.decide.ab_assign import Variant
+
+    parsed = []
+    for spec in specs:
+        name, eq, rest = spec.partition("=")
+        target, colon, weight = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        if not eq or not name or not target:
+            raise DriftloopError(f"--variant {spec!r}: expected NAME=TARGET[:WEIGHT]")
+        try:
+            parsed.append((name, target, float(weight) if colon else None))
+        except ValueError:
+            raise DriftloopError(f"--variant {spec!r}: weight {weight!r} is not a number") from None
+    if len(parsed) < 2:
+        raise DriftloopError("--variant: an A/B test needs at least two (NAME=TARGET[:WEIGHT])")
+    given = [w for _, _, w in parsed if w is not None]
+    if given and len(given) != len(parsed):
+        raise DriftloopError("--variant: give a weight to every variant or to none")
+    equal = 1.0 / len(parsed)
+    return [Variant(n, t, equal if w is None else w) for n, t, w in parsed]
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    """Start, show or stop an A/B test; start and stop configure the rollout backend."""
+    from driftloop.steps import ab
+
+    check_store_root(args.store)
+    if args.action == "status":
+        from driftloop.data.storage import open_store
+
+        _emit(args, ab.ab_status(open_store(args.store), args.model))
+        return 0
+    if args.action == "stop" and not args.test_id:
+        raise DriftloopError("ab stop: --test-id is required")
+    variants = parse_variants(args.variant) if args.action == "start" else []
+    registry, backend = _rollout(args)
+    with backend:
+        if args.action == "start":
+            test, note = ab.start_ab(registry.store, args.model, variants,
+                                     test_id=args.test_id or "", key_field=args.key_field,
+                                     key_header=args.key_header, salt=args.salt,
+                                     backend=backend)
+        else:
+            test, note = ab.stop_ab(registry.store, args.model, args.test_id, backend=backend)
+    _emit(args, {"test": test, "backend": note})
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Start one run of the compiled pipeline on a KFP backend."""
     from driftloop.kfp.client import make_client

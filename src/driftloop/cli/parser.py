@@ -12,6 +12,7 @@ import argparse
 
 from driftloop import __version__
 from driftloop.cli.commands import (
+    cmd_ab,
     cmd_compile,
     cmd_decide,
     cmd_demo,
@@ -158,6 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="recorded in the alias history")
     p.add_argument("--run-id", help="recorded as the step's run id (default: manual-rollback-*)")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("ab", help="start, show or stop an A/B test (sticky per-user split)")
+    _common(p, schema=False)
+    _rollout_flags(p)
+    p.add_argument("action", choices=["start", "status", "stop"])
+    p.add_argument("--test-id", help="the test (start: default ab-<UTC time>; stop: required)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=TARGET[:WEIGHT]",
+                   help="start: one arm, e.g. static=v20260101-1200-ab12cd34:0.5 or "
+                        "retrained=champion (an alias follows promotions); the first is the "
+                        "control; without weights the split is equal")
+    p.add_argument("--key-field", default="user_id",
+                   help="start: request field holding the user/session key")
+    p.add_argument("--key-header", default="x-user-id",
+                   help="start: HTTP header holding the key (checked first)")
+    p.add_argument("--salt", default="", help="start: hash salt (default: the test id)")
+    p.set_defaults(func=cmd_ab)
 
     p = sub.add_parser("compile", help="write components/*/component.yaml and the pipeline YAML")
     p.add_argument("--out-dir", default=".", help="folder holding components/ and pipelines/")

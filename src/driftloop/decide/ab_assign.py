@@ -30,6 +30,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from driftloop.errors import DriftloopError
 from driftloop.serde import JsonResult
 
 STATES = ("running", "stopped", "decided")
@@ -45,7 +46,7 @@ WEIGHT_TOLERANCE = 1e-6
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class ABTestError(ValueError):
+class ABTestError(DriftloopError, ValueError):
     """An A/B test definition that breaks a rule (the message names the field)."""
 
 

@@ -5,6 +5,8 @@
     components/<name>/component.yaml   one per component
     components/<name>/README.md        its inputs, outputs and what it decides
     pipelines/continuous_training.yaml the pipeline to upload to the Kubeflow dashboard
+    pipelines/canary_analysis.yaml     the canary's own cadence
+    pipelines/ab_analysis.yaml         the A/B tests' own cadence
 
 The output is deterministic (no timestamps), so a test compares a fresh compile with the
 committed files. Compiling imports neither scikit-learn nor alibi-detect.
@@ -22,10 +24,16 @@ from kfp import compiler
 
 from driftloop.kfp.components import COMPONENTS
 from driftloop.kfp.image import IMAGE
-from driftloop.kfp.pipeline import GCS_SECRET, build_canary_pipeline, build_pipeline
+from driftloop.kfp.pipeline import (
+    GCS_SECRET,
+    build_ab_pipeline,
+    build_canary_pipeline,
+    build_pipeline,
+)
 
 PIPELINE_FILE = Path("pipelines/continuous_training.yaml")
 CANARY_PIPELINE_FILE = Path("pipelines/canary_analysis.yaml")
+AB_PIPELINE_FILE = Path("pipelines/ab_analysis.yaml")
 COMPONENTS_DIR = Path("components")
 
 _TYPES = {
@@ -144,7 +152,16 @@ def compile_canary_pipeline(out_dir: str | Path = ".", *, gcs_secret: str = GCS_
     return path
 
 
+def compile_ab_pipeline(out_dir: str | Path = ".", *, gcs_secret: str = GCS_SECRET) -> Path:
+    """Write ``pipelines/ab_analysis.yaml`` (the A/B tests' own cadence)."""
+    path = Path(out_dir) / AB_PIPELINE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_ab_pipeline(gcs_secret), str(path))
+    return path
+
+
 def compile_all(out_dir: str | Path = ".", *, gcs_secret: str = GCS_SECRET) -> list[Path]:
     """Compile every component and the pipeline; return the files written."""
     return [*compile_components(out_dir), compile_pipeline(out_dir, gcs_secret=gcs_secret),
-            compile_canary_pipeline(out_dir, gcs_secret=gcs_secret)]
+            compile_canary_pipeline(out_dir, gcs_secret=gcs_secret),
+            compile_ab_pipeline(out_dir, gcs_secret=gcs_secret)]

@@ -31,6 +31,7 @@ from kfp.dsl import (
     Output,
 )
 
+from driftloop.kfp.components_ab import analyse_ab
 from driftloop.kfp.image import component
 
 
@@ -520,4 +521,5 @@ COMPONENTS = {
     "notify": notify,
     "promote_model": promote_model,
     "notify_on_exit": notify_on_exit,
+    "analyse_ab": analyse_ab,
 }

@@ -28,8 +28,9 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from driftloop.config import CanaryConfig, DriftConfig, GateConfig, TriggerConfig
+from driftloop.config import ABConfig, CanaryConfig, DriftConfig, GateConfig, TriggerConfig
 from driftloop.kfp.components import (
+    analyse_ab,
     analyse_canary,
     decide_retrain,
     detect_drift,
@@ -287,3 +288,75 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
                 _mount_store_credentials(task, gcs_secret)
 
     return canary_analysis
+
+
+AB_PIPELINE_NAME = "ab-analysis"
+
+
+def build_ab_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) -> Any:
+    """Build the small pipeline that judges the running A/B tests: ingest → analyse_ab.
+
+    Like the canary's, on its own cadence (e.g. daily or hourly,
+    ``driftloop schedule --package pipelines/ab_analysis.yaml``): the confidence sequence
+    behind the analysis stays valid however often it looks.
+
+    Args:
+        gcs_secret: See :func:`build_pipeline`.
+        schedule_time: See :func:`build_pipeline`.
+    """
+
+    @dsl.pipeline(name=AB_PIPELINE_NAME)
+    def ab_analysis(
+        store_uri: str,
+        schema_uri: str,
+        model_name: str,
+        isvc_name: str,
+        namespace: str,
+        run_date: str = "",
+        lookback_days: int = LOOKBACK_DAYS,
+        auto_promote: bool = ABConfig.auto_promote,
+        notify_webhook: str = "",
+        rollout_backend: str = "local",
+        rollout_state: str = "",
+        pushgateway_url: str = "",
+    ) -> None:
+        """Judge every running A/B test; stop the decided ones and act on their winners.
+
+        Args:
+            store_uri: Store root: a folder or gs://bucket/prefix.
+            schema_uri: Schema file of the model's records (JSON or YAML, local or gs://).
+            model_name: Model name in the registry.
+            isvc_name: KServe InferenceService serving the model.
+            namespace: Kubernetes namespace of the InferenceService.
+            run_date: ISO date or time of the logical run for a replay ("" = the run's
+                scheduled time; a one-off run: now).
+            lookback_days: Days of records and feedback read (a test longer than this is
+                judged on its last lookback_days only: keep it >= ab.max_days).
+            auto_promote: Promote a winner at once (a canary start) instead of asking for
+                approval.
+            notify_webhook: http(s) URL for the A/B, promotion and failure events.
+            rollout_backend: local, kubernetes or none (see the main pipeline).
+            rollout_state: The local backend's state folder ("" = <store>/rollout).
+            pushgateway_url: Prometheus Pushgateway base URL for the exit task ("" = none).
+        """
+        run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
+        finale = notify_on_exit(store_uri=store_uri, model_name=model_name, run_id=run_id,
+                                webhook=notify_webhook, pushgateway_url=pushgateway_url,
+                                pipeline_name=AB_PIPELINE_NAME)
+        with dsl.ExitHandler(finale, name="run"):
+            ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
+                              run_date=run_date, scheduled_time=scheduled,
+                              window_days=WINDOW_DAYS, lookback_days=lookback_days)
+            analysed = analyse_ab(
+                store_uri=store_uri, model_name=model_name, run_id=run_id,
+                now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
+                rollout_backend=rollout_backend, rollout_state=rollout_state,
+                webhook=notify_webhook, auto_promote=auto_promote,
+                records=ingested.outputs["records"])
+        for task in (finale, ingested, analysed):
+            task.set_caching_options(False)
+            if gcs_secret:
+                _mount_store_credentials(task, gcs_secret)
+
+    return ab_analysis

@@ -11,6 +11,7 @@ step                       module                                component
 =========================  ====================================  ======================
 :func:`ingest_step`        :mod:`driftloop.steps.ingest`         ``ingest``
 :func:`analyse_canary_step` :mod:`driftloop.steps.canary`        ``analyse_canary``
+:func:`ab_step`            :mod:`driftloop.steps.ab`             ``analyse_ab``
 :func:`drift_step`         :mod:`driftloop.steps.drift`          ``detect_drift``
 :func:`decide_step`        :mod:`driftloop.steps.decide`         ``decide_retrain``
 :func:`train_step`         :mod:`driftloop.steps.train`          ``train_model``
@@ -31,7 +32,8 @@ from typing import Any
 #: Where each step lives. Imported on first use (PEP 562), so a task imports only its own
 #: step's module: the notify, promote and exit tasks never load scikit-learn or scipy.
 _STEPS = {
-    "analyse_canary_step": "canary", "decide_step": "decide", "drift_step": "drift",
+    "ab_step": "ab", "analyse_canary_step": "canary", "decide_step": "decide",
+    "drift_step": "drift",
     "evaluate_step": "evaluate", "exit_step": "status", "ingest_step": "ingest",
     "notify_step": "promote", "promote_step": "promote", "train_step": "train",
 }

@@ -6,7 +6,9 @@
 ``continuous-training`` pipeline graph (:mod:`driftloop.kfp.pipeline`), passing the
 artifacts between them as files in a temporary folder, as kfp.local does. So the CLI, the
 demo and the tests exercise the very code a cluster runs; only the orchestration differs.
-It also takes what a pipeline run builds from its string parameters: an open store and
+:func:`run_canary_analysis` and :func:`run_ab_analysis` are the two small pipelines
+(ingest, then :func:`analyse_canary_step` / :func:`ab_step`). It also takes what a pipeline
+run builds from its string parameters: an open store and
 schema, a full :class:`Config`, a notifier and a rollout backend.
 
 One difference is deliberate: a ``needs_approval`` verdict is announced here (an
@@ -42,6 +44,7 @@ from driftloop.notify import LogNotifier, Notifier, NullNotifier
 from driftloop.rollout.base import RolloutBackend
 from driftloop.rollout.progressive import RolloutStep
 from driftloop.serde import dumps
+from driftloop.steps.ab import ABOutcome, ab_step
 from driftloop.steps.canary import CanaryOutcome, analyse_canary_step
 from driftloop.steps.common import (
     run_key,
@@ -104,6 +107,7 @@ class LoopResult:
 #: The pipelines' names (:data:`driftloop.kfp.pipeline.PIPELINE_NAME` and
 #: ``CANARY_PIPELINE_NAME``; a test keeps them equal): the Pushgateway grouping key.
 PIPELINE, CANARY_PIPELINE = "continuous-training", "canary-analysis"
+AB_PIPELINE = "ab-analysis"
 
 
 class _Artifacts:
@@ -143,6 +147,27 @@ def run_canary_analysis(
         return analyse_canary_step(store, model_name, paths.records, run_id=run_id,
                                    now=ingested.now, backend=backend, notifier=notifier,
                                    config=config).step
+
+
+def run_ab_analysis(
+    store: Store, schema: Schema, model_name: str, *, now: dt.datetime, run_id: str,
+    backend: RolloutBackend | None = None, config: Config | None = None,
+    lookback_days: int = 30, notifier: Notifier | None = None, pushgateway_url: str = "",
+) -> ABOutcome:
+    """The ``ab-analysis`` pipeline in process: ingest up to ``now``, judge the A/B tests.
+
+    Returns:
+        The A/B step (no analyses when no test is running).
+    """
+    notifier = notifier or NullNotifier()
+    with _exit_handler(store, model_name, run_id, notifier, pushgateway_url, AB_PIPELINE), \
+            tempfile.TemporaryDirectory(prefix="driftloop-ab-") as tmp:
+        paths = _Artifacts(Path(tmp))
+        ingested = ingest_step(store, schema, run_id=run_id, now=now,
+                               lookback_days=lookback_days, records_path=paths.records,
+                               current_path=paths.current, quarantine_path=paths.quarantine)
+        return ab_step(store, model_name, paths.records, run_id=run_id, now=ingested.now,
+                       backend=backend, notifier=notifier, config=config)
 
 
 @contextlib.contextmanager

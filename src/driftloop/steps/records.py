@@ -25,6 +25,7 @@ from driftloop.errors import DriftloopError
 from driftloop.models.registry import AliasState
 from driftloop.rollout.progressive import RolloutStep
 from driftloop.serde import loads
+from driftloop.steps.ab import ABOutcome
 from driftloop.steps.train import (
     TrainSummary,
 )
@@ -43,6 +44,7 @@ class RunRecord:
     aliases: AliasState | None = None
     rollout: RolloutStep | None = None
     status: RunStatus | None = None
+    ab: ABOutcome | None = None
     recorded: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -72,6 +74,11 @@ class RunRecord:
             r = self.rollout
             out.append(f"rollout  {r.action} {r.version} {r.from_percent}% -> "
                        f"{r.to_percent}%: " + "; ".join(r.reasons))
+        if self.ab is not None:
+            for a in self.ab.analyses:
+                out.append(f"ab       {a.test_id} {a.decision}"
+                           + (f" winner {a.winner}" if a.winner else "") + ": "
+                           + "; ".join(a.reasons))
         if self.status is not None:
             extra = f": {self.status.error}" if self.status.error else ""
             out.append(f"status   {self.status.state}{extra}")
@@ -82,7 +89,7 @@ class RunRecord:
 _RECORD_TYPES: dict[str, type[Any]] = {
     "ingest": IngestReport, "drift": DriftReport, "decision": RetrainDecision,
     "train": TrainSummary, "verdict": Verdict, "aliases": AliasState,
-    "rollout": RolloutStep, "status": RunStatus,
+    "rollout": RolloutStep, "status": RunStatus, "ab": ABOutcome,
 }
 
 

@@ -1,0 +1,162 @@
+"""The A/B steps over a local store: start, status, stop, the pipeline step and the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from test_ab import records
+
+from driftloop.cli import main
+from driftloop.config import ABConfig, Config
+from driftloop.data.storage import LocalStore
+from driftloop.decide.ab_assign import ABTest, Variant, state_key
+from driftloop.errors import DriftloopError
+from driftloop.models.registry import Registry
+from driftloop.notify import Delivery, Event, Notifier
+from driftloop.steps.ab import ABOutcome, ab_status, ab_step, start_ab, stop_ab
+
+MODEL = "m"
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+NOW = START + dt.timedelta(days=3)
+
+
+class Recorder(Notifier):
+    backend = "recorder"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def send(self, event: Event) -> Delivery:
+        self.events.append(event)
+        return Delivery(self.backend, True, None)
+
+
+class SplitBackend:
+    """The rollout side's A/B interface: start_ab / stop_ab, recording the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def start_ab(self, test: ABTest) -> None:
+        self.calls.append(("start", test.test_id, test.state))
+
+    def stop_ab(self, test: ABTest) -> None:
+        self.calls.append(("stop", test.test_id, test.state))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    s = LocalStore(tmp_path / "store", create=True)
+    reg = Registry(s, MODEL)
+    for v in ("v1", "v2"):
+        folder = tmp_path / "artifacts" / v
+        folder.mkdir(parents=True)
+        data = f"model {v}".encode()
+        (folder / "model.joblib").write_bytes(data)
+        (folder / "metadata.json").write_text(json.dumps(
+            {"version": v, "model_sha256": hashlib.sha256(data).hexdigest()}))
+        reg.register(folder)
+    reg.promote("v1", reason="first")
+    return s
+
+
+def _variants() -> list[Variant]:
+    return [Variant("a", "champion", 0.5), Variant("b", "v2", 0.5)]
+
+
+def _records(tmp_path: Path, acc: dict[str, float]) -> Path:
+    path = tmp_path / "records.parquet"
+    frame: pd.DataFrame = records(acc).assign(
+        timestamp=lambda f: f["timestamp"].map(lambda t: t.isoformat()))
+    frame.to_parquet(path)
+    return path
+
+
+def test_start_records_the_test_configures_the_backend_and_refuses_a_second(
+        store: LocalStore) -> None:
+    backend = SplitBackend()
+    _, note = start_ab(store, MODEL, _variants(), test_id="t1", now=START, backend=backend)
+    assert store.exists(state_key(MODEL, "t1")) and "configured" in note
+    assert backend.calls == [("start", "t1", "running")]
+    with pytest.raises(DriftloopError, match="t1 is running"):
+        start_ab(store, MODEL, _variants(), test_id="t2", now=START)
+    stop_ab(store, MODEL, "t1")
+    with pytest.raises(DriftloopError, match=r"ab\.variants\[b\]\.target"):
+        start_ab(store, MODEL, [Variant("a", "v1", 0.5), Variant("b", "v9", 0.5)],
+                 test_id="t3", now=START)
+    _, note = start_ab(store, MODEL, _variants(), test_id="t4", now=START)
+    assert "recorded only" in note  # no backend: says the request path must apply it
+
+
+def test_the_step_declares_a_winner_stops_the_test_and_asks_for_approval(
+        store: LocalStore, tmp_path: Path) -> None:
+    backend = SplitBackend()
+    start_ab(store, MODEL, _variants(), test_id="t1", now=START, backend=backend)
+    path = _records(tmp_path, {"a": 0.70, "b": 0.85})
+    notifier = Recorder()
+    out = ab_step(store, MODEL, path, run_id="r1", now=NOW.isoformat(), backend=backend,
+                  notifier=notifier)
+    (analysis,) = out.analyses
+    assert analysis.winner == "b" and out.stopped == ["t1"] and out.approval == ["v2"]
+    assert ("stop", "t1", "decided") in backend.calls
+    assert Registry(store, MODEL).aliases().champion == "v1"  # nothing moved unapproved
+    assert any("needs approval" in e.title for e in notifier.events)
+    assert store.exists("runs/r1/ab.json") and store.exists("runs/r1/ab.md")
+    assert ABOutcome.from_json(store.read_text("runs/r1/ab.json")) == out
+    status = ab_status(store, MODEL)
+    assert status[0]["test"].state == "decided" and status[0]["latest"].winner == "b"
+    # a re-run of the run changes nothing; a later run has no running test
+    assert ab_step(store, MODEL, path, run_id="r1", now=NOW.isoformat()) == out
+    assert ab_step(store, MODEL, path, run_id="r2", now=NOW.isoformat()).analyses == []
+
+
+def test_auto_promotion_moves_the_champion_with_a_notification(
+        store: LocalStore, tmp_path: Path) -> None:
+    start_ab(store, MODEL, _variants(), test_id="t1", now=START)
+    notifier = Recorder()
+    out = ab_step(store, MODEL, _records(tmp_path, {"a": 0.70, "b": 0.85}), run_id="r1",
+                  now=NOW.isoformat(), notifier=notifier,
+                  config=Config(ab=ABConfig(auto_promote=True)))
+    assert out.promoted == ["v2"]
+    assert Registry(store, MODEL).aliases().champion == "v2"
+    assert [e.kind for e in notifier.events] == ["model_update"]
+
+
+def test_an_undecided_test_keeps_running(store: LocalStore, tmp_path: Path) -> None:
+    start_ab(store, MODEL, _variants(), test_id="t1", now=START)
+    out = ab_step(store, MODEL, _records(tmp_path, {"a": 0.8, "b": 0.8}), run_id="r1",
+                  now=NOW.isoformat(), notifier=Recorder())
+    assert out.stopped == [] and out.analyses[0].decision == "continue"
+    assert ab_status(store, MODEL)[0]["test"].state == "running"
+
+
+def test_cli_start_status_stop(store: LocalStore, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(store.root)
+    common = ["--store", root, "--model", MODEL, "--state", str(tmp_path / "rollout")]
+
+    def run(*argv: str) -> Any:
+        code = main(["ab", *argv, *common])
+        out, err = capsys.readouterr()
+        return code, (json.loads(out) if code == 0 else err)
+
+    code, out = run("start", "--test-id", "t1", "--variant", "a=champion",
+                    "--variant", "b=v2:0.5")
+    assert code == 2 and "weight to every variant or to none" in out
+    code, out = run("start", "--test-id", "t1", "--variant", "a=champion:0.8",
+                    "--variant", "b=v2:0.2", "--key-header", "x-session")
+    assert code == 0 and out["test"]["variants"][1] == {"name": "b", "target": "v2",
+                                                        "weight": 0.2}
+    assert out["test"]["key_header"] == "x-session"
+    code, out = run("status")
+    assert code == 0 and out[0]["test"]["state"] == "running" and out[0]["latest"] is None
+    code, out = run("stop")
+    assert code == 2 and "--test-id is required" in out
+    code, out = run("stop", "--test-id", "t1")
+    assert code == 0 and out["test"]["state"] == "stopped"
