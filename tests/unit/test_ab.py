@@ -152,3 +152,20 @@ def test_only_rows_since_the_start_count() -> None:
     both = pd.concat([rec, before], ignore_index=True)
     assert analyse_ab(both, TEST, config=ABConfig(), now=NOW).variants[1].requests == \
         analyse_ab(rec, TEST, config=ABConfig(), now=NOW).variants[1].requests
+
+
+def test_rows_aggregated_per_user_and_day_give_the_same_difference_and_variance() -> None:
+    rng = np.random.default_rng(4)
+    users = rng.integers(0, 300, 5000)
+    treated = users % 2 == 1
+    strata = rng.integers(0, 3, 5000)
+    correct = (rng.random(5000) < 0.6 + 0.1 * (users % 3 == 0)).astype(float)
+    per_response = clustered_difference(correct, treated, strata, users)
+    agg = pd.DataFrame({"u": users, "h": strata, "t": treated, "c": correct}).groupby(
+        ["u", "h", "t"], as_index=False)["c"].agg(["sum", "count"])
+    grouped = clustered_difference(agg["sum"].to_numpy(), agg["t"].to_numpy(),
+                                   agg["h"].to_numpy(), agg["u"].to_numpy(),
+                                   agg["count"].to_numpy())
+    assert grouped.diff == pytest.approx(per_response.diff)
+    assert grouped.variance == pytest.approx(per_response.variance)
+    assert (grouped.n1, grouped.n2) == (per_response.n1, per_response.n2)

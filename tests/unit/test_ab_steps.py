@@ -160,3 +160,23 @@ def test_cli_start_status_stop(store: LocalStore, tmp_path: Path,
     assert code == 2 and "--test-id is required" in out
     code, out = run("stop", "--test-id", "t1")
     assert code == 0 and out["test"]["state"] == "stopped"
+
+
+def test_the_report_shows_every_test_state_and_decision(store: LocalStore,
+                                                        tmp_path: Path) -> None:
+    from driftloop.demo.report import ab_html
+    from driftloop.steps.ab import ab_history
+
+    start_ab(store, MODEL, _variants(), test_id="t1", now=START)
+    even = _records(tmp_path, {"a": 0.8, "b": 0.8})
+    ab_step(store, MODEL, even, run_id="r1", now=(START + dt.timedelta(days=1)).isoformat(),
+            notifier=Recorder())
+    ab_step(store, MODEL, _records(tmp_path, {"a": 0.70, "b": 0.85}), run_id="r2",
+            now=NOW.isoformat(), notifier=Recorder())
+    (history,) = ab_history(store, MODEL)
+    assert [run for run, _ in history.decisions] == ["r1", "r2"]
+    text = "".join(ab_html(ab_history(store, MODEL)))
+    assert "t1: decided" in text and "winner: b" in text and "needs_approval" in text
+    assert text.count("<tr>") == 3  # header + one row per run
+    diff = history.decisions[-1][1].comparisons[0]
+    assert f"[{diff.ci_low:+.3f}, {diff.ci_high:+.3f}]" in text

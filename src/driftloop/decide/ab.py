@@ -296,7 +296,8 @@ def _strata(rows: pd.DataFrame, stratum_hours: float) -> np.ndarray:
 
 
 def clustered_difference(correct: np.ndarray, treated: np.ndarray, stratum: np.ndarray,
-                         user: np.ndarray) -> StratifiedDifference:
+                         user: np.ndarray,
+                         labelled: np.ndarray | None = None) -> StratifiedDifference:
     """Stratified (Mantel-Haenszel) difference treated - control with a per-user variance.
 
     The estimate is that of :func:`~driftloop.decide.sequential.stratified_difference`. Its
@@ -307,17 +308,22 @@ def clustered_difference(correct: np.ndarray, treated: np.ndarray, stratum: np.n
     structure can only widen the interval.
 
     Args:
-        correct: 1/0 per labelled response.
+        correct: 1/0 per labelled response (or correct responses per row, with
+            ``labelled``).
         treated: True for the variant, False for the control.
         stratum: Time bucket per response.
         user: Cluster (user key) per response.
+        labelled: Labelled responses per row (default 1 each: one row per response); rows
+            may aggregate one user's responses in one stratum (the benchmark's simulation).
 
     Returns:
         The difference with the larger of the two variances.
     """
-    frame = pd.DataFrame({"c": correct.astype(float), "t": treated.astype(bool),
+    ones = np.ones(len(correct)) if labelled is None else np.asarray(labelled, dtype=float)
+    frame = pd.DataFrame({"c": correct.astype(float), "n": ones, "t": treated.astype(bool),
                           "h": stratum, "u": user})
-    g = frame.groupby(["h", "t"])["c"].agg(["sum", "count"]).unstack("t", fill_value=0)
+    g = frame.groupby(["h", "t"])[["c", "n"]].sum().rename(
+        columns={"c": "sum", "n": "count"}).unstack("t", fill_value=0)
 
     def col(stat: str, flag: bool) -> pd.Series:
         return g[(stat, flag)] if (stat, flag) in g else pd.Series(0.0, index=g.index)
@@ -335,7 +341,8 @@ def clustered_difference(correct: np.ndarray, treated: np.ndarray, stratum: np.n
     wh = w.reindex(h).to_numpy() / total
     p = np.where(t, p2.reindex(h).to_numpy(), p1.reindex(h).to_numpy())
     n = np.where(t, n2.reindex(h).to_numpy(), n1.reindex(h).to_numpy())
-    infl = np.where(n > 0, wh * (frame["c"].to_numpy() - p) / np.maximum(n, 1), 0.0)
+    infl = np.where(n > 0, wh * (frame["c"].to_numpy() - p * frame["n"].to_numpy())
+                    / np.maximum(n, 1), 0.0)
     infl = np.where(t, infl, -infl)
     per_user = pd.Series(infl).groupby(frame["u"].to_numpy()).sum().to_numpy()
     groups = len(per_user)

@@ -336,8 +336,11 @@ def run_live_demo(
     importances = {v: registry.metadata(v).get("feature_importance") or {}
                    for v in registry.versions()}
     seconds = time.perf_counter() - started
+    from driftloop.steps.ab import ab_history
+
     report = write_report(out / "report.html", data, rows, served_frame, seconds=seconds,
-                          how=how, counterfactual=counterfactual, importances=importances)
+                          how=how, counterfactual=counterfactual, importances=importances,
+                          ab_tests=ab_history(store, data.name))
     print(f"\nreport: {report}\nstore: {out / 'store'} (runs/, models/, rollout/); "
           f"served rows: {out / 'served.csv'}\n"
           f"wall time {seconds:.0f}s (traffic {timings['traffic']:.0f}s, pipeline "

@@ -26,6 +26,7 @@ from driftloop.demo.traffic import live_accuracy
 if TYPE_CHECKING:
     from driftloop.demo.scenarios import Scenario
     from driftloop.demo.traffic import Counterfactual, DayTraffic
+    from driftloop.steps.ab import ABHistory
 
 
 @dataclass(frozen=True)
@@ -412,14 +413,60 @@ def _importance_html(importances: dict[str, dict[str, Any]], top: int = 5) -> li
             "<p>How they changed across versions (mean importance):</p>", table]
 
 
+def _num(value: float | None, fmt: str = "+.3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def ab_html(histories: list[ABHistory]) -> list[str]:
+    """The A/B tests section: each test's state, variants and every run's decision."""
+    out = ["<h2>A/B tests</h2>"]
+    for h in histories:
+        t = h.test
+        arms = ", ".join(f"{html.escape(v.name)} → <code>{html.escape(v.target)}</code> "
+                         f"{v.weight:.0%}" for v in t.variants)
+        out.append(f"<h3>{html.escape(t.test_id)}: {html.escape(t.state)}</h3><p>Variants "
+                   f"(first = control): {arms}; key: header <code>{html.escape(t.key_header)}"
+                   f"</code> else field <code>{html.escape(t.key_field)}</code>; started "
+                   f"{html.escape(t.started_at or '-')}.</p>")
+        if not h.decisions:
+            out.append("<p>Not analysed yet.</p>")
+            continue
+        names = [v.name for v in t.variants]
+        head = ["run", "analysed", "decision", *(f"{n} acc (n)" for n in names),
+                *(f"{c} - {names[0]} [interval]" for c in names[1:]), "action", "reasons"]
+        body = []
+        for run_id, a in h.decisions:
+            by = {s.name: s for s in a.variants}
+            accs = [f"{_num(by[n].accuracy, '.3f')} ({by[n].labelled})" if n in by else "-"
+                    for n in names]
+            comps = {c.variant: c for c in a.comparisons}
+            diffs = [f"{_num(comps[n].diff)} [{_num(comps[n].ci_low)}, "
+                     f"{_num(comps[n].ci_high)}]" if n in comps else "-" for n in names[1:]]
+            decision = a.decision + (f": {a.winner}" if a.winner else "")
+            body.append([run_id, a.analysed_at[:16], decision, *accs, *diffs, a.action,
+                         "; ".join(a.reasons)])
+        out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                   + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>"
+                                                        for c in r) + "</tr>" for r in body)
+                   + "</table>")
+        last = h.decisions[-1][1]
+        out.append(f"<p><small>{html.escape(last.method)}; alpha {last.alpha:g} over all "
+                   f"looks, power {last.power:.0%} against {last.mde:+.3f}: "
+                   f"{last.labels_needed} labelled responses per variant planned.</small></p>")
+    return out
+
+
 def write_report(path: Path, scenario: Scenario, rows: list[DayRow], served: pd.DataFrame,
                  *, seconds: float, how: str, counterfactual: Counterfactual | None = None,
-                 importances: dict[str, dict[str, Any]] | None = None) -> Path:
+                 importances: dict[str, dict[str, Any]] | None = None,
+                 ab_tests: list[ABHistory] | None = None) -> Path:
     """Write ``report.html``: the timeline, the plots and how the run was made.
 
     With ``counterfactual``, its line and a plot of both daily accuracies; with
     ``importances`` (version -> its metadata's ``feature_importance``, in registration
-    order), each version's top features and the feature x version table.
+    order), each version's top features and the feature x version table; with
+    ``ab_tests`` (:func:`driftloop.steps.ab.ab_history`), every A/B test's state and
+    decisions.
     """
     plt = _pyplot()
 
@@ -451,6 +498,7 @@ def write_report(path: Path, scenario: Scenario, rows: list[DayRow], served: pd.
           f"src='data:image/png;base64,{png}'>" for t, png in figures),
         "<h2>Timeline</h2>", table,
         *(_importance_html(importances) if importances else []),
+        *(ab_html(ab_tests) if ab_tests else []),
         "<p>Serving: the real predictor behind the local gateway (a stand-in for Knative's "
         "traffic split) on 127.0.0.1; nothing here ran on a Kubernetes cluster.</p>",
     ]

@@ -194,15 +194,31 @@ def stop_ab(store: Store | str, model_name: str, test_id: str, *, state: str = "
 
 def ab_status(store: Store | str, model_name: str) -> list[dict[str, Any]]:
     """Every test of the model with its state and its latest recorded decision."""
+    return [{"test": h.test, "latest": h.decisions[-1][1] if h.decisions else None,
+             "analyses": len(h.decisions)} for h in ab_history(store, model_name)]
+
+
+@dataclass
+class ABHistory:
+    """One test with every decision recorded about it, oldest first (for reports)."""
+
+    test: ABTest
+    decisions: list[tuple[str, ABAnalysis]] = field(default_factory=list)
+
+
+def ab_history(store: Store | str, model_name: str) -> list[ABHistory]:
+    """Every test of the model and each run's analysis of it (``(run_id, analysis)``)."""
     store = as_store(store)
-    latest: dict[str, ABAnalysis] = {}
+    found = {t.test_id: ABHistory(t) for t in list_tests(store, model_name)}
     for key in sorted(store.list("runs")):
-        if key.endswith("/ab.json"):
+        if key.endswith("/ab.json") and key.count("/") == 2:
+            run_id = key.split("/")[1]
             for a in loads(ABOutcome, store.read_text(key)).analyses:
-                if a.model_name == model_name and a.analysed_at >= getattr(
-                        latest.get(a.test_id), "analysed_at", ""):
-                    latest[a.test_id] = a
-    return [{"test": t, "latest": latest.get(t.test_id)} for t in list_tests(store, model_name)]
+                if a.model_name == model_name and a.test_id in found:
+                    found[a.test_id].decisions.append((run_id, a))
+    for h in found.values():
+        h.decisions.sort(key=lambda d: d[1].analysed_at)
+    return list(found.values())
 
 
 def _act(store: Store, test: ABTest, analysis: ABAnalysis, *, backend: Any,
