@@ -40,11 +40,16 @@ class Recorder(Notifier):
 class SplitBackend:
     """The rollout side's A/B interface: start_ab / stop_ab, recording the calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: bool = False) -> None:
         self.calls: list[tuple[str, str, str]] = []
+        self.uris: dict[str, str] = {}
+        self.refuse = refuse
 
-    def start_ab(self, test: ABTest) -> None:
+    def start_ab(self, test: ABTest, storage_uris: dict[str, str] | None = None) -> None:
+        if self.refuse:
+            raise DriftloopError("no InferenceService to split")
         self.calls.append(("start", test.test_id, test.state))
+        self.uris = dict(storage_uris or {})
 
     def stop_ab(self, test: ABTest) -> None:
         self.calls.append(("stop", test.test_id, test.state))
@@ -84,12 +89,18 @@ def test_start_records_the_test_configures_the_backend_and_refuses_a_second(
     _, note = start_ab(store, MODEL, _variants(), test_id="t1", now=START, backend=backend)
     assert store.exists(state_key(MODEL, "t1")) and "configured" in note
     assert backend.calls == [("start", "t1", "running")]
+    # the pinned variant is served from its version folder, the alias by the service
+    assert set(backend.uris) == {"b"} and backend.uris["b"].endswith("models/m/v2")
     with pytest.raises(DriftloopError, match="t1 is running"):
         start_ab(store, MODEL, _variants(), test_id="t2", now=START)
     stop_ab(store, MODEL, "t1")
     with pytest.raises(DriftloopError, match=r"ab\.variants\[b\]\.target"):
         start_ab(store, MODEL, [Variant("a", "v1", 0.5), Variant("b", "v9", 0.5)],
                  test_id="t3", now=START)
+    with pytest.raises(DriftloopError, match="no InferenceService"):
+        start_ab(store, MODEL, _variants(), test_id="t5", now=START,
+                 backend=SplitBackend(refuse=True))
+    assert not store.exists(state_key(MODEL, "t5"))  # refused: nothing left running
     _, note = start_ab(store, MODEL, _variants(), test_id="t4", now=START)
     assert "recorded only" in note  # no backend: says the request path must apply it
 
@@ -138,8 +149,14 @@ def test_an_undecided_test_keeps_running(store: LocalStore, tmp_path: Path) -> N
 
 def test_cli_start_status_stop(store: LocalStore, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
+    from driftloop.rollout import version_storage_uri
+    from driftloop.rollout.local import LocalRolloutBackend
+
     root = str(store.root)
     common = ["--store", root, "--model", MODEL, "--state", str(tmp_path / "rollout")]
+    # a served model for the split to stand in front of (the local backend's service)
+    with LocalRolloutBackend(tmp_path / "rollout", MODEL, "default") as service:
+        service.ensure(version_storage_uri(Registry(store, MODEL), "v1"))
 
     def run(*argv: str) -> Any:
         code = main(["ab", *argv, *common])

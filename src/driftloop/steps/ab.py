@@ -20,6 +20,7 @@ command to run.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,18 @@ def _resolve(registry: Registry, target: str) -> str | None:
     return target
 
 
-def _configure(backend: Any, method: str, test: ABTest) -> str:
-    """Call ``backend.start_ab`` / ``stop_ab`` when the backend has it; say what happened."""
+def _configure(backend: Any, method: str, test: ABTest, **extra: Any) -> str:
+    """Call ``backend.start_ab`` / ``stop_ab`` when the backend has it; say what happened.
+
+    ``extra`` keyword arguments are passed only when the method takes them (the local
+    backend's ``start_ab`` takes ``storage_uris``: each pinned variant's version folder).
+    """
     call = getattr(backend, method, None) if backend is not None else None
     if call is None:
         return (f"{method}: no rollout backend with A/B support was given; the test is "
                 "recorded only (the request path must apply it)")
-    call(test)
+    params = inspect.signature(call).parameters
+    call(test, **{k: v for k, v in extra.items() if k in params})
     return f"{method}: the rollout backend was configured"
 
 
@@ -173,8 +179,15 @@ def start_ab(store: Store | str, model_name: str, variants: list[Variant], *,
                                  f"registered version or a set alias of model {model_name}")
     test = ABTest(test_id, model_name, tuple(variants), key_field=key_field,
                   key_header=key_header, salt=salt, started_at=now.isoformat())
+    from driftloop.rollout.base import version_storage_uri
+
+    # a pinned variant is served from its version folder; "champion" follows the service
+    pinned = {v.name: version_storage_uri(registry, str(_resolve(registry, v.target)))
+              for v in variants if v.target != "champion"}
+    # the request path first: a backend that refuses leaves no running test behind
+    note = _configure(backend, "start_ab", test, storage_uris=pinned)
     _write(store, test)
-    return test, _configure(backend, "start_ab", test)
+    return test, note
 
 
 def stop_ab(store: Store | str, model_name: str, test_id: str, *, state: str = "stopped",
