@@ -230,3 +230,19 @@ def test_the_in_process_loop_pushes_under_the_pipelines_names():
     from driftloop.steps.loop import CANARY_PIPELINE, PIPELINE
 
     assert (PIPELINE, CANARY_PIPELINE) == (PIPELINE_NAME, CANARY_PIPELINE_NAME)
+
+
+def test_the_ab_pipeline_ingests_and_judges_the_ab_tests(fresh: Path):
+    from driftloop.config import ABConfig
+    from driftloop.kfp.pipeline import AB_PIPELINE_NAME
+    from driftloop.steps.loop import AB_PIPELINE
+
+    doc = next(yaml.safe_load_all((fresh / "pipelines/ab_analysis.yaml").read_text()))
+    assert doc["pipelineInfo"]["name"] == AB_PIPELINE_NAME == AB_PIPELINE
+    tasks = _tasks(doc)
+    assert {"ingest", "analyse-ab", "notify-on-exit"} <= set(tasks)
+    assert not {"train-model", "detect-drift", "analyse-canary"} & set(tasks)
+    assert tasks["analyse-ab"]["dependentTasks"] == ["ingest"]
+    defaults = doc["root"]["inputDefinitions"]["parameters"]
+    auto = defaults["auto_promote"]
+    assert (auto["defaultValue"], auto["parameterType"]) == (ABConfig.auto_promote, "BOOLEAN")

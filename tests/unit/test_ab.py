@@ -169,3 +169,30 @@ def test_rows_aggregated_per_user_and_day_give_the_same_difference_and_variance(
     assert grouped.diff == pytest.approx(per_response.diff)
     assert grouped.variance == pytest.approx(per_response.variance)
     assert (grouped.n1, grouped.n2) == (per_response.n1, per_response.n2)
+
+
+def test_three_variants_split_alpha_and_the_best_credible_one_wins() -> None:
+    three = ABTest("t3", "m", (Variant("a", "champion", 0.34), Variant("b", "v2", 0.33),
+                               Variant("c", "v3", 0.33)), started_at=START.isoformat())
+    rng = np.random.default_rng(5)
+    acc = {"a": 0.70, "b": 0.72, "c": 0.85}
+    rows = []
+    for u in range(1500):
+        v = assign(three, f"u{u}", random.Random(0)).variant
+        for j in range(6):
+            rows.append({"id": f"{u}-{j}", "timestamp": START + dt.timedelta(hours=j),
+                         "user_id": f"u{u}", "ab_variant": v, "ab_keyed": "true",
+                         "label": "x", "prediction": "x" if rng.random() < acc[v] else "y"})
+    result = analyse_ab(pd.DataFrame(rows), three, config=ABConfig(), now=NOW)
+    assert [c.variant for c in result.comparisons] == ["b", "c"]
+    assert all(c.alpha == pytest.approx(0.025) for c in result.comparisons)
+    assert result.winner == "c" and result.winner_target == "v3"
+
+
+def test_a_bad_setting_is_one_line_naming_it() -> None:
+    from driftloop.config import config_from_dict
+    from driftloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ab\.mde: must be in \(0, 1\)"):
+        config_from_dict({"ab": {"mde": 0}})
+    assert config_from_dict({"ab": {"auto_promote": True}}).ab.auto_promote
