@@ -68,7 +68,9 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     result = train_model(_training_rows(300, text), schema, TrainConfig(max_iter=200, seed=1),
                          model_name=name, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     folder = save_model_artifact(result, tmp_path_factory.mktemp(name) / "model")
-    served = DriftloopModel(name, model_dir=Path(folder))
+    # The scikit-learn path (the compiled one is checked in test_compiled.py): its answers
+    # must equal predict_frame exactly.
+    served = DriftloopModel(name, model_dir=Path(folder), compile=False)
     served.load()
     return served
 

@@ -65,6 +65,8 @@ import contextlib
 import functools
 import gc
 import json
+import logging
+import os
 import sys
 import time
 import uuid
@@ -79,6 +81,7 @@ from threadpoolctl import ThreadpoolController
 from driftloop.errors import DriftloopError
 from driftloop.serving import clean_argv
 from driftloop.serving import metrics as m
+from driftloop.serving.compiled import Compiled, CompileReport, compile_pipeline
 from driftloop.serving.predictor_inputs import ID_FIELD, parse_v1, parse_v2, v2_datatype
 from driftloop.serving.predictor_loading import (
     LoadedModel,
@@ -94,6 +97,11 @@ with clean_argv():
     from kserve.errors import InvalidInput
     from kserve.model import Model as KServeModel
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
+
+#: ``DRIFTLOOP_COMPILE=0`` serves scikit-learn without trying to compile (a kill switch).
+COMPILE_ENV = "DRIFTLOOP_COMPILE"
 
 #: Batches smaller than this predict with one OpenMP thread. HistGradientBoosting opens
 #: one parallel region per tree; for a few rows on a busy machine the threads' waits
@@ -164,6 +172,8 @@ class DriftloopModel(KServeModel):
         store_uri: The store holding the registry.
         model_name: The registry's model name (default: ``name``).
         version: A registered version or alias (default: the champion).
+        compile: Serve the compiled model where it converts and passes its check
+            (:mod:`driftloop.serving.compiled`); default: unless ``$DRIFTLOOP_COMPILE`` is 0.
     """
 
     def __init__(
@@ -174,8 +184,12 @@ class DriftloopModel(KServeModel):
         store_uri: str | None = None,
         model_name: str | None = None,
         version: str | None = None,
+        compile: bool | None = None,
     ) -> None:
         super().__init__(name)
+        self.compile = (os.environ.get(COMPILE_ENV, "1") != "0") if compile is None else compile
+        self.compiled: Compiled | None = None
+        self.compile_report: CompileReport | None = None
         if (model_dir is None) == (store_uri is None):
             raise ValueError("give exactly one of model_dir or store_uri")
         self.model_dir = model_dir
@@ -204,6 +218,17 @@ class DriftloopModel(KServeModel):
             self.loaded = load_from_registry(
                 self.store_uri, self.registry_model, self.requested_version
             )
+        if self.compile:
+            self.compiled, self.compile_report = compile_pipeline(
+                self.loaded.model, self.loaded.schema, self.loaded.check_rows,
+                self.loaded.check_source)
+        else:
+            self.compiled, self.compile_report = None, CompileReport(
+                "sklearn", f"compiling is off ({COMPILE_ENV}=0)", 0, "", None)
+        # extra=: the process context does not hold the version yet (it is known now).
+        (log.info if self.compile_report.compiled else log.warning)(
+            "model %s %s: %s", self.name, self.loaded.version, self.compile_report.describe(),
+            extra={"model": self.name, "version": self.loaded.version})
         labels = {"model_name": self.name, "model_version": self.loaded.version}
         self._confidence = m.prediction_confidence().labels(**labels)
         counter = m.predicted_class()
@@ -260,6 +285,17 @@ class DriftloopModel(KServeModel):
         not listed. Empty before :meth:`load`.
         """
         return [dict(t, shape=list(t["shape"])) for t in self._output_types]
+
+    def metadata_parameters(self) -> dict[str, str]:
+        """Optional ``parameters`` of ``GET /v2/models/NAME``: how this model answers.
+
+        ``inference_backend`` (``onnxruntime`` or ``sklearn``), the check's tolerance,
+        rows, source and measured difference, and ``compile_fallback_reason`` when
+        scikit-learn is served. Added by :func:`driftloop.serving.server.build_app`; a
+        client that does not know them ignores them. Empty before :meth:`load`.
+        """
+        report = self.compile_report
+        return {} if report is None else {"model_version": self.version, **report.parameters()}
 
     @property
     def version(self) -> str:
@@ -319,8 +355,17 @@ class DriftloopModel(KServeModel):
     def predict_columns(
         self, columns: Mapping[str, Sequence[Any]]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Predict checked feature columns; return ``(classes, probabilities)``."""
-        labels, proba = self.predict_frame(self.build_frame(columns))
+        """Predict checked feature columns; return ``(classes, probabilities)``.
+
+        The compiled model takes the columns as they are (no DataFrame); otherwise the
+        scikit-learn pipeline gets the frame from :meth:`build_frame`. Both give the same
+        classes and probabilities within the tolerance checked at load.
+        """
+        if self.compiled is not None:
+            proba = self.compiled.predict_proba(columns)
+            labels = self._class_names[proba.argmax(axis=1)]
+        else:
+            labels, proba = self.predict_frame(self.build_frame(columns))
         self.observe(labels, proba)
         return labels, proba
 

@@ -11,11 +11,13 @@ digest, when one was recorded); answering requests needs none of it.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import joblib
+import pandas as pd
 
 from driftloop.data.schema import Schema, schema_from_dict
 from driftloop.data.storage import open_store
@@ -43,6 +45,38 @@ class LoadedModel:
     version: str
     classes: list[str]
     source: str
+    #: The version's own rows found at load (for the compiled model's check), if any.
+    check_rows: pd.DataFrame | None = None
+    #: Where ``check_rows`` come from.
+    check_source: str = "none found"
+
+
+log = logging.getLogger(__name__)
+
+
+def _profile_rows(folder: Path, schema: Schema) -> pd.DataFrame | None:
+    """The drift profile's sampled reference rows (tabular: numeric and categorical).
+
+    A folder copied by KServe's storage initializer holds model.joblib, metadata.json and
+    the drift profile: its row-aligned samples are the version's own reference rows.
+    """
+    from driftloop.decide.profile import PROFILE_JSON, ReferenceProfile
+
+    if not (folder / PROFILE_JSON).is_file() or schema.model_kind != "tabular":
+        return None
+    try:
+        profile = ReferenceProfile.load(folder)
+    except Exception as exc:  # the check falls back to edge rows; serving goes on
+        log.warning("%s: drift profile unreadable for the compile check (%s)", folder, exc)
+        return None
+    data: dict[str, Any] = dict(profile.numeric_sample)
+    for name, codes in profile.categorical_sample.items():
+        categories = profile.categories.get(name, [])
+        data[name] = [categories[c] if 0 <= c < len(categories) else None
+                      for c in codes.tolist()]
+    if set(data) != set(schema.feature_names):
+        return None
+    return pd.DataFrame(data)
 
 
 def _schema_of(meta: dict[str, Any], where: str) -> Schema:
@@ -53,7 +87,8 @@ def _schema_of(meta: dict[str, Any], where: str) -> Schema:
 
 
 def _finish(model: Any, meta: dict[str, Any], schema: Schema, where: str,
-            version: str | None) -> LoadedModel:
+            version: str | None, rows: pd.DataFrame | None = None,
+            rows_source: str = "none found") -> LoadedModel:
     if not hasattr(model, "predict_proba") or not hasattr(model, "classes_"):
         raise StoreError(f"{where}: the model has no predict_proba/classes_ (not a classifier)")
     return LoadedModel(
@@ -63,6 +98,8 @@ def _finish(model: Any, meta: dict[str, Any], schema: Schema, where: str,
         version=str(version or meta.get("version") or "unknown"),
         classes=[str(c) for c in model.classes_],
         source=where,
+        check_rows=rows,
+        check_source=rows_source if rows is not None else "none found",
     )
 
 
@@ -87,7 +124,9 @@ def load_from_folder(folder: str | Path) -> LoadedModel:
     verify_metadata(meta, str(meta_path))
     schema = _schema_of(meta, str(folder))  # a broken schema fails before any unpickling
     _verify(str(model_path), meta.get("model_sha256"), sha256_bytes(data))
-    return _finish(joblib.load(io.BytesIO(data)), meta, schema, str(folder), None)
+    rows = _profile_rows(folder, schema)
+    return _finish(joblib.load(io.BytesIO(data)), meta, schema, str(folder), None, rows,
+                   "drift profile sample")
 
 
 def load_from_registry(store_uri: str, model_name: str, version: str | None) -> LoadedModel:
@@ -110,7 +149,12 @@ def load_from_registry(store_uri: str, model_name: str, version: str | None) -> 
     where = registry.store.url(f"{registry.prefix}/{resolved}")
     schema = _schema_of(meta, where)
     model = registry.load_model(resolved)  # verifies the sha256 before unpickling
-    return _finish(model, meta, schema, where, resolved)
+    # The version's training set, kept by the train step as the next drift reference.
+    key = f"reference/{model_name}/{resolved}.parquet"
+    rows = None
+    if registry.store.exists(key):
+        rows = pd.read_parquet(io.BytesIO(registry.store.read_bytes(key)))
+    return _finish(model, meta, schema, where, resolved, rows, registry.store.url(key))
 
 
 __all__ = ["LoadedModel", "load_from_folder", "load_from_registry"]

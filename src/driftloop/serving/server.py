@@ -187,6 +187,7 @@ def build_app(models: Sequence[Model], *, title: str = "driftloop model server")
     rest = RESTServer("kserve.model_server:app", dataplane, extension, http_port=0)
     app = FastAPI(title=title, docs_url=None, redoc_url=None)
     rest._add_middlewares(app)
+    _add_model_metadata(app, dataplane)  # before kserve's routes: the first match wins
     rest._register_endpoints(app)
     rest._add_exception_handlers(app)
     # kserve logs every InvalidInput as an ERROR with a traceback; a client's bad input is
@@ -194,6 +195,36 @@ def build_app(models: Sequence[Model], *, title: str = "driftloop model server")
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.state.model_repository = repository
     return app
+
+
+def _add_model_metadata(app: FastAPI, dataplane: Any) -> None:
+    """``GET /v2/models/NAME``: kserve's body plus the model's optional ``parameters``.
+
+    kserve v0.20.0 answers it with ``ModelMetadataResponse`` (``protocol/rest/
+    v2_endpoints.py``, ``v2_datamodels.py``: name, versions, platform, inputs, outputs),
+    which drops any other key. The same body is built here with kserve's own model and
+    data plane, and a model with ``metadata_parameters()`` adds a ``parameters`` object
+    (string values) when it has any: e.g. whether the compiled or the scikit-learn model
+    answers and why. The field is optional: a V2 client that does not know it ignores it.
+    """
+    with clean_argv():
+        from kserve.protocol.rest.v2_datamodels import ModelMetadataResponse
+
+    async def model_metadata(model_name: str, model_version: str | None = None) -> Response:
+        if model_version:  # as kserve's own handler
+            raise NotImplementedError("Model versioning not supported yet.")
+        meta = await dataplane.model_metadata(model_name)
+        body = ModelMetadataResponse.model_validate(meta).model_dump(mode="json")
+        model = dataplane.get_model_from_registry(model_name)
+        extra = getattr(model, "metadata_parameters", None)
+        parameters = extra() if callable(extra) else {}
+        if parameters:
+            body["parameters"] = parameters
+        return JSONResponse(body)
+
+    app.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"])
+    app.add_api_route("/v2/models/{model_name}/versions/{model_version}", model_metadata,
+                      methods=["GET"], include_in_schema=False)
 
 
 async def _invalid_input(request: Request, exc: Exception) -> Response:
