@@ -7,7 +7,7 @@ OUT    ?= demo-out
 SCENARIO ?= tweets
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data demo test lint compile bench clean prometheus monitoring
+.PHONY: help setup data demo test lint compile bench clean prometheus monitoring ab-manifests
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ compile: $(STAMP) ## Write components/*/component.yaml (+README) and pipelines/c
 
 monitoring: $(STAMP) ## Write manifests/monitoring/: the Grafana dashboard, rules.yaml and the PrometheusRule
 	$(BIN)/python -m driftloop.serving.monitoring --out manifests/monitoring
+
+ab-manifests: $(STAMP) ## Write manifests/components/ab-test/: the example A/B test's InferenceGraph (kustomize component)
+	$(BIN)/python -m driftloop.rollout.ab_graph --out manifests/components/ab-test
 
 $(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev,report,bench]'

@@ -14,6 +14,13 @@ custom-object routes the ``kubernetes`` Python client calls for
   ``metadata.resourceVersion`` that is not the current one gets 409 Conflict.
 * ``DELETE .../inferenceservices/{name}``
 * ``GET /api/v1/namespaces/{ns}/events`` (the Warning events KServe's controller records)
+* ``serving.kserve.io/v1alpha1`` ``inferencegraphs``: ``POST`` (201; 409), ``GET``,
+  merge ``PATCH`` and ``DELETE`` of one graph, each write through KServe v0.20.0's graph
+  validating webhook (``pkg/apis/serving/v1alpha1/inference_graph_validation.go``, as
+  :func:`driftloop.rollout.ab_graph.graph_problems`: 403 with its message). The CRD
+  (``config/crd/full/serving.kserve.io_inferencegraphs.yaml``) has a status subresource;
+  the graph controller (its router Deployment or Knative Service, ``status.url``) is not
+  simulated: a graph never gets a status here.
 
 A write goes through what a cluster runs, in the API server's order (mutating admission,
 schema validation, validating admission; :mod:`driftloop.rollout.admission`), for the
@@ -72,6 +79,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from driftloop.rollout.ab_graph import GRAPH_PLURAL, GRAPH_VERSION, graph_problems
 from driftloop.rollout.admission import (
     VALIDATING_WEBHOOK,
     controller_problems,
@@ -97,6 +105,9 @@ _OBJECT = re.compile(rf"^{re.escape(PREFIX)}/namespaces/(?P<ns>[^/]+)/{PLURAL}/(
 _COLLECTION = re.compile(rf"^{re.escape(PREFIX)}/namespaces/(?P<ns>[^/]+)/{PLURAL}$")
 _ALL = re.compile(rf"^{re.escape(PREFIX)}/{PLURAL}$")
 _EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
+_GRAPH = re.compile(rf"^/apis/{re.escape(GROUP)}/{GRAPH_VERSION}/namespaces/(?P<ns>[^/]+)/"
+                    rf"{GRAPH_PLURAL}(/(?P<name>[^/]+))?$")
+GRAPH_WEBHOOK = "inferencegraph.kserve-webhook-server.validator"
 _MANAGED = ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion",
             "managedFields")
 
@@ -246,6 +257,8 @@ class K8sApiStandIn:
         self.behaviour = BEHAVIOURS[self.kserve]
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+        #: InferenceGraphs by (namespace, name).
+        self.graphs: dict[tuple[str, str], dict[str, Any]] = {}
         self._revisions: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._events: list[dict[str, Any]] = []
         self._broken: dict[str, str] = {}
@@ -423,8 +436,50 @@ class K8sApiStandIn:
             time.sleep(fault.delay)
         return status, answer
 
+    def _graph_route(self, method: str, ns: str, name: str | None, content_type: str | None,
+                     body: Any) -> tuple[int, Any]:
+        """The InferenceGraph routes: the webhook's validation on every write, no controller."""
+        key = (ns, name or "")
+        if name is None and method == "POST":
+            if not isinstance(body, dict):
+                raise ApiError(400, "BadRequest", "the body of the request was not a JSON object")
+            key = (ns, str((body.get("metadata") or {}).get("name") or ""))
+            if key in self.graphs:
+                raise ApiError(409, "AlreadyExists",
+                               f'{GRAPH_PLURAL}.{GROUP} "{key[1]}" already exists',
+                               {"name": key[1], "group": GROUP, "kind": GRAPH_PLURAL})
+            new = copy.deepcopy(body)
+            new.pop("status", None)
+        elif name is not None and key in self.graphs and method == "GET":
+            return 200, copy.deepcopy(self.graphs[key])
+        elif name is not None and key in self.graphs and method == "DELETE":
+            del self.graphs[key]
+            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                         "status": "Success", "details": {"name": name, "group": GROUP,
+                                                          "kind": GRAPH_PLURAL}}
+        elif name is not None and key in self.graphs and method == "PATCH":
+            if (content_type or "").split(";", 1)[0].strip().lower() != MERGE_PATCH:
+                raise ApiError(415, "UnsupportedMediaType", "merge patch only")
+            new = merge_patch(self.graphs[key], body)
+        elif name is not None and method in ("GET", "DELETE", "PATCH"):
+            raise ApiError(404, "NotFound", f'{GRAPH_PLURAL}.{GROUP} "{name}" not found',
+                           {"name": name, "group": GROUP, "kind": GRAPH_PLURAL})
+        else:
+            raise ApiError(405, "MethodNotAllowed",
+                           "the server does not allow this method on the requested resource")
+        problems = graph_problems(new)
+        if problems:
+            raise webhook_denial(problems[0], GRAPH_WEBHOOK)
+        meta = new.setdefault("metadata", {})
+        meta.update(namespace=ns, resourceVersion=self._next_rv())
+        meta.setdefault("uid", str(uuid.uuid4()))
+        self.graphs[key] = new
+        return (201 if method == "POST" else 200), copy.deepcopy(new)
+
     def _route(self, method: str, path: str, content_type: str | None, text: str,
                body: Any) -> tuple[int, Any]:
+        if match := _GRAPH.match(path):
+            return self._graph_route(method, match["ns"], match["name"], content_type, body)
         if match := _OBJECT.match(path):
             ns, name = match["ns"], match["name"]
             if method == "GET":

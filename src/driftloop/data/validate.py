@@ -241,6 +241,12 @@ def _split(
     return good, rejected.reset_index(drop=True)
 
 
+#: Serving columns a record keeps as they are: the prediction, and the A/B test's columns
+#: (decide/ab_assign.py names them; the sink writes them, serving/sink_events.py).
+SERVED_COLUMNS = ("prediction", "score", "model_version", "ab_test", "ab_variant", "ab_keyed",
+                  "ab_key")
+
+
 def validate_records(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate raw request records.
 
@@ -267,7 +273,7 @@ def validate_records(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, p
         labels, reasons = _check_label(schema, col, _missing(col), reasons)
         typed["label"] = labels
         typed["label_timestamp"] = ts.where(labels.notna())
-    for extra in ("prediction", "score", "model_version"):
+    for extra in SERVED_COLUMNS:
         if extra in raw:
             typed[extra] = raw[extra]
     return _split(typed, raw, reasons)

@@ -6,7 +6,9 @@ revision, chosen by ``status.components.predictor.traffic`` of the local Inferen
 with a deterministic weighted split (:class:`_Split`). It re-reads the service whenever its
 YAML file changes, so a rollout step takes effect on the next request; it counts each
 inference in Prometheus series per model version (``/metrics``) and can post each
-request/response pair to a payload logger, as KServe's logger does.
+request/response pair to a payload logger, as KServe's logger does. While an A/B test runs
+(:meth:`~driftloop.rollout.local.LocalRolloutBackend.start_ab`) it assigns each inference
+request to a variant by its user key first (:mod:`driftloop.rollout.ab_split`).
 
 Its own module because it is the HTTP side of the local stand-in: the backend
 (:class:`~driftloop.rollout.local.LocalRolloutBackend`) only writes the YAML file, and the
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -26,7 +30,15 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from driftloop.decide.ab_assign import KEYED_HEADER, VARIANT_HEADER, ABTest, Assignment, assign
 from driftloop.errors import DriftloopError
+from driftloop.rollout.ab_split import (
+    ABRequestError,
+    ABRoutes,
+    log_annotations,
+    read_routes,
+    request_assignment_key,
+)
 from driftloop.rollout.errors import RolloutError
 from driftloop.rollout.inference_service import ServiceState
 from driftloop.rollout.predictors import PredictorServers
@@ -65,6 +77,11 @@ class LocalService(Protocol):
     @property
     def where(self) -> str:
         """The service and its file, for messages."""
+        ...
+
+    @property
+    def ab_path(self) -> Path:
+        """The running A/B test's state file (absent: no test)."""
         ...
 
     def get_object(self) -> dict[str, Any]:
@@ -146,12 +163,22 @@ class LocalGateway:
         request_timeout: Seconds to wait for a predictor's answer.
         logger_url: Where request/response CloudEvents go (``None``: not logged).
         clock: Time source (epoch seconds) of the events' ``Ce-Time``.
+        ab_seed: Seed of the random split of A/B requests without a key (``None``: fresh).
+
+    **A/B tests.** While ``backend.ab_path`` holds a running test, each ``:predict`` /
+    ``/infer`` request is assigned by :func:`~driftloop.decide.ab_assign.assign` on its key
+    (the test's header, else the body's field): a variant routed to the service's split is
+    served as above, any other by the predictor of its fixed ``storageUri``. The answer
+    carries ``x-driftloop-variant`` and ``x-driftloop-keyed``; the logged events carry the
+    test, the variant, keyed and the key in ``Ce-Annotations`` (the sink makes them the
+    record columns ``ab_test``, ``ab_variant``, ``ab_keyed``, ``ab_key``). A request whose
+    instances carry different keys is refused with 400 (one request, one variant).
     """
 
     def __init__(self, backend: LocalService, *, model_name: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, cache_dir: str | Path | None = None,
                  request_timeout: float = 30.0, logger_url: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, ab_seed: int | None = None) -> None:
         self.backend = backend
         self.model_name = model_name or backend.name
         self.host = host
@@ -177,6 +204,10 @@ class LocalGateway:
         self.served: dict[str, int] = {}
         #: Events the payload logger could not deliver.
         self.log_failures = 0
+        self._ab: ABRoutes | None = None
+        self._ab_rng = random.Random(ab_seed)
+        #: A/B requests served per (variant, keyed).
+        self.ab_served: dict[tuple[str, bool], int] = {}
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -224,10 +255,15 @@ class LocalGateway:
     def _stat(self) -> bytes | None:
         # The content itself (a few KB): a change of size, inode or mtime can be missed
         # (canaryTrafficPercent 10 -> 50 keeps the size; inodes are reused; coarse mtimes).
+        # The A/B state file's bytes follow, so starting or stopping a test is a change too.
         try:
-            return self.backend.path.read_bytes()
+            service = self.backend.path.read_bytes()
         except FileNotFoundError:
             return None
+        try:
+            return service + b"\0ab\0" + self.backend.ab_path.read_bytes()
+        except FileNotFoundError:
+            return service
 
     def changed(self) -> bool:
         """Whether the YAML file changed since the last :meth:`refresh`."""
@@ -284,17 +320,68 @@ class LocalGateway:
             routes[revision] = uri
         if not routes:
             raise RolloutError(f"{self.backend.where}: no revision receives traffic")
+        ab = self._read_ab()
         with self._lock:
             if shares != self._split.weights or routes != self._routes:
                 self._split = _Split(shares)
                 log.info("gateway %s: split %s", self.model_name, shares)
             self._routes = routes
+            if ab != self._ab:
+                log.info("gateway %s: A/B %s", self.model_name,
+                         ab.test.test_id if ab else "none")
+            self._ab = ab
         self._file_key = key
 
-    def _version_of(self, revision: str) -> str:
-        """The registry version a revision serves (the last part of its storageUri)."""
+    def _read_ab(self) -> ABRoutes | None:
+        """The running test and its routes; load every fixed variant's model."""
+        path = self.backend.ab_path
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        ab = read_routes(data, str(path))
+        if ab.test.state != "running":
+            return None
+        for uri in ab.routes.values():
+            if uri:
+                self.predictors.ensure(uri)
+        return ab
+
+    def ab_test(self) -> ABTest | None:
+        """The running A/B test the gateway splits by (``None``: none)."""
         with self._lock:
-            uri = self._routes.get(revision, "")
+            return self._ab.test if self._ab is not None else None
+
+    def _assign(self, headers: Mapping[str, str], body: bytes
+                ) -> tuple[ABTest, Assignment, str | None, str] | None:
+        """``(test, assignment, key, storageUri or "")`` of one request, ``None`` without a test.
+
+        Raises:
+            ABRequestError: The request's instances carry different keys.
+        """
+        with self._lock:
+            ab = self._ab
+            if ab is None:
+                return None
+            key = request_assignment_key(ab.test, headers, body)
+            got = assign(ab.test, key, self._ab_rng)
+            counted = (got.variant, got.keyed)
+            self.ab_served[counted] = self.ab_served.get(counted, 0) + 1
+            return ab.test, got, key, ab.routes[got.variant]
+
+    def _fixed(self, variant: str, uri: str) -> tuple[str, RunningServer]:
+        """The revision name and predictor of a variant served from a fixed ``storageUri``."""
+        revision = next((rev for rev, u in self.routes().items() if u == uri),
+                        f"{self.backend.name}-ab-{variant}")
+        with self._lock:
+            self.served[revision] = self.served.get(revision, 0) + 1
+        return revision, self.predictors.get(uri)
+
+    def _version_of(self, revision: str, uri: str = "") -> str:
+        """The registry version a revision serves (the last part of its storageUri)."""
+        if not uri:
+            with self._lock:
+                uri = self._routes.get(revision, "")
         return uri.rstrip("/").rsplit("/", 1)[-1] or revision
 
     def count(self, version: str, code: int, seconds: float) -> None:
@@ -324,13 +411,16 @@ class LocalGateway:
     # -- HTTP ------------------------------------------------------------------------------
 
     async def _log_pair(self, request: bytes, response: bytes, revision: str,
-                        request_headers: Mapping[str, str] | None = None) -> None:
+                        request_headers: Mapping[str, str] | None = None,
+                        annotations: Mapping[str, str] | None = None) -> None:
         """Post one inference's request and response to the logger URL (KServe's logger).
 
         As KServe v0.20.0's logger does (``pkg/logger/handler.go``, ``worker.go``): the id
         is the inference request's own ``Ce-Id`` header, else a new UUID; ``Ce-Endpoint``
         is sent empty (it comes from a pod label no v0.20.0 controller sets); both events
-        carry the request's ``Content-Type``; ``Ce-Source`` names the revision's pod.
+        carry the request's ``Content-Type``; ``Ce-Source`` names the revision's pod;
+        ``Ce-Annotations`` (JSON, only when there are any, as ``worker.go`` sends it) carries
+        the A/B test's annotations.
         """
         from driftloop.serving.sink import REQUEST_TYPE, RESPONSE_TYPE
 
@@ -346,6 +436,8 @@ class LocalGateway:
                        "Ce-Inferenceservicename": self.backend.name,
                        "Ce-Namespace": self.backend.namespace, "Ce-Component": "predictor",
                        "Ce-Endpoint": "", "Content-Type": content_type}
+            if annotations:
+                headers["Ce-Annotations"] = json.dumps(dict(annotations), sort_keys=True)
             failed = True
             for attempt in range(LOG_ATTEMPTS):
                 try:
@@ -397,18 +489,25 @@ class LocalGateway:
                     await anyio.to_thread.run_sync(gateway.refresh)
                 except DriftloopError as exc:
                     return JSONResponse({"error": str(exc)}, status_code=503)
-            picked = gateway._pick()
+            body = await request.body()
+            inference = request.method == "POST" and path.endswith((":predict", "/infer"))
+            try:
+                ab = gateway._assign(request.headers, body) if inference else None
+            except ABRequestError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            fixed_uri = ab[3] if ab is not None else ""
+            picked = (gateway._fixed(ab[1].variant, fixed_uri) if ab is not None and fixed_uri
+                      else gateway._pick())
             if picked is None:
                 return JSONResponse({"error": gateway._problem or "no revision is ready"},
                                     status_code=503)
             revision, server = picked
-            version = gateway._version_of(revision)
+            version = gateway._version_of(revision, fixed_uri)
             began = time.perf_counter()
             assert gateway._client is not None
             headers = {k: v for k, v in request.headers.items()
                        if k.lower() in ("content-type", "accept", "ce-id", "ce-type",
                                         "ce-source", "ce-specversion")}
-            body = await request.body()
             try:
                 answer = await gateway._client.request(
                     request.method, f"{server.url}{path}", params=request.query_params,
@@ -416,12 +515,16 @@ class LocalGateway:
             except httpx.HTTPError as exc:  # the revision did not answer: a 502 it served
                 gateway.count(version, 502, time.perf_counter() - began)
                 return JSONResponse({"error": f"revision {revision}: {exc}"}, status_code=502)
-            if request.method == "POST" and path.endswith((":predict", "/infer")):
+            if inference:
                 gateway.count(version, answer.status_code, time.perf_counter() - began)
-            if (gateway.logger_url and request.method == "POST" and answer.status_code == 200
-                    and path.endswith((":predict", "/infer"))):
-                await gateway._log_pair(body, answer.content, revision, request.headers)
+            if gateway.logger_url and inference and answer.status_code == 200:
+                await gateway._log_pair(
+                    body, answer.content, revision, request.headers,
+                    log_annotations(ab[0], ab[1], ab[2]) if ab is not None else None)
             out = {"x-driftloop-revision": revision}
+            if ab is not None:
+                out[VARIANT_HEADER] = ab[1].variant
+                out[KEYED_HEADER] = "true" if ab[1].keyed else "false"
             if "content-type" in answer.headers:
                 out["content-type"] = answer.headers["content-type"]
             return responses.Response(answer.content, status_code=answer.status_code,

@@ -33,12 +33,13 @@ On a cluster the status lags the spec; every step polls it until the write is in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from driftloop.rollout.base import (
@@ -330,6 +331,78 @@ class KubeRolloutBackend(RolloutBackend):
         created = self._call("POST", self.api.create_namespaced_custom_object, GROUP, VERSION,
                              self.namespace, PLURAL, obj)
         return dict(created)
+
+    # -- A/B tests: KServe's InferenceGraph (rollout/ab_graph.py) ---------------------------
+
+    def _custom(self, verb: str, plural: str, version: str, name: str | None = None,
+                body: Any = None) -> Any:
+        """One call on a namespaced custom object other than this service."""
+        group = GROUP
+        args: tuple[Any, ...]
+        if verb == "POST":
+            fn, args = self.api.create_namespaced_custom_object, (group, version,
+                                                                 self.namespace, plural, body)
+        elif verb == "PATCH":
+            fn, args = self.api.patch_namespaced_custom_object, (
+                group, version, self.namespace, plural, name, body)
+        else:
+            fn, args = self.api.delete_namespaced_custom_object, (
+                group, version, self.namespace, plural, name)
+        return self._call(f"{verb} {plural}/{name or ''}", fn, *args)
+
+    def _create_or_patch(self, plural: str, version: str, obj: dict[str, Any]) -> None:
+        try:
+            self._custom("POST", plural, version, body=obj)
+        except AlreadyExistsError:
+            self._custom("PATCH", plural, version, obj["metadata"]["name"], obj)
+
+    def start_ab(self, test: Any, storage_uris: Mapping[str, str] | None = None) -> Any:
+        """Create the test's InferenceGraph, its pinned variant services, mark the service.
+
+        Refused while a canary is in progress: marking the service for its logger is a
+        spec change, i.e. a new revision, which would take over the canary's share.
+        Clients then send to the graph's URL (``status.url``) with ``ab_bucket`` set
+        (:func:`~driftloop.rollout.ab_graph.stamp_instances`).
+
+        Returns:
+            The objects applied (:func:`~driftloop.rollout.ab_graph.build_ab_objects`).
+        """
+        from driftloop.rollout.ab_graph import GRAPH_PLURAL, GRAPH_VERSION, build_ab_objects
+        from driftloop.rollout.ab_split import resolve_routes
+
+        obj = self.get_object()
+        state = self.get()
+        if state.canary_in_progress:
+            raise RolloutError(f"{self.where}: a canary is in progress; finish or roll it back "
+                               f"before starting A/B test {test.test_id}")
+        routes = resolve_routes(test, state.storage_uri or "", storage_uris)
+        objects = build_ab_objects(test, obj, {k: v for k, v in routes.routes.items() if v})
+        for pinned in objects["services"]:
+            self._create_or_patch(PLURAL, VERSION, pinned)
+        if objects["service_patch"] is not None:
+            self._patch_object(objects["service_patch"])
+        self._create_or_patch(GRAPH_PLURAL, GRAPH_VERSION, objects["graph"])
+        return objects
+
+    def stop_ab(self, test: Any) -> None:
+        """Delete the test's graph and pinned services; unmark the service (idempotent)."""
+        from driftloop.rollout.ab_graph import (
+            GRAPH_PLURAL,
+            GRAPH_VERSION,
+            graph_name,
+            unpatch_service,
+            variant_service,
+        )
+        from driftloop.rollout.ab_split import SERVICE_ALIAS
+
+        deletes = [(GRAPH_PLURAL, GRAPH_VERSION, graph_name(self.name))]
+        deletes += [(PLURAL, VERSION, variant_service(self.name, test, v.name))
+                    for v in test.variants if v.target != SERVICE_ALIAS]
+        for plural, version, name in deletes:
+            # already gone: _call maps every 404 to InferenceServiceNotFound
+            with contextlib.suppress(InferenceServiceNotFound):
+                self._custom("DELETE", plural, version, name)
+        self._patch_object(unpatch_service(self.get_object()))
 
     def close(self) -> None:
         """Close the API client if this backend created it."""

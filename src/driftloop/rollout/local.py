@@ -42,7 +42,9 @@ from typing import Any
 import yaml
 
 from driftloop.data.storage import LocalStore
-from driftloop.errors import StoreError
+from driftloop.decide.ab_assign import ABTest
+from driftloop.errors import DriftloopError, StoreError
+from driftloop.rollout.ab_split import ABRoutes, read_routes, resolve_routes
 from driftloop.rollout.admission import (
     VALIDATING_WEBHOOK,
     controller_problems,
@@ -60,11 +62,13 @@ from driftloop.rollout.errors import (
 
 # kept importable for demo/live.py and tests/e2e/test_canary_flow.py, which import it from here
 from driftloop.rollout.gateway import LocalGateway  # noqa: F401
-from driftloop.rollout.inference_service import merge_patch
+from driftloop.rollout.inference_service import ServiceState, merge_patch
 from driftloop.rollout.reconciler import Failing, now_rfc3339, reconcile
 
 ISVC_DIR = "inferenceservices"
 REVISIONS_DIR = "revisions"
+#: Where a running A/B test and its routes live: ``<state>/ab/<namespace>/<name>.json``.
+AB_DIR = "ab"
 _MANAGED_METADATA = ("name", "namespace", "uid", "creationTimestamp", "generation",
                      "resourceVersion", "managedFields")
 
@@ -111,11 +115,52 @@ class LocalRolloutBackend(RolloutBackend):
         self.store = LocalStore(state_dir, create=True)
         self.key = f"{ISVC_DIR}/{namespace}/{name}.yaml"
         self.revisions_key = f"{REVISIONS_DIR}/{namespace}/{name}.yaml"
+        self.ab_key = f"{AB_DIR}/{namespace}/{name}.json"
 
     @property
     def path(self) -> Path:
         """The InferenceService's YAML file."""
         return self.store.path(self.key)
+
+    @property
+    def ab_path(self) -> Path:
+        """The running A/B test's state file, read by the gateway (absent: no test)."""
+        return self.store.path(self.ab_key)
+
+    def start_ab(self, test: ABTest, storage_uris: Mapping[str, str] | None = None) -> ABRoutes:
+        """Make the gateway split by ``test`` from its next request on.
+
+        A ``champion`` variant is served by this InferenceService's own split (it follows
+        the loop's promotions and canaries); any other variant by the predictor of its
+        version folder, next to the service's rolled-out ``storageUri``
+        (:func:`~driftloop.rollout.ab_split.resolve_routes`), or ``storage_uris[name]``.
+
+        Raises:
+            InferenceServiceNotFound: There is no service to split in front of.
+            DriftloopError: A variant's folder does not exist, or another test runs.
+        """
+        with self._locked():
+            service_uri = ServiceState.from_object(self._read_file()).storage_uri or ""
+            routes = resolve_routes(test, service_uri, storage_uris)
+            for name, uri in routes.routes.items():
+                if uri and "://" not in uri and not Path(uri).is_dir():
+                    raise DriftloopError(f"ab.variants[{name}].target: {uri} is not a model "
+                                         "folder")
+            if self.store.exists(self.ab_key):
+                current = read_routes(self.store.read_bytes(self.ab_key), str(self.ab_path))
+                if current.test.test_id != test.test_id:
+                    raise DriftloopError(f"{self.ab_path}: A/B test {current.test.test_id} "
+                                         "is running; stop it first (one split per service)")
+            self.store.write_text(self.ab_key, routes.to_json() + "\n")
+            return routes
+
+    def stop_ab(self, test: ABTest) -> None:
+        """Remove ``test``'s split (nothing when it is not the one running)."""
+        with self._locked():
+            if self.store.exists(self.ab_key):
+                current = read_routes(self.store.read_bytes(self.ab_key), str(self.ab_path))
+                if current.test.test_id == test.test_id:
+                    self.store.delete(self.ab_key)
 
     @property
     def where(self) -> str:  # noqa: D102

@@ -48,10 +48,23 @@ EXTENSIONS = {
     "component": "component",
     "endpoint": "endpoint",
 }
+#: ``Ce-Annotations`` keys (JSON of the InferenceService annotations the logger's
+#: ``metadataAnnotations`` names, KServe v0.20.0 ``pkg/logger/worker.go``) that an A/B
+#: test's variants carry (rollout/ab_split.py, rollout/ab_graph.py), and their record keys.
+AB_ANNOTATIONS = {
+    "driftloop.io/ab-test": "ab_test",
+    "driftloop.io/ab-variant": "ab_variant",
+    "driftloop.io/ab-keyed": "ab_keyed",
+    "driftloop.io/ab-key": "ab_key",
+    "driftloop.io/ab-key-field": "ab_key_field",
+}
+#: The request field a cluster client (or transformer) fills with the key's hash bucket
+#: for the InferenceGraph's Switch node (rollout/ab_graph.py): present = keyed.
+AB_BUCKET_FIELD = "ab_bucket"
 #: Keys of a stored record that an instance's own keys can never override.
 RESERVED = frozenset({"id", "timestamp", "label", "prediction", "score", "probabilities",
                       "model_version", "event_id", "logged", "event_keys", "source",
-                      *EXTENSIONS.values()})
+                      *EXTENSIONS.values(), *AB_ANNOTATIONS.values()})
 #: Headers never copied into the quarantine (credentials a proxy may have added).
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 #: Hex digits of an event key (128 bits of SHA-256).
@@ -232,6 +245,7 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes,
     moment = (parse_time(ce_time, names["time"]) if ce_time
               else dt.datetime.fromtimestamp(received, dt.UTC))
     ext = {EXTENSIONS[k]: v for k, v in attrs.items() if k in EXTENSIONS and v}
+    ext.update(_ab_annotations(attrs.get("annotations")))
     ce_id, source = attrs["id"].strip(), attrs["source"].strip()
     event = Event(ce_id, side, iso_utc(moment), received, ext, data,
                   key=event_key(ce_id, attrs["type"], source, ce_time, payload),
@@ -248,6 +262,39 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes,
         event.problem, event.data, event.raw = problem, None, body
         event.headers = {k: v for k, v in headers.items() if k not in _SECRET_HEADERS}
     return event
+
+
+def _ab_annotations(raw: str | None) -> dict[str, str]:
+    """The A/B keys of a ``Ce-Annotations`` value (anything unreadable: none)."""
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {AB_ANNOTATIONS[k]: str(v) for k, v in doc.items() if k in AB_ANNOTATIONS and v}
+
+
+def _ab_columns(ext: dict[str, str], features: Mapping[str, Any]) -> dict[str, Any]:
+    """The A/B record columns: ``ab_keyed`` a bool, the key from the body when not given.
+
+    The local gateway says per request whether it was keyed and by which key; a cluster's
+    variant InferenceService only names its test, variant and key field, so there a row is
+    keyed when the request carried the hash bucket and its key is that field's value.
+    """
+    out: dict[str, Any] = {k: v for k, v in ext.items() if k != "ab_key_field"}
+    if "ab_variant" not in ext:
+        return out
+    if "ab_keyed" in ext:
+        out["ab_keyed"] = ext["ab_keyed"].strip().lower() == "true"
+    else:
+        out["ab_keyed"] = features.get(AB_BUCKET_FIELD) is not None
+    field_name = ext.get("ab_key_field")
+    if "ab_key" not in ext and field_name and features.get(field_name) not in (None, ""):
+        out["ab_key"] = str(features[field_name])
+    return out
 
 
 def build_records(ce_id: str, request: Event | None, response: Event | None,
@@ -287,7 +334,7 @@ def build_records(ce_id: str, request: Event | None, response: Event | None,
             "logged": logged,
             "event_keys": keys,
             "source": base.source or None,
-            **ext,
+            **_ab_columns(ext, features),
         })
         records.append(record)
     return records
