@@ -369,15 +369,16 @@ def test_a_failed_write_is_a_503_and_not_marked_seen(start_sink, store):
     sink_obj, server = start_sink(store)
     with httpx.Client(base_url=server.url) as c:
         send(c, "w", REQUEST_TYPE, request_body(1))
-        original = sink_obj.writer.write
+        original = sink_obj.writer.fsync
 
-        def broken(folder: str, data: bytes, name: str) -> str:
+        def broken(fd: int) -> None:  # the data reached the file, the fsync fails
             raise OSError(28, "No space left on device")
 
-        sink_obj.writer.write = broken  # type: ignore[method-assign]
+        sink_obj.writer.fsync = broken
         answer = send(c, "w", RESPONSE_TYPE, response_body(1))
         assert answer.status_code == 503 and "No space left" in answer.json()["error"]
-        sink_obj.writer.write = original  # type: ignore[method-assign]
+        assert lines_under(store, "requests") == []  # cut back: nothing acknowledged
+        sink_obj.writer.fsync = original
         assert send(c, "w", RESPONSE_TYPE, response_body(1)).json()["status"] == "stored"
     assert len(lines_under(store, "requests")) == 1
 

@@ -150,14 +150,14 @@ def test_a_failed_feedback_write_is_a_503_and_joins_nothing(start_sink, store):
     sink, server = start_sink(store)
     with httpx.Client(base_url=server.url, timeout=10.0) as c:
         log_pair(c, "a", ["u1"], "v1", ["yes"])
-        original = sink.writer.write
+        original = sink.writer.fsync
 
-        def fail(*args: Any, **kwargs: Any) -> str:
+        def fail(*args: Any, **kwargs: Any) -> None:
             raise OSError(28, "No space left on device")
 
-        sink.writer.write = fail  # type: ignore[method-assign]
+        sink.writer.fsync = fail
         assert c.post("/feedback", json={"id": "u1", "label": "yes"}).status_code == 503
-        sink.writer.write = original  # type: ignore[method-assign]
+        sink.writer.fsync = original
         text = c.get("/metrics").text
         assert value(text, "driftloop_feedback_received_total", outcome="joined") == 0
         assert value(text, "driftloop_sink_requests_total", route="feedback", code="503") == 1

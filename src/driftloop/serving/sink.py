@@ -203,10 +203,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from driftloop.config import SinkConfig
 from driftloop.data.storage import LocalStore, open_store
 from driftloop.errors import DriftloopError, StoreError
 from driftloop.serving.metrics import LATENCY_BUCKETS, get_or_create
 from driftloop.serving.sink_bodies import SinkError
+from driftloop.serving.sink_commit import Receipt
 
 # kept importable for rollout/local.py and tests/e2e/test_canary_flow.py
 from driftloop.serving.sink_events import REQUEST_TYPE, RESPONSE_TYPE  # noqa: F401
@@ -266,13 +268,19 @@ def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
             answered.labels(route, code)
         latency.labels(route)
 
-    async def call(request: Request, route: str, handler: Callable[..., dict[str, Any]],
-                   *args: Any) -> Response:
+    async def call(request: Request, route: str, handle: Callable[..., dict[str, Any]],
+                   submit: Callable[..., Receipt], *args: Any) -> Response:
         began = time.perf_counter()
         code = 500  # an unexpected exception: Starlette answers 500
         try:
-            body = await read_body(request, max_body_bytes)
-            result = await run_in_threadpool(handler, *args, body)
+            if sink.group_commit:  # no disk write in submit: the loop waits for nothing
+                with sink.busy():
+                    body = await read_body(request, max_body_bytes)
+                    receipt = submit(*args, body)
+                result = await sink.finish_async(receipt)  # once its batch is durable
+            else:
+                body = await read_body(request, max_body_bytes)
+                result = await run_in_threadpool(handle, *args, body)
             code = 200
             return JSONResponse(result)
         except SinkError as exc:
@@ -286,10 +294,10 @@ def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
 
     async def events(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return await call(request, "events", sink.handle_event, headers)
+        return await call(request, "events", sink.handle_event, sink.submit_event, headers)
 
     async def feedback(request: Request) -> Response:
-        return await call(request, "feedback", sink.handle_feedback)
+        return await call(request, "feedback", sink.handle_feedback, sink.submit_feedback)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "mode": sink.mode, "store": sink.store.uri,
@@ -369,6 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dedup-days", type=int, default=2)
     parser.add_argument("--max-seen", type=int, default=1_000_000,
                         help="most event ids remembered for deduplication")
+    parser.add_argument("--commit-max-batch", type=int, default=SinkConfig.commit_max_batch,
+                        help="most event writes per group-commit fsync; 1: one fsync "
+                             "per event")
+    parser.add_argument("--commit-max-wait-ms", type=float,
+                        default=SinkConfig.commit_max_wait_ms,
+                        help="longest wait for more events before a group commit's fsync")
     parser.add_argument("--schema", help="schema file: feedback labels must be its labels")
     parser.add_argument("--feedback-max-predictions", type=int,
                         default=DEFAULT_MAX_PREDICTIONS,
@@ -404,6 +418,8 @@ def _serve(args: argparse.Namespace) -> int:
     store_path = args.store
     try:
         labels = load_schema(args.schema).labels if args.schema else None
+        commit = SinkConfig(commit_max_batch=args.commit_max_batch,
+                            commit_max_wait_ms=args.commit_max_wait_ms)
         check_store_root(store_path, create=True)
         store = open_store(store_path, create="://" not in str(store_path) or
                            str(store_path).startswith("file://"))
@@ -413,7 +429,9 @@ def _serve(args: argparse.Namespace) -> int:
                            max_pending=args.max_pending, dedup_days=args.dedup_days,
                            max_seen=args.max_seen, labels=labels,
                            feedback_max_predictions=args.feedback_max_predictions,
-                           feedback_ttl=args.feedback_ttl, max_versions=args.max_versions)
+                           feedback_ttl=args.feedback_ttl, max_versions=args.max_versions,
+                           commit_max_batch=commit.commit_max_batch,
+                           commit_max_wait=commit.commit_max_wait_ms / 1000)
     except DriftloopError as exc:
         report_error(f"driftloop sink: error: {exc}", logger="driftloop.serving.sink")
         return exc.exit_code

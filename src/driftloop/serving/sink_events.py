@@ -17,6 +17,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -340,6 +341,49 @@ def build_records(ce_id: str, request: Event | None, response: Event | None,
     return records
 
 
+def _fits(request: Event, response: Event) -> bool:
+    """Whether a response's body can answer a request's: as many rows, the same V2 id.
+
+    A V2 response carries the request's ``id`` (kserve v0.20.0 ``InferResponse``
+    ``response_id``; driftloop's predictor too), and every predictor answers each row.
+    """
+    try:
+        rows = len(parse_request_body(request.data))
+        predictions = len(parse_response_body(response.data))
+    except SinkError:
+        return False
+    asked, answered = (e.data.get("id") if isinstance(e.data, dict) else None
+                       for e in (request, response))
+    return rows == predictions and (asked is None or asked == answered)
+
+
+def choose_partner(event: Event, waiting: list[Event] | None) -> Event | None:
+    """The event of ``waiting`` that ``event`` pairs with, if any.
+
+    ``waiting``: the other side's events of the same ``Ce-Id`` and ``Ce-Source``. The rule
+    is in :mod:`driftloop.serving.sink`, "Pairing": a request that occurred after the
+    response is never its partner; among several, the one whose body fits, then the
+    nearest in time, then the first to arrive.
+    """
+    if not waiting:
+        return None
+    best: Event | None = None
+    best_rank: tuple[int, float] | None = None
+    for candidate in waiting:
+        request, response = (candidate, event) if event.side == RESPONSE else (
+            event, candidate)
+        timed = request.occurred is not None and response.occurred is not None
+        if timed and request.occurred > response.occurred:  # type: ignore[operator]
+            continue  # KServe stamps a request before its response (handler.go)
+        if len(waiting) == 1:
+            return candidate
+        gap = response.occurred - request.occurred if timed else math.inf  # type: ignore[operator]
+        rank = (0 if _fits(request, response) else 1, gap)
+        if best_rank is None or rank < best_rank:  # ties: the first to arrive
+            best, best_rank = candidate, rank
+    return best
+
+
 __all__ = [
     "EXTENSIONS",
     "KEY_HEX",
@@ -351,6 +395,7 @@ __all__ = [
     "SIDE_OF_TYPE",
     "Event",
     "build_records",
+    "choose_partner",
     "event_key",
     "legacy_key",
     "parse_cloudevent",

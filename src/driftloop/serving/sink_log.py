@@ -4,7 +4,9 @@ A :class:`Writer` puts whole JSON lines under a store folder and returns only on
 durable (see "Durability" in :mod:`driftloop.serving.sink`):
 
 * :class:`AppendWriter` (local folders, ``mode="append"``) appends with ``O_APPEND`` to one
-  file per folder and process and fsyncs it, and a new file's folders, before returning.
+  file per folder and process and fsyncs it, and a new file's folders, before returning;
+  :meth:`AppendWriter.write_batch` does that for a whole group commit
+  (:mod:`driftloop.serving.sink_commit`), all or nothing.
 * :class:`ObjectWriter` (any store, ``mode="object"``) writes one atomic object per write,
   named after it, so a retried write replaces the same object.
 
@@ -15,19 +17,24 @@ know nothing of CloudEvents or pairing: they move bytes to disk and back.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from driftloop.data.storage import LocalStore, Store
 
+log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _EVENT_KEYS = re.compile(
     rb'"event_id":"((?:[^"\\]|\\.)*)","logged":"(\w+)"(?:,"event_keys":"([0-9a-f ]*)")?'
@@ -53,16 +60,37 @@ class Writer(ABC):
 
 
 class AppendWriter(Writer):
-    """Append to one file per folder and process, fsync'd before returning (local stores)."""
+    """Append to one file per folder and process, fsync'd before returning (local stores).
+
+    Thread-safe: one I/O lock serialises :meth:`write`, :meth:`write_batch` and
+    :meth:`close`, so a group commit's flush (:mod:`driftloop.serving.sink_commit`) and a
+    compaction never share a descriptor being closed. A failed write or fsync cuts the
+    file back to what it held before (``ftruncate`` + fsync): a half-written line would
+    otherwise glue itself to the next acknowledged one and make both unreadable.
+
+    Attributes:
+        fsync: The fsync of data files (``os.fsync``); tests replace it to count, slow or
+            fail the durable step. New folders are fsync'd with ``os.fsync`` directly.
+        fsyncs: Data-file fsyncs done so far.
+    """
 
     MAX_OPEN = 16
 
     def __init__(self, store: LocalStore) -> None:
         self.store = store
+        self.file_name = self._new_name()
+        self._fds: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}  # bytes each open file holds (we are its writer)
+        self._io = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.fsync: Callable[[int], None] = os.fsync
+        self.fsyncs = 0
+
+    @staticmethod
+    def _new_name() -> str:
         host = _SAFE.sub("-", socket.gethostname())[:40] or "host"
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-        self.file_name = f"sink-{host}-{os.getpid()}-{stamp}-{uuid.uuid4().hex[:6]}.jsonl"
-        self._fds: dict[str, int] = {}
+        return f"sink-{host}-{os.getpid()}-{stamp}-{uuid.uuid4().hex[:6]}.jsonl"
 
     def _open(self, folder: str) -> int:
         fd = self._fds.pop(folder, None)
@@ -70,6 +98,7 @@ class AppendWriter(Writer):
             path = self.store.path(f"{folder}/{self.file_name}")
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._sizes[folder] = os.fstat(fd).st_size
             for parent in (path.parent, path.parent.parent):  # the new entries are durable
                 dir_fd = os.open(parent, os.O_RDONLY)
                 try:
@@ -77,22 +106,101 @@ class AppendWriter(Writer):
                 finally:
                     os.close(dir_fd)
             while len(self._fds) >= self.MAX_OPEN:
-                os.close(self._fds.pop(next(iter(self._fds))))
+                evicted = next(iter(self._fds))
+                os.close(self._fds.pop(evicted))
+                self._sizes.pop(evicted, None)
         self._fds[folder] = fd  # most recently used last
         return fd
 
-    def write(self, folder: str, data: bytes, name: str) -> str:  # noqa: D102
+    def _append(self, folder: str, data: bytes) -> tuple[int, int]:
+        """Append ``data`` to ``folder``'s file (no fsync); return ``(fd, size before)``."""
         fd = self._open(folder)
+        before = self._sizes[folder]
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        self._sizes[folder] = before + len(data)
+        return fd, before
+
+    def _sync(self, fds: list[int]) -> None:
+        """Make every descriptor durable, several at once (each fsync releases the GIL)."""
+        if len(fds) == 1:
+            self.fsync(fds[0])
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
+            for future in [self._pool.submit(self.fsync, fd) for fd in fds]:
+                future.result()
+        self.fsyncs += len(fds)
+
+    def _cut_back(self, sizes: dict[str, int]) -> None:
+        """Truncate each folder's file to ``sizes[folder]`` bytes (best effort, logged).
+
+        When even that fails the file is left as it is and this writer moves to new file
+        names, so nothing more is appended after a tail that may be torn.
+        """
+        for folder, size in sizes.items():
+            fd = self._fds.get(folder)
+            try:
+                if fd is None:
+                    raise OSError(f"{folder}: not open")
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+                self._sizes[folder] = size
+            except OSError as exc:
+                log.error("sink: cannot cut %s/%s back to %d bytes after a failed write "
+                          "(%s); writing to new files from now on", folder, self.file_name,
+                          size, exc)
+                self._close_all()
+                self.file_name = self._new_name()
+                return
+
+    def write(self, folder: str, data: bytes, name: str) -> str:  # noqa: D102
+        self.write_batch({folder: data})
         return f"{folder}/{self.file_name}"
 
-    def close(self) -> None:  # noqa: D102
+    def write_batch(self, parts: dict[str, bytes]) -> None:
+        """Append each folder's bytes to its file, then fsync the files (in parallel).
+
+        All or nothing: when a write or an fsync fails, every file of the batch is cut
+        back to its size before it, and the error is raised (the whole batch is refused).
+        """
+        with self._io:
+            before: dict[str, int] = {}
+            items = list(parts.items())
+            step = self.MAX_OPEN // 2  # a chunk's descriptors stay open until fsync'd
+            try:
+                for start in range(0, len(items), step):
+                    fds = []
+                    for folder, data in items[start:start + step]:
+                        before.setdefault(folder, self._size_of(folder))
+                        fds.append(self._append(folder, data)[0])
+                    self._sync(fds)
+            except OSError:
+                self._cut_back(before)
+                raise
+
+    def _size_of(self, folder: str) -> int:
+        self._open(folder)
+        return self._sizes[folder]
+
+    def key(self, folder: str) -> str:
+        """The key :meth:`write` or :meth:`write_batch` writes under ``folder``."""
+        return f"{folder}/{self.file_name}"
+
+    def _close_all(self) -> None:
         for fd in self._fds.values():
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self._fds.clear()
+        self._sizes.clear()
+
+    def close(self) -> None:  # noqa: D102
+        with self._io:
+            self._close_all()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
 
 class ObjectWriter(Writer):

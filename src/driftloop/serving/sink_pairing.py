@@ -17,11 +17,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +31,14 @@ from driftloop.errors import DriftloopError
 from driftloop.serving.sink_bodies import (
     SinkError,
     parse_feedback,
-    parse_request_body,
-    parse_response_body,
 )
+from driftloop.serving.sink_commit import GroupCommit, Receipt
 from driftloop.serving.sink_events import (
     REQUEST,
     RESPONSE,
     Event,
     build_records,
+    choose_partner,
     legacy_key,
     parse_cloudevent,
 )
@@ -66,6 +65,10 @@ PENDING_PREFIX = "sink/pending"
 QUARANTINE_PREFIX = "sink/quarantine"
 #: Hex digits of an event key that tag the row ids of a reused ``Ce-Id``.
 TAG_HEX = 12
+#: Group commit (:mod:`driftloop.serving.sink_commit`): most lines per fsync round, and
+#: the longest wait for more; the defaults of :class:`driftloop.config.SinkConfig`.
+DEFAULT_COMMIT_MAX_BATCH = 512
+DEFAULT_COMMIT_MAX_WAIT = 0.002
 
 
 def _utc_now(clock: Callable[[], float]) -> dt.datetime:
@@ -84,22 +87,6 @@ def _ordinal(epoch: float) -> int:
     """The UTC day ordinal of ``epoch``, one int object per day (the dedup maps hold many)."""
     day = dt.datetime.fromtimestamp(epoch, dt.UTC).date().toordinal()
     return _ORDINALS.setdefault(day, day)
-
-
-def _fits(request: Event, response: Event) -> bool:
-    """Whether a response's body can answer a request's: as many rows, the same V2 id.
-
-    A V2 response carries the request's ``id`` (kserve v0.20.0 ``InferResponse``
-    ``response_id``; driftloop's predictor too), and every predictor answers each row.
-    """
-    try:
-        rows = len(parse_request_body(request.data))
-        predictions = len(parse_response_body(response.data))
-    except SinkError:
-        return False
-    asked, answered = (e.data.get("id") if isinstance(e.data, dict) else None
-                       for e in (request, response))
-    return rows == predictions and (asked is None or asked == answered)
 
 
 @dataclass
@@ -124,7 +111,11 @@ class SinkStats:
 class PayloadSink:
     """Pairs logged requests and responses and writes them, with feedback, into a store.
 
-    Thread-safe: one lock serialises the state and the writes (one fsync per event).
+    Thread-safe: one lock serialises the state. In append mode the writes are group
+    committed (:mod:`driftloop.serving.sink_commit`): under the lock an event's lines are
+    only queued, a committer thread fsyncs each batch, and the answer waits for it
+    (:meth:`finish` / :meth:`finish_async`). ``commit_max_batch=1`` writes and fsyncs
+    each event under the lock instead (one fsync per event, the old behaviour).
 
     Args:
         store: The store (``requests/``, ``feedback/`` and ``sink/pending/`` go here).
@@ -142,6 +133,10 @@ class PayloadSink:
         feedback_ttl: Seconds a logged prediction is remembered for that join.
         max_versions: Most ``(model_name, model_version)`` pairs with series of their own
             in the live-quality metrics.
+        commit_max_batch: Most lines one group-commit fsync round takes; 1: no group
+            commit (append mode only; object mode writes one object per event anyway).
+        commit_max_wait: Seconds the committer may wait for more lines while other
+            events are being handled.
     """
 
     def __init__(self, store: Store, *, mode: str = "auto", pending_ttl: float = 60.0,
@@ -150,7 +145,9 @@ class PayloadSink:
                  clock: Callable[[], float] = time.time,
                  feedback_max_predictions: int = DEFAULT_MAX_PREDICTIONS,
                  feedback_ttl: float = DEFAULT_TTL,
-                 max_versions: int = DEFAULT_MAX_VERSIONS) -> None:
+                 max_versions: int = DEFAULT_MAX_VERSIONS,
+                 commit_max_batch: int = DEFAULT_COMMIT_MAX_BATCH,
+                 commit_max_wait: float = DEFAULT_COMMIT_MAX_WAIT) -> None:
         if mode == "auto":
             mode = "append" if isinstance(store, LocalStore) else "object"
         if mode == "append" and not isinstance(store, LocalStore):
@@ -160,6 +157,8 @@ class PayloadSink:
         if pending_ttl <= 0 or max_pending < 1 or dedup_days < 0 or max_seen < 1:
             raise ValueError("pending_ttl > 0, max_pending >= 1, dedup_days >= 0 and "
                              "max_seen >= 1 required")
+        if commit_max_batch < 1 or not 0 <= commit_max_wait <= 1:
+            raise ValueError("commit_max_batch >= 1 and 0 <= commit_max_wait <= 1 s required")
         self.store = store
         self.mode = mode
         self.pending_ttl = pending_ttl
@@ -197,10 +196,20 @@ class PayloadSink:
                                   registry=self.registry,
                                   buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                            0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self._m_batch = Histogram("driftloop_sink_commit_batch_size",
+                                  "Lines written per group-commit fsync round.",
+                                  registry=self.registry,
+                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
         #: Live accuracy, label lag and feedback volume per version (sink_quality).
         self.quality = LiveQuality(self.registry, max_predictions=feedback_max_predictions,
                                    ttl=feedback_ttl, max_versions=max_versions)
+        self._after: list[Callable[[], None]] = []
         self._recover()
+        self._commit: GroupCommit | None = None
+        if mode == "append" and commit_max_batch > 1:
+            self._commit = GroupCommit(self.writer,  # type: ignore[arg-type]
+                                       max_batch=commit_max_batch, max_wait=commit_max_wait,
+                                       on_flush=self._flushed)
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -259,7 +268,7 @@ class PayloadSink:
         current = f"{folder}/{self.writer.file_name}"  # type: ignore[attr-defined]
         moved = [e for e in self._pending.values() if e.journal_key != current]
         if moved:
-            self._write(folder, b"".join(e.to_line() for e in moved), "compact")
+            self._write_now(folder, b"".join(e.to_line() for e in moved), "compact")
             for event in moved:
                 event.journal_key = current
         self.writer.close()  # no descriptor may point at a file deleted below
@@ -269,7 +278,17 @@ class PayloadSink:
 
     # -- events -------------------------------------------------------------------------
 
+    def _flushed(self, lines: int, seconds: float) -> None:
+        self._m_write.observe(seconds)
+        self._m_batch.observe(lines)
+
     def _write(self, folder: str, data: bytes, name: str) -> str:
+        """Write ``data`` durably: queued for the group commit, else now (lock held)."""
+        if self._commit is not None:
+            return self._commit.append(folder, data)
+        return self._write_now(folder, data, name)
+
+    def _write_now(self, folder: str, data: bytes, name: str) -> str:
         started = time.perf_counter()
         try:
             key = self.writer.write(folder, data, name)
@@ -295,9 +314,10 @@ class PayloadSink:
             self._write(f"requests/dt={_day(received)}", encode_lines(records),
                         event_name(keys, logged))
         self._remember_id(ce_id, _ordinal(received))
-        # after the write: only a durable prediction can be joined to a label
-        self.quality.logged(records, response_model_name(
-            response.data if response is not None else None, base.ext), self.clock())
+        # after the write is durable: only a durable prediction can be joined to a label
+        model = response_model_name(response.data if response is not None else None,
+                                    base.ext)
+        self._after.append(lambda: self.quality.logged(records, model, self.clock()))
         if tag is not None:
             self.stats.reused_ids += 1
         self._m_records.labels(logged).inc(len(records))
@@ -336,32 +356,8 @@ class PayloadSink:
             del self._waiting[index]
 
     def _partner(self, event: Event) -> Event | None:
-        """The waiting event of the other side that ``event`` pairs with, if any.
-
-        The rule is in :mod:`driftloop.serving.sink`, "Pairing": same ``Ce-Id`` and
-        ``Ce-Source``; a request that occurred after the response is never its partner;
-        among several, the one whose body fits, then the nearest in time, then the first
-        to arrive.
-        """
         other = RESPONSE if event.side == REQUEST else REQUEST
-        waiting = self._waiting.get((event.ce_id, event.source, other))
-        if not waiting:
-            return None
-        best: Event | None = None
-        best_rank: tuple[int, float] | None = None
-        for candidate in waiting:
-            request, response = (candidate, event) if event.side == RESPONSE else (
-                event, candidate)
-            timed = request.occurred is not None and response.occurred is not None
-            if timed and request.occurred > response.occurred:  # type: ignore[operator]
-                continue  # KServe stamps a request before its response (handler.go)
-            if len(waiting) == 1:
-                return candidate
-            gap = response.occurred - request.occurred if timed else math.inf  # type: ignore[operator]
-            rank = (0 if _fits(request, response) else 1, gap)
-            if best_rank is None or rank < best_rank:  # ties: the first to arrive
-                best, best_rank = candidate, rank
-        return best
+        return choose_partner(event, self._waiting.get((event.ce_id, event.source, other)))
 
     def handle_event(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         """Check, pair and store one CloudEvent.
@@ -374,13 +370,89 @@ class PayloadSink:
         Raises:
             SinkError: The event is refused (4xx) or the store failed (503).
         """
+        with self.busy():
+            receipt = self.submit_event(headers, body)
+        return self.finish(receipt)
+
+    def submit_event(self, headers: Mapping[str, str], body: bytes) -> Receipt:
+        """:meth:`handle_event` without the durable wait (then :meth:`finish`).
+
+        In group-commit mode it never waits for a disk: an event loop may call it.
+        """
         try:
             event = parse_cloudevent(headers, body, self.clock)
         except SinkError as exc:
             self._reject(exc)
             raise
+        with self._locked():
+            return self._receipt(self._accept(event))
+
+    def busy(self) -> contextlib.AbstractContextManager[None]:
+        """Mark a body as being handled: the group commit may wait for it (bounded)."""
+        return self._commit.busy() if self._commit is not None else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The state lock; first rebuilds the state when a group commit round failed."""
         with self._lock:
-            return self._accept(event)
+            if self._commit is not None and self._commit.broken is not None:
+                self._heal(self._commit.broken)
+            self._after = []
+            try:
+                yield
+            finally:
+                self._after = []  # the receipt took its list; a refused body's is dropped
+
+    def _receipt(self, result: dict[str, Any]) -> Receipt:  # lock held: seq covers it all
+        return Receipt(result, self._commit.seq if self._commit is not None else 0,
+                       self._after)
+
+    def _heal(self, reason: str) -> None:
+        """Rebuild the state from the store (cut back to what is durable) after a round failed.
+
+        The seen keys, pending events and ids in memory counted the failed lines.
+        """
+        assert self._commit is not None
+        log.warning("sink: group commit failed (%s); rebuilding the state from the store", reason)
+        self._pending.clear()
+        self._waiting.clear()
+        self._seen.clear()
+        self._ids.clear()
+        try:
+            self._recover()
+        except (OSError, DriftloopError) as exc:
+            raise SinkError(503, f"store unreadable after a failed write ({exc}); "
+                                 "nothing was recorded") from exc
+        self._commit.healed()
+
+    def finish(self, receipt: Receipt) -> dict[str, Any]:
+        """Wait until the receipt's writes are durable, then return its answer.
+
+        Raises:
+            SinkError: 503, the batch holding them failed (none of its events is stored).
+        """
+        if self._commit is not None and receipt.ticket:
+            self._commit.wait(receipt.ticket)
+        self._run_after(receipt)
+        return receipt.result
+
+    async def finish_async(self, receipt: Receipt) -> dict[str, Any]:
+        """:meth:`finish` for an asyncio task."""
+        if self._commit is not None and receipt.ticket:
+            await self._commit.wait_async(receipt.ticket)
+        self._run_after(receipt)
+        return receipt.result
+
+    def _run_after(self, receipt: Receipt) -> None:
+        if receipt.after:
+            with self._lock:
+                for action in receipt.after:
+                    action()
+
+    @property
+    def group_commit(self) -> bool:
+        """Whether writes are group committed (answers wait for a committer round)."""
+        return self._commit is not None
 
     def _reject(self, exc: SinkError) -> None:
         self.stats.rejected += 1
@@ -445,10 +517,13 @@ class PayloadSink:
             self.writer.drop(event.journal_key)
 
     def expire(self) -> int:
-        """Write alone every pending event older than ``pending_ttl``; return how many."""
+        """Write alone every pending event older than ``pending_ttl``; return how many.
+
+        Returns once those records are durable.
+        """
         now = self.clock()
         written = 0
-        with self._lock:
+        with self._locked():
             for event in list(self._pending.values()):
                 if now - event.received < self.pending_ttl:
                     break  # oldest first: the rest are younger
@@ -458,12 +533,16 @@ class PayloadSink:
             if self.mode == "append" and (
                 _utc_now(self.clock).date().isoformat() != self._journal_day
             ):
+                if self._commit is not None:  # old journals go: their events' records first
+                    self._commit.flush_all()
                 self._compact()
             if now - self._last_prune > 3600:
                 self._last_prune = now
                 oldest = self._window()[0].toordinal()
                 self._seen = {k: v for k, v in self._seen.items() if v >= oldest}
                 self._ids = {k: v for k, v in self._ids.items() if v >= oldest}
+            receipt = self._receipt({"written": written})
+        self.finish(receipt)
         return written
 
     @property
@@ -479,23 +558,42 @@ class PayloadSink:
         Raises:
             SinkError: The body is refused (4xx) or the store failed (503).
         """
+        with self.busy():
+            receipt = self.submit_feedback(body)
+        return self.finish(receipt)
+
+    def submit_feedback(self, body: bytes) -> Receipt:
+        """:meth:`handle_feedback` up to the durable wait (see :meth:`submit_event`)."""
         try:
             rows = parse_feedback(body, labels=self.labels, now=_utc_now(self.clock))
         except SinkError as exc:
             self.reject_feedback(exc)
             raise
         day = _day(self.clock())
-        with self._lock:
+        with self._locked():
             self._write(f"feedback/dt={day}", encode_lines(rows), f"fb-{uuid.uuid4().hex}")
-            self.stats.feedback += len(rows)
-            self.quality.feedback(rows, self.clock())  # only rows that are durable
+            self._after.append(lambda: self._fed(rows))  # only rows that are durable
+            return self._receipt({"stored": len(rows)})
+
+    def _fed(self, rows: list[dict[str, Any]]) -> None:
+        self.stats.feedback += len(rows)
+        self.quality.feedback(rows, self.clock())
         self._m_feedback.inc(len(rows))
-        return {"stored": len(rows)}
 
     def close(self) -> None:
-        """Close open files. Pending events stay journaled for the next start."""
+        """Commit what is queued, close open files. Pending events stay journaled."""
+        if self._commit is not None:
+            self._commit.close()
         with self._lock:
             self.writer.close()
 
 
-__all__ = ["PENDING_PREFIX", "QUARANTINE_PREFIX", "PayloadSink", "SinkStats"]
+__all__ = [
+    "DEFAULT_COMMIT_MAX_BATCH",
+    "DEFAULT_COMMIT_MAX_WAIT",
+    "PENDING_PREFIX",
+    "QUARANTINE_PREFIX",
+    "PayloadSink",
+    "Receipt",
+    "SinkStats",
+]
