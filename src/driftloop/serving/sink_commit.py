@@ -9,12 +9,12 @@ it covered. An event is answered only once its ticket is durable, so a 2xx still
 "on disk" -- a duplicate's answer too (its ticket covers the original's write).
 
 The bounded wait
-    The committer starts a batch as soon as something is queued. It waits first, at most
-    ``max_wait`` seconds after the batch's first line, only while other events are being
-    handled (:meth:`GroupCommit.busy`) and the batch holds fewer than ``max_batch``
-    lines: waiting when nobody else is coming would only add latency. This is PostgreSQL's
-    ``commit_delay`` / ``commit_siblings`` rule. Under load the batches form by
-    themselves anyway: what arrives during one fsync is the next batch.
+    The committer starts a batch as soon as something is queued. It waits first, until
+    ``max_wait`` seconds after the batch's first line or until ``max_batch`` lines are
+    queued, only when other events are being handled at that moment
+    (:meth:`GroupCommit.busy`): waiting when nobody else is coming would only add latency.
+    This is PostgreSQL's ``commit_delay`` / ``commit_siblings`` rule. Under load the
+    batches form by themselves anyway: what arrives during one fsync is the next batch.
 
 A failed write
     A batch is all or nothing: when a write or fsync fails the files are cut back to
@@ -137,10 +137,8 @@ class GroupCommit:
         try:
             yield
         finally:
-            with self._cond:
+            with self._cond:  # no notify: waking the committer per event costs more
                 self._busy -= 1
-                if self._busy == 0:
-                    self._cond.notify_all()
 
     def _outcome(self, ticket: int) -> str | Literal[False] | None:
         """False while ``ticket`` waits; None once durable; the error text if it failed."""
@@ -208,13 +206,14 @@ class GroupCommit:
                     self._cond.wait()
                 if not self._queue:
                     return  # closed and nothing left
-                deadline = self._first_at + self.max_wait
-                while (self._busy and len(self._queue) < self.max_batch
-                       and not self._closed):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
+                # others being handled now: their lines may join (bounded wait)
+                if self._busy:
+                    deadline = self._first_at + self.max_wait
+                    while len(self._queue) < self.max_batch and not self._closed:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
             self._round(limit=self.max_batch)
 
     def _round(self, limit: int | None) -> None:
