@@ -105,6 +105,11 @@ class GroupCommit:
         return self._broken
 
     @property
+    def queued(self) -> int:
+        """Lines queued and not yet taken by a round."""
+        return len(self._queue)
+
+    @property
     def seq(self) -> int:
         """The ticket of everything queued so far."""
         return self._seq
