@@ -61,7 +61,7 @@ bench: $(VENV)/.installed-bench data ## Run every benchmark at its quick size (t
 	$(BIN)/python benchmarks/drift_vs_evidently.py --quick
 	$(BIN)/python benchmarks/retraining_policy.py --quick
 	$(BIN)/python benchmarks/serving_latency.py
-	$(BIN)/python benchmarks/sink_throughput.py
+	$(BIN)/python benchmarks/sink_throughput.py --quick
 	$(BIN)/python benchmarks/ab_test.py --quick
 
 clean: ## Remove the virtualenv and generated output

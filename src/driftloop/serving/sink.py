@@ -99,15 +99,27 @@ Unpaired events
 
 Durability: a 2xx only after the data is on disk
     Local folder stores (``mode="append"``): each process appends to its own file per
-    partition (``sink-<host>-<pid>-<start>.jsonl``) with ``O_APPEND`` and ``fsync`` before
-    it answers; a new file also fsyncs its folder. One fsync per event (~0.25 ms here).
+    partition (``sink-<host>-<pid>-<start>.jsonl``) with ``O_APPEND``; a new file also
+    fsyncs its folder. Writes are group committed (:mod:`driftloop.serving.sink_commit`):
+    the event loop checks and pairs an event and queues its lines, a committer thread
+    writes everything queued with one write and one fsync per file (the files of a batch
+    in parallel) and only then are the batch's events answered -- a ``duplicate`` too,
+    once the original's batch is durable. The committer waits for more events at most
+    ``--commit-max-wait-ms`` (2) after a batch's first line, and only while other events
+    are being handled; ``--commit-max-batch`` (512) bounds a batch, and ``1`` turns group
+    commit off (each event written and fsync'd on its own, ~0.25-3 ms here depending on
+    the disk's other work). Defaults: :class:`driftloop.config.SinkConfig`. A failed write
+    or fsync cuts the batch's files back to their size before it and answers 503 to every
+    event of the batch and every one queued behind it; the sink then rebuilds its state
+    from the files, as at start, so a retry is stored, never taken for a duplicate.
     Other stores, e.g. ``gs://`` (``mode="object"``): one atomic object per event, named
     from the event's key, so a retried write replaces the same object.
-    Measured on 2 CPUs over loopback (benchmarks/sink_throughput.py): ~800-1,300 events/s
-    with one client, ~1,100-1,550 with four, no loss (the event keys and the longer
-    records cost ~5-10 % with one client, none visible with four, measured side by side).
+    Measured on 2 CPUs over loopback, shared with other work (benchmarks/sink_throughput.py,
+    8 client processes x 5 connections, the load average in its table; figures in the
+    README's Benchmarks): group commit against one fsync per event in the same run, and
+    after a ``kill -9`` in the middle every acknowledged event is in the store exactly once.
     Append-mode journals are compacted on start and at each new UTC day (pending events
-    rewritten, older files deleted).
+    rewritten, older files deleted; queued lines are committed first).
     A reader of today's partition may see a line that is being appended at that instant
     (ingest quarantines it as unparsable); ingest whole past days to avoid it.
 
@@ -172,6 +184,8 @@ Where the code lives
       decoded into their JSON form.
     * :mod:`driftloop.serving.sink_log` -- the durable files: fsync'd appends or atomic
       objects, read back on start.
+    * :mod:`driftloop.serving.sink_commit` -- the group commit: the queue of lines, the
+      committer thread, the tickets an answer waits on.
     * :mod:`driftloop.serving.sink_pairing` -- :class:`PayloadSink`, the state: pairing,
       deduplication, the pending journal, the quarantine and recovery.
     * :mod:`driftloop.serving.sink_quality` -- the live join of feedback labels to the
