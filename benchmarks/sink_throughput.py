@@ -29,6 +29,7 @@ benchmarks/results/sink_throughput.{md,csv,png}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -48,11 +49,11 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine_info  # noqa: E402
+from _machine import machine_info
 
-from driftloop.data.ingest import ingest  # noqa: E402
-from driftloop.data.storage import LocalStore  # noqa: E402
-from driftloop.demo.sample import sample_schema  # noqa: E402
+from driftloop.data.ingest import ingest
+from driftloop.data.storage import LocalStore
+from driftloop.demo.sample import sample_schema
 
 NAME = "sink_throughput"
 RESULTS = Path(__file__).parent / "results"
@@ -200,10 +201,8 @@ def count_store(root: Path) -> tuple[Counter[str], Counter[str], Any]:
     raw: Counter[str] = Counter()
     for key in store.list("requests"):
         for line in store.read_text(key).splitlines():
-            try:
-                raw[json.loads(line)["event_id"]] += 1
-            except (ValueError, KeyError):
-                pass  # a torn line (ingest quarantines it)
+            with contextlib.suppress(ValueError, KeyError):  # a torn line: ingest
+                raw[json.loads(line)["event_id"]] += 1  # quarantines it
     days = sorted({k.split("dt=")[1][:10] for k in store.list("requests")})
     result = ingest(store, sample_schema(), dt.date.fromisoformat(days[0]),
                     dt.date.fromisoformat(days[-1]))

@@ -11,6 +11,7 @@ is there exactly once, in the files and in what ingest accepts.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -126,10 +127,8 @@ def _ids_under(root: Path, folder: str) -> Counter[str]:
     ids: Counter[str] = Counter()
     for path in (root / folder).rglob("*.jsonl"):
         for line in path.read_text().splitlines():
-            try:
-                ids[json.loads(line).get("id", "")] += 1
-            except ValueError:
-                pass  # a torn last line (never an acknowledged one: checked below)
+            with contextlib.suppress(ValueError):  # a torn last line (never an
+                ids[json.loads(line).get("id", "")] += 1  # acknowledged one: see below)
     return ids
 
 

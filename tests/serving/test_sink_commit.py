@@ -14,14 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from test_sink import ce_headers, lines_under, request_body, store  # noqa: F401
 
 from driftloop.config import SinkConfig, config_from_dict
 from driftloop.data.storage import LocalStore
 from driftloop.errors import ConfigError
 from driftloop.serving.sink_events import REQUEST_TYPE
 from driftloop.serving.sink_pairing import PayloadSink
-
-from test_sink import ce_headers, lines_under, request_body, store  # noqa: F401
 
 N = 24
 
