@@ -20,15 +20,22 @@ threshold is ``p_val / n``; with ``fdr`` it is the Benjamini-Hochberg cut-off ``
 the largest significant rank ``k`` when some test is significant, otherwise each column is
 judged against the cut-off ``q * rank / n`` of its own rank. alibi-detect is no longer
 imported by the drift step.
+
+A sharded window (:mod:`driftloop.decide.shards`) tests KS from counts (test ``ks_grid``):
+the current values counted on the reference sample's own grid determine the KS statistic
+exactly (see :func:`ks_from_grid`), and scipy's two-sample p-value depends only on the
+statistic and the two sample sizes, so :func:`ks_pvalue` reproduces ``ks_2samp``'s.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+_SCIPY_MAX_AUTO_N = 10000  # ks_2samp's local MAX_AUTO_N (scipy 1.17.1): exact up to here
 _EXACT_BELOW = 1e-6  # asymptotic KS p-values below this are kept (exact agrees: tiny too)
 
 
@@ -37,9 +44,11 @@ class TestInput:
     """One column to test.
 
     Attributes:
-        test: ``ks`` (continuous values) or ``chi2`` (counts per bucket).
-        ref: Reference values (``ks``, float64 without NaN) or reference counts per bucket.
-        cur: Current values or current counts over the same buckets.
+        test: ``ks`` (continuous values), ``ks_grid`` (counts per slot of a reference grid,
+            see :func:`ks_from_grid`) or ``chi2`` (counts per bucket).
+        ref: Reference values (``ks``, float64 without NaN) or reference counts per slot or
+            bucket.
+        cur: Current values or current counts over the same slots or buckets.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -101,6 +110,9 @@ def run_tests(columns: Sequence[TestInput], *, p_value: float,
         if col.test == "ks":
             stats[i], p_vals[i] = _ks(col.ref, col.cur)
             used.append("ks_2samp")
+        elif col.test == "ks_grid":
+            stats[i], p_vals[i] = ks_from_grid(col.ref, col.cur)
+            used.append("ks_2samp")
         elif col.test == "chi2":
             stats[i], p_vals[i] = chi2_pooled(col.ref, col.cur)
             used.append("chi2_contingency")
@@ -108,7 +120,7 @@ def run_tests(columns: Sequence[TestInput], *, p_value: float,
             raise ValueError(f"run_tests: unknown test {col.test!r}")
     thresholds = corrected_thresholds(p_vals, p_value, correction)
     return TestResults(
-        tests=[c.test for c in columns],
+        tests=["ks" if c.test == "ks_grid" else c.test for c in columns],
         statistics=[float(v) for v in stats],
         p_values=[float(p) for p in p_vals],
         thresholds=thresholds,
@@ -184,3 +196,82 @@ def _ks(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
         return float(res.statistic), float(res.pvalue)
     res = ks_2samp(a, b, method="auto")
     return float(res.statistic), float(res.pvalue)
+
+
+def ks_from_grid(ref_slots: np.ndarray, cur_slots: np.ndarray) -> tuple[float, float]:
+    """KS statistic and p-value from counts per slot of the reference grid.
+
+    The grid is the sorted distinct reference values ``u_1 < ... < u_m``; slot ``2i`` counts
+    the values strictly between ``u_i`` and ``u_{i+1}`` (slot 0: below ``u_1``, slot ``2m``:
+    above ``u_m``) and slot ``2i + 1`` the values equal to ``u_i``. Both empirical CDFs are
+    step functions and the reference one is constant between grid points, so the largest
+    CDF difference is reached at a grid point or just below one: the cumulative counts at
+    the slots' ends give ``ks_2samp``'s statistic exactly (no sketch error).
+
+    Args:
+        ref_slots: Reference counts per slot (``2m + 1``).
+        cur_slots: Current counts per slot, same grid.
+
+    Returns:
+        ``(statistic, p_value)`` as :func:`_ks` gives them on the raw values.
+
+    Raises:
+        ValueError: The slot vectors differ in length or a side is empty.
+    """
+    ref = np.asarray(ref_slots, dtype=np.int64)
+    cur = np.asarray(cur_slots, dtype=np.int64)
+    if ref.shape != cur.shape:
+        raise ValueError(f"ks_grid: slot vectors differ in length: {ref.shape} vs {cur.shape}")
+    n1, n2 = int(ref.sum()), int(cur.sum())
+    if min(n1, n2) == 0:
+        raise ValueError("ks_grid: a side has no values")
+    # The same float operations as ks_2samp (count / n, then the difference).
+    diffs = np.cumsum(ref) / n1 - np.cumsum(cur) / n2
+    min_s, max_s = float(np.clip(-diffs.min(), 0, 1)), float(diffs.max())
+    d = min_s if min_s > max_s else max_s
+    return _ks_of_statistic(d, n1, n2)
+
+
+def ks_pvalue(d: float, n1: int, n2: int, method: str = "auto") -> tuple[float, float]:
+    """Two-sided two-sample KS p-value from the statistic, as ``scipy.stats.ks_2samp``.
+
+    Mirrors scipy 1.17.1's ``ks_2samp`` (``scipy/stats/_stats_py.py``) after it computed the
+    statistic: ``exact`` rounds ``d`` to the lattice ``h / lcm(n1, n2)`` and counts paths
+    (falling back to ``asymp`` when that fails); ``asymp`` is ``kstwo.sf(d, round(en))``
+    with ``en = n1 n2 / (n1 + n2)``. A test compares it with ``ks_2samp`` on raw samples.
+
+    Args:
+        d: KS statistic.
+        n1: Reference rows.
+        n2: Current rows.
+        method: ``auto`` (exact up to 10,000 rows per side), ``exact`` or ``asymp``.
+
+    Returns:
+        ``(statistic, p_value)``; exact mode returns the lattice-rounded statistic, as scipy.
+    """
+    from scipy.stats import distributions
+    from scipy.stats._stats_py import _attempt_exact_2kssamp  # type: ignore[attr-defined]
+
+    g = math.gcd(n1, n2)
+    mode = method
+    if mode == "auto":
+        mode = "exact" if max(n1, n2) <= _SCIPY_MAX_AUTO_N else "asymp"
+    elif mode == "exact" and n1 // g >= np.iinfo(np.int32).max / (n2 // g):
+        mode = "asymp"
+    prob = float("nan")
+    if mode == "exact":
+        success, d, prob = _attempt_exact_2kssamp(n1, n2, g, d, "two-sided")
+        if not success:
+            mode = "asymp"
+    if mode == "asymp":
+        m, n = sorted([float(n1), float(n2)], reverse=True)
+        prob = distributions.kstwo.sf(d, np.round(m * n / (m + n)))
+    return float(d), float(np.clip(prob, 0, 1))
+
+
+def _ks_of_statistic(d: float, n1: int, n2: int) -> tuple[float, float]:
+    # The same two-stage choice as _ks: asymptotic first, exact only where it matters.
+    stat, p = ks_pvalue(d, n1, n2, "asymp")
+    if p < _EXACT_BELOW:
+        return stat, p
+    return ks_pvalue(d, n1, n2, "auto")

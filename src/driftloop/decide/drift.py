@@ -38,7 +38,6 @@ from driftloop.decide.distance import (
     pool,
     pool_rare_categories,
     psi,
-    shares_of_codes,
     total_variation,
 )
 from driftloop.decide.profile import (
@@ -229,22 +228,58 @@ def detect_drift(
         DriftloopError: Schema and profile disagree, a feature column is missing, or no model
             is given for a text schema.
     """
-    _check_profile(profile, schema)
-    report = DriftReport(
-        status="insufficient_data", drifted=False, reasons=[], n_reference=profile.n_sample,
-        n_current=len(current), min_samples=config.min_samples, p_value=config.p_value,
-        correction=config.correction, model_version=profile.model_version,
-        psi_threshold=config.psi_threshold, created_at=_now(now),
-        effect_size=config.effect_size, effect_threshold=config.effect_threshold,
-    )
-    if len(current) < config.min_samples:
-        report.reasons.append(f"only {len(current)} current rows, need at least "
-                              f"{config.min_samples} (drift.min_samples)")
+    check_profile(profile, schema)
+    report = new_report(profile, len(current), config, now)
+    if too_few_rows(report, config):
         return report
     require_columns(current, schema, "current data")
     cols = _tabular_columns(profile, current, config)
     if profile.text:
         cols += _proba_columns(profile, current, schema, model)
+    oov = (oov_rate(text_values(current, profile.text), set(profile.vocabulary))
+           if profile.text else None)
+    return finish_report(report, profile, cols, config, oov_rate_current=oov)
+
+
+def new_report(profile: ReferenceProfile, n_current: int, config: DriftConfig,
+               now: dt.datetime | None = None) -> DriftReport:
+    """An ``insufficient_data`` report with the run's settings, before any test ran."""
+    return DriftReport(
+        status="insufficient_data", drifted=False, reasons=[], n_reference=profile.n_sample,
+        n_current=n_current, min_samples=config.min_samples, p_value=config.p_value,
+        correction=config.correction, model_version=profile.model_version,
+        psi_threshold=config.psi_threshold, created_at=_now(now),
+        effect_size=config.effect_size, effect_threshold=config.effect_threshold,
+    )
+
+
+def too_few_rows(report: DriftReport, config: DriftConfig) -> bool:
+    """Whether ``report`` has fewer current rows than a decision needs (then says so)."""
+    if report.n_current >= config.min_samples:
+        return False
+    report.reasons.append(f"only {report.n_current} current rows, need at least "
+                          f"{config.min_samples} (drift.min_samples)")
+    return True
+
+
+def finish_report(report: DriftReport, profile: ReferenceProfile, cols: list[DriftColumn],
+                  config: DriftConfig, *, oov_rate_current: float | None) -> DriftReport:
+    """Test the prepared columns together and decide: the rule of every drift report.
+
+    Shared by :func:`detect_drift` (the window in memory) and
+    :func:`driftloop.decide.shards.detect_drift_merged` (a window merged from shards), so
+    the two decide by the same test, correction, effect size and thresholds.
+
+    Args:
+        report: From :func:`new_report`, with enough current rows.
+        profile: The reference profile.
+        cols: The tested columns, in report order.
+        config: Drift settings.
+        oov_rate_current: The window's out-of-vocabulary rate (text models; else ``None``).
+
+    Returns:
+        ``report``, filled in.
+    """
     res = run_tests([c.test for c in cols], p_value=config.p_value,
                     correction=config.correction)
     for i, c in enumerate(cols):
@@ -263,7 +298,8 @@ def detect_drift(
     family = f"{config.correction} over {len(cols)} {unit}{'s' if len(cols) > 1 else ''}"
     report.reasons += _test_reasons(report.features, family, config)
     if profile.text:
-        report.features.append(_oov_feature(report, profile, current, config))
+        report.features.append(_oov_feature(report, profile, oov_rate_current or 0.0,
+                                                    config))
     report.drifted = any(f.drifted for f in report.features)
     report.status = "drift" if report.drifted else "no_drift"
     report.reasons += [
@@ -277,7 +313,7 @@ def detect_drift(
 
 
 @dataclass
-class _Column:
+class DriftColumn:
     """One tested column: the test's input and the share vectors of the effect size.
 
     ``ref_shares``/``cur_shares`` give the reported PSI/JS (present values; every category);
@@ -296,49 +332,85 @@ class _Column:
 
 
 def _tabular_columns(profile: ReferenceProfile, current: pd.DataFrame,
-                     config: DriftConfig) -> list[_Column]:
+                     config: DriftConfig) -> list[DriftColumn]:
     cols = []
     for name in profile.numeric:
         values = numeric_values(current[name])
-        sample = profile.numeric_sample[name]
-        ref_shares = profile.numeric_shares[name]
-        cur_shares = histogram_shares(values, profile.bin_edges[name])
-        cols.append(_Column(
-            name, "numeric", TestInput("ks", _nan_high(sample), _nan_high(values)),
-            ref_shares, cur_shares, _with_missing(ref_shares, sample),
-            _with_missing(cur_shares, values)))
+        missing = float(np.isnan(values).mean()) if values.size else 0.0
+        cols.append(numeric_column(
+            profile, name, TestInput("ks", nan_high(profile.numeric_sample[name]),
+                                     nan_high(values)),
+            histogram_shares(values, profile.bin_edges[name]), missing))
     for name in profile.categorical:
-        cats = profile.categories[name]
-        codes = category_codes(categorical_values(current[name]), cats)
-        ref_codes = profile.categorical_sample[name]
-        ref_counts = np.bincount(ref_codes[ref_codes >= 0], minlength=len(cats) + 1)
-        cur_counts = np.bincount(codes[codes >= 0], minlength=len(cats) + 1)
-        # Rare categories (and unseen ones) share one bucket: the chi-squared approximation
-        # needs expected counts (column total share x sample rows) of ~5 in both samples.
-        n_small = min(int(ref_counts.sum()), int(cur_counts.sum()))
-        buckets = pool_rare_categories(ref_counts + cur_counts, n_small, config.min_expected)
-        kept = int(buckets.max())
-        cols.append(_Column(
-            name, "categorical", TestInput("chi2", pool(ref_counts, buckets),
-                                           pool(cur_counts, buckets)),
-            profile.categorical_shares[name], shares_of_codes(codes, len(cats)),
-            pool(profile.categorical_shares[name], buckets),
-            pool(cur_counts / max(cur_counts.sum(), 1), buckets), pooled=len(cats) - kept))
+        codes = category_codes(categorical_values(current[name]), profile.categories[name])
+        cur_counts = np.bincount(codes[codes >= 0], minlength=len(profile.categories[name]) + 1)
+        cols.append(categorical_column(profile, name, cur_counts, config))
     return cols
 
 
-def _with_missing(shares: np.ndarray, values: np.ndarray) -> np.ndarray:
+def numeric_column(profile: ReferenceProfile, name: str, test: TestInput,
+                   cur_shares: np.ndarray, missing: float) -> DriftColumn:
+    """The tested column of numeric feature ``name``.
+
+    Args:
+        profile: The reference profile.
+        name: The feature.
+        test: Its KS input (raw values, or counts on the reference grid).
+        cur_shares: Current shares of the present values per reference bin.
+        missing: Share of the current rows whose value is missing.
+    """
+    sample = profile.numeric_sample[name]
+    ref_shares = profile.numeric_shares[name]
+    return DriftColumn(name, "numeric", test, ref_shares, cur_shares,
+                       with_missing(ref_shares, sample), with_missing_share(cur_shares, missing))
+
+
+def categorical_column(profile: ReferenceProfile, name: str, cur_counts: np.ndarray,
+                       config: DriftConfig) -> DriftColumn:
+    """The tested column of categorical feature ``name`` from its current counts.
+
+    Args:
+        profile: The reference profile.
+        name: The feature.
+        cur_counts: Current rows per reference category plus ``unseen`` (missing excluded).
+        config: Drift settings (``min_expected``).
+    """
+    cats = profile.categories[name]
+    ref_codes = profile.categorical_sample[name]
+    ref_counts = np.bincount(ref_codes[ref_codes >= 0], minlength=len(cats) + 1)
+    cur_counts = np.asarray(cur_counts, dtype=np.int64)
+    # Rare categories (and unseen ones) share one bucket: the chi-squared approximation
+    # needs expected counts (column total share x sample rows) of ~5 in both samples.
+    n_small = min(int(ref_counts.sum()), int(cur_counts.sum()))
+    buckets = pool_rare_categories(ref_counts + cur_counts, n_small, config.min_expected)
+    kept = int(buckets.max())
+    total = cur_counts.sum()
+    cur_shares = cur_counts / total if total > 0 else np.zeros(len(cur_counts))
+    return DriftColumn(
+        name, "categorical", TestInput("chi2", pool(ref_counts, buckets),
+                                       pool(cur_counts, buckets)),
+        profile.categorical_shares[name], cur_shares,
+        pool(profile.categorical_shares[name], buckets),
+        pool(cur_counts / max(cur_counts.sum(), 1), buckets), pooled=len(cats) - kept)
+
+
+def with_missing(shares: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Shares of the present values scaled to all rows, plus a final missing-value bin."""
     missing = float(np.isnan(values).mean()) if values.size else 0.0
+    return with_missing_share(shares, missing)
+
+
+def with_missing_share(shares: np.ndarray, missing: float) -> np.ndarray:
+    """:func:`with_missing` from the share of missing values itself (merged shards)."""
     return np.append(np.asarray(shares, dtype=np.float64) * (1.0 - missing), missing)
 
 
-def _effect(col: _Column, ks_statistic: float, effect_size: str) -> float | None:
+def _effect(col: DriftColumn, ks_statistic: float, effect_size: str) -> float | None:
     if effect_size == "psi":
         value = psi(col.effect_ref, col.effect_cur)
     elif effect_size == "js":
         value = js_distance(col.effect_ref, col.effect_cur)
-    elif col.test.test == "ks":
+    elif col.test.test in ("ks", "ks_grid"):  # ks_grid: KS from a sharded window's counts
         value = ks_statistic
     else:
         value = total_variation(col.effect_ref, col.effect_cur)
@@ -346,7 +418,7 @@ def _effect(col: _Column, ks_statistic: float, effect_size: str) -> float | None
 
 
 def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Schema,
-                   model: Any | None) -> list[_Column]:
+                   model: Any | None) -> list[DriftColumn]:
     if model is None:
         raise DriftloopError("drift detection: a text schema needs the model "
                              f"(version {profile.model_version}) for its predicted probabilities")
@@ -359,17 +431,16 @@ def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Sch
     for col, edges, shares in zip(proba_columns(classes), profile.proba_edges,
                                   profile.proba_shares, strict=True):
         cur_shares = histogram_shares(proba[:, col], edges)
-        cols.append(_Column(
+        cols.append(DriftColumn(
             f"proba[{classes[col]}]", "text",
             TestInput("ks", profile.reference_proba[:, col], proba[:, col]), shares,
             cur_shares, shares, cur_shares, proba=True))
     return cols
 
 
-def _oov_feature(report: DriftReport, profile: ReferenceProfile, current: pd.DataFrame,
+def _oov_feature(report: DriftReport, profile: ReferenceProfile, rate: float,
                  config: DriftConfig) -> FeatureDrift:
     base = profile.oov_rate_reference or 0.0
-    rate = oov_rate(text_values(current, profile.text), set(profile.vocabulary))
     report.oov_rate_reference, report.oov_rate_current = base, rate
     increase = rate - base
     drifted = increase > config.oov_threshold
@@ -425,7 +496,7 @@ def _test_reasons(features: list[FeatureDrift], family: str,
             f"{_label(best)} >= {_num(best.threshold)} ({family})"]
 
 
-def _check_profile(profile: ReferenceProfile, schema: Schema) -> None:
+def check_profile(profile: ReferenceProfile, schema: Schema) -> None:
     for kind in ("numeric", "categorical", "text"):
         if getattr(profile, kind) != schema.names_of(kind):
             raise DriftloopError(
@@ -433,7 +504,7 @@ def _check_profile(profile: ReferenceProfile, schema: Schema) -> None:
                 f"{getattr(profile, kind)} but the schema declares {schema.names_of(kind)}")
 
 
-def _nan_high(values: np.ndarray) -> np.ndarray:
+def nan_high(values: np.ndarray) -> np.ndarray:
     # KS needs a value for every row; +inf sorts above all, so missingness shifts the CDF.
     return np.where(np.isnan(values), np.inf, values)
 
