@@ -250,7 +250,7 @@ def ks_pvalue(d: float, n1: int, n2: int, method: str = "auto") -> tuple[float, 
         ``(statistic, p_value)``; exact mode returns the lattice-rounded statistic, as scipy.
     """
     from scipy.stats import distributions
-    from scipy.stats._stats_py import _attempt_exact_2kssamp  # type: ignore[attr-defined]
+    from scipy.stats._stats_py import _attempt_exact_2kssamp
 
     g = math.gcd(n1, n2)
     mode = method

@@ -497,6 +497,7 @@ def _test_reasons(features: list[FeatureDrift], family: str,
 
 
 def check_profile(profile: ReferenceProfile, schema: Schema) -> None:
+    """Fail with a :class:`DriftloopError` where ``profile`` and ``schema`` name other features."""
     for kind in ("numeric", "categorical", "text"):
         if getattr(profile, kind) != schema.names_of(kind):
             raise DriftloopError(
@@ -505,6 +506,7 @@ def check_profile(profile: ReferenceProfile, schema: Schema) -> None:
 
 
 def nan_high(values: np.ndarray) -> np.ndarray:
+    """``values`` with every NaN replaced by ``+inf`` (how the KS test sees a missing value)."""
     # KS needs a value for every row; +inf sorts above all, so missingness shifts the CDF.
     return np.where(np.isnan(values), np.inf, values)
 

@@ -160,7 +160,7 @@ class ShardProfile:
     def save(self, path: str | Path) -> Path:
         """Write the profile as one ``.npz`` file (no pickle): counts as arrays, a JSON header."""
         path = Path(path)
-        meta = {
+        meta: dict[str, Any] = {
             "format": SHARD_FORMAT, "model_version": self.model_version,
             "n_rows": self.n_rows, "shards": self.shards,
             "numeric": list(self.numeric_bins), "categorical": list(self.categorical_counts),
@@ -218,8 +218,10 @@ def reference_grid(reference_values: np.ndarray) -> np.ndarray:
 
 
 def slot_counts(grid: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Count ``values`` per slot of ``grid``: slot ``2i + 1`` equal to ``grid[i]``, slot ``2i``
-    strictly between ``grid[i - 1]`` and ``grid[i]`` (slot ``2m``: above the last).
+    """Count ``values`` per slot of ``grid``.
+
+    Slot ``2i + 1`` counts the values equal to ``grid[i]``, slot ``2i`` those strictly
+    between ``grid[i - 1]`` and ``grid[i]`` (slot 0: below the first, ``2m``: above the last).
 
     Args:
         grid: From :func:`reference_grid` (sorted, distinct).
