@@ -56,6 +56,10 @@ class DriftConfig:
             (share in both samples together x rows) is below this are pooled with those
             unseen in the reference into one ``other`` bucket before the chi-squared test (its
             approximation needs expected counts of about 5).
+        shards: Shards the current window is cut into for drift (by file,
+            :mod:`driftloop.data.window_shards`): one pod each in the pipeline (a
+            ``ParallelFor``; its ``drift_shards`` parameter), one call each in process. The
+            merged report is the one-shard report (:mod:`driftloop.decide.shards`).
     """
 
     p_value: float = 0.05
@@ -70,9 +74,11 @@ class DriftConfig:
     effect_threshold: float = 0.1
     feature_thresholds: tuple[tuple[str, float], ...] = ()
     min_expected: float = 5.0
+    shards: int = 1
 
     def __post_init__(self) -> None:
         _check(0 < self.p_value < 1, "drift.p_value", "must be in (0, 1)")
+        _check(self.shards >= 1, "drift.shards", "must be >= 1")
         _check(self.correction in ("bonferroni", "fdr"), "drift.correction",
                "must be bonferroni or fdr")
         _check(self.min_samples >= 1, "drift.min_samples", "must be >= 1")

@@ -42,6 +42,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ("verdict_json", dsl.Artifact), ("eval_metrics", dsl.Metrics),
         ("challenger_curves", dsl.ClassificationMetrics), ("promotion_report", dsl.Markdown),
         ("canary_report", dsl.Markdown), ("canary_metrics", dsl.Metrics),
+        ("shard_profile", dsl.Artifact), ("shard_metrics", dsl.Metrics),
     ]}
     out: dict = {"store": open_store(store_dir), "a": a}
     out["ingest"] = components.ingest.python_func(
@@ -56,10 +57,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         webhook="", min_labelled=100, max_holds=3, prometheus_url="",
         records=a["records"], canary_report=a["canary_report"],
         canary_metrics=a["canary_metrics"])
+    out["shard"] = components.drift_shard.python_func(
+        **common, model_name=MODEL, run_id=RUN, now=now, window_days=1, shard=0, shards=[0],
+        shard_profile=a["shard_profile"], shard_metrics=a["shard_metrics"])
     out["drift"] = components.detect_drift.python_func(
         **common, model_name=MODEL, run_id=RUN, p_value=0.05, effect_threshold=0.1,
-        min_samples=100,
-        current=a["current"], drift_report=a["drift_report"], drift_json=a["drift_json"],
+        min_samples=100, shard_profiles=[a["shard_profile"]],
+        drift_report=a["drift_report"], drift_json=a["drift_json"],
         drift_metrics=a["drift_metrics"])
     out["decide"] = components.decide_retrain.python_func(
         **common, model_name=MODEL, run_id=RUN, now=now, force=False, min_new_labels=500,
@@ -113,6 +117,7 @@ def test_ingest_outputs_parquet_and_row_accounting(run):
 def test_drift_is_skipped_without_a_champion_and_says_so(run):
     a = run["a"]
     assert tuple(run["drift"]) == (False, "skipped")
+    assert run["shard"] == 0 and a["shard_profile"].metadata["model_version"] == ""
     assert Path(a["drift_json"].path).read_text().strip() == "null"
     assert "skipped" in Path(a["drift_report"].path).read_text()
     assert a["drift_metrics"].metadata == {}

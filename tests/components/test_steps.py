@@ -165,6 +165,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
         res["drift"] = steps.drift_step(store_uri, schema_uri, MODEL, art / "current.parquet",
                                         run_id=run_id)
         (art / "drift.json").write_text(res["drift"].to_json())
+        shard_paths = [art / f"drift-shard-{i}.npz" for i in range(2)]
+        res["shards"] = [steps.drift_shard_step(
+            store_uri, schema_uri, MODEL, path, run_id=run_id, now=res["ingest"].now,
+            window_days=1, shard=i, shards=[0, 1]) for i, path in enumerate(shard_paths)]
+        res["merged"] = steps.drift_merge_step(store_uri, schema_uri, MODEL, shard_paths,
+                                               run_id=run_id)
         res["decision"] = steps.decide_step(
             store_uri, schema_uri, MODEL, art / "records.parquet", art / "drift.json",
             run_id=run_id, now=res["ingest"].now, canary_in_progress=res["canary"].in_progress)
@@ -197,6 +203,19 @@ def test_ingest_writes_the_window_as_parquet_and_records_the_report(chain):
     assert ing.metrics()["quarantined"] == 3.0
     stored = json.loads(store.read_text("runs/steps-day-0/ingest.json"))
     assert stored["counts"]["accepted"] == ing.n_records
+
+
+def test_drift_by_shards_of_the_days_files_gives_the_in_memory_report(chain):
+    day3 = chain[3]
+    merged, whole = day3["merged"].report, day3["drift"].report
+    assert merged is not None and whole is not None and whole.drifted
+    merged.created_at = whole.created_at
+    assert merged.to_json() == whole.to_json()
+    rows = [s.rows for s in day3["shards"]]
+    assert sum(rows) == whole.n_current == day3["ingest"].n_current
+    files = [f for s in day3["shards"] for f in s.files]
+    assert len(files) == len(set(files)) >= 1  # each file read by exactly one shard
+    assert chain[0]["merged"].report is None  # no champion yet: skipped, as drift_step
 
 
 def test_day4_current_window_holds_only_the_last_day(chain):

@@ -37,8 +37,8 @@ from driftloop.models.train import split_holdout
 from driftloop.steps.records import list_runs, read_run
 
 MODEL = "sample"
-ALL_TASKS = ["ingest", "analyse-canary", "detect-drift", "decide-retrain", "train-model",
-             "evaluate-challenger", "notify", "promote-model", "notify-on-exit"]
+ALL_TASKS = ["ingest", "analyse-canary", "drift-shard", "detect-drift", "decide-retrain",
+             "train-model", "evaluate-challenger", "notify", "promote-model", "notify-on-exit"]
 
 
 class Receiver:
@@ -149,8 +149,8 @@ def test_quiet_day_trains_nothing(runs):
     assert cli["code"] == 0, cli["stderr"][-3000:]
     result = cli["json"]
     assert result["state"] == "SUCCEEDED" and result["retrain"] is False
-    assert result["tasks"] == ["ingest", "analyse-canary", "detect-drift", "decide-retrain",
-                               "notify-on-exit"]
+    assert result["tasks"] == ["ingest", "analyse-canary", "drift-shard", "detect-drift",
+                               "decide-retrain", "notify-on-exit"]
     # the summary names the champion that serves, also when this run promoted nothing
     assert result["verdict"] is None and result["champion"] == runs["versions"]["day0"][0]
     assert runs["versions"]["day1"] == runs["versions"]["day0"], "a version was registered"
@@ -187,8 +187,9 @@ def test_drifted_day_retrains_and_promotes_the_challenger(runs):
 def test_worse_challenger_is_rejected_and_the_champion_stays(runs):
     run = runs["reject"]
     assert run.ok, run.log[-3000:]
-    assert run.tasks == ["ingest", "analyse-canary", "detect-drift", "decide-retrain",
-                         "train-model", "evaluate-challenger", "notify-on-exit"]
+    assert run.tasks == ["ingest", "analyse-canary", "drift-shard", "detect-drift",
+                         "decide-retrain", "train-model", "evaluate-challenger",
+                         "notify-on-exit"]
     record = run.record
     assert record.decision.fired[0] == "force"
     assert record.verdict.decision == "reject"

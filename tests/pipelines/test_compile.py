@@ -18,8 +18,8 @@ from driftloop.kfp.image import IMAGE
 from driftloop.kfp.pipeline import GCS_SECRET, LOOKBACK_DAYS, WINDOW_DAYS
 
 REPO = Path(__file__).resolve().parents[2]
-STORE_TASKS = {"ingest", "analyse-canary", "detect-drift", "decide-retrain", "train-model",
-               "evaluate-challenger", "promote-model", "notify-on-exit"}
+STORE_TASKS = {"ingest", "analyse-canary", "drift-shard", "detect-drift", "decide-retrain",
+               "train-model", "evaluate-challenger", "promote-model", "notify-on-exit"}
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,11 @@ def test_compile_is_deterministic(tmp_path: Path, fresh: Path):
 def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     pipeline = spec[0]
     tasks = _tasks(pipeline)
-    steps = {name for name, t in tasks.items() if not name.startswith(("condition-", "exit-"))}
-    assert steps == {"ingest", "analyse-canary", "detect-drift", "decide-retrain", "train-model",
-                     "evaluate-challenger", "notify", "promote-model", "notify-on-exit"}
+    steps = {name for name, t in tasks.items()
+             if not name.startswith(("condition-", "exit-", "for-loop-"))}
+    assert steps == {"ingest", "analyse-canary", "drift-shard", "detect-drift",
+                     "decide-retrain", "train-model", "evaluate-challenger", "notify",
+                     "promote-model", "notify-on-exit"}
     conditions = sorted(t["triggerPolicy"]["condition"] for t in tasks.values()
                         if "condition" in t.get("triggerPolicy", {}))
     assert conditions == [
@@ -76,9 +78,9 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     # The retrain branch holds train and evaluate; the promote branch notify, then promote.
     branch = {name: comp["dag"]["tasks"] for name, comp in pipeline["components"].items()
               if name.startswith("comp-condition")}
-    assert {"train-model", "evaluate-challenger"} <= set(branch["comp-condition-2"])
-    assert set(branch["comp-condition-3"]) == {"notify", "promote-model"}
-    assert branch["comp-condition-3"]["promote-model"]["dependentTasks"] == ["notify"]
+    assert {"train-model", "evaluate-challenger"} <= set(branch["comp-condition-3"])
+    assert set(branch["comp-condition-4"]) == {"notify", "promote-model"}
+    assert branch["comp-condition-4"]["promote-model"]["dependentTasks"] == ["notify"]
     # The exit task runs after the whole body, whatever happened, and gets its status.
     exit_task = pipeline["root"]["dag"]["tasks"]["notify-on-exit"]
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -87,24 +89,44 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     assert status["taskFinalStatus"]["producerTask"] == "exit-handler-1"
     body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert {"ingest", "analyse-canary", "detect-drift", "decide-retrain",
-            "condition-2"} <= set(body)
+            "condition-3", "for-loop-2"} <= set(body)
     # The canary is judged right after ingest; drift and the decision wait for it, and the
     # decision gets the version in flight (so it does not retrain while one is).
     assert body["analyse-canary"]["dependentTasks"] == ["ingest"]
-    assert "analyse-canary" in body["detect-drift"]["dependentTasks"]
+    assert "analyse-canary" in body["for-loop-2"]["dependentTasks"]
     canary = body["decide-retrain"]["inputs"]["parameters"]["canary_in_progress"]
     assert canary["taskOutputParameter"] == {"outputParameterKey": "Output",
                                              "producerTask": "analyse-canary"}
     # promote_model gets the rollout parameters
-    promote = branch["comp-condition-3"]["promote-model"]["inputs"]["parameters"]
+    promote = branch["comp-condition-4"]["promote-model"]["inputs"]["parameters"]
     assert {"rollout_backend", "rollout_state", "isvc_name", "namespace"} <= set(promote)
+
+
+def test_drift_is_a_parallel_for_over_shards_then_a_merge(spec):
+    pipeline = spec[0]
+    body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    loop = body["for-loop-2"]
+    assert loop["parameterIterator"]["items"] == {"inputParameter":
+                                                  "pipelinechannel--drift_shards"}
+    inner = pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    assert set(inner) == {"drift-shard"}  # one pod per shard, nothing else in the loop
+    assert inner["drift-shard"]["inputs"]["parameters"]["shard"] == {
+        "componentInputParameter": "pipelinechannel--drift_shards-loop-item"}
+    # the merge collects every shard's profile, and the decision reads the merged report
+    collected = body["detect-drift"]["inputs"]["artifacts"]["shard_profiles"]
+    assert collected["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    assert body["detect-drift"]["dependentTasks"] == ["for-loop-2"]
+    merge = pipeline["components"]["comp-detect-drift"]["inputDefinitions"]["artifacts"]
+    assert merge["shard_profiles"]["isArtifactList"] is True
+    default = pipeline["root"]["inputDefinitions"]["parameters"]["drift_shards"]
+    assert default["defaultValue"] == [0] and default["parameterType"] == "LIST"
 
 
 def test_caching_is_off_for_ingest_and_every_task_that_writes_the_store(spec):
     tasks = _tasks(spec[0])
     assert tasks["ingest"]["cachingOptions"].get("enableCache", False) is False
     for name, task in tasks.items():
-        if "componentRef" in task and not name.startswith(("condition-", "exit-")):
+        if "componentRef" in task and not name.startswith(("condition-", "exit-", "for-loop-")):
             assert not task["cachingOptions"].get("enableCache", False), name
 
 
@@ -173,6 +195,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "rollout_backend": ("STRING", "local"), "rollout_state": ("STRING", ""),
         "prometheus_url": ("STRING", ""),
         "pushgateway_url": ("STRING", ""),
+        "drift_shards": ("LIST", [0]),  # compiled as [0.0]: protobuf numbers
     }
     assert {k: (v["parameterType"], v.get("defaultValue")) for k, v in params.items()} == \
         expected

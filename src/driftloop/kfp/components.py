@@ -32,6 +32,7 @@ from kfp.dsl import (
 )
 
 from driftloop.kfp.components_ab import analyse_ab
+from driftloop.kfp.components_drift import detect_drift, drift_shard
 from driftloop.kfp.image import component
 
 
@@ -94,64 +95,6 @@ def ingest(
         ingest_metrics.log_metric(name, value)
     IngestOutputs = namedtuple("IngestOutputs", ["now", "rows"])
     return IngestOutputs(out.now, out.n_records)
-
-
-@component
-def detect_drift(
-    store_uri: str,
-    schema_uri: str,
-    model_name: str,
-    run_id: str,
-    p_value: float,
-    effect_threshold: float,
-    min_samples: int,
-    current: Input[Dataset],
-    drift_report: Output[Markdown],
-    drift_json: Output[Artifact],
-    drift_metrics: Output[Metrics],
-) -> NamedTuple("DriftOutputs", [("drifted", bool), ("status", str)]):  # type: ignore[valid-type]
-    """Compare the current window with the champion's stored reference profile.
-
-    Decides drift / no_drift / insufficient_data: a feature drifts when its test (KS per
-    numeric, chi-squared over pooled categories; text: KS on the champion's predicted
-    probabilities, and the out-of-vocabulary rate) is significant after one correction over
-    all tests AND its effect size reaches effect_threshold; PSI and JS per feature.
-    Skipped (status "skipped", JSON null) while no champion serves. Records
-    runs/<run-id>/drift.json and drift.md.
-
-    Args:
-        store_uri: Store root: a folder or gs://bucket/prefix.
-        schema_uri: Schema file (JSON or YAML, local or gs://).
-        model_name: Model name in the registry.
-        run_id: The run's id; its folder under runs/ in the store.
-        p_value: Significance level of the per-feature tests, before correction.
-        effect_threshold: Effect size (PSI by default) a significant feature needs to count
-            as drifted.
-        min_samples: Current rows needed for a drift decision.
-        current: The current window's records (from ingest).
-        drift_report: The drift report: decision, per-feature table, reasons.
-        drift_json: The drift report as JSON (null when skipped), read by decide_retrain.
-        drift_metrics: Drift scores: max PSI and JS, PSI and p-value per feature.
-
-    Returns:
-        drifted: Whether drift was detected.
-        status: drift, no_drift, insufficient_data or skipped.
-    """
-    from collections import namedtuple
-    from pathlib import Path
-
-    from driftloop import steps
-
-    out = steps.drift_step(store_uri, schema_uri, model_name, current.path, run_id=run_id,
-                           p_value=p_value, effect_threshold=effect_threshold,
-                           min_samples=min_samples)
-    Path(drift_report.path).write_text(out.to_markdown())
-    Path(drift_json.path).write_text(out.to_json() + "\n")
-    drift_json.metadata.update({"status": out.status, "drifted": out.drifted})
-    for name, value in out.metrics().items():
-        drift_metrics.log_metric(name, value)
-    DriftOutputs = namedtuple("DriftOutputs", ["drifted", "status"])
-    return DriftOutputs(out.drifted, out.status)
 
 
 @component
@@ -514,6 +457,7 @@ def notify_on_exit(
 COMPONENTS = {
     "ingest": ingest,
     "analyse_canary": analyse_canary,
+    "drift_shard": drift_shard,
     "detect_drift": detect_drift,
     "decide_retrain": decide_retrain,
     "train_model": train_model,

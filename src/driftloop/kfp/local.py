@@ -38,6 +38,7 @@ PIPELINE_THRESHOLDS: tuple[tuple[str, str, str], ...] = (
     ("gate", "auto_threshold", "auto_threshold"),
     ("canary", "min_labelled", "canary_min_labelled"),
     ("canary", "max_holds", "canary_max_holds"),
+    ("drift", "shards", "drift_shards"),  # n shards: the list [0, ..., n-1]
 )
 
 
@@ -104,6 +105,7 @@ def pipeline_arguments(config: Config) -> dict[str, Any]:
         param: getattr(getattr(config, section), name)
         for section, name, param in PIPELINE_THRESHOLDS
     }
+    args["drift_shards"] = list(range(config.drift.shards))  # the ParallelFor's items
     args["notify_webhook"] = (config.notify.webhook_url or ""
                               if config.notify.backend == "webhook" else "")
     return args
@@ -114,7 +116,9 @@ def _run_dirs(root: Path) -> set[str]:
 
 
 def _finished_tasks(run_dir: Path) -> list[str]:
-    done = [p for p in run_dir.glob("*/executor_output.json")]
+    # a ParallelFor's tasks sit one level down, in for-loop-<k>-iteration-<i>/<task>/
+    done = [*run_dir.glob("*/executor_output.json"),
+            *run_dir.glob("for-loop-*-iteration-*/*/executor_output.json")]
     return [p.parent.name for p in sorted(done, key=lambda p: p.stat().st_mtime_ns)]
 
 

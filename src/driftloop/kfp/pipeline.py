@@ -3,7 +3,8 @@
 ::
 
     exit handler (notify_on_exit: records runs/<run-id>/status.json, notifies on failure)
-    └── ingest → analyse_canary → detect_drift → decide_retrain
+    └── ingest → analyse_canary → ParallelFor(drift_shards): drift_shard → detect_drift
+                                                                        → decide_retrain
                                 └── if retrain: train_model → evaluate_challenger
                                                 └── if verdict == "promote": notify → promote_model
 
@@ -13,6 +14,12 @@ The run id of every record under ``runs/<run-id>/`` is the KFP run name
 ``continuous-training-YYYY-MM-DD-HH-MM-SS-ffffff`` in kfp.local. Caching is off for every
 task: each one reads new data or writes the store (run records, registry), and a cached
 task would do neither.
+
+Drift runs as a ``dsl.ParallelFor`` over the ``drift_shards`` parameter (``[0, 1, ..., n-1]``):
+each ``drift_shard`` task (one pod) reads every n-th request file of the window from the
+store and writes a mergeable profile; ``detect_drift`` collects them (``dsl.Collected``)
+and decides, with the report the whole window gives in one process
+(:mod:`driftloop.decide.shards`). The default ``[0]`` is one shard: one extra task per run.
 
 On a cluster the tasks that touch the store get the storage credentials from a
 Kubernetes Secret (kfp-kubernetes): the secret is mounted at :data:`GCS_SECRET_MOUNT` and
@@ -34,6 +41,7 @@ from driftloop.kfp.components import (
     analyse_canary,
     decide_retrain,
     detect_drift,
+    drift_shard,
     evaluate_challenger,
     ingest,
     notify,
@@ -51,6 +59,8 @@ GCS_KEY_FILE = "key.json"
 #: (a test keeps them equal; loop is not imported here because it imports scikit-learn).
 WINDOW_DAYS = 1
 LOOKBACK_DAYS = 30
+#: The default shards of the drift window: one (``[0, 1, 2, 3]`` runs four pods).
+DRIFT_SHARDS = [0]
 
 
 def _mount_store_credentials(task: dsl.PipelineTask, secret: str) -> None:
@@ -100,6 +110,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
         rollout_state: str = "",
         prometheus_url: str = "",
         pushgateway_url: str = "",
+        drift_shards: list = DRIFT_SHARDS,
     ) -> None:
         """One continuous-training run: retrain on drift or new labels, promote if better.
 
@@ -135,6 +146,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 records only).
             pushgateway_url: Prometheus Pushgateway base URL: the exit task pushes the
                 run's decisions there as gauges ("" = push nothing).
+            drift_shards: Shards of the drift window, [0, 1, ..., n-1]: one drift_shard
+                task (pod) each, every n-th request file of the window.
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
@@ -156,11 +169,16 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 max_holds=canary_max_holds, prometheus_url=prometheus_url,
                 records=ingested.outputs["records"],
             )
+            with dsl.ParallelFor(items=drift_shards, name="drift-shards") as shard:
+                part = drift_shard(store_uri=store_uri, schema_uri=schema_uri,
+                                   model_name=model_name, run_id=run_id,
+                                   now=ingested.outputs["now"], window_days=window_days,
+                                   shard=shard, shards=drift_shards,
+                                   ).after(canary)  # a completed canary is the new champion
             drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
                                  model_name=model_name, run_id=run_id, p_value=p_value,
-                                 effect_threshold=effect_threshold,
-                                 min_samples=min_samples, current=ingested.outputs["current"]
-                                 ).after(canary)  # a completed canary is the new champion
+                                 effect_threshold=effect_threshold, min_samples=min_samples,
+                                 shard_profiles=dsl.Collected(part.outputs["shard_profile"]))
             decision = decide_retrain(
                 store_uri=store_uri, schema_uri=schema_uri, model_name=model_name,
                 run_id=run_id, now=ingested.outputs["now"], force=force_retrain,
@@ -168,7 +186,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 canary_in_progress=canary.outputs["Output"],
                 records=ingested.outputs["records"], drift_json=drift.outputs["drift_json"],
             )
-            store_tasks += [ingested, canary, drift, decision]
+            store_tasks += [ingested, canary, part, drift, decision]
             with dsl.If(decision.outputs["Output"] == True, name="retrain"):  # noqa: E712
                 trained = train_model(store_uri=store_uri, schema_uri=schema_uri,
                                       model_name=model_name, run_id=run_id,

@@ -12,7 +12,8 @@ step                       module                                component
 :func:`ingest_step`        :mod:`driftloop.steps.ingest`         ``ingest``
 :func:`analyse_canary_step` :mod:`driftloop.steps.canary`        ``analyse_canary``
 :func:`ab_step`            :mod:`driftloop.steps.ab`             ``analyse_ab``
-:func:`drift_step`         :mod:`driftloop.steps.drift`          ``detect_drift``
+:func:`drift_shard_step`   :mod:`driftloop.steps.drift`          ``drift_shard``
+:func:`drift_merge_step`   :mod:`driftloop.steps.drift`          ``detect_drift``
 :func:`decide_step`        :mod:`driftloop.steps.decide`         ``decide_retrain``
 :func:`train_step`         :mod:`driftloop.steps.train`          ``train_model``
 :func:`evaluate_step`      :mod:`driftloop.steps.evaluate`       ``evaluate_challenger``
@@ -33,7 +34,7 @@ from typing import Any
 #: step's module: the notify, promote and exit tasks never load scikit-learn or scipy.
 _STEPS = {
     "ab_step": "ab", "analyse_canary_step": "canary", "decide_step": "decide",
-    "drift_step": "drift",
+    "drift_step": "drift", "drift_shard_step": "drift", "drift_merge_step": "drift",
     "evaluate_step": "evaluate", "exit_step": "status", "ingest_step": "ingest",
     "notify_step": "promote", "promote_step": "promote", "train_step": "train",
 }

@@ -1,7 +1,16 @@
-"""The drift step: the current window against the champion's stored reference profile."""
+"""The drift steps: the current window against the champion's stored reference profile.
+
+:func:`drift_step` compares a window held in memory. The pipeline and the in-process loop
+run the window by shards instead: :func:`drift_shard_step` once per shard (a
+``ParallelFor`` task each on a cluster) reads its share of the day's files and writes a
+mergeable :class:`~driftloop.decide.shards.ShardProfile`; :func:`drift_merge_step` adds
+them up and decides, with the same rule and the same report as :func:`drift_step`.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,10 +21,18 @@ from driftloop.config import Config
 from driftloop.data.runs import record_result
 from driftloop.data.schema import Schema
 from driftloop.data.storage import Store
+from driftloop.data.window_shards import read_window_shard
 from driftloop.decide.drift import (
     DriftReport,
     detect_drift,
 )
+from driftloop.decide.shards import (
+    ShardProfile,
+    detect_drift_merged,
+    merge_profiles,
+    profile_shard,
+)
+from driftloop.errors import DriftloopError
 from driftloop.models.registry import Registry
 from driftloop.serde import dumps
 from driftloop.steps.champion import Champion, load_champion
@@ -28,6 +45,7 @@ from driftloop.steps.common import (
     read_frame,
     run_key,
 )
+from driftloop.steps.ingest import window_end
 
 
 def run_drift(
@@ -112,4 +130,123 @@ def drift_step(
     report = run_drift(champion, read_frame(current_path), schema, config)
     if report is not None:
         record_result(store, run_id, "drift", report)
+    return DriftOutcome(report)
+
+
+@dataclass
+class ShardOutcome:
+    """What one drift shard read and summarised.
+
+    Attributes:
+        shard: The shard's index.
+        n_shards: Shards of the window.
+        files: Files it read (``[]`` when skipped: no champion yet).
+        rows: Rows summarised (valid, inside the window, one per id within the shard).
+        rejected: Rows the validation rejected (ingest quarantines them).
+        duplicates: Rows dropped as a repeated id within the shard.
+        model_version: Champion version summarised against (``""``: skipped).
+    """
+
+    shard: int
+    n_shards: int
+    files: list[str]
+    rows: int
+    rejected: int
+    duplicates: int
+    model_version: str
+
+    def metrics(self) -> dict[str, float]:
+        """Row accounting for the KFP Metrics artifact."""
+        return {"files": float(len(self.files)), "rows": float(self.rows),
+                "rejected": float(self.rejected), "duplicates": float(self.duplicates)}
+
+
+def shard_count(shards: int | Sequence[int]) -> int:
+    """The number of shards from a count or from the pipeline's list ``[0, 1, ..., n-1]``.
+
+    Raises:
+        DriftloopError: An empty list, or one that is not ``0..n-1`` in order.
+    """
+    # a list from a pipeline parameter may hold floats (JSON numbers)
+    items = list(range(shards)) if isinstance(shards, int) else [int(s) for s in shards]
+    if not items or items != list(range(len(items))):
+        given = shards if isinstance(shards, int) else list(shards)
+        raise DriftloopError(f"drift_shards: {given} must be [0, 1, ..., n-1] with n >= 1")
+    return len(items)
+
+
+@logged_step("drift_shard")
+def drift_shard_step(
+    store: Store | str, schema: Schema | str, model_name: str, profile_path: str | Path, *,
+    run_id: str, now: str | dt.datetime, window_days: int, shard: int,
+    shards: int | Sequence[int],
+) -> ShardOutcome:
+    """Summarise one shard of the current window against the champion's reference profile.
+
+    Writes the shard's :class:`~driftloop.decide.shards.ShardProfile` to ``profile_path``
+    (an empty one, of no model version, while no champion serves). Its memory is that of
+    its own files' rows.
+
+    Args:
+        store: The store, or its root URI.
+        schema: The schema, or its file's URI.
+        model_name: Model name in the registry.
+        profile_path: Where to write the shard profile (``.npz``).
+        run_id: The run's id (for the logs).
+        now: The run's logical time (ingest's ``now``).
+        window_days: Complete days before ``now`` that form the current window.
+        shard: This shard's index.
+        shards: The number of shards, or the pipeline's list ``[0, ..., n-1]``.
+    """
+    n_shards = shard_count(shards)
+    store, schema = open_inputs(store, schema)
+    champion = load_champion(Registry(store, model_name))
+    when = dt.datetime.fromisoformat(now) if isinstance(now, str) else now
+    if champion is None:
+        ShardProfile(model_version="", n_rows=0).save(profile_path)
+        return ShardOutcome(shard, n_shards, [], 0, 0, 0, "")
+    end = window_end(when)
+    part = read_window_shard(store, schema, start=end - dt.timedelta(days=window_days),
+                             end=end, until=when, shard=shard, n_shards=n_shards)
+    profile_shard(champion.profile, part.frame, schema, model=champion.model).save(profile_path)
+    return ShardOutcome(shard, n_shards, part.files, len(part.frame), part.rejected,
+                        part.duplicates, champion.profile.model_version)
+
+
+@logged_step("detect_drift")
+def drift_merge_step(
+    store: Store | str, schema: Schema | str, model_name: str,
+    shard_paths: Sequence[str | Path], *, run_id: str, p_value: float | None = None,
+    min_samples: int | None = None, effect_threshold: float | None = None,
+    config: Config | None = None,
+) -> DriftOutcome:
+    """Merge the shards' profiles and decide drift: the report :func:`drift_step` gives.
+
+    Records ``runs/<run-id>/drift.json`` and ``drift.md`` (not when skipped).
+
+    Args:
+        store: The store, or its root URI.
+        schema: The schema, or its file's URI.
+        model_name: Model name in the registry.
+        shard_paths: The shard profiles (from :func:`drift_shard_step`).
+        run_id: The run's id (made path-safe by :func:`run_key`).
+        p_value: Significance level of the per-feature tests, before correction.
+        min_samples: Current rows needed for a drift decision.
+        effect_threshold: Effect size a significant feature needs to count as drifted.
+        config: Every threshold (default: :class:`Config`); the knobs above override it.
+
+    Raises:
+        DriftloopError: A shard was summarised against another champion than the one
+            serving now.
+    """
+    run_id = run_key(run_id)
+    store, schema = open_inputs(store, schema)
+    config = pipeline_config(config, p_value=p_value, min_samples=min_samples,
+                             effect_threshold=effect_threshold)
+    champion = load_champion(Registry(store, model_name))
+    if champion is None:
+        return DriftOutcome(None)
+    merged = merge_profiles([ShardProfile.load(p) for p in shard_paths])
+    report = detect_drift_merged(champion.profile, merged, schema, config.drift)
+    record_result(store, run_id, "drift", report)
     return DriftOutcome(report)

@@ -1,7 +1,8 @@
 """The whole run in one process: the same step functions the pipeline's components call.
 
 :func:`run_loop` calls :func:`ingest_step`, :func:`analyse_canary_step`,
-:func:`drift_step`, :func:`decide_step`, :func:`train_step`, :func:`evaluate_step`,
+:func:`drift_shard_step` (per shard), :func:`drift_merge_step`,
+:func:`decide_step`, :func:`train_step`, :func:`evaluate_step`,
 :func:`notify_step` and :func:`promote_step` in the order and under the conditions of the
 ``continuous-training`` pipeline graph (:mod:`driftloop.kfp.pipeline`), passing the
 artifacts between them as files in a temporary folder, as kfp.local does. So the CLI, the
@@ -52,7 +53,7 @@ from driftloop.steps.common import (
 from driftloop.steps.decide import (
     decide_step,
 )
-from driftloop.steps.drift import drift_step
+from driftloop.steps.drift import drift_merge_step, drift_shard_step
 from driftloop.steps.evaluate import (
     evaluate_step,
 )
@@ -118,9 +119,14 @@ class _Artifacts:
         self.current = folder / "current.parquet"
         self.quarantine = folder / "quarantine.parquet"
         self.drift = folder / "drift.json"
+        self.folder = folder
         self.model = folder / "model"
         self.eval_set = folder / "eval_set.parquet"
         self.verdict = folder / "verdict.json"
+
+    def drift_shard(self, shard: int) -> Path:
+        """Where drift shard ``shard`` writes its profile."""
+        return self.folder / f"drift-shard-{shard}.npz"
 
 
 def run_canary_analysis(
@@ -244,7 +250,14 @@ def _run_loop(
     canary = analyse_canary_step(store, model_name, paths.records, run_id=run_id,
                                  now=ingested.now, backend=backend, notifier=notifier,
                                  config=config)
-    drift = drift_step(store, schema, model_name, paths.current, run_id=run_id, config=config)
+    # the pipeline's ParallelFor over drift shards, one after the other
+    n_shards = config.drift.shards
+    shard_paths = [paths.drift_shard(i) for i in range(n_shards)]
+    for i, path in enumerate(shard_paths):
+        drift_shard_step(store, schema, model_name, path, run_id=run_id, now=ingested.now,
+                         window_days=window_days, shard=i, shards=n_shards)
+    drift = drift_merge_step(store, schema, model_name, shard_paths, run_id=run_id,
+                             config=config)
     paths.drift.write_text(drift.to_json())
     decision = decide_step(store, schema, model_name, paths.records, paths.drift,
                            run_id=run_id, now=ingested.now, force=force, config=config,
