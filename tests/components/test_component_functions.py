@@ -14,6 +14,7 @@ from kfp import dsl
 from driftloop.data.storage import open_store
 from driftloop.demo.sample import write_sample_store
 from driftloop.kfp import components
+from driftloop.kfp.image import IMAGE
 from driftloop.models.registry import Registry
 
 MODEL = "sample"
@@ -99,7 +100,7 @@ def test_every_body_imports_driftloop_inside_and_calls_one_step_function():
         assert "from driftloop import steps" in source, name
         assert len(re.findall(r"steps\.\w+\(", source)) == 1, name
         spec = comp.component_spec.implementation.container
-        assert spec.image == components.IMAGE
+        assert spec.image == IMAGE
         assert "pip install" not in " ".join(spec.command or []), name
 
 
