@@ -19,6 +19,15 @@ the worker resets its high-water mark (``/proc/self/clear_refs`` = 5) and afterw
 before the step, i.e. what the step itself allocated on top of the two in-memory frames.
 Tools alternate inside every repeat so machine load hits both alike; the table shows medians.
 
+Drift at scale (issue 16, :mod:`_drift_shards`): a 10M-row x 20-column window and a
+1M x 100 one, written to disk as seeded shards, run shard-wise (driftloop's ParallelFor
+path: one shard profile at a time, then the merge), in memory (today's single-pod step)
+and through Evidently, each in a fresh process; peak RSS and time per mode, and whether the
+shard-wise report equals the in-memory one on every column (``--quick``: 1M x 20 and
+100k x 100). Evidently runs in this interpreter when it has it, else in
+``--evidently-python`` (default ``/work/venvs/evidently/bin/python``, made by
+``make evidently-venv``), else it is reported as not run.
+
 Run: ``.venv/bin/python benchmarks/drift_vs_evidently.py [--quick] [--repeats 3]``
 """
 
@@ -27,17 +36,20 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import importlib.util
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _drift_shards as shards
 import numpy as np
 import pandas as pd
 from _machine import machine_info as _machine_info
@@ -48,6 +60,10 @@ CATEGORIES = np.array([f"cat_{i}" for i in range(6)], dtype=object)
 REF_SHARES = np.array([0.35, 0.25, 0.15, 0.12, 0.08, 0.05])
 DRIFT_SHARES = REF_SHARES[::-1].copy()  # share change: rare categories become common
 TARGET_SPEEDUP = 20.0
+EVIDENTLY_VENV_PYTHON = Path("/work/venvs/evidently/bin/python")
+#: Scale cases: (rows, columns, shards); quick sizes keep the same shape.
+SCALE_CASES = [(10_000_000, 20, 20), (1_000_000, 100, 10)]
+SCALE_QUICK = [(1_000_000, 20, 4), (100_000, 100, 2)]
 
 
 # ---------------------------------------------------------------- data
@@ -181,8 +197,19 @@ class Cell:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+def evidently_python(given: str) -> str | None:
+    """The interpreter that has Evidently: this one, ``given``, or none."""
+    if importlib.util.find_spec("evidently") is not None:
+        return sys.executable
+    path = Path(given) if given else EVIDENTLY_VENV_PYTHON
+    return str(path) if path.is_file() else None
+
+
 def spawn(tool: str, rows: int, cols: int, seed: int, timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", tool, str(rows), str(cols), str(seed)]
+    python = sys.executable if tool == "driftloop" else EVIDENTLY[0]
+    if python is None:
+        raise RuntimeError("Evidently is not installed (make evidently-venv)")
+    cmd = [python, __file__, "--worker", tool, str(rows), str(cols), str(seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -320,6 +347,154 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+EVIDENTLY: list[str | None] = [None]
+
+
+# ---------------------------------------------------------------- drift at scale
+
+
+def spawn_scale(mode: str, folder: Path, cols: int, seed: int, out: Path,
+                timeout: float) -> dict[str, Any]:
+    python = EVIDENTLY[0] if mode == "evidently" else sys.executable
+    if python is None:
+        raise RuntimeError("Evidently is not installed (make evidently-venv)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [python, __file__, "--scale-worker", mode, str(folder), str(cols), str(seed),
+           str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                          env=env if mode != "evidently" else None)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(tail)}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _fits_in_memory(rows: int, cols: int) -> bool:
+    """Whether one process can hold the window and detect_drift's copies (~4x the frame)."""
+    try:
+        avail = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines()
+                     if x.startswith("MemAvailable")) * 1024
+    except (OSError, StopIteration):
+        return False
+    return rows * cols * 8 * 4 < avail / 2
+
+
+def run_scale(cases: list[tuple[int, int, int]], workdir: Path, seed: int,
+              timeout: float) -> list[dict[str, Any]]:
+    rows_out = []
+    for rows, cols, n_shards in cases:
+        folder = workdir / f"window-{rows}x{cols}-{n_shards}-s{seed}"
+        t0 = time.perf_counter()
+        shards.write_shards(folder, rows, cols, n_shards, seed)
+        row: dict[str, Any] = {"rows": rows, "cols": cols, "shards": n_shards,
+                               "write_s": time.perf_counter() - t0,
+                               "load_start": os.getloadavg()[0], "note": ""}
+        res: dict[str, dict[str, Any]] = {}
+        modes = ["shardwise", "inmemory", "evidently"]
+        for mode in modes:
+            label = f"{mode:9} {rows:>10,} x {cols:>3} ({n_shards} shards)"
+            if mode == "inmemory" and not _fits_in_memory(rows, cols):
+                row["note"] += "in-memory: does not fit; "
+                continue
+            try:
+                res[mode] = spawn_scale(mode, folder, cols, seed, folder / f"{mode}.json",
+                                        timeout)
+            except subprocess.TimeoutExpired:
+                row["note"] += f"{mode}: > {timeout:.0f} s; "
+                print(f"{label}: timeout", flush=True)
+                continue
+            except RuntimeError as exc:
+                row["note"] += f"{mode}: {exc}; "
+                print(f"{label}: {exc}", flush=True)
+                continue
+            r = res[mode]
+            print(f"{label}: {r['check_s']:.1f} s, peak {r['peak_mb']:.0f} MB", flush=True)
+            for key in ("check_s", "peak_mb", "extra_mb", "build_s", "shard_s_max",
+                        "merge_s", "profile_kb", "load_s"):
+                if key in r:
+                    row[f"{mode}_{key}"] = r[key]
+        _, _, drifted = shards.columns(cols)
+        if "shardwise" in res:
+            dec = res["shardwise"]["decisions"]
+            row["dl_vs_truth"] = sum(v == (c in drifted) for c, v in dec.items())
+        if "shardwise" in res and "inmemory" in res:
+            a, b = res["shardwise"]["decisions"], res["inmemory"]["decisions"]
+            row["agree_inmemory"] = sum(a[c] == b[c] for c in a)
+            row["identical_report"] = shards.same_reports(folder / "shardwise.json",
+                                                          folder / "inmemory.json")
+        if "evidently" in res:
+            ev = res["evidently"]["decisions"]
+            row["ev_vs_truth"] = sum(ev.get(c) == (c in drifted) for c in ev)
+        row["load_end"] = os.getloadavg()[0]
+        rows_out.append(row)
+    return rows_out
+
+
+def scale_markdown(rows: list[dict[str, Any]]) -> str:
+    head = ("| rows x cols | shards | shard-wise s (max shard s / merge s) | in-memory s "
+            "| Evidently s | peak RSS MB: shard-wise / in-memory / Evidently "
+            "| shard profile KB | report == in-memory | decisions agree | correct vs truth "
+            "dl / ev | load 1-min start / end | note |")
+    lines = ["## Drift at scale: shard-wise vs in memory vs Evidently", "", head,
+             "|" + "---:|" * 11 + "---|"]
+    for r in rows:
+        ident = r.get("identical_report")
+        lines.append(
+            f"| {r['rows']:,} x {r['cols']} | {r['shards']} "
+            f"| {_f(r.get('shardwise_check_s'), '.1f')} "
+            f"({_f(r.get('shardwise_shard_s_max'), '.2f')} / "
+            f"{_f(r.get('shardwise_merge_s'), '.2f')}) "
+            f"| {_f(r.get('inmemory_check_s'), '.1f')} | {_f(r.get('evidently_check_s'), '.1f')} "
+            f"| {_f(r.get('shardwise_peak_mb'), '.0f')} / {_f(r.get('inmemory_peak_mb'), '.0f')}"
+            f" / {_f(r.get('evidently_peak_mb'), '.0f')} "
+            f"| {_f(r.get('shardwise_profile_kb'), '.0f')} "
+            f"| {'-' if ident is None else ('yes' if ident else 'NO')} "
+            f"| {r.get('agree_inmemory', '-')} of {r['cols']} "
+            f"| {r.get('dl_vs_truth', '-')} / {r.get('ev_vs_truth', '-')} of {r['cols']} "
+            f"| {r['load_start']:.1f} / {r['load_end']:.1f} | {r['note']} |")
+    lines += ["", "Shard-wise = every shard loaded, profiled (`profile_shard`) and saved one "
+              "after the other in one process, then `merge_profiles` + `detect_drift_merged`: "
+              "its peak RSS is one `drift_shard` pod's (the shard's frame plus counters), its "
+              "time the sum over shards (a cluster runs them in parallel: max shard + merge). "
+              "In-memory = the whole window in one frame, `detect_drift` (today's one pod). "
+              "Peak RSS is the process high-water mark after the reference profile was built "
+              "(interpreter and libraries included). \"report == in-memory\" compares every "
+              "column's statistic, p-value, effect, PSI/JS and decision. Figures taken under "
+              "load: two cores shared with other sessions (1-minute load averages shown)."]
+    return "\n".join(lines) + "\n"
+
+
+def scale_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['rows'] / 1e6:g}M x {r['cols']}" for r in rows]
+    x = np.arange(len(rows))
+    w = 0.27
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, title in ((axes[0], "check_s", "time, s (log)"),
+                           (axes[1], "peak_mb", "peak RSS, MB (log)")):
+        for k, (mode, color) in enumerate((("shardwise", "tab:blue"),
+                                           ("inmemory", "tab:cyan"),
+                                           ("evidently", "tab:red"))):
+            vals = [r.get(f"{mode}_{key}", np.nan) for r in rows]
+            ax.bar(x + (k - 1) * w, vals, w, label=mode, color=color)
+            for xi, v in zip(x + (k - 1) * w, vals, strict=True):
+                ax.text(xi, v if np.isfinite(v) else 1, f"{v:.3g}" if np.isfinite(v) else "n/a",
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(x, labels)
+        ax.set_ylabel(title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Drift at scale: shard-wise vs in memory vs Evidently (under load)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k rows per side only")
@@ -331,14 +506,29 @@ def main() -> None:
                         help="after a first run slower than this, a cell is not repeated")
     parser.add_argument("--worker", nargs=4, metavar=("TOOL", "ROWS", "COLS", "SEED"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--scale-worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--evidently-python", default="",
+                        help=f"an interpreter with Evidently (default: this one if it has "
+                             f"it, else {EVIDENTLY_VENV_PYTHON})")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir())
+                                                 / "driftloop-bench-shards"),
+                        help="where the seeded shards are written (reused when present)")
+    parser.add_argument("--only-scale", action="store_true",
+                        help="run only the drift-at-scale cases")
     args = parser.parse_args()
     if args.worker:
         tool, rows, cols, seed = args.worker
         print(json.dumps(worker(tool, int(rows), int(cols), int(seed))))
         return
+    if args.scale_worker:
+        mode, folder, cols, seed, out = args.scale_worker
+        print(json.dumps(shards.worker(mode, Path(folder), int(cols), int(seed), Path(out))))
+        return
+    EVIDENTLY[0] = evidently_python(args.evidently_python)
+    load_start = os.getloadavg()
 
     sizes = [100_000] if args.quick else [100_000, 1_000_000]
-    cells = [Cell(r, c) for r in sizes for c in (20, 100)]
+    cells = [] if args.only_scale else [Cell(r, c) for r in sizes for c in (20, 100)]
     start = time.perf_counter()
     for rep in range(args.repeats):
         for cell in cells:
@@ -361,21 +551,34 @@ def main() -> None:
                 runs.append(res)
                 print(f"{label}: check {res['check_s']:.2f} s, extra "
                       f"{res['check_extra_mb']:.0f} MB", flush=True)
+    scale = run_scale(SCALE_QUICK if args.quick else SCALE_CASES, Path(args.workdir),
+                      args.seed, args.timeout)
     wall = time.perf_counter() - start
     rows = rows_for(cells)
     machine = machine_info()
-    md = markdown(rows, machine, args.repeats, wall)
+    md = markdown(rows, machine, args.repeats, wall) if cells else (
+        f"# Drift at scale\n\nMachine: {machine}\n")
+    md += (f"\nLoad averages (1/5/15 min) at start {', '.join(f'{v:.1f}' for v in load_start)}"
+           f", at end {', '.join(f'{v:.1f}' for v in os.getloadavg())}: figures taken under "
+           "load (2 cores shared with other sessions).\n\n" + scale_markdown(scale))
     print()
     print(md)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}.md").write_text(md)
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("rows", "cols"), k))
-    with (RESULTS / f"{NAME}.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    plot(rows, RESULTS / f"{NAME}.png")
-    print(f"wrote {RESULTS / NAME}.{{md,csv,png}}")
+    suffix = "_quick" if args.quick else ""
+    (RESULTS / f"{NAME}{suffix}.md").write_text(md)
+    for name, table in ((f"{NAME}{suffix}", rows), (f"{NAME}_shards{suffix}", scale)):
+        if not table:
+            continue
+        keys = sorted({k for r in table for k in r},
+                      key=lambda k: (k not in ("rows", "cols"), k))
+        with (RESULTS / f"{name}.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(table)
+    if rows:
+        plot(rows, RESULTS / f"{NAME}{suffix}.png")
+    scale_plot(scale, RESULTS / f"{NAME}_shards{suffix}.png")
+    print(f"wrote {RESULTS / NAME}{suffix}.md and the csv/png files beside it")
 
 
 if __name__ == "__main__":

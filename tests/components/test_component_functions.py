@@ -59,11 +59,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         records=a["records"], canary_report=a["canary_report"],
         canary_metrics=a["canary_metrics"])
     out["shard"] = components.drift_shard.python_func(
-        **common, model_name=MODEL, run_id=RUN, now=now, window_days=1, shard=0, shards=[0],
-        shard_profile=a["shard_profile"], shard_metrics=a["shard_metrics"])
+        **common, model_name=MODEL, run_id=RUN, run_date="2026-01-01", scheduled_time="",
+        window_days=1, shard=0, shards=[0], shard_profile=a["shard_profile"],
+        shard_metrics=a["shard_metrics"])
     out["drift"] = components.detect_drift.python_func(
-        **common, model_name=MODEL, run_id=RUN, p_value=0.05, effect_threshold=0.1,
-        min_samples=100, shard_profiles=[a["shard_profile"]],
+        **common, model_name=MODEL, run_id=RUN, now=now, window_days=1, p_value=0.05,
+        effect_threshold=0.1, min_samples=100, shard_profiles=[a["shard_profile"]],
         drift_report=a["drift_report"], drift_json=a["drift_json"],
         drift_metrics=a["drift_metrics"])
     out["decide"] = components.decide_retrain.python_func(

@@ -167,10 +167,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
         (art / "drift.json").write_text(res["drift"].to_json())
         shard_paths = [art / f"drift-shard-{i}.npz" for i in range(2)]
         res["shards"] = [steps.drift_shard_step(
-            store_uri, schema_uri, MODEL, path, run_id=run_id, now=res["ingest"].now,
+            store_uri, schema_uri, MODEL, path, run_id=run_id, run_date=date,
             window_days=1, shard=i, shards=[0, 1]) for i, path in enumerate(shard_paths)]
         res["merged"] = steps.drift_merge_step(store_uri, schema_uri, MODEL, shard_paths,
-                                               run_id=run_id)
+                                               run_id=run_id, now=res["ingest"].now,
+                                               window_days=1)
         res["decision"] = steps.decide_step(
             store_uri, schema_uri, MODEL, art / "records.parquet", art / "drift.json",
             run_id=run_id, now=res["ingest"].now, canary_in_progress=res["canary"].in_progress)
@@ -216,6 +217,11 @@ def test_drift_by_shards_of_the_days_files_gives_the_in_memory_report(chain):
     files = [f for s in day3["shards"] for f in s.files]
     assert len(files) == len(set(files)) >= 1  # each file read by exactly one shard
     assert chain[0]["merged"].report is None  # no champion yet: skipped, as drift_step
+    # shards that read another window than ingest's (a run straddling midnight) are refused
+    with pytest.raises(DriftloopError, match="the shards read the window"):
+        steps.drift_merge_step(chain["store_uri"], chain["schema_uri"], MODEL,
+                               [day3["art"] / "drift-shard-0.npz"], run_id="x",
+                               now="2026-01-06T00:00:00+00:00", window_days=1)
 
 
 def test_day4_current_window_holds_only_the_last_day(chain):

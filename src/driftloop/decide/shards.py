@@ -140,11 +140,14 @@ class ShardProfile:
         proba_grid: Per tested probability column, rows per reference-grid slot.
         oov_tokens: Tokens of the text features (text models).
         oov_unseen: Tokens not in the profile's vocabulary.
+        window: The window summarised, ``"<start>/<end>"`` in ISO time (``""``: not
+            stated); merged profiles must agree on it.
     """
 
     model_version: str
     n_rows: int
     shards: int = 1
+    window: str = ""
     numeric_bins: dict[str, np.ndarray] = field(default_factory=dict)
     numeric_missing: dict[str, int] = field(default_factory=dict)
     numeric_grid: dict[str, np.ndarray] = field(default_factory=dict)
@@ -162,7 +165,7 @@ class ShardProfile:
         path = Path(path)
         meta: dict[str, Any] = {
             "format": SHARD_FORMAT, "model_version": self.model_version,
-            "n_rows": self.n_rows, "shards": self.shards,
+            "n_rows": self.n_rows, "shards": self.shards, "window": self.window,
             "numeric": list(self.numeric_bins), "categorical": list(self.categorical_counts),
             "numeric_missing": self.numeric_missing,
             "numeric_moments": {k: asdict(m) for k, m in self.numeric_moments.items()},
@@ -199,7 +202,7 @@ class ShardProfile:
             raise StoreError(f"{path}: shard profile format {meta.get('format')!r} is not "
                              f"{SHARD_FORMAT}")
         prof = cls(model_version=meta["model_version"], n_rows=int(meta["n_rows"]),
-                   shards=int(meta["shards"]),
+                   shards=int(meta["shards"]), window=str(meta["window"]),
                    numeric_missing={k: int(v) for k, v in meta["numeric_missing"].items()},
                    numeric_moments={k: Moments(**m)
                                     for k, m in meta["numeric_moments"].items()},
@@ -316,11 +319,15 @@ def merge_profiles(profiles: Sequence[ShardProfile]) -> ShardProfile:
     if not profiles:
         raise DriftloopError("drift merge: no shard profiles to merge")
     first = profiles[0]
-    out = ShardProfile(model_version=first.model_version, n_rows=0, shards=0)
+    out = ShardProfile(model_version=first.model_version, n_rows=0, shards=0,
+                       window=first.window)
     for p in profiles:
         if p.model_version != first.model_version:
             raise DriftloopError(f"drift merge: shard profiles of model versions "
                                  f"{first.model_version} and {p.model_version}")
+        if p.window != first.window:
+            raise DriftloopError(f"drift merge: shard profiles of windows {first.window} and "
+                                 f"{p.window}")
         if (list(p.numeric_bins), list(p.categorical_counts), len(p.proba_bins)) != (
                 list(first.numeric_bins), list(first.categorical_counts),
                 len(first.proba_bins)):

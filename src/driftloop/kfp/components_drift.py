@@ -23,7 +23,8 @@ def drift_shard(
     schema_uri: str,
     model_name: str,
     run_id: str,
-    now: str,
+    run_date: str,
+    scheduled_time: str,
     window_days: int,
     shard: int,
     shards: list[int],
@@ -42,8 +43,9 @@ def drift_shard(
         schema_uri: Schema file (JSON or YAML, local or gs://).
         model_name: Model name in the registry.
         run_id: The run's id (for the logs).
-        now: The run's logical time (from ingest).
-        window_days: Complete days before now that form the current window.
+        run_date: The run's run_date (its logical time, as ingest reads it).
+        scheduled_time: A recurring run's scheduled time (as ingest gets it).
+        window_days: Complete days before the logical time that form the current window.
         shard: This task's shard (an item of shards).
         shards: All shards, [0, 1, ..., n-1] (the pipeline's drift_shards).
         shard_profile: The shard's mergeable drift profile (.npz, no pickle).
@@ -55,7 +57,8 @@ def drift_shard(
     from driftloop import steps
 
     out = steps.drift_shard_step(store_uri, schema_uri, model_name, shard_profile.path,
-                                 run_id=run_id, now=now, window_days=window_days,
+                                 run_id=run_id, run_date=run_date,
+                                 scheduled_time=scheduled_time, window_days=window_days,
                                  shard=shard, shards=shards)
     shard_profile.metadata.update({"rows": out.rows, "shard": out.shard,
                                    "model_version": out.model_version, "format": "npz"})
@@ -70,6 +73,8 @@ def detect_drift(
     schema_uri: str,
     model_name: str,
     run_id: str,
+    now: str,
+    window_days: int,
     p_value: float,
     effect_threshold: float,
     min_samples: int,
@@ -93,6 +98,8 @@ def detect_drift(
         schema_uri: Schema file (JSON or YAML, local or gs://).
         model_name: Model name in the registry.
         run_id: The run's id; its folder under runs/ in the store.
+        now: The run's logical time (from ingest): the shards must have read its window.
+        window_days: Complete days before now that form the current window.
         p_value: Significance level of the per-feature tests, before correction.
         effect_threshold: Effect size (PSI by default) a significant feature needs to count
             as drifted.
@@ -112,9 +119,9 @@ def detect_drift(
     from driftloop import steps
 
     out = steps.drift_merge_step(store_uri, schema_uri, model_name,
-                                 [p.path for p in shard_profiles], run_id=run_id,
-                                 p_value=p_value, effect_threshold=effect_threshold,
-                                 min_samples=min_samples)
+                                 [p.path for p in shard_profiles], run_id=run_id, now=now,
+                                 window_days=window_days, p_value=p_value,
+                                 effect_threshold=effect_threshold, min_samples=min_samples)
     Path(drift_report.path).write_text(out.to_markdown())
     Path(drift_json.path).write_text(out.to_json() + "\n")
     drift_json.metadata.update({"status": out.status, "drifted": out.drifted})

@@ -170,13 +170,16 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 records=ingested.outputs["records"],
             )
             with dsl.ParallelFor(items=drift_shards, name="drift-shards") as shard:
+                # not ingest's "now": kfp.local (2.17) would pass the loop item instead
                 part = drift_shard(store_uri=store_uri, schema_uri=schema_uri,
-                                   model_name=model_name, run_id=run_id,
-                                   now=ingested.outputs["now"], window_days=window_days,
+                                   model_name=model_name, run_id=run_id, run_date=run_date,
+                                   scheduled_time=scheduled, window_days=window_days,
                                    shard=shard, shards=drift_shards,
                                    ).after(canary)  # a completed canary is the new champion
             drift = detect_drift(store_uri=store_uri, schema_uri=schema_uri,
-                                 model_name=model_name, run_id=run_id, p_value=p_value,
+                                 model_name=model_name, run_id=run_id,
+                                 now=ingested.outputs["now"], window_days=window_days,
+                                 p_value=p_value,
                                  effect_threshold=effect_threshold, min_samples=min_samples,
                                  shard_profiles=dsl.Collected(part.outputs["shard_profile"]))
             decision = decide_retrain(

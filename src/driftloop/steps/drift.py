@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from driftloop.clock import run_logical_time
 from driftloop.config import Config
 from driftloop.data.runs import record_result
 from driftloop.data.schema import Schema
@@ -175,11 +176,17 @@ def shard_count(shards: int | Sequence[int]) -> int:
     return len(items)
 
 
+def shard_window(now: dt.datetime, window_days: int) -> tuple[dt.datetime, dt.datetime]:
+    """The current window ``[start, end)`` of a run at ``now``, as ingest cuts it."""
+    end = window_end(now)
+    return end - dt.timedelta(days=window_days), end
+
+
 @logged_step("drift_shard")
 def drift_shard_step(
     store: Store | str, schema: Schema | str, model_name: str, profile_path: str | Path, *,
-    run_id: str, now: str | dt.datetime, window_days: int, shard: int,
-    shards: int | Sequence[int],
+    run_id: str, window_days: int, shard: int, shards: int | Sequence[int],
+    run_date: str = "", scheduled_time: str = "", now: dt.datetime | None = None,
 ) -> ShardOutcome:
     """Summarise one shard of the current window against the champion's reference profile.
 
@@ -193,22 +200,33 @@ def drift_shard_step(
         model_name: Model name in the registry.
         profile_path: Where to write the shard profile (``.npz``).
         run_id: The run's id (for the logs).
-        now: The run's logical time (ingest's ``now``).
-        window_days: Complete days before ``now`` that form the current window.
+        window_days: Complete days before the logical time that form the current window.
         shard: This shard's index.
         shards: The number of shards, or the pipeline's list ``[0, ..., n-1]``.
+        run_date: The run's ``run_date`` parameter (see :func:`run_logical_time`).
+        scheduled_time: A recurring run's scheduled time (as ingest gets it).
+        now: The logical time itself (an in-process run: ingest's); wins over both strings.
+
+    The pipeline gives the logical time's inputs, not ingest's ``now`` output: kfp 2.17's
+    local runner replaces every upstream task output passed into a ``ParallelFor`` by the
+    loop item (``kfp/local/orchestrator/task_spec_utils.py``,
+    ``create_parameter_loop_iteration_task_spec``). The shard states its window and
+    :func:`drift_merge_step` checks it against ingest's.
     """
     n_shards = shard_count(shards)
     store, schema = open_inputs(store, schema)
     champion = load_champion(Registry(store, model_name))
-    when = dt.datetime.fromisoformat(now) if isinstance(now, str) else now
+    when = now or run_logical_time(run_date, scheduled_time)
+    start, end = shard_window(when, window_days)
+    window = f"{start.isoformat()}/{end.isoformat()}"
     if champion is None:
-        ShardProfile(model_version="", n_rows=0).save(profile_path)
+        ShardProfile(model_version="", n_rows=0, window=window).save(profile_path)
         return ShardOutcome(shard, n_shards, [], 0, 0, 0, "")
-    end = window_end(when)
-    part = read_window_shard(store, schema, start=end - dt.timedelta(days=window_days),
-                             end=end, until=when, shard=shard, n_shards=n_shards)
-    profile_shard(champion.profile, part.frame, schema, model=champion.model).save(profile_path)
+    part = read_window_shard(store, schema, start=start, end=end, until=when, shard=shard,
+                             n_shards=n_shards)
+    prof = profile_shard(champion.profile, part.frame, schema, model=champion.model)
+    prof.window = window
+    prof.save(profile_path)
     return ShardOutcome(shard, n_shards, part.files, len(part.frame), part.rejected,
                         part.duplicates, champion.profile.model_version)
 
@@ -216,9 +234,9 @@ def drift_shard_step(
 @logged_step("detect_drift")
 def drift_merge_step(
     store: Store | str, schema: Schema | str, model_name: str,
-    shard_paths: Sequence[str | Path], *, run_id: str, p_value: float | None = None,
-    min_samples: int | None = None, effect_threshold: float | None = None,
-    config: Config | None = None,
+    shard_paths: Sequence[str | Path], *, run_id: str, now: str | dt.datetime,
+    window_days: int, p_value: float | None = None, min_samples: int | None = None,
+    effect_threshold: float | None = None, config: Config | None = None,
 ) -> DriftOutcome:
     """Merge the shards' profiles and decide drift: the report :func:`drift_step` gives.
 
@@ -230,6 +248,8 @@ def drift_merge_step(
         model_name: Model name in the registry.
         shard_paths: The shard profiles (from :func:`drift_shard_step`).
         run_id: The run's id (made path-safe by :func:`run_key`).
+        now: Ingest's logical time: the shards' window must be the one it cut.
+        window_days: Days of the current window.
         p_value: Significance level of the per-feature tests, before correction.
         min_samples: Current rows needed for a drift decision.
         effect_threshold: Effect size a significant feature needs to count as drifted.
@@ -237,7 +257,8 @@ def drift_merge_step(
 
     Raises:
         DriftloopError: A shard was summarised against another champion than the one
-            serving now.
+            serving now, or over another window than ingest's (a one-off run whose tasks
+            straddle midnight: run it again, or give ``run_date``).
     """
     run_id = run_key(run_id)
     store, schema = open_inputs(store, schema)
@@ -247,6 +268,12 @@ def drift_merge_step(
     if champion is None:
         return DriftOutcome(None)
     merged = merge_profiles([ShardProfile.load(p) for p in shard_paths])
+    start, end = shard_window(dt.datetime.fromisoformat(now) if isinstance(now, str) else now,
+                              window_days)
+    if merged.window != f"{start.isoformat()}/{end.isoformat()}":
+        raise DriftloopError(f"drift merge: the shards read the window {merged.window} but "
+                             f"ingest's is {start.isoformat()}/{end.isoformat()}; run again "
+                             "(or set run_date)")
     report = detect_drift_merged(champion.profile, merged, schema, config.drift)
     record_result(store, run_id, "drift", report)
     return DriftOutcome(report)

@@ -254,10 +254,10 @@ def _run_loop(
     n_shards = config.drift.shards
     shard_paths = [paths.drift_shard(i) for i in range(n_shards)]
     for i, path in enumerate(shard_paths):
-        drift_shard_step(store, schema, model_name, path, run_id=run_id, now=ingested.now,
+        drift_shard_step(store, schema, model_name, path, run_id=run_id, now=now,
                          window_days=window_days, shard=i, shards=n_shards)
     drift = drift_merge_step(store, schema, model_name, shard_paths, run_id=run_id,
-                             config=config)
+                             now=ingested.now, window_days=window_days, config=config)
     paths.drift.write_text(drift.to_json())
     decision = decide_step(store, schema, model_name, paths.records, paths.drift,
                            run_id=run_id, now=ingested.now, force=force, config=config,
