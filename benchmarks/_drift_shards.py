@@ -174,7 +174,7 @@ def _report_out(report: Any, out_path: Path) -> dict[str, Any]:
 
 def worker(mode: str, folder: Path, n_cols: int, seed: int, out_path: Path) -> dict[str, Any]:
     """Run one measurement; returns times (s), memory (MB) and per-column decisions."""
-    paths = sorted(folder.glob("shard-*.npz"))
+    paths = sorted(folder.glob("shard-[0-9]*.npz"))
     t0 = time.perf_counter()
     if mode == "evidently":
         from evidently import DataDefinition, Dataset, Report
@@ -200,7 +200,7 @@ def worker(mode: str, folder: Path, n_cols: int, seed: int, out_path: Path) -> d
             frame = load_shard(path, n_cols)
             prof = profile_shard(profile, frame, schema)
             del frame
-            profiles.append(prof.save(out_path.parent / f"shard-profile-{i:03d}.npz"))
+            profiles.append(prof.save(out_path.parent / "profiles" / f"{i:03d}.npz"))
             shard_s.append(time.perf_counter() - t)
         t = time.perf_counter()
         merged = merge_profiles([ShardProfile.load(p) for p in profiles])
