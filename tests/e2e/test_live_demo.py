@@ -1,7 +1,9 @@
 """The real-data demo end to end: tweets served over HTTP, feedback, the loop per day.
 
 Traffic goes through the local gateway to real predictor servers on 127.0.0.1; the
-gateway logs each pair to the real payload sink; the store is then read by the loop.
+gateway logs each pair to the real payload sink; the store is then read by the loop. The
+in-process run also runs ``--ab static`` (the first champion, frozen, in a sticky A/B test
+against the retrained champion); the kfp.local run is the plain demo.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import pytest
 
 from driftloop.cli import main
 from driftloop.data.storage import LocalStore
-from driftloop.demo.live import run_live_demo
+from driftloop.demo.live import AB_TEST_ID, DemoResult, run_live_demo
 from driftloop.demo.traffic import TrafficConfig
+from driftloop.errors import DriftloopError
 from driftloop.models.registry import Registry
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -31,9 +34,11 @@ def _lines(store: LocalStore, prefix: str) -> list[dict]:
 def test_the_tweets_demo_finds_the_topic_change_and_keeps_every_record(tmp_path: Path):
     out = tmp_path / "demo"
     printed = io.StringIO()
+    # with the A/B test of the first champion, frozen (--ab static): half of the users'
+    # requests go to it; the loop's checks below hold either way (the same traffic)
     result = run_live_demo(out, "tweets", data_dir=DATA, in_process=True, days=4,
                            rows_per_day=300, traffic=TrafficConfig(seed=4), seed=4,
-                           stream=printed)
+                           stream=printed, ab="static")
     store = LocalStore(out / "store")
     # every prediction was logged by the gateway and stored by the sink, none twice
     records = _lines(store, "requests")
@@ -87,6 +92,39 @@ def test_the_tweets_demo_finds_the_topic_change_and_keeps_every_record(tmp_path:
         assert [f["name"] for f in found["features"]] == ["text"] and found["rows"] > 0
         assert found["features"][0]["mean"] > 0
     assert "validation split" in registry.metadata(first)["feature_importance"]["source"]
+    _check_static_ab(result, first, text, html)
+
+
+def _check_static_ab(result: DemoResult, first: str, text: str, html: str) -> None:
+    """--ab static: sticky users, the frozen copy answers its variant, the closing line."""
+    served = result.served
+    assert served.groupby("user")["ab_variant"].nunique().max() == 1
+    assert set(served["ab_variant"]) == {"static", "retrained"}
+    static = served[served["ab_variant"] == "static"]
+    assert set(static["model_version"]) == {first}  # frozen, whatever the loop promoted
+    analysis = result.ab
+    assert analysis is not None and analysis.test_id == AB_TEST_ID
+    assert analysis.mixed_users == 0
+    (comparison,) = analysis.comparisons
+    assert (comparison.variant, comparison.control) == ("retrained", "static")
+    # every label the analysis counted was drawn for a served row of that variant
+    labelled = {s.name: s.labelled for s in analysis.variants}
+    for name in ("static", "retrained"):
+        drawn = int(served.loc[served["ab_variant"] == name, "labelled"].sum())
+        assert 0 < labelled[name] <= drawn
+    line = next(t for t in text.splitlines() if t.startswith(f"A/B test {AB_TEST_ID} (live"))
+    assert "0 saw both variants" in line and f"decision {analysis.decision}" in line
+    assert comparison.diff is not None and comparison.ci_low is not None
+    assert f"{100 * comparison.diff:+.1f} points" in line
+    assert f"[{100 * comparison.ci_low:+.1f}, " in line
+    assert AB_TEST_ID in html
+
+
+def test_a_wrong_ab_mode_or_share_is_refused(tmp_path: Path):
+    with pytest.raises(DriftloopError, match="ab: 'dynamic' is not one of static"):
+        run_live_demo(tmp_path / "x", ab="dynamic")
+    with pytest.raises(DriftloopError, match=r"ab_share: must be within \(0, 1\)"):
+        run_live_demo(tmp_path / "x", ab="static", ab_share=1.0)
 
 
 def test_make_demo_runs_the_pipeline_through_kfp_local(tmp_path: Path, capsys):

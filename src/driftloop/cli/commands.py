@@ -480,5 +480,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 seed=args.seed)
         run_live_demo(Path(args.out), args.scenario, data_dir=Path(args.data),
                       in_process=args.in_process, traffic=traffic, days=args.days,
-                      seed=args.seed)
+                      seed=args.seed, ab=args.ab or "", ab_share=args.ab_share)
     return 0

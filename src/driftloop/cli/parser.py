@@ -224,5 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of predictions that get a feedback label")
     p.add_argument("--feedback-delay-hours", type=float, default=6.0,
                    help="mean delay of a feedback label (exponential)")
+    p.add_argument("--ab", choices=("static",), default=None,
+                   help="static: an A/B test of the first champion, frozen, against the "
+                        "continuously retrained one on live traffic (sticky per user)")
+    p.add_argument("--ab-share", type=float, default=0.5,
+                   help="share of the users the static model serves (with --ab)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -15,6 +15,12 @@
    counterfactual: what continuous training bought, :func:`counterfactual_of`); the
    timeline table and that line are printed and ``report.html`` written with the plots
    and each version's feature importance.
+
+With ``ab="static"`` (``driftloop demo --ab static``) the seeds' experiment runs live: after
+the seed run an A/B test (:data:`AB_TEST_ID`) serves a frozen copy of the first champion to
+a share of the simulated users (sticky by user id, through the gateway's split) beside the
+continuously retrained champion, and after the last day the A/B analysis (the same
+``ab-analysis`` steps, in process) reports the difference in live accuracy with its interval.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import pandas as pd
 
 from driftloop.config import Config
 from driftloop.data.storage import LocalStore
+from driftloop.decide.ab import ABAnalysis
+from driftloop.decide.ab_assign import ABTest, Variant
 from driftloop.demo.report import (
     DayRow,
     attach_counterfactual,
@@ -57,6 +65,11 @@ from driftloop.models.registry import Registry
 
 FIRST_DAY = dt.date(2026, 3, 2)
 NAMESPACE = "local"
+#: The A/B test of ``--ab static``: the first champion, frozen, against the loop's champion.
+AB_TEST_ID = "static-vs-retrained"
+#: Simulated users when an A/B test runs and the traffic names none.
+AB_USERS = 500
+AB_MODES = ("static",)
 
 
 def demo_config(base: Config | None = None) -> Config:
@@ -88,6 +101,7 @@ class DemoResult:
         log_failures: Payload events the gateway could not log (0 expected).
         counterfactual: What was served against the first champion, never retrained, on
             the same rows (``None``: no champion was deployed).
+        ab: The final analysis of the ``--ab static`` test (``None``: no test ran).
     """
 
     scenario: str
@@ -98,6 +112,7 @@ class DemoResult:
     log_failures: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     counterfactual: Counterfactual | None = None
+    ab: ABAnalysis | None = None
 
 
 class Progress:
@@ -223,6 +238,8 @@ def run_live_demo(
     seed: int = 0,
     rows_per_day: int | None = None,
     stream: TextIO | None = None,
+    ab: str = "",
+    ab_share: float = 0.5,
 ) -> DemoResult:
     """Run the real-data demo of ``scenario`` under ``out`` (replaced if it exists).
 
@@ -239,9 +256,13 @@ def run_live_demo(
         seed: Seed of the scenario's shuffle and the users' draws.
         rows_per_day: Requests per day (default: the scenario's).
         stream: Where the step lines and the timeline go (default stdout).
+        ab: ``"static"``: run the A/B test of the first champion, frozen, against the
+            retrained champion (``""``: none).
+        ab_share: The static variant's share of the users.
 
     Raises:
-        DriftloopError: A pipeline run failed, or the gateway or sink answered an error.
+        DriftloopError: A pipeline run failed, or the gateway or sink answered an error,
+            or ``ab``/``ab_share`` is not valid.
     """
     from driftloop.rollout.local import LocalGateway, LocalRolloutBackend
     from driftloop.serving.server import start_app
@@ -251,9 +272,15 @@ def run_live_demo(
     # kserve 0.20 answers with ORJSONResponse, which FastAPI deprecates on every request.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     printer = stream or sys.stdout
+    if ab not in ("", *AB_MODES):
+        raise DriftloopError(f"ab: {ab!r} is not one of {', '.join(AB_MODES)}")
+    if ab and not 0.0 < ab_share < 1.0:
+        raise DriftloopError(f"ab_share: must be within (0, 1) (got {ab_share})")
     data = load_scenario(scenario, data_dir, seed=seed, rows_per_day=rows_per_day)
     plan = data.days[:days] if days is not None else data.days
     traffic = traffic or TrafficConfig(seed=seed)
+    if ab and not traffic.users:
+        traffic = replace(traffic, users=AB_USERS)
     config = config or demo_config()
     if out.exists():
         shutil.rmtree(out)
@@ -267,7 +294,12 @@ def run_live_demo(
           f"{len(plan[0])} requests, {traffic.feedback_share:.0%} get feedback after "
           f"~{traffic.feedback_delay_hours:g} h; true changes on days "
           f"{', '.join(str(d) for d in data.change_days if d < len(plan)) or '-'}; "
-          f"pipeline runs {how}\n", file=printer, flush=True)
+          f"pipeline runs {how}", file=printer, flush=True)
+    if ab:
+        print(f"A/B test {AB_TEST_ID}: a frozen copy of the first champion serves "
+              f"{ab_share:.0%} of {traffic.users} simulated users (sticky by user id) beside "
+              "the continuously retrained champion", file=printer, flush=True)
+    print(file=printer, flush=True)
 
     progress = Progress(len(plan))
     progress.show(0, "training the first champion")
@@ -276,11 +308,13 @@ def run_live_demo(
     progress.clear()
     _print_run(printer, "seed run", seed_day, record)
     rows = [DayRow.from_run(-1, seed_day, "seed", record, None, pd.DataFrame())]
+    backend = LocalRolloutBackend(out / "store" / "rollout", data.name, NAMESPACE)
+    ab_test = (_start_static_ab(store, data.name, ab_share, backend, FIRST_DAY)
+               if ab else None)
 
     clock = SimClock(dt.datetime.combine(FIRST_DAY, dt.time(0), tzinfo=dt.UTC))
     sink = PayloadSink(store, clock=clock, labels=[str(x) for x in data.schema.labels or ()])
     sink_server = start_app(create_app(sink))
-    backend = LocalRolloutBackend(out / "store" / "rollout", data.name, NAMESPACE)
     served: list[dict[str, Any]] = []
     timings = {"traffic": 0.0, "pipeline": 0.0}
     try:
@@ -327,12 +361,19 @@ def run_live_demo(
     served_frame = pd.DataFrame(served)
     served_frame.to_csv(out / "served.csv", index=False)
     registry = Registry(store, data.name)
+    ab_analysis = None
+    if ab_test is not None:
+        end = dt.datetime.combine(FIRST_DAY + dt.timedelta(days=len(plan)), dt.time(),
+                                  tzinfo=dt.UTC)
+        ab_analysis = _final_ab(store, data, ab_test, end, backend, config, len(plan))
     counterfactual = counterfactual_of(registry, data, plan, served_frame, rows, seed=seed)
     if counterfactual is not None:
         attach_counterfactual(rows, counterfactual)
     print_timeline(rows, printer)
     if counterfactual is not None:
         print(f"\n{counterfactual.line()}", file=printer, flush=True)
+    if ab_test is not None:
+        print(f"\n{ab_line(ab_test, ab_analysis)}", file=printer, flush=True)
     importances = {v: registry.metadata(v).get("feature_importance") or {}
                    for v in registry.versions()}
     seconds = time.perf_counter() - started
@@ -346,7 +387,54 @@ def run_live_demo(
           f"wall time {seconds:.0f}s (traffic {timings['traffic']:.0f}s, pipeline "
           f"{timings['pipeline']:.0f}s)", file=printer, flush=True)
     return DemoResult(data.name, rows, served_frame, report, seconds, log_failures, timings,
-                      counterfactual)
+                      counterfactual, ab_analysis)
+
+
+def _start_static_ab(store: LocalStore, model: str, share: float, backend: Any,
+                     first_day: dt.date) -> ABTest:
+    """Start ``--ab static``: the champion the seed run deployed, frozen, vs ``champion``."""
+    from driftloop.steps.ab import start_ab
+
+    first = Registry(store, model).champion()
+    if first is None:
+        raise DriftloopError("demo --ab static: the seed run deployed no champion to freeze")
+    test, _ = start_ab(store, model, [Variant("static", first, share),
+                                      Variant("retrained", "champion", 1.0 - share)],
+                       test_id=AB_TEST_ID, backend=backend,
+                       now=dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC))
+    return test
+
+
+def _final_ab(store: LocalStore, data: Scenario, test: ABTest, end: dt.datetime, backend: Any,
+              config: Config, days: int) -> ABAnalysis | None:
+    """The ``ab-analysis`` steps after the last day, over the whole test."""
+    from driftloop.steps.loop import run_ab_analysis
+
+    outcome = run_ab_analysis(store, data.schema, data.name, now=end, run_id="ab-final",
+                              backend=backend, config=config, lookback_days=days + 1)
+    return next((a for a in outcome.analyses if a.test_id == test.test_id), None)
+
+
+def ab_line(test: ABTest, analysis: ABAnalysis | None) -> str:
+    """The demo's closing A/B line: retrained minus static, its interval, the decision."""
+    if analysis is None:
+        return f"A/B test {test.test_id}: no analysis (the test was not running at the end)"
+    stats = {s.name: s for s in analysis.variants}
+    comp = next((c for c in analysis.comparisons if c.variant == "retrained"), None)
+    users = sum(s.users for s in analysis.variants)
+    unkeyed = sum(s.unkeyed for s in analysis.variants)
+    counts = ", ".join(f"{n} {stats[n].labelled}" for n in ("static", "retrained") if n in stats)
+    head = (f"A/B test {test.test_id} (live, sticky per user: {users} users, "
+            f"{analysis.mixed_users} saw both variants, {unkeyed} unkeyed responses counted "
+            f"apart): ")
+    if comp is None or comp.diff is None or comp.ci_low is None or comp.ci_high is None:
+        return head + f"not enough labelled responses to compare ({counts})"
+    return head + (
+        f"retrained - static = {100 * comp.diff:+.1f} points of live accuracy "
+        f"({1 - comp.alpha:.0%} anytime-valid interval [{100 * comp.ci_low:+.1f}, "
+        f"{100 * comp.ci_high:+.1f}], Mantel-Haenszel by day, per-user variance; labelled "
+        f"keyed responses: {counts}); decision {analysis.decision}"
+        + (f", winner {analysis.winner}" if analysis.winner else ""))
 
 
 def first_champion(registry: Registry) -> str | None:

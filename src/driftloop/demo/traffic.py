@@ -55,16 +55,22 @@ class TrafficConfig:
         feedback_delay_hours: Mean delay of a label after its prediction (exponential).
         batch: Rows per HTTP request (V1 ``instances``).
         seed: Seed of the feedback draws.
+        users: Simulated users with ids (0: anonymous requests). Each request is one
+            user's, drawn uniformly, and carries the id in the ``x-user-id`` header (the
+            key of a sticky A/B split); the served rows then say which user and variant.
     """
 
     feedback_share: float = 0.3
     feedback_delay_hours: float = 6.0
     batch: int = 5
     seed: int = 0
+    users: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.feedback_share <= 1.0:
             raise DriftloopError(f"feedback_share: must be within 0..1 (got {self.feedback_share})")
+        if self.users < 0:
+            raise DriftloopError(f"users: must be >= 0 (got {self.users})")
         if self.feedback_delay_hours < 0 or self.batch < 1:
             raise DriftloopError("feedback_delay_hours must be >= 0 and batch >= 1 "
                                  f"(got {self.feedback_delay_hours}, {self.batch})")
@@ -109,6 +115,8 @@ class Traffic:
         self.clock = clock
         self.config = config or TrafficConfig()
         self._rng = np.random.default_rng(self.config.seed)
+        # its own stream, so that naming users leaves the feedback draws as they were
+        self._users = np.random.default_rng([self.config.seed, 1])
         self._due: list[tuple[float, str, str]] = []  # (due epoch, id, label), a heap
         self._gateway = httpx.Client(base_url=gateway_url, timeout=60.0)
         self._sink = httpx.Client(base_url=sink_url, timeout=60.0)
@@ -146,14 +154,17 @@ class Traffic:
             self.feedback_posted += len(rows)
         return len(rows)
 
-    def _predict(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def _predict(self, rows: list[dict[str, Any]], user: str | None = None
+                 ) -> tuple[dict[str, Any], str | None]:
+        """The answer's body and its A/B variant (``x-driftloop-variant``, if any)."""
         path = f"/v1/models/{self.model_name}:predict"
-        answer = self._gateway.post(path, json={"instances": rows})
+        headers = {"x-user-id": user} if user else {}
+        answer = self._gateway.post(path, json={"instances": rows}, headers=headers)
         if answer.status_code != 200:
             raise DriftloopError(f"POST {path}: the gateway answered {answer.status_code}: "
                                  f"{answer.text[:200]}")
         body: dict[str, Any] = answer.json()
-        return body
+        return body, answer.headers.get("x-driftloop-variant")
 
     def replay_day(self, index: int, day: dt.date, frame: pd.DataFrame, *,
                    midday: Callable[[dt.datetime], None] | None = None) -> DayTraffic:
@@ -189,7 +200,9 @@ class Traffic:
             self.post_due()
             instances = [{"id": row["id"], **{f: row[f] for f in self.features}}
                          for row in chunk]
-            body = self._predict(instances)
+            user = (f"user-{int(self._users.integers(self.config.users)):04d}"
+                    if self.config.users else None)
+            body, variant = self._predict(instances, user)
             out.requests += 1
             for row, pred in zip(chunk, body["predictions"], strict=True):
                 labelled = bool(self._rng.random() < self.config.feedback_share)
@@ -202,6 +215,7 @@ class Traffic:
                     "model_version": pred.get("model_version") or body.get("model_version"),
                     "prediction": pred.get("class"), "label": row["label"],
                     "labelled": labelled,
+                    **({"user": user, "ab_variant": variant} if user else {}),
                 })
             out.rows += len(chunk)
         self.clock.set(start + dt.timedelta(hours=23, minutes=59))
