@@ -23,7 +23,7 @@ what ``driftloop.data.ingest`` accepts. Every acknowledged pair (and every ackno
 request whose response was cut off by the kill) must be there exactly once.
 
 Run: ``.venv/bin/python benchmarks/sink_throughput.py [--seconds 60] [--quick]``; writes
-benchmarks/results/sink_throughput.{md,csv,png}.
+benchmarks/results/sink_throughput{,_quick}.{md,csv,png}.
 """
 
 from __future__ import annotations
@@ -335,9 +335,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10 s per mode")
     parser.add_argument("--no-kill", action="store_true")
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--out", default=NAME, help="result file stem in benchmarks/results")
+    parser.add_argument("--out", help="result file stem in benchmarks/results (default "
+                        f"{NAME}, {NAME}_quick with --quick)")
     args = parser.parse_args()
     seconds = 10.0 if args.quick else args.seconds
+    args.out = args.out or (f"{NAME}_quick" if args.quick else NAME)
     rows = [run(m, args.clients, args.workers, seconds, not args.no_kill)
             for m in args.modes.split(",")]
     info = machine_info(f"load before {rows[0]['load_before']}")
