@@ -5,8 +5,9 @@ key, a fresh salt per replication) and a true accuracy difference of 0, +2 or +5
 (variant ``b`` minus control ``a``). Traffic (the same for ``--quick``; only the number of
 replications changes):
 
-* 10,000 users; each makes Poisson(2) requests a day (x0.6 on weekends), 30 % of the
-  responses get a label: ~5,400 labelled responses a day, half per variant;
+* 10,000 light users, each making Poisson(2) requests a day (x0.6 on weekends), or 1,000
+  heavy users making Poisson(20); 30 % of the responses get a label: ~5,300 labelled
+  responses a day either way, half per variant;
 * users differ: user ``u`` is right with probability ``p_u ~ Beta(6.4, 1.6)`` (mean 0.80,
   intra-user correlation 1/9) plus a weekday shift of ±1 point, plus the variant's effect;
   so one user's responses are correlated, as real users' are (an easy user is easy for
@@ -71,8 +72,9 @@ except ImportError:  # run from elsewhere
 
 NAME = "ab_test"
 RESULTS = Path(__file__).parent / "results"
-USERS = 10_000
-REQUESTS_PER_DAY = 2.0
+#: Traffic profiles: (users, requests per user per day); about the same labels a day.
+PROFILES = {"10k light users": (10_000, 2.0), "1k heavy users": (1_000, 20.0)}
+USERS, REQUESTS_PER_DAY = PROFILES["10k light users"]
 LABEL_SHARE = 0.3
 BASE_A, BASE_B = 6.4, 1.6  # Beta: mean 0.8, intra-user correlation 1 / (a + b + 1)
 DIFFS = (0.0, 0.02, 0.05)
@@ -81,17 +83,18 @@ RULES = ("driftloop", "binomial CS", "daily z-test")
 Look = Callable[[int], str | None]
 
 
-def simulate(diff: float, days: int, seed: int) -> dict[str, np.ndarray]:
+def simulate(diff: float, days: int, seed: int, users: int = USERS,
+             rate: float = REQUESTS_PER_DAY) -> dict[str, np.ndarray]:
     """One replication's per-(user, day) labelled and correct counts and assignment."""
     rng = np.random.default_rng(seed)
     salt = f"rep-{seed}"
-    treated = np.array([bucket(salt, f"user-{u}") >= 0.5 for u in range(USERS)])
-    p_user = rng.beta(BASE_A, BASE_B, USERS)
+    treated = np.array([bucket(salt, f"user-{u}") >= 0.5 for u in range(users)])
+    p_user = rng.beta(BASE_A, BASE_B, users)
     day = np.arange(days)
     volume = np.where(day % 7 >= 5, 0.6, 1.0)
     shift = 0.01 * np.sin(2 * np.pi * day / 7)
-    lam = REQUESTS_PER_DAY * LABEL_SHARE * volume
-    labelled = rng.poisson(lam[None, :], (USERS, days))
+    lam = rate * LABEL_SHARE * volume
+    labelled = rng.poisson(lam[None, :], (users, days))
     p = np.clip(p_user[:, None] + shift[None, :] + diff * treated[:, None], 0, 1)
     correct = rng.binomial(labelled, p)
     return {"treated": treated, "labelled": labelled, "correct": correct}
@@ -101,7 +104,7 @@ def driftloop_rule(sim: dict[str, np.ndarray], config: ABConfig, *,
                    clustered: bool) -> Look:
     """The look of :func:`analyse_ab` for two variants (or its binomial-variance peer)."""
     planned = planned_information(config.mde, config.alpha, config.power)
-    users = np.arange(USERS)
+    users = np.arange(len(sim["treated"]))
 
     def look(d: int) -> str | None:
         lab, cor = sim["labelled"][:, :d + 1], sim["correct"][:, :d + 1]
@@ -147,10 +150,11 @@ def z_rule(sim: dict[str, np.ndarray], alpha: float) -> Look:
     return look
 
 
-def run_rep(diff: float, seed: int, config: ABConfig) -> dict[str, tuple[str, int]]:
+def run_rep(diff: float, seed: int, config: ABConfig,
+            profile: str = "10k light users") -> dict[str, tuple[str, int]]:
     """Each rule's outcome (winner a/b, none, or undecided) and the day it stopped."""
     days = int(config.max_days)
-    sim = simulate(diff, days, seed)
+    sim = simulate(diff, days, seed, *PROFILES[profile])
     looks = {"driftloop": driftloop_rule(sim, config, clustered=True),
              "binomial CS": driftloop_rule(sim, config, clustered=False),
              "daily z-test": z_rule(sim, config.alpha)}
@@ -184,7 +188,7 @@ def saw_both(days: int, seed: int) -> dict[str, float]:
 
 
 def summarise(outcomes: list[dict[str, tuple[str, int]]], diff: float,
-              config: ABConfig) -> list[dict[str, object]]:
+              config: ABConfig, profile: str = "10k light users") -> list[dict[str, object]]:
     """Per rule: P(any winner), P(right winner), P(wrong winner), median days."""
     rows = []
     right = "b" if diff > 0 else None
@@ -194,7 +198,7 @@ def summarise(outcomes: list[dict[str, tuple[str, int]]], diff: float,
         days = [d for _, d in got]
         win_days = [d for w, d in got if w in ("a", "b")]
         rows.append({
-            "true_diff": diff, "rule": name, "reps": len(got),
+            "traffic": profile, "true_diff": diff, "rule": name, "reps": len(got),
             "p_winner": len(winners) / len(got),
             "p_right": (sum(w == right for w in winners) / len(got)) if right else 0.0,
             "p_wrong": sum(w != right for w in winners) / len(got),
@@ -211,9 +215,11 @@ def markdown(rows: list[dict[str, object]], both: dict[str, float], reps: int, w
     planned = planned_information(config.mde, config.alpha, config.power)
     lines = [
         "# A/B test decisions under daily looks (benchmarks/ab_test.py)", "",
-        f"{reps} replications per true difference; {USERS:,} sticky users, Poisson("
-        f"{REQUESTS_PER_DAY:g}) requests/user/day (x0.6 weekends), {LABEL_SHARE:.0%} "
-        f"labelled (~{USERS * REQUESTS_PER_DAY * LABEL_SHARE * 0.886:,.0f} labels/day), "
+        f"{reps} replications per traffic and true difference; sticky users: "
+        + "; ".join(f"{name}: {u:,} users x Poisson({r:g}) requests/day"
+                    for name, (u, r) in PROFILES.items())
+        + f" (x0.6 weekends), {LABEL_SHARE:.0%} labelled (~"
+        f"{USERS * REQUESTS_PER_DAY * LABEL_SHARE * 0.886:,.0f} labels/day), "
         f"user accuracy Beta({BASE_A:g}, {BASE_B:g}) (mean 0.80, intra-user correlation "
         f"{1 / (BASE_A + BASE_B + 1):.3f}); daily looks up to {config.max_days:g} days.",
         f"driftloop rule: alpha {config.alpha:g}, power {config.power:.0%} at mde "
@@ -222,13 +228,13 @@ def markdown(rows: list[dict[str, object]], both: dict[str, float], reps: int, w
         f"Wall time {wall:.0f} s; load average while running {load[0]:.2f} / {load[1]:.2f} "
         f"/ {load[2]:.2f} (1/5/15 min) on {machine_info()} -- taken under load (two cores "
         "shared with other jobs); the error rates do not depend on it.", "",
-        "| true diff | rule | P(winner) | P(right winner) | P(wrong winner) | median days "
-        "to stop | median days to a winner | P(no decision by max_days) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| traffic | true diff | rule | P(winner) | P(right winner) | P(wrong winner) | "
+        "median days to stop | median days to a winner | P(no decision by max_days) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['true_diff']:+.2f} | {r['rule']} | {r['p_winner']:.3f} | "
+            f"| {r['traffic']} | {r['true_diff']:+.2f} | {r['rule']} | {r['p_winner']:.3f} | "
             f"{r['p_right']:.3f} | {r['p_wrong']:.3f} | {r['median_days']:g} | "
             f"{r['median_days_to_winner']:g} | {r['p_undecided_at_max']:.3f} |")
     lines += ["", f"Users (with >= 2 requests in {config.max_days:g} days, n="
@@ -243,22 +249,25 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(2, len(PROFILES), figsize=(11, 7), squeeze=False)
     width = 0.25
-    for i, rule in enumerate(RULES):
-        mine = [r for r in rows if r["rule"] == rule]
-        x = np.arange(len(mine)) + (i - 1) * width
-        left.bar(x, [float(r["p_winner"]) for r in mine], width, label=rule)  # type: ignore[arg-type]
-        right.bar(x, [float(r["median_days"]) for r in mine], width, label=rule)  # type: ignore[arg-type]
-    ticks = [f"{d:+.0%}" for d in DIFFS]
-    for ax in (left, right):
-        ax.set_xticks(np.arange(len(DIFFS)), ticks)
-        ax.set_xlabel("true accuracy difference b - a")
-    left.axhline(0.05, color="red", lw=0.8, ls="--", label="5 %")
-    left.axhline(0.90, color="green", lw=0.8, ls="--", label="90 %")
-    left.set_ylabel("P(winner declared)")
-    right.set_ylabel("median days to stop")
-    left.legend(fontsize=8)
+    for col, profile in enumerate(PROFILES):
+        top, bottom = axes[0][col], axes[1][col]
+        for i, rule in enumerate(RULES):
+            mine = [r for r in rows if r["rule"] == rule and r["traffic"] == profile]
+            x = np.arange(len(mine)) + (i - 1) * width
+            top.bar(x, [float(r["p_winner"]) for r in mine], width, label=rule)  # type: ignore[arg-type]
+            bottom.bar(x, [float(r["median_days"]) for r in mine], width, label=rule)  # type: ignore[arg-type]
+        ticks = [f"{d:+.0%}" for d in DIFFS]
+        for ax in (top, bottom):
+            ax.set_xticks(np.arange(len(DIFFS)), ticks)
+        bottom.set_xlabel("true accuracy difference b - a")
+        top.axhline(0.05, color="red", lw=0.8, ls="--", label="5 %")
+        top.axhline(0.90, color="green", lw=0.8, ls="--", label="90 %")
+        top.set_title(profile)
+        top.set_ylabel("P(winner declared)")
+        bottom.set_ylabel("median days to stop")
+    axes[0][0].legend(fontsize=8)
     fig.suptitle("A/B tests with sticky users, daily looks")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -276,13 +285,16 @@ def main() -> None:
     config = ABConfig()
     start = time.perf_counter()
     rows: list[dict[str, object]] = []
-    for diff in DIFFS:
-        outcomes = [run_rep(diff, args.seed * 100_000 + i, config) for i in range(reps)]
-        cell = summarise(outcomes, diff, config)
-        rows += cell
-        for r in cell:
-            print(f"{diff:+.2f} {r['rule']:13s} P(winner) {r['p_winner']:.3f} "
-                  f"P(right) {r['p_right']:.3f} median days {r['median_days']:g}", flush=True)
+    for profile in PROFILES:
+        for diff in DIFFS:
+            outcomes = [run_rep(diff, args.seed * 100_000 + i, config, profile)
+                        for i in range(reps)]
+            cell = summarise(outcomes, diff, config, profile)
+            rows += cell
+            for r in cell:
+                print(f"{profile:15s} {diff:+.2f} {r['rule']:13s} P(winner) "
+                      f"{r['p_winner']:.3f} P(right) {r['p_right']:.3f} median days "
+                      f"{r['median_days']:g}", flush=True)
     both = saw_both(int(config.max_days), args.seed)
     wall = time.perf_counter() - start
     load = os.getloadavg()
