@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_ab import records
@@ -197,3 +198,56 @@ def test_the_report_shows_every_test_state_and_decision(store: LocalStore,
     assert text.count("<tr>") == 3  # header + one row per run
     diff = history.decisions[-1][1].comparisons[0]
     assert f"[{diff.ci_low:+.3f}, {diff.ci_high:+.3f}]" in text
+
+
+def test_the_in_process_ab_pipeline_reads_the_logged_columns_and_stops_the_split(
+        store: LocalStore, tmp_path: Path) -> None:
+    # logged records as the sink writes them (ab_* columns), feedback joined by ingest,
+    # the real local backend's split started and stopped
+    from driftloop.data.schema import schema_from_dict
+    from driftloop.rollout import version_storage_uri
+    from driftloop.rollout.local import LocalRolloutBackend
+    from driftloop.steps.loop import run_ab_analysis
+
+    rng = np.random.default_rng(7)
+    for day in range(3):
+        date = (START + dt.timedelta(days=day)).date().isoformat()
+        requests, feedback = [], []
+        for u in range(300):
+            variant = "b" if u % 2 else "a"
+            for j in range(3):
+                rid = f"{date}-{u}-{j}"
+                ts = START + dt.timedelta(days=day, hours=1 + j, seconds=u)
+                label = str(rng.choice(["no", "yes"]))
+                right = rng.random() < (0.9 if variant == "b" else 0.7)
+                requests.append({"id": rid, "timestamp": ts.isoformat(), "x0": 0.1,
+                                 "x1": 0.2, "segment": "north",
+                                 "prediction": label if right else
+                                 ("no" if label == "yes" else "yes"),
+                                 "model_version": "v2" if variant == "b" else "v1",
+                                 "ab_test": "t1", "ab_variant": variant, "ab_keyed": True,
+                                 "ab_key": f"user-{u}"})
+                feedback.append({"id": rid, "label": label,
+                                 "timestamp": (ts + dt.timedelta(minutes=5)).isoformat()})
+        store.write_text(f"requests/dt={date}/part-0.jsonl",
+                         "".join(json.dumps(r) + "\n" for r in requests))
+        store.write_text(f"feedback/dt={date}/part-0.jsonl",
+                         "".join(json.dumps(r) + "\n" for r in feedback))
+    with LocalRolloutBackend(tmp_path / "rollout", MODEL, "default") as backend:
+        backend.ensure(version_storage_uri(Registry(store, MODEL), "v1"))
+        start_ab(store, MODEL, _variants(), test_id="t1", now=START, backend=backend)
+        split = Path(backend.ab_path)
+        assert split.exists()
+        schema = schema_from_dict({"name": MODEL, "labels": ["no", "yes"], "columns": [
+            {"name": "x0", "kind": "numeric", "dtype": "float"},
+            {"name": "x1", "kind": "numeric", "dtype": "float"},
+            {"name": "segment", "kind": "categorical", "dtype": "string"}]}, "test")
+        out = run_ab_analysis(store, schema, MODEL, now=NOW, run_id="r1",
+                              backend=backend)
+    (analysis,) = out.analyses
+    by = {s.name: s for s in analysis.variants}
+    assert by["a"].labelled == by["b"].labelled == 150 * 3 * 3
+    assert by["b"].users == 150 and by["b"].versions == ["v2"]
+    assert analysis.winner == "b" and out.stopped == ["t1"]
+    assert not split.exists()  # the split is gone from the request path
+    assert Registry(store, MODEL).aliases().champion == "v1"  # approval, not promotion
