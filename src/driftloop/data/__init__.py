@@ -1,0 +1,1 @@
+"""Data in and out of the store: storage, the schema, ingest and validation, run records."""
