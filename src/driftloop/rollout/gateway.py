@@ -361,13 +361,14 @@ class LocalGateway:
         """
         with self._lock:
             ab = self._ab
-            if ab is None:
-                return None
-            key = request_assignment_key(ab.test, headers, body)
+        if ab is None:
+            return None
+        key = request_assignment_key(ab.test, headers, body)  # parses the body: unlocked
+        with self._lock:  # the fallback's random stream and the counters
             got = assign(ab.test, key, self._ab_rng)
             counted = (got.variant, got.keyed)
             self.ab_served[counted] = self.ab_served.get(counted, 0) + 1
-            return ab.test, got, key, ab.routes[got.variant]
+        return ab.test, got, key, ab.routes[got.variant]
 
     def _fixed(self, variant: str, uri: str) -> tuple[str, RunningServer]:
         """The revision name and predictor of a variant served from a fixed ``storageUri``."""
