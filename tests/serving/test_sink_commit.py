@@ -174,3 +174,24 @@ def test_lines_survive_a_restart_after_group_commit(store):  # noqa: F811
     assert again.pending_count == 8
     assert again.handle_event(_headers("r3"), body)["status"] == "duplicate"
     again.close()
+
+
+def test_an_unexpected_error_in_a_round_is_a_503_not_a_hang(store):  # noqa: F811
+    from driftloop.serving.sink_bodies import SinkError
+
+    sink = PayloadSink(store)
+    real = sink.writer.fsync  # type: ignore[attr-defined]
+
+    def bug(fd: int) -> None:
+        raise RuntimeError("not an OSError")
+
+    sink.writer.fsync = bug  # type: ignore[attr-defined]
+    body = json.dumps(request_body(1)).encode()
+    started = time.monotonic()
+    with pytest.raises(SinkError, match="RuntimeError: not an OSError") as failed:
+        sink.handle_event(_headers("u"), body)
+    assert failed.value.status == 503 and time.monotonic() - started < 5
+    sink.writer.fsync = real  # type: ignore[attr-defined]
+    assert sink.handle_event(_headers("u"), body)["status"] == "pending"  # healed, not seen
+    sink.close()
+    assert [d["ce_id"] for d in lines_under(store, "sink/pending")] == ["u"]

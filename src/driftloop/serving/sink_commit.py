@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -60,6 +61,7 @@ class Receipt:
     after: list[Callable[[], None]] = field(default_factory=list)
 
 
+log = logging.getLogger(__name__)
 #: Failed ticket ranges remembered for late waiters (a waiter is answered within ms).
 _FAILED_KEPT = 256
 
@@ -241,13 +243,20 @@ class GroupCommit:
             except OSError as exc:
                 self._fail(str(exc))
                 return
+            except Exception as exc:  # never a waiter left hanging on a dead round
+                log.exception("sink: group commit round failed unexpectedly")
+                self._fail(f"{type(exc).__name__}: {exc}")
+                return
             seconds = time.perf_counter() - started
             with self._cond:
                 self._durable = taken[-1][0]
                 self.rounds += 1
                 self._settle()
         if self.on_flush is not None:
-            self.on_flush(len(taken), seconds)
+            try:
+                self.on_flush(len(taken), seconds)
+            except Exception:  # metrics only: the committer keeps running
+                log.exception("sink: group commit metrics failed")
 
     def _fail(self, error: str) -> None:
         """Fail the round and everything queued behind it; break until healed."""

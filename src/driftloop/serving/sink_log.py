@@ -176,7 +176,7 @@ class AppendWriter(Writer):
                         before.setdefault(folder, self._size_of(folder))
                         fds.append(self._append(folder, data)[0])
                     self._sync(fds)
-            except OSError:
+            except Exception:  # whatever failed, nothing of the batch stays
                 self._cut_back(before)
                 raise
 
