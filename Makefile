@@ -7,7 +7,7 @@ OUT    ?= demo-out
 SCENARIO ?= tweets
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data demo test lint compile bench clean prometheus monitoring ab-manifests
+.PHONY: help setup data demo test lint compile bench clean prometheus monitoring evidently-venv ab-manifests
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,11 @@ monitoring: $(STAMP) ## Write manifests/monitoring/: the Grafana dashboard, rule
 
 ab-manifests: $(STAMP) ## Write manifests/components/ab-test/: the example A/B test's InferenceGraph (kustomize component)
 	$(BIN)/python -m driftloop.rollout.ab_graph --out manifests/components/ab-test
+
+EVIDENTLY_VENV ?= /work/venvs/evidently
+evidently-venv: ## Evidently 0.7.23 in its own venv (drift_vs_evidently.py uses it when .venv lacks Evidently)
+	test -x $(EVIDENTLY_VENV)/bin/python || python3.11 -m venv $(EVIDENTLY_VENV)
+	$(EVIDENTLY_VENV)/bin/python -m pip install -q -c constraints.txt evidently==0.7.23
 
 $(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev,report,bench]'

@@ -490,7 +490,7 @@ def scale_plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(title)
     axes[0].legend(fontsize=8)
     fig.suptitle("Drift at scale: shard-wise vs in memory vs Evidently (under load)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -565,7 +565,9 @@ def main() -> None:
     print(md)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    (RESULTS / f"{NAME}{suffix}.md").write_text(md)
+    # --only-scale keeps the full table's file: its own file for the scale cases alone
+    md_name = f"{NAME}{suffix}" if cells else f"{NAME}_shards{suffix}"
+    (RESULTS / f"{md_name}.md").write_text(md)
     for name, table in ((f"{NAME}{suffix}", rows), (f"{NAME}_shards{suffix}", scale)):
         if not table:
             continue
@@ -578,7 +580,7 @@ def main() -> None:
     if rows:
         plot(rows, RESULTS / f"{NAME}{suffix}.png")
     scale_plot(scale, RESULTS / f"{NAME}_shards{suffix}.png")
-    print(f"wrote {RESULTS / NAME}{suffix}.md and the csv/png files beside it")
+    print(f"wrote {RESULTS / md_name}.md and the csv/png files beside it")
 
 
 if __name__ == "__main__":

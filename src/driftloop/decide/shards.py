@@ -233,19 +233,28 @@ def slot_counts(grid: np.ndarray, values: np.ndarray) -> np.ndarray:
     Returns:
         ``2 * len(grid) + 1`` counts (int64).
     """
-    v = nan_high(np.asarray(values, dtype=np.float64))
-    idx = np.searchsorted(grid, v, side="left")
-    equal = np.zeros(v.size, dtype=bool)
-    inside = idx < grid.size
-    equal[inside] = grid[idx[inside]] == v[inside]
-    return np.bincount(2 * idx + equal, minlength=2 * grid.size + 1).astype(np.int64)
+    return _slots_of_sorted(grid, np.sort(nan_high(np.asarray(values, dtype=np.float64))))
 
 
-def _bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    # The counting of distance.histogram_shares, kept as counts so shards can add them.
-    present = values[~np.isnan(values)]
-    idx = np.searchsorted(np.asarray(edges)[1:-1], present, side="right")
-    return np.bincount(idx, minlength=len(edges) - 1).astype(np.int64)
+def _slots_of_sorted(grid: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    # Look the m grid points up in the sorted values (2m binary searches) rather than every
+    # value in the grid (n random-access searches: ~7x slower for 250k values).
+    below = np.searchsorted(ordered, grid, side="left")  # values < grid[i]
+    upto = np.searchsorted(ordered, grid, side="right")  # values <= grid[i]
+    out = np.empty(2 * grid.size + 1, dtype=np.int64)
+    out[1::2] = upto - below
+    out[0:-1:2] = below - np.concatenate(([0], upto[:-1]))
+    out[-1] = ordered.size - (upto[-1] if grid.size else 0)
+    return out
+
+
+def _bins_of_sorted(ordered: np.ndarray, edges: np.ndarray, missing: int) -> np.ndarray:
+    # distance.histogram_shares' bins ([edges[k], edges[k+1]), present values only) as
+    # counts: missing values sort last as +inf, so they come off the last bin.
+    cum = np.searchsorted(ordered, np.asarray(edges)[1:-1], side="left")
+    counts = np.diff(np.concatenate(([0], cum, [ordered.size]))).astype(np.int64)
+    counts[-1] -= missing
+    return counts
 
 
 def profile_shard(profile: ReferenceProfile, frame: pd.DataFrame, schema: Schema, *,
@@ -271,10 +280,12 @@ def profile_shard(profile: ReferenceProfile, frame: pd.DataFrame, schema: Schema
     out = ShardProfile(model_version=profile.model_version, n_rows=len(frame))
     for name in profile.numeric:
         values = numeric_values(frame[name])
-        out.numeric_bins[name] = _bin_counts(values, profile.bin_edges[name])
-        out.numeric_missing[name] = int(np.isnan(values).sum())
-        out.numeric_grid[name] = slot_counts(reference_grid(profile.numeric_sample[name]),
-                                             values)
+        missing = int(np.isnan(values).sum())
+        ordered = np.sort(nan_high(values))  # one sort serves the bins and the KS grid
+        out.numeric_bins[name] = _bins_of_sorted(ordered, profile.bin_edges[name], missing)
+        out.numeric_missing[name] = missing
+        out.numeric_grid[name] = _slots_of_sorted(
+            reference_grid(profile.numeric_sample[name]), ordered)
         out.numeric_moments[name] = Moments.of(values)
     for name in profile.categorical:
         cats = profile.categories[name]
@@ -300,9 +311,10 @@ def _profile_text(out: ShardProfile, profile: ReferenceProfile, frame: pd.DataFr
     else:
         proba = np.empty((0, len(classes)))
     for col, edges in zip(proba_columns(classes), profile.proba_edges, strict=True):
-        out.proba_bins.append(_bin_counts(proba[:, col], edges))
-        out.proba_grid.append(slot_counts(reference_grid(profile.reference_proba[:, col]),
-                                          proba[:, col]))
+        ordered = np.sort(proba[:, col])
+        out.proba_bins.append(_bins_of_sorted(ordered, edges, 0))
+        out.proba_grid.append(_slots_of_sorted(
+            reference_grid(profile.reference_proba[:, col]), ordered))
     vocabulary = set(profile.vocabulary)
     for text in text_values(frame, profile.text):
         tokens = tokenize(text)
