@@ -36,7 +36,7 @@ from driftloop.steps.loop import run_loop
 
 MODEL = "sample"
 RESULTS = Path(__file__).parent / "results"
-STEPS = ["ingest", "detect-drift", "decide-retrain", "train-model", "evaluate-challenger",
+STEPS = ["ingest", "drift-shard", "detect-drift", "decide-retrain", "train-model", "evaluate-challenger",
          "notify", "promote-model", "notify-on-exit"]
 
 
@@ -49,7 +49,8 @@ def _artifacts(root: Path) -> dict[str, dsl.Artifact]:
              ("verdict_json", dsl.Artifact), ("eval_metrics", dsl.Metrics),
              ("challenger_curves", dsl.ClassificationMetrics),
              ("promotion_report", dsl.Markdown), ("canary_report", dsl.Markdown),
-             ("canary_metrics", dsl.Metrics)]
+             ("canary_metrics", dsl.Metrics), ("shard_profile", dsl.Artifact),
+             ("shard_metrics", dsl.Metrics)]
     return {n: cls(name=n, uri=str(root / n), metadata={}) for n, cls in kinds}
 
 
@@ -77,9 +78,12 @@ def direct(store_dir: Path, run_date: str, work: Path) -> dict[str, float]:
                    rollout_state="", webhook="", min_labelled=50, max_holds=14,
                    prometheus_url="", records=a["records"], canary_report=a["canary_report"],
                    canary_metrics=a["canary_metrics"])
+    timed("drift-shard", components.drift_shard.python_func, **common, model_name=MODEL,
+          run_id=run, run_date=run_date, scheduled_time="", window_days=1, shard=0,
+          shards=[0], shard_profile=a["shard_profile"], shard_metrics=a["shard_metrics"])
     timed("detect-drift", components.detect_drift.python_func, **common, model_name=MODEL,
-          run_id=run, p_value=0.05, effect_threshold=0.1, min_samples=100,
-          current=a["current"],
+          run_id=run, now=ing.now, window_days=1, p_value=0.05, effect_threshold=0.1,
+          min_samples=100, shard_profiles=[a["shard_profile"]],
           drift_report=a["drift_report"], drift_json=a["drift_json"],
           drift_metrics=a["drift_metrics"])
     timed("decide-retrain", components.decide_retrain.python_func, **common, model_name=MODEL,
@@ -120,8 +124,11 @@ def through_kfp_local(store_dir: Path, run_date: str, root: Path) -> tuple[dict[
     if not run.ok:
         raise SystemExit(f"kfp.local run failed: {run.error}")
     run_dir = max((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    # a ParallelFor's tasks sit one level down (for-loop-<k>-iteration-<i>/<task>/)
     done = sorted((p.stat().st_mtime, p.parent.name)
-                  for p in run_dir.glob("*/executor_output.json"))
+                  for pattern in ("*/executor_output.json",
+                                  "for-loop-*-iteration-*/*/executor_output.json")
+                  for p in run_dir.glob(pattern))
     times, previous = {}, start
     for finished, task in done:
         times[task] = finished - previous
