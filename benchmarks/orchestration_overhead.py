@@ -36,8 +36,8 @@ from driftloop.steps.loop import run_loop
 
 MODEL = "sample"
 RESULTS = Path(__file__).parent / "results"
-STEPS = ["ingest", "drift-shard", "detect-drift", "decide-retrain", "train-model", "evaluate-challenger",
-         "notify", "promote-model", "notify-on-exit"]
+STEPS = ["ingest", "drift-shard", "detect-drift", "decide-retrain", "train-model",
+         "evaluate-challenger", "notify", "promote-model", "notify-on-exit"]
 
 
 def _artifacts(root: Path) -> dict[str, dsl.Artifact]:
