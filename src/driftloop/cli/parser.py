@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ab", choices=("static",), default=None,
                    help="static: an A/B test of the first champion, frozen, against the "
                         "continuously retrained one on live traffic (sticky per user)")
-    p.add_argument("--ab-share", type=float, default=0.5,
-                   help="share of the users the static model serves (with --ab)")
+    p.add_argument("--ab-share", type=float, default=0.2,
+                   help="share of the users the static model serves (with --ab); the rest "
+                        "is the loop's, whose canaries need the traffic")
     p.set_defaults(func=cmd_demo)
     return parser
