@@ -7,7 +7,7 @@ OUT    ?= demo-out
 SCENARIO ?= tweets
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data demo test lint compile bench clean prometheus monitoring evidently-venv ab-manifests
+.PHONY: help setup data demo test lint compile bench clean prometheus monitoring evidently-venv ab-manifests mlserver
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,15 +57,30 @@ evidently-venv: ## Evidently 0.7.23 in its own venv (drift_vs_evidently.py uses 
 	test -x $(EVIDENTLY_VENV)/bin/python || python3.11 -m venv $(EVIDENTLY_VENV)
 	$(EVIDENTLY_VENV)/bin/python -m pip install -q -c constraints.txt evidently==0.7.23
 
+# MLServer + mlserver-sklearn (KServe's V2 sklearn runtime), the serving benchmark's peer, in
+# a venv of its own (its pins need not agree with ours); the model's own scikit-learn, numpy,
+# pandas and joblib versions so that it unpickles the same model.joblib. uvloop 0.21.0: with
+# uvloop >= 0.22 MLServer 1.7.1's inference worker dies at start (mlserver/parallel/worker.py
+# _ignore_signals calls asyncio.get_event_loop(), which uvloop then refuses) and no model loads.
+MLSERVER_VENV ?= /work/venvs/mlserver
+$(MLSERVER_VENV)/.installed: constraints.txt
+	@test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install -q mlserver==1.7.1 mlserver-sklearn==1.7.1 uvloop==0.21.0 \
+	  $$(grep -E '^(scikit-learn|numpy|pandas|joblib|scipy|threadpoolctl)==' constraints.txt)
+	@touch $@
+
+mlserver: $(MLSERVER_VENV)/.installed ## Install MLServer 1.7.1 + mlserver-sklearn in $(MLSERVER_VENV) (serving benchmark peer)
+
 $(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[kfp,serving,dev,report,bench]'
 	@touch $@
 
-bench: $(VENV)/.installed-bench data ## Run every benchmark at its quick size (tables + plots in benchmarks/results)
+bench: $(VENV)/.installed-bench $(MLSERVER_VENV)/.installed data ## Run every benchmark at its quick size (tables + plots in benchmarks/results)
 	$(BIN)/python benchmarks/orchestration_overhead.py
 	$(BIN)/python benchmarks/drift_vs_evidently.py --quick
 	$(BIN)/python benchmarks/retraining_policy.py --quick
-	$(BIN)/python benchmarks/serving_latency.py
+	$(BIN)/python benchmarks/serving_latency.py --quick --mlserver $(MLSERVER_VENV)
 	$(BIN)/python benchmarks/sink_throughput.py --quick
 	$(BIN)/python benchmarks/ab_test.py --quick
 
