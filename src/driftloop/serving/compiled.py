@@ -192,6 +192,15 @@ class CompiledTrees:
             lookup = (self._lookup(chain, pre, encoded, name, position[i])
                       if name in encoded else None)
             self._getters[position[i]] = (name, lookup)
+        #: The codes each categorical input can take (what its lookup returns, NaN aside).
+        self._codes: dict[int, list[float]] = {}
+        for j, (_, lookup) in enumerate(self._getters):
+            if lookup is not None:
+                table = getattr(lookup, "codes", [])
+                if any(not float(c).is_integer() or not 0 <= c < 256 for c in table):
+                    raise ConversionError(f"categorical codes of {self._getters[j][0]!r} outside "
+                                          "0..255")
+                self._codes[j] = table
         self.classes = clf.classes_
         self.n_targets = int(clf.n_trees_per_iteration_)
         self.baseline = np.asarray(clf._baseline_prediction, dtype=np.float64).reshape(1, -1)
@@ -226,7 +235,12 @@ class CompiledTrees:
         table = dict(zip(categories, codes[:-2], strict=True))
         missing, unknown = codes[-2], codes[-1]
         get = table.get
-        return lambda v: missing if v is None else get(v, unknown)
+
+        def lookup(v: Any) -> float:
+            return missing if v is None else get(v, unknown)
+
+        lookup.codes = sorted({x for x in codes if not math.isnan(x)})  # type: ignore[attr-defined]
+        return lookup
 
     def _onnx(self, clf: Any) -> bytes:
         from onnx import TensorProto, helper, numpy_helper
@@ -277,19 +291,26 @@ class CompiledTrees:
                     left, right = int(node["left"]), int(node["right"])
                     go_left_missing = bool(node["missing_go_to_left"])
                     feat.append(int(node["feature_idx"]))
-                    missing_true.append(int(go_left_missing))
                     if node["is_categorical"]:
-                        modes.append(6)  # BRANCH_MEMBER
-                        splits.append(math.nan)
                         bits = cat_bits[node["bitset_idx"]]
                         known = known_bitsets[f_idx_map[node["feature_idx"]]]
-                        members += [float(c) for c in range(256)
-                                    if in_bitset(bits, c)
-                                    or (go_left_missing and not in_bitset(known, c))]
-                        members.append(math.nan)  # the set's delimiter
+                        codes = self._codes[int(node["feature_idx"])]
+                        goes_left = [c for c in codes if in_bitset(bits, int(c))
+                                     or (go_left_missing and not in_bitset(known, int(c)))]
+                        left_set = set(goes_left)
+                        goes_right = [c for c in codes if c not in left_set]
+                        # Only the codes the lookup can produce are listed, and the shorter
+                        # side: ONNX Runtime tests a member set one value at a time.
+                        if len(goes_right) < len(goes_left):
+                            left, right = right, left
+                            goes_left, go_left_missing = goes_right, not go_left_missing
+                        modes.append(6)  # BRANCH_MEMBER: in the set -> the true branch
+                        splits.append(math.nan)
+                        members += [*goes_left, math.nan]  # NaN ends the node's set
                     else:
                         modes.append(0)  # BRANCH_LEQ
                         splits.append(float(node["num_threshold"]))
+                    missing_true.append(int(go_left_missing))
                     for child, ids, is_leaf in ((left, true_ids, true_leaf),
                                                 (right, false_ids, false_leaf)):
                         if nodes[child]["is_leaf"]:
