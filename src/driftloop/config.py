@@ -423,6 +423,56 @@ class ABConfig:
         _check(self.latency_ratio >= 1, "ab.latency_ratio", "must be >= 1")
 
 
+@dataclass(frozen=True)
+class CurationConfig:
+    """Curated feedback: the disagreement rule, the review queue and feedback quality.
+
+    Attributes:
+        disagree_alpha: Two-sided error level of the disagreement rule's confidence
+            sequence (:mod:`driftloop.decide.disagreement`): with nothing changed the rule
+            fires in at most about ``disagree_alpha / 2`` of a champion's life, however
+            many runs look (``benchmarks/active_learning.py`` measures it).
+        disagree_rise: The least rise of the disagreement rate (absolute, at the baseline's
+            class mix) that fires the rule; it also plans the sequence's tightness.
+        disagree_window_days: The recent window compared with the champion's earlier live
+            rows.
+        disagree_min_rows: Labelled rows the recent window and the baseline each need.
+        review_size: Unlabelled responses the review queue holds.
+        review_days: Unlabelled responses served in this many days before the run are
+            candidates for the queue.
+        dedup: Near-duplicate requests (normalised text or a hash of the rounded
+            features) count once in training.
+        source_alpha: Family-wise false-exclusion rate of the feedback-source test
+            (one-sided binomial against the consensus agreement, Holm-corrected).
+        source_margin: A source is excluded only when its agreement is also this much
+            (absolute) below the others' agreement.
+        source_min_labels: Labels (with a consensus to compare) a source needs to be
+            tested.
+    """
+
+    disagree_alpha: float = 0.02
+    disagree_rise: float = 0.05
+    disagree_window_days: float = 3.0
+    disagree_min_rows: int = 100
+    review_size: int = 200
+    review_days: float = 3.0
+    dedup: bool = True
+    source_alpha: float = 0.01
+    source_margin: float = 0.15
+    source_min_labels: int = 20
+
+    def __post_init__(self) -> None:
+        _check(0 < self.disagree_alpha < 1, "curation.disagree_alpha", "must be in (0, 1)")
+        _check(0 < self.disagree_rise < 1, "curation.disagree_rise", "must be in (0, 1)")
+        _check(self.disagree_window_days > 0, "curation.disagree_window_days", "must be > 0")
+        _check(self.disagree_min_rows >= 1, "curation.disagree_min_rows", "must be >= 1")
+        _check(self.review_size >= 0, "curation.review_size", "must be >= 0")
+        _check(self.review_days > 0, "curation.review_days", "must be > 0")
+        _check(0 < self.source_alpha < 1, "curation.source_alpha", "must be in (0, 1)")
+        _check(0 <= self.source_margin < 1, "curation.source_margin", "must be in [0, 1)")
+        _check(self.source_min_labels >= 1, "curation.source_min_labels", "must be >= 1")
+
+
 PRIMARY_METRICS: tuple[str, ...] = (
     "accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc",
 )
@@ -518,6 +568,7 @@ class Config:
     ab: ABConfig = field(default_factory=ABConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -530,6 +581,7 @@ _SECTIONS: dict[str, type] = {
     "ab": ABConfig,
     "sink": SinkConfig,
     "runtime": RuntimeConfig,
+    "curation": CurationConfig,
 }
 
 

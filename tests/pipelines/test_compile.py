@@ -18,8 +18,9 @@ from driftloop.kfp.image import IMAGE
 from driftloop.kfp.pipeline import GCS_SECRET, LOOKBACK_DAYS, WINDOW_DAYS
 
 REPO = Path(__file__).resolve().parents[2]
-STORE_TASKS = {"ingest", "analyse-canary", "drift-shard", "detect-drift", "decide-retrain",
-               "train-model", "evaluate-challenger", "promote-model", "notify-on-exit"}
+STORE_TASKS = {"ingest", "analyse-canary", "curate-feedback", "drift-shard", "detect-drift",
+               "decide-retrain", "train-model", "evaluate-challenger", "promote-model",
+               "notify-on-exit"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     tasks = _tasks(pipeline)
     steps = {name for name, t in tasks.items()
              if not name.startswith(("condition-", "exit-", "for-loop-"))}
-    assert steps == {"ingest", "analyse-canary", "drift-shard", "detect-drift",
+    assert steps == {"ingest", "analyse-canary", "curate-feedback", "drift-shard", "detect-drift",
                      "decide-retrain", "train-model", "evaluate-challenger", "notify",
                      "promote-model", "notify-on-exit"}
     conditions = sorted(t["triggerPolicy"]["condition"] for t in tasks.values()
@@ -94,6 +95,8 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     # decision gets the version in flight (so it does not retrain while one is).
     assert body["analyse-canary"]["dependentTasks"] == ["ingest"]
     assert "analyse-canary" in body["for-loop-2"]["dependentTasks"]
+    # curation (disagreements, review queue) judges the champion after the canary step
+    assert set(body["curate-feedback"]["dependentTasks"]) == {"ingest", "analyse-canary"}
     canary = body["decide-retrain"]["inputs"]["parameters"]["canary_in_progress"]
     assert canary["taskOutputParameter"] == {"outputParameterKey": "Output",
                                              "producerTask": "analyse-canary"}

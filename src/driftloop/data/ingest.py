@@ -508,6 +508,12 @@ def ingest(
         ids = records.loc[hit, "id"]
         records.loc[hit, "label"] = labels.loc[ids, "label"].to_numpy()
         records.loc[hit, "label_timestamp"] = labels.loc[ids, "label_timestamp"].to_numpy()
+        if "label_source" in labels:
+            # the feedback's source (user or client id), for the training plan's test of
+            # each source's agreement with the consensus
+            if "label_source" not in records:
+                records["label_source"] = pd.Series(None, index=records.index, dtype=object)
+            records.loc[hit, "label_source"] = labels.loc[ids, "label_source"].to_numpy()
 
     counts.accepted = len(records)
     counts.quarantined = len(rejected) + len(unparsable)

@@ -280,7 +280,7 @@ def validate_records(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, p
 
 
 def validate_labels(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate raw feedback rows (``id``, label, ``timestamp``).
+    """Validate raw feedback rows (``id``, label, ``timestamp``, optional ``source``).
 
     Returns:
         ``(valid, rejected)``: valid rows with ``id``, ``label`` and ``label_timestamp``;
@@ -297,4 +297,9 @@ def validate_labels(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd
     reasons = _add_reason(reasons, missing, f"{schema.label_column}: required value missing")
     labels, reasons = _check_label(schema, col, missing, reasons)
     typed = pd.DataFrame({"id": ids, "label": labels, "label_timestamp": ts}, index=raw.index)
+    if "source" in raw:
+        # who gave the label, when the feedback says (a user or client id); not required
+        src = raw["source"]
+        typed["label_source"] = src.where(~_missing(src), None).map(
+            lambda v: None if v is None else str(v))
     return _split(typed, raw, reasons)

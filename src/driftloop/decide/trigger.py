@@ -24,6 +24,10 @@ The rules and the error each controls:
   training set is at its cap (``train.max_rows``, a sliding window) more labels no longer
   grow it, and the rule fires only when the new labels show a loss: the champion's
   accuracy on them credibly below its held-out baseline (one-sided, ``label_alpha``).
+* ``disagreement``: a credible and material rise of the champion's disagreement rate
+  (user label differs from its prediction) in the recent window over its own earlier live
+  rate at the same class mix, on an anytime-valid interval
+  (:mod:`driftloop.decide.disagreement`, computed by the decide step and passed in).
 * ``schedule``: no training for ``max_age_days`` (off by default: a blind retrain).
 """
 
@@ -343,6 +347,7 @@ def decide_retrain(
     eval_have: int = 0,
     error_step: ChangePoint | None = None,
     error_rows: int = 0,
+    disagreement: TriggerRule | None = None,
 ) -> RetrainDecision:
     """Combine the retrain rules into one decision.
 
@@ -377,6 +382,9 @@ def decide_retrain(
             (``None``: none found or not scanned).
         error_rows: How many labelled rows that scan looked at (0: not scanned; the
             baseline look then gets the whole ``perf_alpha``).
+        disagreement: The ``disagreement`` rule's outcome
+            (:func:`driftloop.decide.disagreement.disagreement_rule`; ``None``: not
+            computed).
 
     Returns:
         The decision; ``rules`` holds every evaluated rule, fired or not.
@@ -398,6 +406,8 @@ def decide_retrain(
                                         config))
     rules.append(_performance_rule(champion, current_metric, metric_samples, config,
                                    error_step, error_rows))
+    if disagreement is not None:
+        rules.append(disagreement)
     # The schedule counts from the latest training of any version: a challenger trained
     # and rejected since the champion has already looked at that data, so the schedule must
     # not fire again on every run until one is promoted.

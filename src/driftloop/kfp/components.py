@@ -32,6 +32,7 @@ from kfp.dsl import (
 )
 
 from driftloop.kfp.components_ab import analyse_ab
+from driftloop.kfp.components_curation import curate_feedback
 from driftloop.kfp.components_drift import detect_drift, drift_shard
 from driftloop.kfp.image import component
 
@@ -458,6 +459,7 @@ COMPONENTS = {
     "ingest": ingest,
     "analyse_canary": analyse_canary,
     "drift_shard": drift_shard,
+    "curate_feedback": curate_feedback,
     "detect_drift": detect_drift,
     "decide_retrain": decide_retrain,
     "train_model": train_model,

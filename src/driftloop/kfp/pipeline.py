@@ -3,8 +3,9 @@
 ::
 
     exit handler (notify_on_exit: records runs/<run-id>/status.json, notifies on failure)
-    └── ingest → analyse_canary → ParallelFor(drift_shards): drift_shard → detect_drift
-                                                                        → decide_retrain
+    └── ingest → analyse_canary → curate_feedback (disagreements, review queue)
+                                → ParallelFor(drift_shards): drift_shard → detect_drift
+                                                                         → decide_retrain
                                 └── if retrain: train_model → evaluate_challenger
                                                 └── if verdict == "promote": notify → promote_model
 
@@ -39,6 +40,7 @@ from driftloop.config import ABConfig, CanaryConfig, DriftConfig, GateConfig, Tr
 from driftloop.kfp.components import (
     analyse_ab,
     analyse_canary,
+    curate_feedback,
     decide_retrain,
     detect_drift,
     drift_shard,
@@ -169,6 +171,10 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 max_holds=canary_max_holds, prometheus_url=prometheus_url,
                 records=ingested.outputs["records"],
             )
+            curated = curate_feedback(store_uri=store_uri, schema_uri=schema_uri,
+                                      model_name=model_name, run_id=run_id,
+                                      now=ingested.outputs["now"],
+                                      records=ingested.outputs["records"]).after(canary)
             with dsl.ParallelFor(items=drift_shards, name="drift-shards") as shard:
                 # not ingest's "now": kfp.local (2.17) would pass the loop item instead
                 part = drift_shard(store_uri=store_uri, schema_uri=schema_uri,
@@ -189,7 +195,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 canary_in_progress=canary.outputs["Output"],
                 records=ingested.outputs["records"], drift_json=drift.outputs["drift_json"],
             )
-            store_tasks += [ingested, canary, part, drift, decision]
+            store_tasks += [ingested, canary, curated, part, drift, decision]
             with dsl.If(decision.outputs["Output"] == True, name="retrain"):  # noqa: E712
                 trained = train_model(store_uri=store_uri, schema_uri=schema_uri,
                                       model_name=model_name, run_id=run_id,

@@ -305,6 +305,9 @@ def parse_feedback(body: bytes, *, labels: Sequence[str] | None = None,
                    now: dt.datetime | None = None) -> list[dict[str, str]]:
     """Check a feedback body (one object or a list) and return normalised rows.
 
+    Each item is ``{"id", "label"}`` with an optional ``timestamp`` and an optional
+    ``source`` (the user or client id who labelled; kept with the label).
+
     Raises:
         SinkError: 400 for invalid JSON; 422 naming the field otherwise.
     """
@@ -334,7 +337,16 @@ def parse_feedback(body: bytes, *, labels: Sequence[str] | None = None,
             raise SinkError(422, f"{at}label: {label!r} is not one of {list(labels)}")
         stamp = item.get("timestamp")
         when = moment if stamp is None else parse_time(stamp, f"{at}timestamp")
-        out.append({"id": str(rid), "label": label, "timestamp": iso_utc(when)})
+        row = {"id": str(rid), "label": label, "timestamp": iso_utc(when)}
+        source = item.get("source")
+        if source is not None:
+            # who gave the label (a user or client id): the training plan tests each
+            # source's agreement with the consensus (driftloop.data.curate)
+            if isinstance(source, bool) or not isinstance(source, str | int) or (
+                    str(source).strip() == ""):
+                raise SinkError(422, f"{at}source: a non-empty string (a user or client id)")
+            row["source"] = str(source)
+        out.append(row)
     return out
 
 

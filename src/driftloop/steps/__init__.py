@@ -12,6 +12,7 @@ step                       module                                component
 :func:`ingest_step`        :mod:`driftloop.steps.ingest`         ``ingest``
 :func:`analyse_canary_step` :mod:`driftloop.steps.canary`        ``analyse_canary``
 :func:`ab_step`            :mod:`driftloop.steps.ab`             ``analyse_ab``
+:func:`curate_step`        :mod:`driftloop.steps.review`         ``curate_feedback``
 :func:`drift_shard_step`   :mod:`driftloop.steps.drift`          ``drift_shard``
 :func:`drift_merge_step`   :mod:`driftloop.steps.drift`          ``detect_drift``
 :func:`decide_step`        :mod:`driftloop.steps.decide`         ``decide_retrain``
@@ -33,8 +34,9 @@ from typing import Any
 #: Where each step lives. Imported on first use (PEP 562), so a task imports only its own
 #: step's module: the notify, promote and exit tasks never load scikit-learn or scipy.
 _STEPS = {
-    "ab_step": "ab", "analyse_canary_step": "canary", "decide_step": "decide",
-    "drift_step": "drift", "drift_shard_step": "drift", "drift_merge_step": "drift",
+    "ab_step": "ab", "analyse_canary_step": "canary", "curate_step": "review",
+    "decide_step": "decide", "drift_step": "drift", "drift_shard_step": "drift",
+    "drift_merge_step": "drift",
     "evaluate_step": "evaluate", "exit_step": "status", "ingest_step": "ingest",
     "notify_step": "promote", "promote_step": "promote", "train_step": "train",
 }

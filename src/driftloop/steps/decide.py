@@ -53,6 +53,7 @@ from driftloop.steps.plan import (
     plan_training,
     training_start,
 )
+from driftloop.steps.review import disagreement_inputs
 
 
 def last_retrain(metas: list[dict[str, Any]]) -> tuple[dt.datetime | None,
@@ -178,6 +179,8 @@ def run_decide(
         train_cap=config.train.max_rows,
         new_label_accuracy=accuracy_on_new_labels(champion, window.records, schema, since),
         **performance_scan(live[2], config),
+        disagreement=disagreement_inputs(champion, window.records, schema, now=now,
+                                         config=config),
     )
     decision = decide()
     if not decision.retrain:
@@ -186,7 +189,8 @@ def run_decide(
     choice = training_start(champion, window.records, schema, config, decision.fired,
                             live=live)
     plan = plan_training(reference, window.records, info, now=now, config=config,
-                         train_start=choice.train_start, eval_start=choice.change_at)
+                         train_start=choice.train_start, eval_start=choice.change_at,
+                         schema=schema)
     problem = training_problem(plan.training, schema)
     if problem is None and plan.eval_needed:
         return decide(eval_needed=plan.eval_needed, eval_have=len(plan.eval_set))

@@ -1,7 +1,7 @@
 """The whole run in one process: the same step functions the pipeline's components call.
 
 :func:`run_loop` calls :func:`ingest_step`, :func:`analyse_canary_step`,
-:func:`drift_shard_step` (per shard), :func:`drift_merge_step`,
+:func:`curate_step`, :func:`drift_shard_step` (per shard), :func:`drift_merge_step`,
 :func:`decide_step`, :func:`train_step`, :func:`evaluate_step`,
 :func:`notify_step` and :func:`promote_step` in the order and under the conditions of the
 ``continuous-training`` pipeline graph (:mod:`driftloop.kfp.pipeline`), passing the
@@ -65,6 +65,7 @@ from driftloop.steps.promote import (
     notify_step,
     promote_step,
 )
+from driftloop.steps.review import curate_step
 from driftloop.steps.status import SUCCEEDED, exit_step
 from driftloop.steps.train import (
     TrainSummary,
@@ -123,6 +124,8 @@ class _Artifacts:
         self.model = folder / "model"
         self.eval_set = folder / "eval_set.parquet"
         self.verdict = folder / "verdict.json"
+        self.review_queue = folder / "review_queue.jsonl"
+        self.disagreements = folder / "disagreements.parquet"
 
     def drift_shard(self, shard: int) -> Path:
         """Where drift shard ``shard`` writes its profile."""
@@ -250,6 +253,9 @@ def _run_loop(
     canary = analyse_canary_step(store, model_name, paths.records, run_id=run_id,
                                  now=ingested.now, backend=backend, notifier=notifier,
                                  config=config)
+    curate_step(store, schema, model_name, paths.records, run_id=run_id, now=ingested.now,
+                queue_path=paths.review_queue, disagreements_path=paths.disagreements,
+                config=config)
     # the pipeline's ParallelFor over drift shards, one after the other
     n_shards = config.drift.shards
     shard_paths = [paths.drift_shard(i) for i in range(n_shards)]

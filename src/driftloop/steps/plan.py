@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import Config
+from driftloop.data.curate import FeedbackQuality, curate_training
 from driftloop.data.ingest import (
     read_file,
 )
@@ -134,7 +135,8 @@ def training_start(
     two models on rows served after the change: that is what the challenger must be
     good at. ``live`` is :func:`live_errors` of ``records`` when the caller has it.
     """
-    if champion is None or not {"drift", "performance"} & set(fired) or records.empty:
+    if champion is None or not {"drift", "performance", "disagreement"} & set(fired) or (
+            records.empty):
         return WindowChoice(None, None, "the whole window (no drift or performance rule fired)")
     from driftloop.decide.changepoint import error_change_point
 
@@ -203,6 +205,8 @@ class TrainingPlan:
         feature_source: Where ``feature_rows`` come from, in words.
         eval_needed: Fresh held-out labels still missing before the gate can judge a
             challenger (0: enough; always 0 for the first model, which is not compared).
+        quality: What feedback curation did to the training rows
+            (:func:`driftloop.data.curate.curate_training`; ``None``: not curated).
     """
 
     training: pd.DataFrame
@@ -213,6 +217,7 @@ class TrainingPlan:
     feature_rows: pd.DataFrame | None = None
     feature_source: str = ""
     eval_needed: int = 0
+    quality: FeedbackQuality | None = None
 
 
 def newest_rows(frame: pd.DataFrame, now: dt.datetime, days: float, at_least: int) -> (
@@ -259,7 +264,7 @@ def _feature_reference(records: pd.DataFrame, training: pd.DataFrame, now: dt.da
 def plan_training(
     reference: pd.DataFrame, records: pd.DataFrame, champion: ChampionInfo | None, *,
     now: dt.datetime, config: Config, train_start: dt.datetime | None = None,
-    eval_start: dt.datetime | None = None,
+    eval_start: dt.datetime | None = None, schema: Schema | None = None,
 ) -> TrainingPlan:
     """Choose the training, evaluation and drift-reference rows of a challenger.
 
@@ -284,6 +289,10 @@ def plan_training(
             point); the reference is then left out as well (it predates the change).
         eval_start: Judge both models on rows served from this time on (a detected
             change), when at least ``MIN_EVAL_ROWS`` such rows exist.
+        schema: The model's schema: the training rows are curated
+            (:func:`driftloop.data.curate.curate_training`: near-duplicates once, no copy
+            of an evaluation row, no label of an excluded source; ``plan.quality`` says
+            what was done). ``None``: not curated.
     """
     labelled = records.loc[records["label"].notna()] if len(records) else records
     _, held = split_holdout(labelled, config.train.eval_fraction, EVAL_SEED, salt=EVAL_SALT)
@@ -317,6 +326,12 @@ def plan_training(
     training = assemble_training_set(base, train_prod, config.train, now)
     if len(eval_set):
         training = training.loc[~training["id"].isin(eval_set["id"])].reset_index(drop=True)
+    quality = None
+    if schema is not None:
+        # near-duplicates once, copies of evaluation rows out, untrustworthy sources out
+        training, quality = curate_training(training, eval_set, records, schema,
+                                            config.curation, now=now,
+                                            days=config.gate.eval_days)
     unseen = records.loc[~records["id"].isin(training["id"])] if len(records) else records
     pool = pd.concat([eval_set, unseen], ignore_index=True).drop_duplicates("id")
     wanted = max(config.drift.min_samples, MIN_EVAL_ROWS)
@@ -330,7 +345,7 @@ def plan_training(
                           f"{len(pool)} records not trained on (fewer than {wanted})")
     features, feature_source = _feature_reference(records, training, now, config)
     return TrainingPlan(training, eval_set.reset_index(drop=True), source, profile,
-                        profile_source, features, feature_source, eval_needed)
+                        profile_source, features, feature_source, eval_needed, quality)
 
 
 def build_profile(plan: TrainingPlan, schema: Schema, config: Config, version: str,

@@ -12,11 +12,13 @@ import datetime as dt
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from driftloop.clock import logical_time
 from driftloop.config import Config
+from driftloop.data.curate import quality_dict
 from driftloop.data.runs import record_result
 from driftloop.data.schema import Schema
 from driftloop.data.storage import Store
@@ -66,6 +68,7 @@ class TrainOutcome:
     train_rows: int
     eval_source: str = field(default="production")
     profile_source: str = field(default="")
+    feedback_quality: dict[str, Any] = field(default_factory=dict)
 
 
 def run_train(
@@ -91,7 +94,7 @@ def run_train(
     choice = training_start(champion, window.records, schema, config, fired)
     plan = plan_training(reference, window.records, champion.info() if champion else None,
                          now=now, config=config, train_start=choice.train_start,
-                         eval_start=choice.change_at)
+                         eval_start=choice.change_at, schema=schema)
     result = train_model(plan.training, schema, config.train, model_name=model_name,
                          primary_metric=config.gate.primary_metric, now=now)
     result.metadata.trigger = trigger_record(fired, drift, choice)
@@ -115,7 +118,7 @@ def run_train(
     store.write_bytes(f"reference/{model_name}/{version}.parquet",
                       plan.training.to_parquet(index=False))
     return TrainOutcome(version, metadata, plan.eval_set, len(plan.training),
-                        plan.eval_source, plan.profile_source)
+                        plan.eval_source, plan.profile_source, quality_dict(plan.quality))
 
 
 def registered_training(registry: Registry, trained: ModelMetadata) -> ModelMetadata:
@@ -151,6 +154,9 @@ class TrainSummary(JsonResult):
         validation_score: The primary metric on the training set's validation split.
         created_at: The model's creation (logical) time.
         profile_source: Which rows the drift reference profile was built from.
+        feedback_quality: What feedback curation did to the training rows
+            (:class:`driftloop.data.curate.FeedbackQuality`: near-duplicates, excluded
+            sources with their test, label-rate and prediction-rate shifts per slice).
     """
 
     version: str
@@ -163,6 +169,7 @@ class TrainSummary(JsonResult):
     validation_score: float | None
     created_at: str
     profile_source: str = ""
+    feedback_quality: dict[str, Any] = field(default_factory=dict)
 
     def to_markdown(self) -> str:
         """A short Markdown summary."""
@@ -171,6 +178,7 @@ class TrainSummary(JsonResult):
                 f"- trained on {self.train_rows} rows; validation {self.primary_metric} "
                 f"= {score}\n- {self.eval_rows} evaluation rows ({self.eval_source})\n"
                 f"- drift reference: {self.profile_source or 'n/a'}\n"
+                f"- feedback: {self.feedback_quality.get('note', 'n/a')}\n"
                 f"- sha256 `{self.model_sha256}`\n- registry `{self.model_uri}`\n")
 
 
@@ -184,7 +192,7 @@ def summarise_training(outcome: TrainOutcome, registry: Registry) -> TrainSummar
         train_rows=outcome.train_rows, eval_rows=len(outcome.eval_set),
         eval_source=outcome.eval_source, primary_metric=meta.primary_metric,
         validation_score=None if score is None else float(score), created_at=meta.created_at,
-        profile_source=outcome.profile_source,
+        profile_source=outcome.profile_source, feedback_quality=outcome.feedback_quality,
     )
 
 
