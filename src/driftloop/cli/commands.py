@@ -482,3 +482,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       in_process=args.in_process, traffic=traffic, days=args.days,
                       seed=args.seed, ab=args.ab or "", ab_share=args.ab_share)
     return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """The review queue: export it for a labelling tool, or show how much came back."""
+    import dataclasses
+
+    from driftloop.decide.review import to_csv, to_jsonl
+    from driftloop.models.registry import Registry
+    from driftloop.steps.champion import load_champion
+    from driftloop.steps.ingest import run_ingest
+    from driftloop.steps.review import latest_queue, run_curation, write_curation
+
+    store, schema = _open(args)
+    config, now = _config(args), _now(args.now)
+    if args.size is not None:
+        if args.size < 0:
+            raise DriftloopError(f"--size {args.size}: must be >= 0")
+        config = dataclasses.replace(
+            config, curation=dataclasses.replace(config.curation, review_size=args.size))
+    champion = load_champion(Registry(store, args.model))
+    if champion is None:
+        raise DriftloopError(f"review {args.action}: model {args.model!r} has no champion "
+                             f"yet: no model scores the responses")
+    window = run_ingest(store, schema, now=now, window_days=1,
+                        lookback_days=args.lookback_days)
+    outcome, table, queue = run_curation(champion, window.records, schema, now=now,
+                                         config=config, previous_queue=latest_queue(store, now))
+    if args.action == "export":
+        # recorded like a run's, so `review stats` later counts the labels that came back
+        run_id = "review-" + now.strftime("%Y%m%dT%H%M%SZ")
+        write_curation(store, run_id, outcome, table, queue, schema)
+        text = to_csv(queue) if args.format == "csv" else to_jsonl(queue, schema.labels or [])
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            sys.stdout.write(text)
+            return 0
+    _emit(args, outcome)
+    return 0

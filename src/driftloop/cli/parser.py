@@ -21,6 +21,7 @@ from driftloop.cli.commands import (
     cmd_ingest,
     cmd_models,
     cmd_promote,
+    cmd_review,
     cmd_rollback,
     cmd_run,
     cmd_sample,
@@ -136,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?")
     p.add_argument("--reason")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("review", help="the review queue: export the unlabelled responses "
+                                      "most worth labelling, or show what came back")
+    _common(p)
+    p.add_argument("action", choices=["export", "stats"])
+    p.add_argument("--now", help="logical time (ISO-8601; a date means its end; default now)")
+    p.add_argument("--lookback-days", type=int, default=30, help="days of records read")
+    p.add_argument("--size", type=int, default=None,
+                   help="responses in the queue (default: curation.review_size, 200)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
+                   help="export format (default: jsonl)")
+    p.add_argument("--out", help="export: write the queue here (default: stdout); the "
+                                 "statistics then go to stdout")
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("status", help="aliases, canary traffic and the last rollout step")
     _common(p, schema=False)

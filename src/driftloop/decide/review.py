@@ -4,11 +4,11 @@ Uncertainty sampling (Lewis & Gale 1994; Settles 2009, "Active Learning Literatu
 Survey", §3.1): a row is informative when the model is unsure of it, by the **margin**
 between its two most probable classes (lowest first; ties: higher **entropy** first).
 Taking the lowest margins alone piles the queue onto one region of the traffic (one topic,
-one near-duplicate cluster), so the queue is **diverse across slices**: slices take turns
-(round robin, each slice's rows in margin order, the slice with the most uncertain
-remaining row first), and near-duplicates (:func:`driftloop.data.curate.duplicate_keys`)
-are asked once. ``benchmarks/active_learning.py`` measures what it buys over as many
-random labels.
+one near-duplicate cluster), so the queue is **diverse across slices**: each slice gets a
+share in proportion to its uncertain rows, its most uncertain first, every slice at
+least its most uncertain row (:func:`select_for_review`), and near-duplicates
+(:func:`driftloop.data.curate.duplicate_keys`) are asked once.
+``benchmarks/active_learning.py`` measures what it buys over as many random labels.
 
 The export (:func:`export_rows`) holds what a labelling tool needs: the request ``id`` that
 ``POST /feedback`` takes, the features (or text), the prediction, its confidence, the
@@ -45,7 +45,15 @@ def uncertainty(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def select_for_review(margin: np.ndarray, entropy: np.ndarray, slices: Sequence[str],
                       keys: Sequence[str], size: int) -> np.ndarray:
-    """Positions of the ``size`` rows to label: slices take turns, lowest margin first.
+    """Positions of the ``size`` rows to label: uncertain first, every slice its share.
+
+    Each slice's rows are ranked by margin (ties: higher entropy first); the queue takes
+    rows in the order of ``rank in its slice / weight of its slice``, where a slice's
+    weight is how many of its rows are at most the median margin of all candidates (at
+    least 1). So a slice gets a share of the queue in proportion to its uncertain rows,
+    every slice with candidates gets its most uncertain row near the top, and a slice of
+    confident predictions is not asked as often as a confused one (equal quotas would
+    spend labels on its confident rows).
 
     Args:
         margin: Top-1 minus top-2 probability per row.
@@ -57,29 +65,27 @@ def select_for_review(margin: np.ndarray, entropy: np.ndarray, slices: Sequence[
     n = len(margin)
     if n == 0 or size <= 0:
         return np.zeros(0, dtype=int)
-    order = np.lexsort((-np.asarray(entropy), np.asarray(margin)))
-    queues: dict[str, list[int]] = {}
+    margin = np.asarray(margin, dtype=float)
+    order = np.lexsort((-np.asarray(entropy, dtype=float), margin))
+    names = np.asarray([str(s) for s in slices], dtype=object)
+    median = float(np.median(margin))
+    weight = {s: max(1, int(((names == s) & (margin <= median)).sum())) for s in set(names)}
+    seen_in: dict[str, int] = {}
+    priority = np.empty(n)
     for i in order:
-        queues.setdefault(str(slices[i]), []).append(int(i))
-    heads = {s: 0 for s in queues}
-    seen: set[str] = set()
+        r = seen_in.get(names[i], 0)
+        seen_in[names[i]] = r + 1
+        priority[i] = r / weight[names[i]]
     picked: list[int] = []
-    while len(picked) < size and queues:
-        # each round: every slice that has rows left, the most uncertain head first
-        live = sorted(queues, key=lambda s: margin[queues[s][heads[s]]])
-        for s in live:
-            q = queues[s]
-            while heads[s] < len(q) and str(keys[q[heads[s]]]) in seen:
-                heads[s] += 1
-            if heads[s] >= len(q):
-                continue
-            i = q[heads[s]]
-            heads[s] += 1
-            seen.add(str(keys[i]))
-            picked.append(i)
-            if len(picked) >= size:
-                break
-        queues = {s: q for s, q in queues.items() if heads[s] < len(q)}
+    asked: set[str] = set()
+    for i in np.lexsort((margin, priority)):
+        key = str(keys[i])
+        if key in asked:
+            continue
+        asked.add(key)
+        picked.append(int(i))
+        if len(picked) >= size:
+            break
     return np.asarray(picked, dtype=int)
 
 
