@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,13 +82,23 @@ def disagreement_test(pred: np.ndarray, wrong: np.ndarray, recent: np.ndarray,
     n1 = [int((~recent & (pred == c)).sum()) for c in classes]
     x2 = [int((wrong & recent & (pred == c)).sum()) for c in classes]
     n2 = [int((recent & (pred == c)).sum()) for c in classes]
+    return disagreement_from_counts(x1, n1, x2, n2, config)
+
+
+def disagreement_from_counts(x1: Sequence[int], n1: Sequence[int], x2: Sequence[int],
+                             n2: Sequence[int], config: CurationConfig) -> DisagreementTest:
+    """:func:`disagreement_test` from per-class counts.
+
+    Before the window ``x1`` disagreements of ``n1`` rows per class, in it ``x2`` of
+    ``n2`` (the form the benchmark simulates).
+    """
     est = stratified_difference(x1, n1, x2, n2)
     planned = planned_information(config.disagree_rise, config.disagree_alpha, PLANNED_POWER)
     low, high = confidence_sequence(est, config.disagree_alpha, planned)
-    nb, nr = int((~recent).sum()), int(recent.sum())
+    nb, nr = int(np.sum(n1)), int(np.sum(n2))
     return DisagreementTest(
-        float(wrong[~recent].mean()) if nb else math.nan,
-        float(wrong[recent].mean()) if nr else math.nan, nb, nr, est.diff, low, high,
+        float(np.sum(x1)) / nb if nb else math.nan,
+        float(np.sum(x2)) / nr if nr else math.nan, nb, nr, est.diff, low, high,
         est.strata)
 
 
