@@ -425,29 +425,21 @@ class ABConfig:
 
 @dataclass(frozen=True)
 class CurationConfig:
-    """Curated feedback: the disagreement rule, the review queue and feedback quality.
+    """Curated feedback: the disagreement rule, the review queue, feedback quality.
 
     Attributes:
-        disagree_alpha: Two-sided error level of the disagreement rule's confidence
-            sequence (:mod:`driftloop.decide.disagreement`): with nothing changed the rule
-            fires in at most about ``disagree_alpha / 2`` of a champion's life, however
-            many runs look (``benchmarks/active_learning.py`` measures it).
-        disagree_rise: The least rise of the disagreement rate (absolute, at the baseline's
-            class mix) that fires the rule; it also plans the sequence's tightness.
-        disagree_window_days: The recent window compared with the champion's earlier live
-            rows.
-        disagree_min_rows: Labelled rows the recent window and the baseline each need.
-        review_size: Unlabelled responses the review queue holds.
-        review_days: Unlabelled responses served in this many days before the run are
-            candidates for the queue.
-        dedup: Near-duplicate requests (normalised text or a hash of the rounded
-            features) count once in training.
-        source_alpha: Family-wise false-exclusion rate of the feedback-source test
-            (one-sided binomial against the consensus agreement, Holm-corrected).
-        source_margin: A source is excluded only when its agreement is also this much
-            (absolute) below the others' agreement.
-        source_min_labels: Labels (with a consensus to compare) a source needs to be
-            tested.
+        disagree_alpha: Two-sided level of the disagreement rule's confidence sequence
+            (:mod:`driftloop.decide.disagreement`; ``benchmarks/active_learning.py``).
+        disagree_rise: Least rise of the disagreement rate (absolute, at the same class
+            mix) that fires; it also plans the sequence.
+        disagree_window_days: The recent window, compared with the champion's earlier rows.
+        disagree_min_rows: Labelled rows the window and the baseline each need.
+        review_size: Unlabelled responses in the review queue.
+        review_days: Responses served this many days before the run are candidates.
+        dedup: Near-duplicate requests count once in training.
+        source_alpha: Family-wise false-exclusion rate of the feedback-source test.
+        source_margin: Least shortfall (absolute) of a source's agreement to exclude it.
+        source_min_labels: Labels with a consensus a source needs to be tested.
     """
 
     disagree_alpha: float = 0.02
