@@ -425,21 +425,13 @@ class ABConfig:
 
 @dataclass(frozen=True)
 class CurationConfig:
-    """Curated feedback: the disagreement rule, the review queue, feedback quality.
+    """Curated feedback (:mod:`driftloop.decide.disagreement`, ``decide.review``, ``data.curate``).
 
-    Attributes:
-        disagree_alpha: Two-sided level of the disagreement rule's confidence sequence
-            (:mod:`driftloop.decide.disagreement`; ``benchmarks/active_learning.py``).
-        disagree_rise: Least rise of the disagreement rate (absolute, at the same class
-            mix) that fires; it also plans the sequence.
-        disagree_window_days: The recent window, compared with the champion's earlier rows.
-        disagree_min_rows: Labelled rows the window and the baseline each need.
-        review_size: Unlabelled responses in the review queue.
-        review_days: Responses served this many days before the run are candidates.
-        dedup: Near-duplicate requests count once in training.
-        source_alpha: Family-wise false-exclusion rate of the feedback-source test.
-        source_margin: Least shortfall (absolute) of a source's agreement to exclude it.
-        source_min_labels: Labels with a consensus a source needs to be tested.
+    ``disagree_*``: the disagreement rule (two-sided level of its confidence sequence, the
+    least rise at the same class mix that fires, the recent window, rows each side
+    needs); ``review_*``: the queue's size and the days of candidates; ``dedup``:
+    near-duplicates count once in training; ``source_*``: the feedback-source test
+    (family-wise false-exclusion rate, least agreement shortfall, labels needed).
     """
 
     disagree_alpha: float = 0.02
