@@ -147,10 +147,11 @@ def test_text_model_on_real_tweets_serves_sklearn_and_says_why() -> None:
                         model_name="tweets", now=NOW).model
     compiled, report = c.compile_pipeline(model, schema, rows.iloc[500:], "tweets")
     assert compiled is None and "tokenizer" in report.reason
-    texts = rows["text"].iloc[500:600].tolist()
     vectorizer = model.steps[0][1].transformers_[0][1]
-    with pytest.raises(c.ConversionError, match="tokenizer"):
-        probe_tokenizer(vectorizer, texts)
+    with pytest.raises(c.ConversionError, match="texts split differently"):
+        probe_tokenizer(vectorizer, rows["text"].tolist())
+    # Plain ASCII words split the same: the probe does not refuse every text.
+    assert probe_tokenizer(vectorizer, ["Flight delayed again", "great crew, thanks"]) == 2
 
 
 @pytest.fixture(scope="module")
