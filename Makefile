@@ -83,6 +83,7 @@ bench: $(VENV)/.installed-bench $(MLSERVER_VENV)/.installed data ## Run every be
 	$(BIN)/python benchmarks/serving_latency.py --quick --mlserver $(MLSERVER_VENV)
 	$(BIN)/python benchmarks/sink_throughput.py --quick
 	$(BIN)/python benchmarks/ab_test.py --quick
+	$(BIN)/python benchmarks/active_learning.py --quick
 
 clean: ## Remove the virtualenv and generated output
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

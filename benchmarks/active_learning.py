@@ -9,10 +9,12 @@ is retrained on the airline tweets plus those ``k`` labels (the same TF-IDF + lo
 regression pipeline driftloop trains, ``driftloop.models.train.build_pipeline``):
 
 * **review queue** -- what ``driftloop review export`` gives, one queue per daily run:
-  rounds of 100 labels, each round the queue of :func:`driftloop.decide.review.review_queue`
+  rounds of 100, 100, 100, 200 and 500 labels (each model fit costs ~30 s on the loaded
+  2 cores), each round the queue of :func:`driftloop.decide.review.review_queue`
   (lowest margin first, slices sharing by their uncertain rows, near-duplicates once)
   from the model retrained on the labels so far;
-* **queue, one export** -- all ``k`` from one queue of the airline champion;
+* **queue, one export** -- all ``k`` from one queue of the airline champion (full size
+  only);
 * **random** (the peer) -- ``k`` tweets drawn uniformly from the pool, as a labelling
   budget spent on whatever comes.
 
@@ -72,7 +74,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = schema_from_dict({"name": "tweets", "labels": list(TWEET_LABELS),
                            "columns": [{"name": "text", "kind": "text", "dtype": "string"}]})
 BUDGETS = (100, 300, 1000)
-ROUND = 100
+#: The queue's rounds (one export per daily run): 100, 100, 100, 200, 500 labels.
+ROUNDS = (100, 100, 100, 200, 500)
 SEED_ROWS = 2000
 
 
@@ -92,8 +95,9 @@ def _queue(model, pool: pd.DataFrame, size: int) -> list[int]:
     return [int(i) for i in queue["id"]]
 
 
-def active_learning(tweets: pd.DataFrame, topic: str, seed: int) -> dict[str, dict[int, float]]:
-    """Accuracy at each budget for the three ways to spend labels, one seed."""
+def active_learning(tweets: pd.DataFrame, topic: str, seed: int, *, once: bool
+                    ) -> dict[str, dict[int, float]]:
+    """Accuracy at each budget for the ways to spend labels, one seed."""
     rng = np.random.default_rng(seed)
     seed_rows = tweets[tweets["topic"] == "airline"].sample(SEED_ROWS, random_state=seed)
     new = tweets[tweets["topic"] == topic].sample(frac=1.0, random_state=seed)
@@ -107,13 +111,16 @@ def active_learning(tweets: pd.DataFrame, topic: str, seed: int) -> dict[str, di
     for k in BUDGETS:
         picked = pool.iloc[order[:k]]
         out["random"][k] = _accuracy(_fit(pd.concat([seed_rows, picked])), test)
-        once = pool.loc[pool["id"].isin(_queue(champion, pool, k))]
-        out["queue_once"][k] = _accuracy(_fit(pd.concat([seed_rows, once])), test)
+        if once:
+            chosen = pool.loc[pool["id"].isin(_queue(champion, pool, k))]
+            out["queue_once"][k] = _accuracy(_fit(pd.concat([seed_rows, chosen])), test)
+        else:
+            out["queue_once"][k] = math.nan
     labelled: list[int] = []
     model = champion
-    while len(labelled) < max(BUDGETS):
+    for size in ROUNDS:
         rest = pool.loc[~pool["id"].isin(labelled)].reset_index(drop=True)
-        labelled += _queue(model, rest, ROUND)
+        labelled += _queue(model, rest, size)
         model = _fit(pd.concat([seed_rows, pool.loc[pool["id"].isin(labelled)]]))
         if len(labelled) in BUDGETS:
             out["queue"][len(labelled)] = _accuracy(model, test)
@@ -193,11 +200,13 @@ def disagreement_sim(reps: int, per_day: int, scenario: str, seed: int) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 100 replications")
+    parser.add_argument("--quick", action="store_true",
+                        help="apple only, 2 seeds, no one-export arm, 200 replications")
     parser.add_argument("--data", default="data", help="folder of the data sets")
     args = parser.parse_args(argv)
     seeds = 2 if args.quick else 5
-    reps = 100 if args.quick else 500
+    reps = 200 if args.quick else 500
+    topics = ("apple",) if args.quick else ("apple", "coachella")
     suffix = "_quick" if args.quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -206,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     tweets = tweets.loc[tweets["label"].isin(TWEET_LABELS), ["text", "label", "topic"]]
 
     rows = []
-    for topic in ("apple", "coachella"):
-        per_seed = [active_learning(tweets, topic, s) for s in range(seeds)]
+    for topic in topics:
+        per_seed = [active_learning(tweets, topic, s, once=not args.quick)
+                    for s in range(seeds)]
         base = _interval([r["champion"][0] for r in per_seed])
         for k in BUDGETS:
             row = {"topic": topic, "labels": k, "champion": base[0]}
@@ -278,12 +288,15 @@ def _plot(rows, sims, suffix) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, topic in zip(axes[:2], ("apple", "coachella"), strict=True):
+    topics = sorted({r["topic"] for r in rows})
+    fig, axes = plt.subplots(1, len(topics) + 1, figsize=(5 * (len(topics) + 1), 4.2))
+    for ax, topic in zip(axes[:-1], topics, strict=True):
         sub = [r for r in rows if r["topic"] == topic]
         ks = [r["labels"] for r in sub]
         for how, style in (("queue", "o-"), ("queue_once", "s--"), ("random", "^:")):
             m = np.array([r[how] for r in sub])
+            if not np.isfinite(m).any():
+                continue
             lo = np.array([r[f"{how}_lo"] for r in sub])
             hi = np.array([r[f"{how}_hi"] for r in sub])
             ax.plot(ks, m, style, label=how.replace("_", ", "))
@@ -294,7 +307,7 @@ def _plot(rows, sims, suffix) -> None:
         ax.set_ylabel("test accuracy")
         ax.set_title(f"airline -> {topic}")
         ax.legend(fontsize=8)
-    ax = axes[2]
+    ax = axes[-1]
     names = [f"{s['scenario']}\nL={s['per_day']}" for s in sims]
     x = np.arange(len(sims))
     ax.bar(x - 0.2, [s["p_driftloop"] for s in sims], 0.4, label="driftloop")
