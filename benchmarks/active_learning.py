@@ -203,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="apple only, 2 seeds, no one-export arm, 200 replications")
     parser.add_argument("--data", default="data", help="folder of the data sets")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds (default 5; --quick 2)")
     args = parser.parse_args(argv)
-    seeds = 2 if args.quick else 5
+    seeds = args.seeds or (2 if args.quick else 5)
     reps = 200 if args.quick else 500
     topics = ("apple",) if args.quick else ("apple", "coachella")
     suffix = "_quick" if args.quick else ""
@@ -254,6 +256,8 @@ def _write(rows, sims, suffix, load, load_after, seconds, seeds, reps) -> None:
         w.writerows(sims)
 
     def ci(r, how):
+        if not math.isfinite(r[how]):
+            return "n/a"
         return f"{r[how]:.3f} [{r[how + '_lo']:.3f}, {r[how + '_hi']:.3f}]"
 
     lines = [f"# Active learning and the disagreement rule{' (quick)' if suffix else ''}", "",
@@ -261,8 +265,8 @@ def _write(rows, sims, suffix, load, load_after, seconds, seeds, reps) -> None:
              f"{load_after[0]:.2f} after (shared cores: taken under load); {seconds:.0f} s; "
              f"{seeds} seeds; {reps} replications per cell.", "",
              "## Accuracy of the retrained model on the new topic's test tweets", "",
-             "| topic | labels | airline champion | review queue (rounds of 100) | queue, one "
-             "export | random | queue - random |", "|---|---|---|---|---|---|---|"]
+             "| topic | labels | airline champion | review queue (rounds 100/100/100/200/500) "
+             "| queue, one export | random | queue - random |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['topic']} | {r['labels']} | {r['champion']:.3f} | "
                      f"{ci(r, 'queue')} | {ci(r, 'queue_once')} | {ci(r, 'random')} | "
