@@ -396,8 +396,14 @@ def targets(data: dict[str, dict[str, float]], clients: int) -> list[str]:
         if peer is None:
             continue
         for version in ("V1", "V2"):
-            ratio = data[f"predictor compiled, HTTP {version}, {label}"]["rps"] / peer["rps"]
+            ours = data[f"predictor compiled, HTTP {version}, {label}"]
+            ratio = ours["rps"] / peer["rps"]
             lines.append(row(f"req/s compiled {version} / MLServer V2, {label}", ratio,
+                             f">= {MLSERVER_RATIO:g}", ratio >= MLSERVER_RATIO))
+            # Under load wall-clock req/s follows whoever holds the CPUs; CPU time per
+            # request is what a dedicated CPU's req/s would be the inverse of.
+            ratio = peer["cpu"] / ours["cpu"]
+            lines.append(row(f"CPU ms/req MLServer V2 / compiled {version}, {label}", ratio,
                              f">= {MLSERVER_RATIO:g}", ratio >= MLSERVER_RATIO))
     for size in (100, 1000):
         for version in ("V1", "V2"):

@@ -49,7 +49,10 @@ Where the code lives
     This module holds :class:`DriftloopModel` (the ``kserve.Model``: frame building,
     prediction, metrics, V1/V2 responses) and the entry point (:func:`main`).
     :mod:`driftloop.serving.predictor_loading` loads and verifies the model;
-    :mod:`driftloop.serving.predictor_inputs` decodes and checks V1 and V2 requests.
+    :mod:`driftloop.serving.predictor_inputs` decodes and checks V1 and V2 requests;
+    :mod:`driftloop.serving.compiled` compiles the pipeline at load (ONNX Runtime) and
+    checks it against scikit-learn (max |p - p_sklearn| <= 1e-6, same classes), else
+    scikit-learn is served; ``GET /v2/models/NAME`` says which under ``parameters``.
 
 Run it as a container entry point::
 
