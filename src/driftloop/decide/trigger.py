@@ -127,10 +127,13 @@ class RetrainDecision(JsonResult):
     champion_version: str | None
     decided_at: str
     fired: list[str] = field(default_factory=list)
+    #: Which retrain it asks for (:func:`retrain_kind`): ``full`` (a search from scratch)
+    #: or ``update`` (the champion's settings refit on its rows plus the new labels).
+    kind: str = "full"
 
     def to_markdown(self) -> str:
         """Render the decision and every rule as Markdown."""
-        head = "**Retrain**" if self.retrain else "**No retrain**"
+        head = f"**Retrain ({self.kind})**" if self.retrain else "**No retrain**"
         lines = [f"### Retrain decision: {head}", ""]
         lines += [f"- {r}" for r in self.reasons]
         lines += ["", "| rule | fired | measured | threshold | detail |", "|---|---|---|---|---|"]
@@ -139,6 +142,24 @@ class RetrainDecision(JsonResult):
             t = "" if r.threshold is None else f"{r.threshold:.4g}"
             lines.append(f"| {r.name} | {'yes' if r.fired else 'no'} | {m} | {t} | {r.detail} |")
         return "\n".join(lines) + "\n"
+
+
+UPDATE_RULES = frozenset({"label_volume"})
+
+
+def retrain_kind(fired: list[str], *, updates: bool) -> tuple[str, str]:
+    """``(kind, reason)`` of a retrain that ``fired`` asks for.
+
+    Only new labels (the label-volume rule alone) ask for an ``update`` when updates are
+    on: the data's distribution has not been seen to move, so the champion's settings
+    still fit and a refit on more rows is the cheap way to use them. Drift, a performance
+    drop, the schedule, a forced run or a first model ask for a ``full`` retrain (a new
+    search), and so does everything while updates are off.
+    """
+    if updates and fired and set(fired) <= UPDATE_RULES:
+        return "update", "retrain kind: update (only new labels fired; updates on)"
+    why = "updates off" if not updates else "fired: " + ", ".join(fired or ["none"])
+    return "full", f"retrain kind: full ({why})"
 
 
 def count_new_labels(records: pd.DataFrame, cutoff: dt.datetime | None) -> int:
@@ -348,6 +369,7 @@ def decide_retrain(
     error_step: ChangePoint | None = None,
     error_rows: int = 0,
     disagreement: TriggerRule | None = None,
+    updates: bool = False,
 ) -> RetrainDecision:
     """Combine the retrain rules into one decision.
 
@@ -385,6 +407,8 @@ def decide_retrain(
         disagreement: The ``disagreement`` rule's outcome
             (:func:`driftloop.decide.disagreement.disagreement_rule`; ``None``: not
             computed).
+        updates: Warm-start updates are enabled (``tuning.updates``): a retrain asked
+            for by new labels alone is an ``update`` (:func:`retrain_kind`).
 
     Returns:
         The decision; ``rules`` holds every evaluated rule, fired or not.
@@ -473,6 +497,9 @@ def decide_retrain(
         reasons = [rules[-1].detail]
     elif retrain:
         reasons = [r.detail for r in rules if r.fired]
+        kind, why = retrain_kind(fired, updates=updates)
+        reasons.append(why)
+        return RetrainDecision(retrain, reasons, rules, champion.version, stamp, fired, kind)
     elif fired:
         reasons = [rules[-1].detail + ": retrain postponed"]
     else:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -216,6 +217,10 @@ class ModelMetadata(JsonResult):
     #: ``{"rows", "source", "metric", "baseline", "repeats", "features": [{"name", "mean",
     #: "std"}, ...]}``, most important first. Empty: not measured (older versions too).
     feature_importance: dict[str, Any] = field(default_factory=dict)
+    #: The search that chose it (:func:`driftloop.models.tuning.selection_record`):
+    #: ``{"kind", "winner", "reason", "metric", "results": [every candidate's best score,
+    #: params, trials, seconds or why it was skipped]}``. Empty: the fixed model, no search.
+    candidates: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -302,6 +307,7 @@ def train_model(
     primary_metric: str = "f1_macro",
     version: str | None = None,
     now: datetime | None = None,
+    builder: Callable[[], Pipeline] | None = None,
 ) -> TrainResult:
     """Fit the challenger and describe it.
 
@@ -317,12 +323,15 @@ def train_model(
         primary_metric: Metric the gate will compare, recorded in the metadata.
         version: Version id; default ``v<UTC yyyymmddTHHMMSSZ>-<data hash[:8]>`` (sortable).
         now: Creation time (default: the current UTC time).
+        builder: Makes the unfitted pipeline (a chosen candidate,
+            :func:`driftloop.models.candidates.builder`); default :func:`build_pipeline`.
 
     Raises:
         TrainingError: Fewer than ``MIN_TRAIN_ROWS`` labelled rows, one class, or labels
             outside ``schema.labels``.
     """
     created = _utc(now or datetime.now(UTC))
+    make = builder or (lambda: build_pipeline(schema, config))
     df, digest = _prepare(train_df, schema)
     X, y = feature_frame(df, schema), df["label"].to_numpy(dtype=str)
     fit_part, val_part = split_holdout(df, config.validation_fraction, config.seed,
@@ -331,12 +340,12 @@ def train_model(
     curve: dict[str, float] = {}
     probe: Pipeline | None = None
     if len(val_part) and fit_part["label"].nunique() >= 2:
-        probe = build_pipeline(schema, config).fit(X.loc[fit_part.index], y[fit_part.index])
+        probe = make().fit(X.loc[fit_part.index], y[fit_part.index])
         pred, proba = predict_frame(probe, val_part, schema)
         val_metrics = compute_metrics(y[val_part.index], pred, proba,
                                       [str(c) for c in probe.classes_])
-        curve = learning_curve(fit_part, val_part, pred, schema, config)
-    model = build_pipeline(schema, config).fit(X, y)
+        curve = learning_curve(fit_part, val_part, pred, schema, config, builder=make)
+    model = make().fit(X, y)
     stamps = [df[c].max() for c in ("timestamp", "label_timestamp") if c in df.columns]
     stamps = [s for s in stamps if not pd.isna(s)]
     metadata = ModelMetadata(
@@ -371,7 +380,8 @@ def train_model(
 
 @limited("train")
 def learning_curve(fit_part: pd.DataFrame, val_part: pd.DataFrame, full_pred: np.ndarray,
-                   schema: Schema, config: TrainConfig) -> dict[str, float]:
+                   schema: Schema, config: TrainConfig, *,
+                   builder: Callable[[], Pipeline] | None = None) -> dict[str, float]:
     """What doubling the data bought: a fit on half the rows against the fit on all of them.
 
     Both are scored on the same validation rows; ``p`` is the one-sided exact sign
@@ -385,6 +395,7 @@ def learning_curve(fit_part: pd.DataFrame, val_part: pd.DataFrame, full_pred: np
         full_pred: The probe's predictions on ``val_part``.
         schema: The model's schema.
         config: Training settings.
+        builder: Makes the unfitted pipeline (default :func:`build_pipeline`).
 
     Returns:
         ``{"n_half", "n_full", "accuracy_half", "accuracy_full", "gain", "p"}`` (a half
@@ -396,7 +407,8 @@ def learning_curve(fit_part: pd.DataFrame, val_part: pd.DataFrame, full_pred: np
     if half["label"].nunique() < 2:  # what a fit on one class predicts: that class
         half_pred = np.full(len(val_part), str(half["label"].iloc[0]), dtype=object)
     else:
-        model = build_pipeline(schema, config).fit(feature_frame(half, schema),
+        model = (builder or (lambda: build_pipeline(schema, config)))().fit(
+            feature_frame(half, schema),
                                                    half["label"].to_numpy(dtype=str))
         half_pred, _ = predict_frame(model, val_part, schema)
     truth = val_part["label"].to_numpy(dtype=str)
@@ -498,7 +510,7 @@ def save_model_artifact(result: TrainResult, folder: Path) -> Path:
 @limited("train")
 def out_of_fold_proba(
     train_df: pd.DataFrame, schema: Schema, config: TrainConfig, classes: list[str], *,
-    folds: int = 5, max_rows: int = 5000,
+    folds: int = 5, max_rows: int = 5000, builder: Callable[[], Pipeline] | None = None,
 ) -> np.ndarray:
     """Class probabilities of the training rows, each from a model that did not see it.
 
@@ -508,7 +520,8 @@ def out_of_fold_proba(
     set), ``folds``-fold cross-fitting gives them: each fold's rows are predicted by a
     copy of the pipeline fitted on the other folds (same estimator and settings), and the
     columns follow ``classes`` (a class a fold's model lacks has probability 0). Rows are
-    sampled to at most ``max_rows`` first (seeded).
+    sampled to at most ``max_rows`` first (seeded). ``builder`` makes the pipeline
+    (default :func:`build_pipeline`: the chosen candidate's, when there was a search).
 
     Returns:
         ``(n_rows, len(classes))`` probabilities.
@@ -525,7 +538,7 @@ def out_of_fold_proba(
         test, fit = fold == k, fold != k
         if not test.any() or len(set(y[fit])) < 2:
             continue
-        model = build_pipeline(schema, config).fit(X.loc[fit], y[fit])
+        model = (builder or (lambda: build_pipeline(schema, config)))().fit(X.loc[fit], y[fit])
         proba = model.predict_proba(X.loc[test])
         for j, c in enumerate(str(c) for c in model.classes_):
             if c in col:

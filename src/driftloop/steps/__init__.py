@@ -17,6 +17,9 @@ step                       module                                component
 :func:`drift_merge_step`   :mod:`driftloop.steps.drift`          ``detect_drift``
 :func:`decide_step`        :mod:`driftloop.steps.decide`         ``decide_retrain``
 :func:`train_step`         :mod:`driftloop.steps.train`          ``train_model``
+:func:`plan_candidates_step` :mod:`driftloop.steps.tune`         ``plan_candidates``
+:func:`tune_step`          :mod:`driftloop.steps.tune`           ``tune_candidate``
+:func:`select_step`        :mod:`driftloop.steps.tune`           ``select_challenger``
 :func:`evaluate_step`      :mod:`driftloop.steps.evaluate`       ``evaluate_challenger``
 :func:`notify_step`        :mod:`driftloop.steps.promote`        ``notify``
 :func:`promote_step`       :mod:`driftloop.steps.promote`        ``promote_model``
@@ -39,6 +42,7 @@ _STEPS = {
     "drift_merge_step": "drift",
     "evaluate_step": "evaluate", "exit_step": "status", "ingest_step": "ingest",
     "notify_step": "promote", "promote_step": "promote", "train_step": "train",
+    "plan_candidates_step": "tune", "tune_step": "tune", "select_step": "tune",
 }
 
 __all__ = sorted(_STEPS)

@@ -176,7 +176,7 @@ def run_decide(
         metric_samples=samples, last_retrain_at=last_at, force=force,
         canary_in_progress=canary_in_progress,
         last_attempt=last_attempt(metas, champion, window.records),
-        train_cap=config.train.max_rows,
+        train_cap=config.train.max_rows, updates=config.tuning.updates,
         new_label_accuracy=accuracy_on_new_labels(champion, window.records, schema, since),
         **performance_scan(live[2], config),
         disagreement=disagreement_inputs(champion, window.records, schema, now=now,

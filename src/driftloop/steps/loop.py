@@ -2,7 +2,8 @@
 
 :func:`run_loop` calls :func:`ingest_step`, :func:`analyse_canary_step`,
 :func:`curate_step`, :func:`drift_shard_step` (per shard), :func:`drift_merge_step`,
-:func:`decide_step`, :func:`train_step`, :func:`evaluate_step`,
+:func:`decide_step`, :func:`plan_candidates_step`, :func:`tune_step` (each candidate in
+turn), :func:`select_step`, :func:`evaluate_step`,
 :func:`notify_step` and :func:`promote_step` in the order and under the conditions of the
 ``continuous-training`` pipeline graph (:mod:`driftloop.kfp.pipeline`), passing the
 artifacts between them as files in a temporary folder, as kfp.local does. So the CLI, the
@@ -67,10 +68,8 @@ from driftloop.steps.promote import (
 )
 from driftloop.steps.review import curate_step
 from driftloop.steps.status import SUCCEEDED, exit_step
-from driftloop.steps.train import (
-    TrainSummary,
-    train_step,
-)
+from driftloop.steps.train import TrainSummary
+from driftloop.steps.tune import plan_candidates_step, select_step, tune_step
 
 
 @dataclass
@@ -123,6 +122,8 @@ class _Artifacts:
         self.folder = folder
         self.model = folder / "model"
         self.eval_set = folder / "eval_set.parquet"
+        self.training = folder / "training.parquet"
+        self.tuning = folder / "tuning"
         self.verdict = folder / "verdict.json"
         self.review_queue = folder / "review_queue.jsonl"
         self.disagreements = folder / "disagreements.parquet"
@@ -272,9 +273,17 @@ def _run_loop(
                         rollout=canary.step)
     if not decision.retrain:
         return result
-    result.train = train_step(store, schema, model_name, paths.records, run_id=run_id,
-                              now=ingested.now, model_dir=paths.model,
-                              eval_path=paths.eval_set, config=config)
+    # the pipeline's plan_candidates → ParallelFor(tune_candidate) → select_challenger,
+    # the candidates one after another
+    planned = plan_candidates_step(store, schema, model_name, paths.records, run_id=run_id,
+                                   now=ingested.now, training_path=paths.training,
+                                   config=config)
+    tuned = [tune_step(store, schema, model_name, paths.training, name, run_id=run_id,
+                       config=config, work_dir=paths.tuning / name)
+             for name in planned.candidates]
+    result.train = select_step(store, schema, model_name, paths.records, tuned, run_id=run_id,
+                               now=ingested.now, model_dir=paths.model,
+                               eval_path=paths.eval_set, config=config)
     evaluated = evaluate_step(store, schema, model_name, paths.model, paths.eval_set,
                               run_id=run_id, config=config)
     result.verdict = evaluated.verdict

@@ -349,13 +349,14 @@ def plan_training(
 
 
 def build_profile(plan: TrainingPlan, schema: Schema, config: Config, version: str,
-                  model: Any) -> ReferenceProfile:
+                  model: Any, *, builder: Any = None) -> ReferenceProfile:
     """The new version's drift profile, from two row sets of the plan.
 
     The input-feature tests compare against the representative traffic of the training
     period (``plan.feature_rows``); the model-output (probability) tests of a text model
     against rows the model never saw (``plan.profile_rows``): on its own training rows
-    its probabilities are over-confident.
+    its probabilities are over-confident. ``builder`` makes the model's unfitted pipeline
+    for the cross-fitted probabilities (a searched candidate; ``None``: the fixed model).
     """
     features = plan.feature_rows if plan.feature_rows is not None else plan.profile_rows
     profile = build_reference_profile(features, schema, config.drift, model_version=version,
@@ -364,7 +365,7 @@ def build_profile(plan: TrainingPlan, schema: Schema, config: Config, version: s
         return profile
     if plan.profile_rows is plan.training:  # no unseen rows: cross-fitted probabilities
         proba = out_of_fold_proba(plan.training, schema, config.train, profile.classes,
-                                  max_rows=config.drift.max_reference_rows)
+                                  max_rows=config.drift.max_reference_rows, builder=builder)
         profile.reference_proba = proba
         profile.proba_edges = [quantile_bin_edges(proba[:, c], config.drift.bins)
                                for c in proba_columns(profile.classes)]

@@ -28,9 +28,13 @@ from driftloop.decide.drift import (
 from driftloop.decide.trigger import (
     RetrainDecision,
 )
+from driftloop.models.candidates import DEFAULT
+from driftloop.models.candidates import builder as candidate_builder
 from driftloop.models.registry import Registry
 from driftloop.models.train import (
     ModelMetadata,
+    TrainingError,
+    data_hash,
     feature_importance,
     save_model_artifact,
     train_model,
@@ -50,12 +54,51 @@ from driftloop.steps.ingest import (
     records_window,
 )
 from driftloop.steps.plan import (
+    TrainingPlan,
+    WindowChoice,
     build_profile,
     load_reference,
     plan_training,
     training_start,
     trigger_record,
 )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The challenger a search (or an update) chose, as :func:`run_train` fits it.
+
+    Attributes:
+        kind: ``full`` or ``update`` (the trigger's :attr:`RetrainDecision.kind`).
+        candidate: Candidate name (:mod:`driftloop.models.candidates`).
+        params: Its parameters.
+        record: What the model card records (``ModelMetadata.candidates``).
+        data_hash: The hash of the rows the search ran on ("" = not checked).
+    """
+
+    kind: str
+    candidate: str
+    params: dict[str, Any]
+    record: dict[str, Any]
+    data_hash: str = ""
+
+
+def planned_rows(
+    store: Store, champion: Champion | None, window: Window, schema: Schema, *,
+    now: dt.datetime, config: Config, model_name: str, decision: RetrainDecision | None,
+) -> tuple[TrainingPlan, WindowChoice]:
+    """The rows a challenger of this run trains, is judged and profiled on (deterministic).
+
+    The plan task and the select task of the pipeline both call it on the same store and
+    records, so they see the same training rows (the select step checks the data hash).
+    """
+    reference = load_reference(store, schema, model_name, champion.version if champion else None)
+    fired = list(decision.fired) if decision is not None else []
+    choice = training_start(champion, window.records, schema, config, fired)
+    plan = plan_training(reference, window.records, champion.info() if champion else None,
+                         now=now, config=config, train_start=choice.train_start,
+                         eval_start=choice.change_at, schema=schema)
+    return plan, choice
 
 
 @dataclass
@@ -75,6 +118,7 @@ def run_train(
     store: Store, registry: Registry, champion: Champion | None, window: Window, schema: Schema,
     *, now: dt.datetime, config: Config, model_name: str,
     decision: RetrainDecision | None = None, drift: DriftReport | None = None,
+    selection: Selection | None = None,
 ) -> TrainOutcome:
     """Train a challenger on the reference plus labelled production records and register it.
 
@@ -83,20 +127,31 @@ def run_train(
     why it was trained and on which window) and its drift profile are registered and its
     training set becomes the next reference. Its permutation feature importance on the
     evaluation rows (:func:`~driftloop.models.train.feature_importance`) goes into its
-    metadata.
+    metadata. ``selection`` is the candidate a search chose (its parameters and the
+    search's record go into the metadata); ``None``: the fixed model.
 
     Raises:
         TrainingError: The planned training rows cannot train a model (the decision step
             postpones such a retrain unless forced).
     """
-    reference = load_reference(store, schema, model_name, champion.version if champion else None)
     fired = list(decision.fired) if decision is not None else []
-    choice = training_start(champion, window.records, schema, config, fired)
-    plan = plan_training(reference, window.records, champion.info() if champion else None,
-                         now=now, config=config, train_start=choice.train_start,
-                         eval_start=choice.change_at, schema=schema)
+    plan, choice = planned_rows(store, champion, window, schema, now=now, config=config,
+                                model_name=model_name, decision=decision)
+    if selection is not None and selection.data_hash:
+        found = data_hash(plan.training, schema)
+        if found != selection.data_hash:
+            raise TrainingError(
+                f"the training rows changed between plan_candidates and select_challenger "
+                f"(data hash {selection.data_hash[:12]} -> {found[:12]}): rerun the retrain")
+    make = None
+    if selection is not None and selection.candidate != DEFAULT:
+        make = candidate_builder(schema, config.train, selection.candidate, selection.params)
     result = train_model(plan.training, schema, config.train, model_name=model_name,
-                         primary_metric=config.gate.primary_metric, now=now)
+                         primary_metric=config.gate.primary_metric, now=now, builder=make)
+    if selection is not None:
+        result.metadata.params.update(candidate=selection.candidate,
+                                      tuned=dict(selection.params))
+        result.metadata.candidates = selection.record
     result.metadata.trigger = trigger_record(fired, drift, choice)
     result.metadata.feature_importance = feature_importance(
         result, plan.eval_set, plan.training, schema, config.train)
@@ -111,7 +166,8 @@ def run_train(
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / metadata.version
             save_model_artifact(result, folder)
-            profile = build_profile(plan, schema, config, metadata.version, result.model)
+            profile = build_profile(plan, schema, config, metadata.version, result.model,
+                                    builder=make)
             profile.save(folder)
             version = registry.register(folder)
     # rewriting the same rows is harmless; a run killed before this line left none
@@ -200,7 +256,7 @@ def summarise_training(outcome: TrainOutcome, registry: Registry) -> TrainSummar
 def train_step(
     store: Store | str, schema: Schema | str, model_name: str, records_path: str | Path, *,
     run_id: str, now: str, model_dir: str | Path, eval_path: str | Path,
-    config: Config | None = None,
+    config: Config | None = None, selection: Selection | None = None,
 ) -> TrainSummary:
     """Train and register a challenger; write its model folder and its evaluation set.
 
@@ -217,6 +273,8 @@ def train_step(
         model_dir: Folder to receive ``model.joblib``, ``metadata.json`` and the profile.
         eval_path: Where to write the held-out evaluation set.
         config: Every threshold (default: :class:`Config`).
+        selection: The candidate chosen by the search (:func:`driftloop.steps.tune.select_step`
+            passes it); ``None``: the fixed model.
     """
     run_id = run_key(run_id)
     store, schema = open_inputs(store, schema)
@@ -226,7 +284,8 @@ def train_step(
     outcome = run_train(store, registry, load_champion(registry),
                         records_window(read_frame(records_path)), schema,
                         now=logical_time(now), config=config or Config(),
-                        model_name=model_name, decision=decision, drift=drift)
+                        model_name=model_name, decision=decision, drift=drift,
+                        selection=selection)
     write_frame(outcome.eval_set, eval_path)
     registry.download(outcome.version, Path(model_dir))
     summary = summarise_training(outcome, registry)
