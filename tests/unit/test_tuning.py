@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from tests.unit.test_train import TABULAR, TEXT, make_tabular, make_text
 
 from driftloop.config import TrainConfig, TuningConfig
 from driftloop.errors import ConfigError
@@ -22,7 +23,6 @@ from driftloop.models.tuning import (
     tune_candidate,
 )
 from driftloop.models.warm import update_spec
-from tests.unit.test_train import TABULAR, TEXT, make_tabular, make_text
 
 CONFIG = TrainConfig(max_iter=30)
 FAST = TuningConfig(enabled=True, n_trials=4, tuning_seconds=60, folds=2,
@@ -143,7 +143,27 @@ def test_an_update_reuses_the_champions_candidate_and_params():
 
 
 def test_tuning_config_names_the_field_and_the_rule():
-    with pytest.raises(ConfigError, match="tuning.candidates"):
+    with pytest.raises(ConfigError, match=r"tuning\.candidates"):
         TuningConfig(candidates=("nope",))
-    with pytest.raises(ConfigError, match="tuning.n_trials"):
+    with pytest.raises(ConfigError, match=r"tuning\.n_trials"):
         TuningConfig(n_trials=0)
+
+
+def test_only_new_labels_ask_for_an_update_and_only_when_updates_are_on():
+    from tests.unit.test_trigger import CHAMP, NOW, Drift
+
+    from driftloop.config import TriggerConfig
+    from driftloop.decide.trigger import decide_retrain, retrain_kind
+
+    assert retrain_kind(["label_volume"], updates=True)[0] == "update"
+    for fired in (["drift"], ["label_volume", "performance"], ["force"], ["schedule"], []):
+        assert retrain_kind(fired, updates=True)[0] == "full", fired
+    assert retrain_kind(["label_volume"], updates=False) == ("full",
+                                                             "retrain kind: full (updates off)")
+    labels = decide_retrain(CHAMP, now=NOW, config=TriggerConfig(min_new_labels=500),
+                            drift=Drift(), new_labels=600, updates=True)
+    assert labels.retrain and labels.fired == ["label_volume"] and labels.kind == "update"
+    assert labels.reasons[-1].startswith("retrain kind: update")
+    forced = decide_retrain(CHAMP, now=NOW, config=TriggerConfig(min_new_labels=500),
+                            drift=Drift(), new_labels=600, updates=True, force=True)
+    assert forced.kind == "full" and "retrain kind: full" in forced.reasons[-1]

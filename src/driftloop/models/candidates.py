@@ -75,7 +75,6 @@ def default_params(name: str, config: TrainConfig) -> dict[str, Any] | None:
 
 def search_space(name: str, trial: TrialLike, tuning: TuningConfig) -> dict[str, Any]:
     """Draw one trial's parameters for candidate ``name`` within ``tuning``'s bounds."""
-    c = {"c": trial.suggest_float("c", tuning.min_c, tuning.max_c, log=True)}
     if name == "hgb":
         return {
             "learning_rate": trial.suggest_float("learning_rate", tuning.min_learning_rate,
@@ -92,6 +91,9 @@ def search_space(name: str, trial: TrialLike, tuning: TuningConfig) -> dict[str,
             "max_features": trial.suggest_float("max_features", 0.2, 1.0),
             "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 20, log=True),
         }
+    if name not in TABULAR_CANDIDATES + TEXT_CANDIDATES:
+        raise ValueError(f"candidate {name!r} has no search space")
+    c = {"c": trial.suggest_float("c", tuning.min_c, tuning.max_c, log=True)}
     if name in ("linear", "tfidf_svm"):
         return c
     if name == "tfidf_lr":

@@ -190,8 +190,11 @@ def tune_candidate(
         study.enqueue_trial(first)  # the search starts from today's fixed model
     remaining = max(0, tuning.n_trials - done)
     if remaining:
-        study.optimize(objective, n_trials=remaining, timeout=tuning.tuning_seconds,
-                       catch=(Exception,), gc_after_trial=False)
+        # the enqueued fixed model may lie outside the space's bounds (e.g. 30 iterations)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
+            study.optimize(objective, n_trials=remaining, timeout=tuning.tuning_seconds,
+                           catch=(Exception,), gc_after_trial=False)
     states = optuna.trial.TrialState
     trials = study.trials
     pruned = sum(t.state == states.PRUNED for t in trials)
