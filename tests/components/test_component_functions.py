@@ -44,6 +44,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ("challenger_curves", dsl.ClassificationMetrics), ("promotion_report", dsl.Markdown),
         ("canary_report", dsl.Markdown), ("canary_metrics", dsl.Metrics),
         ("shard_profile", dsl.Artifact), ("shard_metrics", dsl.Metrics),
+        ("training", dsl.Dataset), ("candidates_report", dsl.Markdown),
+        ("study", dsl.Artifact), ("candidate_metrics", dsl.Metrics),
     ]}
     out: dict = {"store": open_store(store_dir), "a": a}
     out["ingest"] = components.ingest.python_func(
@@ -69,12 +71,22 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         drift_metrics=a["drift_metrics"])
     out["decide"] = components.decide_retrain.python_func(
         **common, model_name=MODEL, run_id=RUN, now=now, force=False, min_new_labels=500,
-        perf_drop=0.1, max_age_days=7.0, canary_in_progress=out["canary"],
+        perf_drop=0.1, max_age_days=7.0, warm_updates=False, canary_in_progress=out["canary"],
         records=a["records"], drift_json=a["drift_json"],
         decision_report=a["decision_report"])
-    out["train"] = components.train_model.python_func(
-        **common, model_name=MODEL, run_id=RUN, now=now, records=a["records"],
-        model=a["model"], eval_set=a["eval_set"], train_metrics=a["train_metrics"])
+    # tuning off (n_trials 0): the fixed model, one "default" candidate
+    out["plan"] = components.plan_candidates.python_func(
+        **common, model_name=MODEL, run_id=RUN, now=now, n_trials=0, tuning_seconds=0.0,
+        records=a["records"], training=a["training"], candidates_report=a["candidates_report"])
+    out["tuned"] = [components.tune_candidate.python_func(
+        **common, model_name=MODEL, run_id=RUN, candidate=name, n_trials=0,
+        tuning_seconds=0.0, tuning_storage="", cpu_request="1", memory_request="2Gi",
+        training=a["training"], study=a["study"], candidate_metrics=a["candidate_metrics"])
+        for name in out["plan"]]
+    out["train"] = components.select_challenger.python_func(
+        **common, model_name=MODEL, run_id=RUN, now=now, results=out["tuned"],
+        records=a["records"], model=a["model"], eval_set=a["eval_set"],
+        train_metrics=a["train_metrics"])
     out["evaluate"] = components.evaluate_challenger.python_func(
         **common, model_name=MODEL, run_id=RUN, auto_threshold=0.05, model=a["model"],
         eval_set=a["eval_set"], verdict_report=a["verdict_report"],
@@ -128,8 +140,18 @@ def test_drift_is_skipped_without_a_champion_and_says_so(run):
 def test_decide_returns_the_branch_flag_and_renders_the_rules(run):
     a = run["a"]
     assert run["decide"] is True
-    assert a["decision_report"].metadata == {"retrain": True, "fired": ["no_champion"]}
-    assert "Retrain decision: **Retrain**" in Path(a["decision_report"].path).read_text()
+    assert a["decision_report"].metadata == {"retrain": True, "fired": ["no_champion"],
+                                             "kind": "full"}
+    assert "Retrain decision: **Retrain (full)**" in Path(a["decision_report"].path).read_text()
+
+
+def test_tuning_off_plans_the_fixed_model_and_select_registers_it(run):
+    a = run["a"]
+    assert run["plan"] == ["default"] and a["candidates_report"].metadata["kind"] == "full"
+    assert a["training"].metadata["rows"] == len(pd.read_parquet(a["training"].path))
+    assert [t["status"] for t in run["tuned"]] == ["fixed"]
+    assert a["candidate_metrics"].metadata["n_trials"] == 0.0
+    assert run["train"].candidate == "default" == a["model"].metadata["candidate"]
 
 
 def test_train_model_metadata_names_the_registered_version_and_its_hash(run):
@@ -180,6 +202,7 @@ def test_exit_component_records_the_final_status(run):
     status = json.loads(run["store"].read_text(f"runs/{RUN}/status.json"))
     assert status["state"] == "SUCCEEDED" and status["task"] == "run"
     recorded = sorted(k.rsplit("/", 1)[-1] for k in run["store"].list(f"runs/{RUN}"))
-    assert recorded == ["aliases.json", "decision.json", "decision.md", "ingest.json",
-                        "rollout.json", "rollout.md", "status.json", "train.json", "train.md",
+    assert recorded == ["aliases.json", "candidates.json", "candidates.md", "decision.json",
+                        "decision.md", "ingest.json", "rollout.json", "rollout.md",
+                        "status.json", "train.json", "train.md", "tune-default.json",
                         "verdict.json", "verdict.md"]

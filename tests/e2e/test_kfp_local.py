@@ -8,7 +8,9 @@ the tests through module-scoped fixtures, since each costs 10-25 s of subprocess
 * day 3: drift → retrain → the challenger wins → its canary starts at 10% on the local
   rollout backend (the champion keeps the rest);
 * a copy of the store after day 1 whose training labels were flipped, forced to retrain
-  on day 1 → the challenger is worse → reject, champion unchanged;
+  on day 1 with a search (n_trials 2: plan_candidates, a ParallelFor of three
+  tune_candidate tasks, select_challenger over their dsl.Collected results) → the
+  challenger is worse → reject, champion unchanged;
 * a run whose schema does not exist → ingest fails → the exit handler records FAILED.
 """
 
@@ -27,7 +29,7 @@ import pandas as pd
 import pytest
 
 from driftloop.cli import main
-from driftloop.config import Config, NotifyConfig
+from driftloop.config import Config, NotifyConfig, TuningConfig
 from driftloop.data.storage import open_store
 from driftloop.demo.sample import write_sample_store
 from driftloop.errors import DriftloopError
@@ -37,8 +39,10 @@ from driftloop.models.train import split_holdout
 from driftloop.steps.records import list_runs, read_run
 
 MODEL = "sample"
+#: Tuning off (the default): the ParallelFor runs one iteration, the fixed model.
+TRAIN_TASKS = ["plan-candidates", "tune-candidate", "select-challenger"]
 ALL_TASKS = ["ingest", "analyse-canary", "drift-shard", "detect-drift", "decide-retrain",
-             "train-model", "evaluate-challenger", "notify", "promote-model", "notify-on-exit"]
+             *TRAIN_TASKS, "evaluate-challenger", "notify", "promote-model", "notify-on-exit"]
 
 
 def _main_tasks(tasks: list[str]) -> list[str]:
@@ -102,9 +106,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     registry = Registry(open_store(store_a), MODEL)
     out: dict = {"hook": hook, "a": store_a, "versions": {}}
 
-    def local(store: Path, date: str, **kw: object) -> LocalRun:
+    def local(store: Path, date: str, cfg: Config = config, **kw: object) -> LocalRun:
         return run_local(str(store), schema, MODEL, run_date=date, lookback_days=4,
-                         config=config, **kw)
+                         config=cfg, **kw)
 
     out["day0"] = local(store_a, "2026-01-01")
     out["versions"]["day0"] = registry.versions()
@@ -112,11 +116,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     out["versions"]["day1"] = registry.versions()
     store_b = root / "b"
     shutil.copytree(store_a, store_b)
+    searched = Config(notify=config.notify,
+                      tuning=TuningConfig(enabled=True, n_trials=2, tuning_seconds=20.0))
     out["day3"] = local(store_a, "2026-01-04")
     flip_training_labels(store_b, ["2026-01-01", "2026-01-02"])
     out["b"] = store_b
     out["b_champion"] = Registry(open_store(store_b), MODEL).aliases()
-    out["reject"] = local(store_b, "2026-01-02", force_retrain=True)
+    out["reject"] = local(store_b, "2026-01-02", searched, force_retrain=True)
     out["failed"] = run_local(str(store_a), str(root / "missing.json"), MODEL,
                               run_date="2026-01-04", config=config)
     try:
@@ -199,9 +205,15 @@ def test_worse_challenger_is_rejected_and_the_champion_stays(runs):
     run = runs["reject"]
     assert run.ok, run.log[-3000:]
     assert _main_tasks(run.tasks) == ["ingest", "analyse-canary", "drift-shard",
-                                      "detect-drift", "decide-retrain", "train-model",
+                                      "detect-drift", "decide-retrain", "plan-candidates",
+                                      *["tune-candidate"] * 3, "select-challenger",
                                       "evaluate-challenger", "notify-on-exit"]
     record = run.record
+    # every candidate's search crossed dsl.Collected into the model card (ints as ints)
+    card = Registry(open_store(runs["b"]), MODEL).metadata(record.train.version)["candidates"]
+    assert sorted(r["candidate"] for r in card["results"]) == ["extra_trees", "hgb", "linear"]
+    assert all(r["n_trials"] == 2 and isinstance(r["n_trials"], int) for r in card["results"])
+    assert record.train.candidate == card["winner"] and card["reason"].startswith(card["winner"])
     assert record.decision.fired[0] == "force"
     assert record.verdict.decision == "reject"
     assert record.verdict.improvement_rel < 0

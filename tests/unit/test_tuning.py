@@ -167,3 +167,16 @@ def test_only_new_labels_ask_for_an_update_and_only_when_updates_are_on():
     forced = decide_retrain(CHAMP, now=NOW, config=TriggerConfig(min_new_labels=500),
                             drift=Drift(), new_labels=600, updates=True, force=True)
     assert forced.kind == "full" and "retrain kind: full" in forced.reasons[-1]
+
+
+def test_parameters_that_crossed_a_float_channel_still_build(tab):
+    # kfp.local's dsl.Collected turns every int into a float
+    collected = CandidateResult.from_collected({
+        "candidate": "extra_trees", "status": "ok", "metric": "f1_macro", "score": 0.9,
+        "params": {"n_estimators": 60.0, "min_samples_leaf": 5.0, "max_features": 0.5},
+        "n_trials": 2.0, "folds": 2.0})
+    assert collected.n_trials == 2 and collected.params["min_samples_leaf"] == 5
+    model = build_candidate(TABULAR, CONFIG, "extra_trees", {"n_estimators": 60.0,
+                                                             "min_samples_leaf": 5.0})
+    model.fit(tab.drop(columns="label"), tab["label"])
+    assert model[-1].min_samples_leaf == 5 and isinstance(model[-1].n_estimators, int)

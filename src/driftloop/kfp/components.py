@@ -34,6 +34,7 @@ from kfp.dsl import (
 from driftloop.kfp.components_ab import analyse_ab
 from driftloop.kfp.components_curation import curate_feedback
 from driftloop.kfp.components_drift import detect_drift, drift_shard
+from driftloop.kfp.components_train import plan_candidates, select_challenger, tune_candidate
 from driftloop.kfp.image import component
 
 
@@ -181,6 +182,7 @@ def decide_retrain(
     min_new_labels: int,
     perf_drop: float,
     max_age_days: float,
+    warm_updates: bool,
     canary_in_progress: str,
     records: Input[Dataset],
     drift_json: Input[Artifact],
@@ -204,6 +206,8 @@ def decide_retrain(
         perf_drop: Relative drop of the champion's live accuracy that triggers.
         max_age_days: Days without any training (promoted or not) that trigger a scheduled
             retrain (0: no schedule).
+        warm_updates: A retrain asked for by new labels alone is an update (the champion's
+            settings refit, no search); the decision's kind and reason say which.
         canary_in_progress: The canary version in flight ("" = none, from analyse_canary).
         records: Every accepted record of the lookback (from ingest).
         drift_json: The drift report JSON (from detect_drift).
@@ -220,66 +224,12 @@ def decide_retrain(
         store_uri, schema_uri, model_name, records.path, drift_json.path, run_id=run_id,
         now=now, force=force, min_new_labels=min_new_labels, perf_drop=perf_drop,
         max_age_days=max_age_days, canary_in_progress=canary_in_progress,
+        warm_updates=warm_updates,
     )
     Path(decision_report.path).write_text(decision.to_markdown())
-    decision_report.metadata.update({"retrain": decision.retrain, "fired": decision.fired})
+    decision_report.metadata.update({"retrain": decision.retrain, "fired": decision.fired,
+                                     "kind": decision.kind})
     return decision.retrain
-
-
-@component
-def train_model(
-    store_uri: str,
-    schema_uri: str,
-    model_name: str,
-    run_id: str,
-    now: str,
-    records: Input[Dataset],
-    model: Output[Model],
-    eval_set: Output[Dataset],
-    train_metrics: Output[Metrics],
-) -> NamedTuple("TrainOutputs", [("version", str)]):  # type: ignore[valid-type]
-    """Train a challenger on the reference plus labelled production records; register it.
-
-    Tabular schemas train a HistGradientBoosting pipeline, text schemas TF-IDF + logistic
-    regression, seeded. Labelled production records are split by a hash of their id into
-    training and held-out evaluation rows (before the first model: the seed reference set
-    is split). The version is registered in the store (immutable, sha256 recorded) but not
-    promoted. Records runs/<run-id>/train.json.
-
-    Args:
-        store_uri: Store root: a folder or gs://bucket/prefix.
-        schema_uri: Schema file (JSON or YAML, local or gs://).
-        model_name: Model name in the registry.
-        run_id: The run's id; its folder under runs/ in the store.
-        now: The run's logical time (from ingest); stamps the version.
-        records: Every accepted record of the lookback (from ingest).
-        model: The registered version's folder (model.joblib, metadata.json, drift profile);
-            metadata: version, sha256, registry URI, validation score.
-        eval_set: The held-out evaluation rows (Parquet).
-        train_metrics: Training rows and the validation score of the primary metric.
-
-    Returns:
-        version: The registered challenger version.
-    """
-    from collections import namedtuple
-
-    from driftloop import steps
-
-    out = steps.train_step(store_uri, schema_uri, model_name, records.path, run_id=run_id,
-                           now=now, model_dir=model.path, eval_path=eval_set.path)
-    model.metadata.update({
-        "version": out.version, "sha256": out.model_sha256, "registry_uri": out.model_uri,
-        "framework": "scikit-learn", "primary_metric": out.primary_metric,
-        "validation_score": out.validation_score, "created_at": out.created_at,
-    })
-    eval_set.metadata.update({"rows": out.eval_rows, "source": out.eval_source,
-                              "format": "parquet"})
-    train_metrics.log_metric("train_rows", float(out.train_rows))
-    train_metrics.log_metric("eval_rows", float(out.eval_rows))
-    if out.validation_score is not None:
-        train_metrics.log_metric(f"validation_{out.primary_metric}", out.validation_score)
-    TrainOutputs = namedtuple("TrainOutputs", ["version"])
-    return TrainOutputs(out.version)
 
 
 @component
@@ -309,8 +259,8 @@ def evaluate_challenger(
         model_name: Model name in the registry.
         run_id: The run's id; its folder under runs/ in the store.
         auto_threshold: Relative improvement needed to promote without a person.
-        model: The challenger (from train_model); loaded from the registry, sha256-verified.
-        eval_set: The held-out evaluation rows (from train_model).
+        model: The challenger (from select_challenger); loaded from the registry, sha256-verified.
+        eval_set: The held-out evaluation rows (from select_challenger).
         verdict_report: The verdict, every rule and both models' scores as Markdown.
         verdict_json: The verdict as JSON, read by notify and promote_model.
         eval_metrics: Both models' metrics, the improvement, interval and latencies.
@@ -462,7 +412,9 @@ COMPONENTS = {
     "curate_feedback": curate_feedback,
     "detect_drift": detect_drift,
     "decide_retrain": decide_retrain,
-    "train_model": train_model,
+    "plan_candidates": plan_candidates,
+    "tune_candidate": tune_candidate,
+    "select_challenger": select_challenger,
     "evaluate_challenger": evaluate_challenger,
     "notify": notify,
     "promote_model": promote_model,

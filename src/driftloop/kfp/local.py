@@ -39,7 +39,12 @@ PIPELINE_THRESHOLDS: tuple[tuple[str, str, str], ...] = (
     ("canary", "min_labelled", "canary_min_labelled"),
     ("canary", "max_holds", "canary_max_holds"),
     ("drift", "shards", "drift_shards"),  # n shards: the list [0, ..., n-1]
+    ("tuning", "tuning_seconds", "tuning_seconds"),
+    ("tuning", "storage", "tuning_storage"),
+    ("tuning", "updates", "warm_updates"),
 )
+#: ``tuning.enabled`` and ``tuning.n_trials`` are one pipeline parameter: ``n_trials`` 0 is off.
+_TUNING_SWITCH = {("tuning", "enabled"), ("tuning", "n_trials")}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -89,9 +94,9 @@ def pipeline_arguments(config: Config) -> dict[str, Any]:
     fixed = [
         f"{section}.{f.name}"
         # runtime: a task's threads come from its pod's CPU limit (driftloop.threads)
-        for section in ("drift", "trigger", "train", "gate", "canary", "runtime")
+        for section in ("drift", "trigger", "train", "tuning", "gate", "canary", "runtime")
         for f in dataclasses.fields(getattr(default, section))
-        if (section, f.name) not in settable
+        if (section, f.name) not in settable | _TUNING_SWITCH
         and getattr(getattr(config, section), f.name) != getattr(getattr(default, section), f.name)
     ]
     if fixed:
@@ -106,6 +111,7 @@ def pipeline_arguments(config: Config) -> dict[str, Any]:
         for section, name, param in PIPELINE_THRESHOLDS
     }
     args["drift_shards"] = list(range(config.drift.shards))  # the ParallelFor's items
+    args["n_trials"] = config.tuning.n_trials if config.tuning.enabled else 0
     args["notify_webhook"] = (config.notify.webhook_url or ""
                               if config.notify.backend == "webhook" else "")
     return args

@@ -6,8 +6,21 @@
     └── ingest → analyse_canary → curate_feedback (disagreements, review queue)
                                 → ParallelFor(drift_shards): drift_shard → detect_drift
                                                                          → decide_retrain
-                                └── if retrain: train_model → evaluate_challenger
+                                └── if retrain: plan_candidates
+                                                ├── ParallelFor candidate: tune_candidate
+                                                └── select_challenger (Collected results)
+                                                    → evaluate_challenger
                                                 └── if verdict == "promote": notify → promote_model
+
+Each ``tune_candidate`` task (one candidate's Optuna search, a pod of its own on a
+cluster) gets its CPU request *and limit* and its memory request from the run's
+``tune_cpu`` / ``tune_memory`` parameters: a task's threads follow its pod's CPU limit
+(:mod:`driftloop.threads`). kfp 2.17's ``PipelineTask.set_cpu_request`` /
+``set_cpu_limit`` / ``set_memory_request`` accept a pipeline parameter (a
+``PipelineChannel``: ``kfp/dsl/pipeline_task.py`` skips the quantity check for it and the
+compiler writes a placeholder resolved at run time); the value must be a string quantity
+(``"1"``, ``"500m"``, ``"2Gi"``). The select task, which refits the winner on every row,
+gets the same CPU limit.
 
 The run id of every record under ``runs/<run-id>/`` is the KFP run name
 (:data:`kfp.dsl.PIPELINE_JOB_NAME_PLACEHOLDER`, made path-safe by
@@ -37,6 +50,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from driftloop.config import ABConfig, CanaryConfig, DriftConfig, GateConfig, TriggerConfig
+from driftloop.config import TuningConfig as _Tuning
 from driftloop.kfp.components import (
     analyse_ab,
     analyse_canary,
@@ -49,8 +63,8 @@ from driftloop.kfp.components import (
     notify,
     notify_on_exit,
     promote_model,
-    train_model,
 )
+from driftloop.kfp.components_train import plan_candidates, select_challenger, tune_candidate
 
 PIPELINE_NAME = "continuous-training"
 #: The Kubernetes Secret with the storage credentials (key ``key.json``) in the committed spec.
@@ -63,6 +77,10 @@ WINDOW_DAYS = 1
 LOOKBACK_DAYS = 30
 #: The default shards of the drift window: one (``[0, 1, 2, 3]`` runs four pods).
 DRIFT_SHARDS = [0]
+#: A search is off by default (``n_trials`` 0: the fixed model); these are the quantities a
+#: candidate's pod asks for when it runs.
+TUNE_CPU = "1"
+TUNE_MEMORY = "2Gi"
 
 
 def _mount_store_credentials(task: dsl.PipelineTask, secret: str) -> None:
@@ -107,6 +125,12 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
         canary_min_labelled: int = CanaryConfig.min_labelled,
         canary_max_holds: int = CanaryConfig.max_holds,
         force_retrain: bool = False,
+        n_trials: int = 0,
+        tuning_seconds: float = _Tuning.tuning_seconds,
+        tuning_storage: str = "",
+        warm_updates: bool = False,
+        tune_cpu: str = TUNE_CPU,
+        tune_memory: str = TUNE_MEMORY,
         notify_webhook: str = "",
         rollout_backend: str = "local",
         rollout_state: str = "",
@@ -139,6 +163,14 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
             canary_max_holds: Runs in a row a canary may hold at one step without a new
                 labelled canary response before it is rolled back.
             force_retrain: Retrain regardless of the rules.
+            n_trials: Optuna trials per candidate model (0: no search, the fixed model).
+            tuning_seconds: Seconds of each candidate's search.
+            tuning_storage: Optuna storage: "" in memory, "sqlite" in each task's folder,
+                else an RDB URL (a study shared across pods).
+            warm_updates: A retrain asked for by new labels alone refits the champion's
+                settings on its rows plus the new labels (an update, no search).
+            tune_cpu: CPU request and limit of each candidate's task (e.g. "1", "500m").
+            tune_memory: Memory request of each candidate's task (e.g. "2Gi").
             notify_webhook: http(s) URL for model-update and failure events ("" = log).
             rollout_backend: Where the canary runs: local (a state folder), kubernetes
                 (the cluster's KServe InferenceService) or none (registry aliases only).
@@ -192,21 +224,37 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 store_uri=store_uri, schema_uri=schema_uri, model_name=model_name,
                 run_id=run_id, now=ingested.outputs["now"], force=force_retrain,
                 min_new_labels=min_new_labels, perf_drop=perf_drop, max_age_days=max_age_days,
-                canary_in_progress=canary.outputs["Output"],
+                warm_updates=warm_updates, canary_in_progress=canary.outputs["Output"],
                 records=ingested.outputs["records"], drift_json=drift.outputs["drift_json"],
             )
             store_tasks += [ingested, canary, curated, part, drift, decision]
             with dsl.If(decision.outputs["Output"] == True, name="retrain"):  # noqa: E712
-                trained = train_model(store_uri=store_uri, schema_uri=schema_uri,
-                                      model_name=model_name, run_id=run_id,
-                                      now=ingested.outputs["now"],
-                                      records=ingested.outputs["records"])
+                planned = plan_candidates(store_uri=store_uri, schema_uri=schema_uri,
+                                          model_name=model_name, run_id=run_id,
+                                          now=ingested.outputs["now"], n_trials=n_trials,
+                                          tuning_seconds=tuning_seconds,
+                                          records=ingested.outputs["records"])
+                with dsl.ParallelFor(planned.outputs["Output"], name="candidates") as name:
+                    tuned = tune_candidate(
+                        store_uri=store_uri, schema_uri=schema_uri, model_name=model_name,
+                        run_id=run_id, candidate=name, n_trials=n_trials,
+                        tuning_seconds=tuning_seconds, tuning_storage=tuning_storage,
+                        cpu_request=tune_cpu, memory_request=tune_memory,
+                        training=planned.outputs["training"])
+                    tuned.set_cpu_request(tune_cpu).set_cpu_limit(tune_cpu)
+                    tuned.set_memory_request(tune_memory)
+                trained = select_challenger(
+                    store_uri=store_uri, schema_uri=schema_uri, model_name=model_name,
+                    run_id=run_id, now=ingested.outputs["now"],
+                    results=dsl.Collected(tuned.outputs["Output"]),
+                    records=ingested.outputs["records"])
+                trained.set_cpu_limit(tune_cpu)
                 verdict = evaluate_challenger(
                     store_uri=store_uri, schema_uri=schema_uri, model_name=model_name,
                     run_id=run_id, auto_threshold=auto_threshold,
                     model=trained.outputs["model"], eval_set=trained.outputs["eval_set"],
                 )
-                store_tasks += [trained, verdict]
+                store_tasks += [planned, tuned, trained, verdict]
                 with dsl.If(verdict.outputs["Output"] == "promote", name="promote"):
                     announced = notify(model_name=model_name, run_id=run_id,
                                        webhook=notify_webhook,

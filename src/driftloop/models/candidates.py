@@ -39,6 +39,16 @@ from driftloop.models.train import build_pipeline
 
 DEFAULT = "default"
 _MAX_CATEGORIES = 255
+#: Parameters that are integers: a value that crossed a float-only channel (kfp.local's
+#: ``dsl.Collected``, a JSON number) is made an int again before scikit-learn sees it.
+INT_PARAMS = frozenset({"max_iter", "max_leaf_nodes", "min_samples_leaf", "n_estimators",
+                        "min_df", "char_max"})
+
+
+def as_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """``params`` with the integer parameters as ints (5.0 → 5)."""
+    return {k: int(v) if k in INT_PARAMS and isinstance(v, float) and v.is_integer() else v
+            for k, v in (params or {}).items()}
 
 
 class TrialLike(Protocol):
@@ -135,7 +145,7 @@ def build_candidate(schema: Schema, config: TrainConfig, name: str,
     Raises:
         ValueError: ``name`` is not a candidate of ``schema``'s model kind.
     """
-    p = dict(params or {})
+    p = as_params(params)
     if name == DEFAULT:
         return build_pipeline(schema, config)
     kinds = TABULAR_CANDIDATES if schema.model_kind == "tabular" else TEXT_CANDIDATES

@@ -38,7 +38,13 @@ from sklearn.model_selection import StratifiedKFold
 
 from driftloop.config import TrainConfig, TuningConfig
 from driftloop.data.schema import Schema
-from driftloop.models.candidates import DEFAULT, build_candidate, default_params, search_space
+from driftloop.models.candidates import (
+    DEFAULT,
+    as_params,
+    build_candidate,
+    default_params,
+    search_space,
+)
 from driftloop.models.metrics import compute_metrics
 from driftloop.models.train import feature_frame, predict_frame, training_problem
 from driftloop.serde import JsonResult, to_jsonable
@@ -86,6 +92,7 @@ class CandidateResult(JsonResult):
         ints = ("n_trials", "n_pruned", "n_failed", "rows", "folds")
         fixed: dict[str, Any] = {k: int(v) if k in ints and v is not None else v
                                  for k, v in raw.items()}
+        fixed["params"] = as_params(fixed.get("params"))
         return cls(**fixed)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from driftloop.models.candidates import DEFAULT, TEXT_CANDIDATES
+from driftloop.models.candidates import DEFAULT, TEXT_CANDIDATES, as_params
 
 
 def update_spec(champion_metadata: dict[str, Any] | None) -> tuple[str, dict[str, Any], str]:
@@ -43,14 +43,8 @@ def update_spec(champion_metadata: dict[str, Any] | None) -> tuple[str, dict[str
     for name, result in ((r.get("candidate"), r) for r in record.get("results", [])):
         if name == winner and not params:
             params = dict(result.get("params") or {})
-    # Optuna hands back ints of an int space as ints, JSON keeps them; a value that crossed
-    # a float-only channel is made int again where the candidate needs one.
-    params = {k: int(v) if isinstance(v, float) and v.is_integer() and k in _INT_PARAMS
-              else v for k, v in params.items()}
+    params = as_params(params)
     kind = "text" if winner in TEXT_CANDIDATES else "tabular"
     return winner, params, (f"update: refit of {version}'s {kind} candidate {winner} with "
                             f"its parameters on its rows plus the new labels (no search)")
 
-
-_INT_PARAMS = frozenset({"max_iter", "max_leaf_nodes", "min_samples_leaf", "n_estimators",
-                         "min_df", "char_max"})

@@ -16,7 +16,7 @@ step                       module                                component
 :func:`drift_shard_step`   :mod:`driftloop.steps.drift`          ``drift_shard``
 :func:`drift_merge_step`   :mod:`driftloop.steps.drift`          ``detect_drift``
 :func:`decide_step`        :mod:`driftloop.steps.decide`         ``decide_retrain``
-:func:`train_step`         :mod:`driftloop.steps.train`          ``train_model``
+:func:`train_step`         :mod:`driftloop.steps.train`          (by ``select_challenger``)
 :func:`plan_candidates_step` :mod:`driftloop.steps.tune`         ``plan_candidates``
 :func:`tune_step`          :mod:`driftloop.steps.tune`           ``tune_candidate``
 :func:`select_step`        :mod:`driftloop.steps.tune`           ``select_challenger``

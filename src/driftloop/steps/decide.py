@@ -8,6 +8,7 @@ need from the store and the champion; :func:`decide_step` is the step the
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,7 @@ def decide_step(
     drift_path: str | Path, *, run_id: str, now: str, force: bool = False,
     min_new_labels: int | None = None, perf_drop: float | None = None,
     max_age_days: float | None = None, canary_in_progress: str = "",
-    config: Config | None = None,
+    config: Config | None = None, warm_updates: bool | None = None,
 ) -> RetrainDecision:
     """Decide whether to retrain; records ``runs/<run-id>/decision.json`` and ``.md``.
 
@@ -223,11 +224,14 @@ def decide_step(
         canary_in_progress: The version whose canary was in flight at the start of the run
             (from :func:`analyse_canary_step`; ``""``: none). Blocks retraining unless forced.
         config: Every threshold (default: :class:`Config`); the knobs above override it.
+        warm_updates: Overrides ``tuning.updates`` (a label-only retrain is an update).
     """
     run_id = run_key(run_id)
     store, schema = open_inputs(store, schema)
     config = pipeline_config(config, min_new_labels=min_new_labels, perf_drop=perf_drop,
                              max_age_days=max_age_days)
+    if warm_updates is not None:
+        config = replace(config, tuning=replace(config.tuning, updates=warm_updates))
     registry = Registry(store, model_name)
     drift = read_json_artifact(DriftReport, drift_path, "drift report")
     decision = run_decide(registry, load_champion(registry),

@@ -213,6 +213,7 @@ class TrainSummary(JsonResult):
         feedback_quality: What feedback curation did to the training rows
             (:class:`driftloop.data.curate.FeedbackQuality`: near-duplicates, excluded
             sources with their test, label-rate and prediction-rate shifts per slice).
+        candidate: The candidate it is (``default``: the fixed model).
     """
 
     version: str
@@ -226,6 +227,7 @@ class TrainSummary(JsonResult):
     created_at: str
     profile_source: str = ""
     feedback_quality: dict[str, Any] = field(default_factory=dict)
+    candidate: str = DEFAULT
 
     def to_markdown(self) -> str:
         """A short Markdown summary."""
@@ -249,6 +251,7 @@ def summarise_training(outcome: TrainOutcome, registry: Registry) -> TrainSummar
         eval_source=outcome.eval_source, primary_metric=meta.primary_metric,
         validation_score=None if score is None else float(score), created_at=meta.created_at,
         profile_source=outcome.profile_source, feedback_quality=outcome.feedback_quality,
+        candidate=str(meta.params.get("candidate", DEFAULT)),
     )
 
 

@@ -105,15 +105,17 @@ class CandidatePlan(JsonResult):
 def plan_candidates_step(
     store: Store | str, schema: Schema | str, model_name: str, records_path: str | Path, *,
     run_id: str, now: str, training_path: str | Path, config: Config | None = None,
+    n_trials: int | None = None, tuning_seconds: float | None = None,
 ) -> CandidatePlan:
     """Plan this retrain's training rows and list the candidates to search on them.
 
     Writes the training rows (Parquet) to ``training_path`` for the tune tasks; records
-    ``candidates.json``.
+    ``candidates.json``. ``n_trials`` / ``tuning_seconds`` override ``config``
+    (:func:`tuning_config`).
     """
     run_id = run_key(run_id)
     store, schema = open_inputs(store, schema)
-    config = config or Config()
+    config = tuning_config(config, n_trials=n_trials, tuning_seconds=tuning_seconds)
     registry = Registry(store, model_name)
     decision = recorded(store, run_id, "decision", RetrainDecision)
     champion = load_champion(registry)
@@ -137,7 +139,8 @@ def plan_candidates_step(
 def tune_step(
     store: Store | str, schema: Schema | str, model_name: str, training_path: str | Path,
     candidate: str, *, run_id: str, config: Config | None = None,
-    work_dir: str | Path | None = None,
+    work_dir: str | Path | None = None, n_trials: int | None = None,
+    tuning_seconds: float | None = None, storage: str | None = None,
 ) -> CandidateResult:
     """Search one candidate on the planned training rows; record ``tune-<candidate>.json``.
 
@@ -150,10 +153,16 @@ def tune_step(
         run_id: The run's id.
         config: Every threshold (default: :class:`Config`).
         work_dir: The task's own folder (``tuning.storage`` ``"sqlite"`` puts the study there).
+        n_trials: Overrides ``config`` (:func:`tuning_config`).
+        tuning_seconds: Overrides ``config``.
+        storage: Overrides ``tuning.storage`` (``None`` keeps it).
     """
     run_id = run_key(run_id)
     store, schema = open_inputs(store, schema)
-    config = config or Config()
+    config = tuning_config(config, n_trials=n_trials, tuning_seconds=tuning_seconds)
+    if storage is not None:
+        config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning,
+                                                                        storage=storage))
     metric = config.gate.primary_metric
     if candidate == UPDATE:
         registry = Registry(store, model_name)
