@@ -227,8 +227,7 @@ class TrainConfig:
         _check(self.max_rows >= 10, "train.max_rows", "must be >= 10")
 
 
-#: The candidate estimators per model kind (:mod:`driftloop.models.candidates`).
-TABULAR_CANDIDATES = ("hgb", "extra_trees", "linear")
+TABULAR_CANDIDATES = ("hgb", "extra_trees", "linear")  # driftloop.models.candidates
 TEXT_CANDIDATES = ("tfidf_lr", "tfidf_svm", "word_char")
 
 
@@ -236,35 +235,11 @@ TEXT_CANDIDATES = ("tfidf_lr", "tfidf_svm", "word_char")
 class TuningConfig:
     """How a retrain searches for its challenger (:mod:`driftloop.models.tuning`).
 
-    With ``enabled`` off (the default: the test suite and small stores keep today's
-    cost) a retrain fits the one fixed model of :class:`TrainConfig`; the pipeline turns
-    it on with ``n_trials >= 1``.
-    Budgets are per candidate: a study stops at ``n_trials`` trials or after
-    ``tuning_seconds`` (a trial started before the deadline finishes), whichever comes
-    first; only the trial budget is reproducible (same data + seed → same trials).
-
-    Attributes:
-        enabled: Search several candidates (on) or fit the fixed model (off).
-        candidates: Candidate names to search; ``()``: every candidate of the model kind
-            (``TABULAR_CANDIDATES`` / ``TEXT_CANDIDATES``); names of the other kind are
-            ignored.
-        n_trials: Trials per candidate (the first is the fixed model's settings where
-            they apply, so the search starts from today's model).
-        tuning_seconds: Wall-clock seconds per candidate's study.
-        folds: Cross-validation folds over the training rows (never the gate's rows); a
-            trial is pruned after a fold when its running score is below the median of
-            earlier trials at that fold.
-        max_rows: Rows (seeded sample of the training rows) the search scores on; the
-            winner is refit on every training row.
-        storage: Optuna storage: ``""`` in memory, ``"sqlite"`` a SQLite file in the
-            run's folder, else an RDB URL (a shared study on a cluster).
-        updates: Between full retrains, a label-only trigger asks for an ``update``: the
-            champion's estimator and parameters refit on its rows plus the new labels,
-            without a search (:mod:`driftloop.models.warm`).
-        min_c / max_c: Bounds of the linear models' inverse regularisation (log scale).
-        min_learning_rate / max_learning_rate: Bounds of the boosting learning rate.
-        max_boost_iter: Upper bound of boosting iterations (lower bound 50).
-        max_trees: Upper bound of the forest size (lower bound 50).
+    Off by default (``n_trials >= 1`` in the pipeline: on). ``candidates``: ``()`` all of the
+    kind; ``n_trials`` (first: the fixed model's settings) and ``tuning_seconds`` per candidate,
+    whichever ends first (only trials replay); ``folds``: CV on the training rows, never the
+    gate's (median pruning per fold); ``storage``: ``""`` memory, ``"sqlite"`` (run folder) or an
+    RDB URL; ``updates``: label-only triggers ask for an update; the rest bound the spaces.
     """
 
     enabled: bool = False
@@ -272,7 +247,6 @@ class TuningConfig:
     n_trials: int = 20
     tuning_seconds: float = 60.0
     folds: int = 3
-    max_rows: int = 5000
     storage: str = ""
     updates: bool = False
     min_c: float = 0.01
@@ -283,18 +257,14 @@ class TuningConfig:
     max_trees: int = 300
 
     def __post_init__(self) -> None:
-        known = TABULAR_CANDIDATES + TEXT_CANDIDATES
-        unknown = [c for c in self.candidates if c not in known]
-        _check(not unknown, "tuning.candidates", f"unknown {unknown}; known {list(known)}")
-        _check(self.n_trials >= 1, "tuning.n_trials", "must be >= 1")
-        _check(self.tuning_seconds > 0, "tuning.tuning_seconds", "must be > 0")
-        _check(self.folds >= 2, "tuning.folds", "must be >= 2")
-        _check(self.max_rows >= 20, "tuning.max_rows", "must be >= 20")
-        _check(0 < self.min_c < self.max_c, "tuning.min_c", "must be in (0, max_c)")
-        _check(0 < self.min_learning_rate < self.max_learning_rate <= 1,
-               "tuning.min_learning_rate", "must be in (0, max_learning_rate), max <= 1")
-        _check(self.max_boost_iter >= 50, "tuning.max_boost_iter", "must be >= 50")
-        _check(self.max_trees >= 50, "tuning.max_trees", "must be >= 50")
+        _check(set(self.candidates) <= {*TABULAR_CANDIDATES, *TEXT_CANDIDATES},
+               "tuning.candidates", f"unknown: {list(self.candidates)}")
+        _check(self.n_trials >= 1 and self.folds >= 2 and self.tuning_seconds > 0,
+               "tuning.n_trials/folds/tuning_seconds", "must be >= 1 / >= 2 / > 0")
+        _check(0 < self.min_c < self.max_c and 0 < self.min_learning_rate
+               < self.max_learning_rate <= 1 and min(self.max_boost_iter, self.max_trees) >= 50,
+               "tuning bounds", "need 0 < min_c < max_c, 0 < min_learning_rate < "
+               "max_learning_rate <= 1, max_boost_iter and max_trees >= 50")
 
 
 @dataclass(frozen=True)

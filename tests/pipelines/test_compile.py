@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from driftloop import __version__
-from driftloop.config import CanaryConfig, DriftConfig, GateConfig, TriggerConfig
+from driftloop.config import CanaryConfig, DriftConfig, GateConfig, TriggerConfig, TuningConfig
 from driftloop.kfp.compile import compile_all, compile_pipeline
 from driftloop.kfp.components import COMPONENTS
 from driftloop.kfp.image import IMAGE
@@ -19,8 +19,8 @@ from driftloop.kfp.pipeline import GCS_SECRET, LOOKBACK_DAYS, WINDOW_DAYS
 
 REPO = Path(__file__).resolve().parents[2]
 STORE_TASKS = {"ingest", "analyse-canary", "curate-feedback", "drift-shard", "detect-drift",
-               "decide-retrain", "train-model", "evaluate-challenger", "promote-model",
-               "notify-on-exit"}
+               "decide-retrain", "plan-candidates", "tune-candidate", "select-challenger",
+               "evaluate-challenger", "promote-model", "notify-on-exit"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     steps = {name for name, t in tasks.items()
              if not name.startswith(("condition-", "exit-", "for-loop-"))}
     assert steps == {"ingest", "analyse-canary", "curate-feedback", "drift-shard", "detect-drift",
-                     "decide-retrain", "train-model", "evaluate-challenger", "notify",
+                     "decide-retrain", "plan-candidates", "tune-candidate",
+                     "select-challenger", "evaluate-challenger", "notify",
                      "promote-model", "notify-on-exit"}
     conditions = sorted(t["triggerPolicy"]["condition"] for t in tasks.values()
                         if "condition" in t.get("triggerPolicy", {}))
@@ -76,12 +77,14 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
         "inputs.parameter_values['pipelinechannel--decide-retrain-Output'] == true",
         "inputs.parameter_values['pipelinechannel--evaluate-challenger-Output'] == 'promote'",
     ]
-    # The retrain branch holds train and evaluate; the promote branch notify, then promote.
+    # The retrain branch holds the search, select and evaluate; the promote branch notify,
+    # then promote.
     branch = {name: comp["dag"]["tasks"] for name, comp in pipeline["components"].items()
               if name.startswith("comp-condition")}
-    assert {"train-model", "evaluate-challenger"} <= set(branch["comp-condition-3"])
-    assert set(branch["comp-condition-4"]) == {"notify", "promote-model"}
-    assert branch["comp-condition-4"]["promote-model"]["dependentTasks"] == ["notify"]
+    assert {"plan-candidates", "for-loop-4", "select-challenger",
+            "evaluate-challenger"} <= set(branch["comp-condition-3"])
+    assert set(branch["comp-condition-5"]) == {"notify", "promote-model"}
+    assert branch["comp-condition-5"]["promote-model"]["dependentTasks"] == ["notify"]
     # The exit task runs after the whole body, whatever happened, and gets its status.
     exit_task = pipeline["root"]["dag"]["tasks"]["notify-on-exit"]
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -101,7 +104,7 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     assert canary["taskOutputParameter"] == {"outputParameterKey": "Output",
                                              "producerTask": "analyse-canary"}
     # promote_model gets the rollout parameters
-    promote = branch["comp-condition-4"]["promote-model"]["inputs"]["parameters"]
+    promote = branch["comp-condition-5"]["promote-model"]["inputs"]["parameters"]
     assert {"rollout_backend", "rollout_state", "isvc_name", "namespace"} <= set(promote)
 
 
@@ -126,6 +129,42 @@ def test_drift_is_a_parallel_for_over_shards_then_a_merge(spec):
     assert merge["shard_profiles"]["isArtifactList"] is True
     default = pipeline["root"]["inputDefinitions"]["parameters"]["drift_shards"]
     assert default["defaultValue"] == [0] and default["parameterType"] == "LIST"
+
+
+def test_the_search_is_a_parallel_for_over_candidates_then_a_collected_select(spec):
+    pipeline = spec[0]
+    branch = pipeline["components"]["comp-condition-3"]["dag"]["tasks"]
+    loop = branch["for-loop-4"]
+    assert loop["parameterIterator"]["items"] == {
+        "inputParameter": "pipelinechannel--plan-candidates-Output"}
+    assert loop["dependentTasks"] == ["plan-candidates"]
+    inner = pipeline["components"]["comp-for-loop-4"]["dag"]["tasks"]
+    assert set(inner) == {"tune-candidate"}  # one pod per candidate
+    tune = inner["tune-candidate"]["inputs"]
+    assert tune["parameters"]["candidate"] == {
+        "componentInputParameter": "pipelinechannel--plan-candidates-Output-loop-item"}
+    assert tune["artifacts"]["training"]["componentInputArtifact"] == \
+        "pipelinechannel--plan-candidates-training"
+    select = branch["select-challenger"]
+    assert select["dependentTasks"] == ["for-loop-4"]
+    assert select["inputs"]["parameters"]["results"]["taskOutputParameter"] == {
+        "outputParameterKey": "pipelinechannel--tune-candidate-Output",
+        "producerTask": "for-loop-4"}
+    # the pods' resources come from run parameters (string quantities), the CPU limit too:
+    # a task's threads follow its pod's CPU limit
+    executors = pipeline["deploymentSpec"]["executors"]
+    res = executors["exec-tune-candidate"]["container"]["resources"]
+    assert res == {
+        "resourceCpuLimit": "{{$.inputs.parameters['pipelinechannel--tune_cpu']}}",
+        "resourceCpuRequest": "{{$.inputs.parameters['pipelinechannel--tune_cpu']}}",
+        "resourceMemoryRequest": "{{$.inputs.parameters['pipelinechannel--tune_memory']}}"}
+    assert executors["exec-select-challenger"]["container"]["resources"] == {
+        "resourceCpuLimit": "{{$.inputs.parameters['pipelinechannel--tune_cpu']}}"}
+    defaults = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert (defaults["n_trials"]["defaultValue"], defaults["n_trials"]["parameterType"]) == (
+        0, "NUMBER_INTEGER")  # no search by default: the fixed model
+    assert defaults["tuning_seconds"]["parameterType"] == "NUMBER_DOUBLE"
+    assert defaults["tune_cpu"]["defaultValue"] == "1"
 
 
 def test_caching_is_off_for_ingest_and_every_task_that_writes_the_store(spec):
@@ -202,6 +241,11 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "prometheus_url": ("STRING", ""),
         "pushgateway_url": ("STRING", ""),
         "drift_shards": ("LIST", [0]),  # compiled as [0.0]: protobuf numbers
+        "n_trials": ("NUMBER_INTEGER", 0),  # 0: no search (TuningConfig.enabled False)
+        "tuning_seconds": ("NUMBER_DOUBLE", TuningConfig.tuning_seconds),
+        "tuning_storage": ("STRING", TuningConfig.storage),
+        "warm_updates": ("BOOLEAN", TuningConfig.updates),
+        "tune_cpu": ("STRING", "1"), "tune_memory": ("STRING", "2Gi"),
     }
     assert {k: (v["parameterType"], v.get("defaultValue")) for k, v in params.items()} == \
         expected
@@ -237,7 +281,7 @@ def test_compiling_imports_neither_sklearn_nor_alibi_detect(tmp_path: Path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "pipelines" / "continuous_training.yaml").exists()
-    assert (tmp_path / "components" / "train_model" / "component.yaml").exists()
+    assert (tmp_path / "components" / "tune_candidate" / "component.yaml").exists()
 
 
 def test_the_canary_pipeline_only_ingests_and_judges_the_canary(fresh: Path):
@@ -246,7 +290,7 @@ def test_the_canary_pipeline_only_ingests_and_judges_the_canary(fresh: Path):
     assert doc["pipelineInfo"]["name"] == "canary-analysis"
     tasks = _tasks(doc)
     assert {"ingest", "analyse-canary", "notify-on-exit"} <= set(tasks)
-    assert not {"train-model", "detect-drift", "promote-model"} & set(tasks)
+    assert not {"select-challenger", "detect-drift", "promote-model"} & set(tasks)
     params = tasks["ingest"]["inputs"]["parameters"]
     assert params["scheduled_time"]["runtimeValue"]["constant"] == (
         "{{$.pipeline_job_schedule_time_utc}}")
@@ -270,7 +314,7 @@ def test_the_ab_pipeline_ingests_and_judges_the_ab_tests(fresh: Path):
     assert doc["pipelineInfo"]["name"] == AB_PIPELINE_NAME == AB_PIPELINE
     tasks = _tasks(doc)
     assert {"ingest", "analyse-ab", "notify-on-exit"} <= set(tasks)
-    assert not {"train-model", "detect-drift", "analyse-canary"} & set(tasks)
+    assert not {"select-challenger", "detect-drift", "analyse-canary"} & set(tasks)
     assert tasks["analyse-ab"]["dependentTasks"] == ["ingest"]
     defaults = doc["root"]["inputDefinitions"]["parameters"]
     auto = defaults["auto_promote"]

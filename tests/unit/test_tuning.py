@@ -145,7 +145,7 @@ def test_an_update_reuses_the_champions_candidate_and_params():
 def test_tuning_config_names_the_field_and_the_rule():
     with pytest.raises(ConfigError, match=r"tuning\.candidates"):
         TuningConfig(candidates=("nope",))
-    with pytest.raises(ConfigError, match=r"tuning\.n_trials"):
+    with pytest.raises(ConfigError, match=r"tuning\.n_trials/folds"):
         TuningConfig(n_trials=0)
 
 

@@ -51,6 +51,8 @@ from driftloop.serde import JsonResult, to_jsonable
 from driftloop.threads import limited
 
 OK, SKIPPED, FIXED = "ok", "skipped", "fixed"
+#: Training rows (a seeded sample) a search scores on; the winner is refit on every row.
+SEARCH_MAX_ROWS = 5000
 
 
 @dataclass
@@ -152,7 +154,7 @@ def tune_candidate(
     import optuna
 
     started = time.monotonic()
-    df = _sample(train_df, tuning.max_rows, config.seed)
+    df = _sample(train_df, SEARCH_MAX_ROWS, config.seed)
     problem = training_problem(df, schema)
     if problem is not None:
         return CandidateResult(name, SKIPPED, metric, rows=len(df), reason=problem)
