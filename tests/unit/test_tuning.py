@@ -180,3 +180,20 @@ def test_parameters_that_crossed_a_float_channel_still_build(tab):
                                                              "min_samples_leaf": 5.0})
     model.fit(tab.drop(columns="label"), tab["label"])
     assert model[-1].min_samples_leaf == 5 and isinstance(model[-1].n_estimators, int)
+
+
+def test_run_flags_and_pipeline_parameters_turn_the_search_on_and_off(capsys):
+    from driftloop.cli.commands import _config
+    from driftloop.cli.parser import build_parser
+    from driftloop.kfp.local import pipeline_arguments
+
+    base = ["run", "--store", "s", "--schema", "x.json", "--model", "m"]
+    on = _config(build_parser().parse_args([*base, "--n-trials", "3", "--tuning-seconds", "5"]))
+    assert on.tuning.enabled and (on.tuning.n_trials, on.tuning.tuning_seconds) == (3, 5.0)
+    off = _config(build_parser().parse_args([*base, "--n-trials", "0"]))
+    assert not off.tuning.enabled
+    assert (pipeline_arguments(on)["n_trials"], pipeline_arguments(off)["n_trials"]) == (3, 0)
+    assert pipeline_arguments(on)["tuning_seconds"] == 5.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--n-trials", "-1"])
+    assert "--n-trials: '-1': must be >= 0" in capsys.readouterr().err

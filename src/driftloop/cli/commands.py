@@ -47,18 +47,28 @@ def _emit(args: argparse.Namespace, result: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
     from driftloop.config import Config, config_from_dict
 
-    if not getattr(args, "config", None):
-        return Config()
-    path = Path(args.config)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DriftloopError(f"{path}: config file does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise DriftloopError(f"{path}: not valid JSON ({exc.msg})") from None
-    return config_from_dict(raw, source=str(path))
+    config = Config()
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DriftloopError(f"{path}: config file does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise DriftloopError(f"{path}: not valid JSON ({exc.msg})") from None
+        config = config_from_dict(raw, source=str(path))
+    # run's --n-trials / --tuning-seconds: the pipeline's parameters (0 trials: no search)
+    trials, seconds = getattr(args, "n_trials", None), getattr(args, "tuning_seconds", None)
+    tuning = config.tuning
+    if trials is not None:
+        tuning = replace(tuning, enabled=trials > 0, n_trials=trials or tuning.n_trials)
+    if seconds is not None:
+        tuning = replace(tuning, tuning_seconds=seconds)
+    return replace(config, tuning=tuning)
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:

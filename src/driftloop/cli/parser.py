@@ -9,6 +9,7 @@ does ``driftloop train`` take?), while what a subcommand does lives with the com
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from driftloop import __version__
 from driftloop.cli.commands import (
@@ -59,6 +60,19 @@ def _rollout_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-timeout", type=float, default=None,
                    help="kubernetes backend: seconds a step waits for the new revision to be "
                         "ready and serving its share (default: 720)")
+
+
+def _at_least(low: float, kind: type) -> Any:
+    """An argparse type: a number of ``kind`` that is at least ``low`` (one-line error)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be >= {low:g}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _windowed(p)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--n-trials", type=_at_least(0, int), default=None,
+                   help="Optuna trials per candidate model (0: no search, the fixed model; "
+                        "default: the config's tuning section)")
+    p.add_argument("--tuning-seconds", type=_at_least(0.001, float), default=None,
+                   help="seconds of each candidate's search (default: the config's)")
     p.add_argument("--run-id")
     p.add_argument("--local", action="store_true",
                    help="run the KFP pipeline through kfp.local (one subprocess per task)")
