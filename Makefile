@@ -84,6 +84,7 @@ bench: $(VENV)/.installed-bench $(MLSERVER_VENV)/.installed data ## Run every be
 	$(BIN)/python benchmarks/sink_throughput.py --quick
 	$(BIN)/python benchmarks/ab_test.py --quick
 	$(BIN)/python benchmarks/active_learning.py --quick
+	$(BIN)/python benchmarks/challengers.py --quick
 
 clean: ## Remove the virtualenv and generated output
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -41,22 +41,23 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine_info  # noqa: E402
+from _machine import machine_info
 
-from driftloop.config import GateConfig, TrainConfig, TuningConfig  # noqa: E402
-from driftloop.data.schema import Schema, schema_from_dict  # noqa: E402
-from driftloop.decide.gate import evaluate_challenger  # noqa: E402
-from driftloop.demo.scenarios import Scenario, elec2_scenario, tweets_scenario  # noqa: E402
-from driftloop.models.candidates import build_candidate, candidates_for  # noqa: E402
-from driftloop.models.metrics import compute_metrics  # noqa: E402
-from driftloop.models.train import build_pipeline, feature_frame, predict_frame  # noqa: E402
-from driftloop.models.tuning import select_winner, tune_candidate  # noqa: E402
-from driftloop.threads import thread_limits  # noqa: E402
+from driftloop.config import GateConfig, TrainConfig, TuningConfig
+from driftloop.data.schema import Schema, schema_from_dict
+from driftloop.decide.gate import evaluate_challenger
+from driftloop.demo.scenarios import Scenario, elec2_scenario, tweets_scenario
+from driftloop.models.candidates import build_candidate, candidates_for
+from driftloop.models.metrics import compute_metrics
+from driftloop.models.train import build_pipeline, feature_frame, predict_frame
+from driftloop.models.tuning import select_winner, tune_candidate
+from driftloop.threads import thread_limits
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -70,6 +71,7 @@ def _synthetic(name: str, seed: int, days: int, rows_per_day: int, seed_rows: in
     change = int(rng.integers(2, days))
     before_n = seed_rows + change * rows_per_day
     after_n = (days - change) * rows_per_day
+    gens: tuple[Any, Any]
     if name == "sea":
         gens = (synth.SEA(variant=0, noise=0.1, seed=seed), synth.SEA(variant=3, noise=0.1,
                                                                       seed=seed + 1))
@@ -257,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['tuned_fit_s']:.1f} | {r['tuned_fit_ratio']:.1f}x | "
             f"{r['parallel_fit_ratio']:.1f}x | {r['fixed_promoted']}/{r['points']} | "
             f"{r['tuned_promoted']}/{r['points']} | {r['winners']} |")
+    took = time.perf_counter() - started
     summary = (f"tuned macro-F1 higher on {wins} of {len(rows)} streams (goal >= 3); budget "
-               f"{trials} trials / {seconds:g} s per candidate; {time.perf_counter() - started:.0f} s "
-               f"in all")
+               f"{trials} trials / {seconds:g} s per candidate; {took:.0f} s in all")
     machine = machine_info(f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at "
                            "end (taken under load: six colleagues share the two cores)")
     text = "\n".join([*lines, "", summary, "", machine])

@@ -5,9 +5,12 @@ One run of the continuous-training pipeline on a store whose lookback holds ROWS
 runs. Side A calls each component's body (``.python_func``: the same code a task runs) in
 this process; side B runs the compiled pipeline through ``kfp.local`` (SubprocessRunner,
 use_venv=False), where each task is a fresh interpreter. A task's time is the gap between
-its finish and the previous task's finish (kfp.local runs tasks one after another).
+its finish and the previous task's finish (kfp.local runs tasks one after another). The
+retrain branch is the search graph: plan-candidates, a ParallelFor of tune-candidate (one
+task per candidate; its row sums them: kfp.local runs the iterations one by one, a cluster
+in parallel pods) and select-challenger, at ``--n-trials`` trials per candidate.
 
-    .venv/bin/python benchmarks/orchestration_overhead.py [--rows 50000]
+    .venv/bin/python benchmarks/orchestration_overhead.py [--rows 50000] [--n-trials 2]
 
 Prints a table and the machine, writes benchmarks/results/orchestration_overhead.{md,csv,png}.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from kfp import dsl
 
-from driftloop.config import Config
+from driftloop.config import Config, TuningConfig
 from driftloop.data.schema import load_schema
 from driftloop.data.storage import open_store
 from driftloop.demo.sample import write_sample_store
@@ -36,8 +39,9 @@ from driftloop.steps.loop import run_loop
 
 MODEL = "sample"
 RESULTS = Path(__file__).parent / "results"
-STEPS = ["ingest", "drift-shard", "detect-drift", "decide-retrain", "train-model",
-         "evaluate-challenger", "notify", "promote-model", "notify-on-exit"]
+STEPS = ["ingest", "drift-shard", "detect-drift", "decide-retrain", "plan-candidates",
+         "tune-candidate", "select-challenger", "evaluate-challenger", "notify",
+         "promote-model", "notify-on-exit"]
 
 
 def _artifacts(root: Path) -> dict[str, dsl.Artifact]:
@@ -50,12 +54,18 @@ def _artifacts(root: Path) -> dict[str, dsl.Artifact]:
              ("challenger_curves", dsl.ClassificationMetrics),
              ("promotion_report", dsl.Markdown), ("canary_report", dsl.Markdown),
              ("canary_metrics", dsl.Metrics), ("shard_profile", dsl.Artifact),
-             ("shard_metrics", dsl.Metrics)]
+             ("shard_metrics", dsl.Metrics), ("training", dsl.Dataset),
+             ("candidates_report", dsl.Markdown), ("study", dsl.Artifact),
+             ("candidate_metrics", dsl.Metrics)]
     return {n: cls(name=n, uri=str(root / n), metadata={}) for n, cls in kinds}
 
 
-def direct(store_dir: Path, run_date: str, work: Path) -> dict[str, float]:
-    """Call every component body in pipeline order in this process; seconds per step."""
+def direct(store_dir: Path, run_date: str, work: Path, n_trials: int,
+           tuning_seconds: float) -> dict[str, float]:
+    """Call every component body in pipeline order in this process; seconds per step.
+
+    ``tune-candidate`` is the sum over the candidates (kfp.local runs them one by one).
+    """
     a = _artifacts(work)
     common = {"store_uri": str(store_dir), "schema_uri": str(store_dir / "schema.json")}
     run = "bench-direct"
@@ -88,12 +98,26 @@ def direct(store_dir: Path, run_date: str, work: Path) -> dict[str, float]:
           drift_metrics=a["drift_metrics"])
     timed("decide-retrain", components.decide_retrain.python_func, **common, model_name=MODEL,
           run_id=run, now=ing.now, force=True, min_new_labels=500, perf_drop=0.1,
-          max_age_days=7.0, canary_in_progress=canary, records=a["records"],
+          max_age_days=7.0, warm_updates=False, canary_in_progress=canary,
+          records=a["records"],
           drift_json=a["drift_json"],
           decision_report=a["decision_report"])
-    timed("train-model", components.train_model.python_func, **common, model_name=MODEL,
-          run_id=run, now=ing.now, records=a["records"], model=a["model"],
-          eval_set=a["eval_set"], train_metrics=a["train_metrics"])
+    names = timed("plan-candidates", components.plan_candidates.python_func, **common,
+                  model_name=MODEL, run_id=run, now=ing.now, n_trials=n_trials,
+                  tuning_seconds=tuning_seconds, records=a["records"], training=a["training"],
+                  candidates_report=a["candidates_report"])
+    results, tune_s = [], 0.0
+    for name in names:  # the ParallelFor's iterations, one after another (as kfp.local)
+        results.append(timed("tune-candidate", components.tune_candidate.python_func, **common,
+                             model_name=MODEL, run_id=run, candidate=name, n_trials=n_trials,
+                             tuning_seconds=tuning_seconds, tuning_storage="",
+                             cpu_request="1", memory_request="2Gi", training=a["training"],
+                             study=a["study"], candidate_metrics=a["candidate_metrics"]))
+        tune_s += times["tune-candidate"]
+    times["tune-candidate"] = tune_s
+    timed("select-challenger", components.select_challenger.python_func, **common,
+          model_name=MODEL, run_id=run, now=ing.now, results=results, records=a["records"],
+          model=a["model"], eval_set=a["eval_set"], train_metrics=a["train_metrics"])
     verdict = timed("evaluate-challenger", components.evaluate_challenger.python_func,
                     **common, model_name=MODEL, run_id=run, auto_threshold=0.05,
                     model=a["model"], eval_set=a["eval_set"], verdict_report=a["verdict_report"],
@@ -116,11 +140,13 @@ def direct(store_dir: Path, run_date: str, work: Path) -> dict[str, float]:
     return times
 
 
-def through_kfp_local(store_dir: Path, run_date: str, root: Path) -> tuple[dict[str, float], float]:
-    """Run the pipeline through kfp.local; seconds per task and for the whole run."""
+def through_kfp_local(store_dir: Path, run_date: str, root: Path,
+                      config: Config) -> tuple[dict[str, float], float]:
+    """Run the pipeline through kfp.local; seconds per task (summed over a loop's
+    iterations) and for the whole run."""
     start = time.time()
     run = run_local(str(store_dir), str(store_dir / "schema.json"), MODEL, run_date=run_date,
-                    force_retrain=True, pipeline_root=root)
+                    force_retrain=True, pipeline_root=root, config=config)
     if not run.ok:
         raise SystemExit(f"kfp.local run failed: {run.error}")
     run_dir = max((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
@@ -129,9 +155,10 @@ def through_kfp_local(store_dir: Path, run_date: str, root: Path) -> tuple[dict[
                   for pattern in ("*/executor_output.json",
                                   "for-loop-*-iteration-*/*/executor_output.json")
                   for p in run_dir.glob(pattern))
-    times, previous = {}, start
+    times: dict[str, float] = {}
+    previous = start
     for finished, task in done:
-        times[task] = finished - previous
+        times[task] = times.get(task, 0.0) + finished - previous
         previous = finished
     return times, run.seconds
 
@@ -139,7 +166,14 @@ def through_kfp_local(store_dir: Path, run_date: str, root: Path) -> tuple[dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000, help="records in the lookback")
+    parser.add_argument("--n-trials", type=int, default=2,
+                        help="trials per candidate (0: no search, one fixed-model iteration)")
+    parser.add_argument("--tuning-seconds", type=float, default=20.0,
+                        help="seconds per candidate's search")
     args = parser.parse_args()
+    searched = Config(tuning=TuningConfig(enabled=args.n_trials > 0,
+                                          n_trials=max(args.n_trials, 1),
+                                          tuning_seconds=args.tuning_seconds))
     tmp = Path(tempfile.mkdtemp(prefix="driftloop-bench-"))
     try:
         base = tmp / "base"
@@ -153,8 +187,9 @@ def main() -> None:
             shutil.copytree(base, tmp / side)
         (tmp / "work").mkdir()
         (tmp / "root").mkdir()
-        direct_times = direct(tmp / "direct", run_date, tmp / "work")
-        kfp_times, kfp_total = through_kfp_local(tmp / "kfp", run_date, tmp / "root")
+        direct_times = direct(tmp / "direct", run_date, tmp / "work", args.n_trials,
+                              args.tuning_seconds)
+        kfp_times, kfp_total = through_kfp_local(tmp / "kfp", run_date, tmp / "root", searched)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -165,8 +200,12 @@ def main() -> None:
             rows.append((step, k, d, k - d))
     machine = (f"{platform.node()} · {platform.system()} {platform.machine()} · "
                f"{os.cpu_count()} cores · Python {platform.python_version()}")
-    lines = [f"Orchestration overhead per step, {args.rows:,} records in the lookback",
-             f"machine: {machine}", "",
+    load = os.getloadavg()[0]
+    lines = [f"Orchestration overhead per step, {args.rows:,} records in the lookback, "
+             f"search at {args.n_trials} trials per candidate "
+             f"(tune-candidate: the sum over its iterations)",
+             f"machine: {machine} · load average {load:.1f} (taken under load: shared cores)",
+             "",
              "| step | kfp.local s | in-process s | overhead s |", "|---|---|---|---|"]
     lines += [f"| {s} | {k:.2f} | {d:.2f} | {o:+.2f} |" for s, k, d, o in rows]
     total_k = sum(r[1] for r in rows)
