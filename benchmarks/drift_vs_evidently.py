@@ -302,9 +302,16 @@ def markdown(rows: list[dict[str, Any]], machine: str, repeats: int, wall: float
 
 
 def _evidently_version() -> str:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return version("evidently")
+    try:
+        return version("evidently")
+    except PackageNotFoundError:  # Evidently lives in its own venv
+        if EVIDENTLY[0] is None:
+            return "(not installed)"
+        out = subprocess.run([EVIDENTLY[0], "-c", "import evidently; print(evidently.__version__)"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+        return f"{out or '?'} (its own venv)"
 
 
 def machine_info() -> str:
