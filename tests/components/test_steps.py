@@ -85,6 +85,15 @@ def test_run_key_keeps_local_names_and_makes_display_names_path_safe():
         run_key(" / ")
 
 
+def test_run_key_maps_a_kfp_local_loop_iteration_to_its_run():
+    # kfp.local resolves the job-name placeholder inside a ParallelFor to the iteration's
+    # DAG name; those tasks must record into the run's own folder
+    local = "continuous-training-2026-01-02-10-00-00-123456"
+    assert run_key(f"{local}/for-loop-4-iteration-0") == local
+    assert run_key(f"{local}/for-loop-2-iteration-11/for-loop-3-iteration-1") == local
+    assert run_key("a/b-iteration-x") == "a-b-iteration-x"  # not an iteration: kept
+
+
 def test_logical_time_reads_dates_as_the_end_of_the_day_in_utc():
     clock = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.UTC)
     assert logical_time("", clock=clock) == clock

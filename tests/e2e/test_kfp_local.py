@@ -277,3 +277,25 @@ def test_run_local_refuses_a_run_id_and_a_bad_date(tmp_path: Path, capsys):
     assert "--run-id cannot be set" in capsys.readouterr().err
     assert main([*args, "--now", "yesterday"]) == 2
     assert "not an ISO-8601 date" in capsys.readouterr().err
+
+
+def test_run_local_restores_print_when_kfp_leaves_its_indenting_print_installed(
+        tmp_path: Path, monkeypatch):
+    # kfp.local's ParallelFor threads can leave kfp's indenting print in builtins; every
+    # later print of the process would then write four spaces to stdout
+    import builtins
+
+    import driftloop.kfp.pipeline as pipeline_module
+
+    original = builtins.print
+
+    def leaky_pipeline(**_: object) -> None:
+        builtins.print = lambda *a, **k: original("    ", end="")
+
+    monkeypatch.setattr(pipeline_module, "build_pipeline", lambda **_: leaky_pipeline)
+    store = tmp_path / "store"
+    store.mkdir()
+    run = run_local(str(store), str(tmp_path / "schema.json"), "m",
+                    pipeline_root=tmp_path / "root")
+    assert builtins.print is original
+    assert run.run_id is None  # the fake pipeline made no run folder

@@ -11,6 +11,7 @@ nothing is taken from KFP's outputs.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import io
@@ -202,6 +203,12 @@ def run_local(
     out = stream if stream is not None else captured
     state, error = "SUCCEEDED", None
     start = time.perf_counter()
+    # kfp 2.17's local runner patches builtins.print around every task
+    # (kfp/local/logging_utils.py::indented_print) and restores what it found; the
+    # iterations of a ParallelFor run in threads (parallel_executor.py), so an
+    # interleaved restore can leave the indenting print installed for good, which then
+    # writes four spaces to stdout before every later print of this process.
+    original_print = builtins.print
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                    raise_on_error=True)
@@ -218,6 +225,7 @@ def run_local(
         run_dir = root / new[-1] if new else None
         tasks = _finished_tasks(run_dir) if run_dir is not None else []
     finally:
+        builtins.print = original_print
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
     log = captured.getvalue()

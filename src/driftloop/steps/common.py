@@ -35,6 +35,7 @@ from driftloop.serde import loads
 from driftloop.threads import thread_limits
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_LOCAL_ITERATION = re.compile(r"(/[A-Za-z0-9_-]+-iteration-\d+)+$")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -90,6 +91,11 @@ def run_key(job_name: str) -> str:
     Raises:
         DriftloopError: Nothing usable is left of the name.
     """
+    # kfp 2.17's local runner names a ParallelFor iteration's DAG "<run>/<loop>-iteration-<i>"
+    # and resolves the job-name placeholder to that inside the loop
+    # (kfp/local/orchestrator/task_spec_utils.py::get_nested_pipeline_resource_name);
+    # on a cluster every task gets the run's own name. Both mean the same run.
+    job_name = _LOCAL_ITERATION.sub("", job_name)
     key = re.sub(r"\.{2,}", ".", _UNSAFE.sub("-", job_name)).strip("-.")[:120]
     if not key:
         raise DriftloopError(f"run id {job_name!r}: needs at least one letter or digit")
