@@ -52,7 +52,7 @@ monitoring: $(STAMP) ## Write manifests/monitoring/: the Grafana dashboard, rule
 ab-manifests: $(STAMP) ## Write manifests/components/ab-test/: the example A/B test's InferenceGraph (kustomize component)
 	$(BIN)/python -m driftloop.rollout.ab_graph --out manifests/components/ab-test
 
-EVIDENTLY_VENV ?= /work/venvs/evidently
+EVIDENTLY_VENV ?= .venvs/evidently
 evidently-venv: ## Evidently 0.7.23 in its own venv (drift_vs_evidently.py uses it when .venv lacks Evidently)
 	test -x $(EVIDENTLY_VENV)/bin/python || python3.11 -m venv $(EVIDENTLY_VENV)
 	$(EVIDENTLY_VENV)/bin/python -m pip install -q -c constraints.txt evidently==0.7.23
@@ -62,7 +62,7 @@ evidently-venv: ## Evidently 0.7.23 in its own venv (drift_vs_evidently.py uses 
 # pandas and joblib versions so that it unpickles the same model.joblib. uvloop 0.21.0: with
 # uvloop >= 0.22 MLServer 1.7.1's inference worker dies at start (mlserver/parallel/worker.py
 # _ignore_signals calls asyncio.get_event_loop(), which uvloop then refuses) and no model loads.
-MLSERVER_VENV ?= /work/venvs/mlserver
+MLSERVER_VENV ?= .venvs/mlserver
 $(MLSERVER_VENV)/.installed: constraints.txt
 	@test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/python -m pip install -q --upgrade pip
@@ -87,4 +87,4 @@ bench: $(VENV)/.installed-bench $(MLSERVER_VENV)/.installed data ## Run every be
 	$(BIN)/python benchmarks/challengers.py --quick
 
 clean: ## Remove the virtualenv and generated output
-	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venvs $(OUT) .pytest_cache .mypy_cache .ruff_cache

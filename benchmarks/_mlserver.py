@@ -1,7 +1,7 @@
 """MLServer 1.7.1 + mlserver-sklearn serving the same model.joblib: the serving benchmark's peer.
 
 MLServer is KServe's V2 runtime for scikit-learn (the ``kserve-mlserver`` ServingRuntime).
-It runs from its own venv (``make mlserver``: /work/venvs/mlserver) with its default
+It runs from its own venv (``make mlserver``: .venvs/mlserver in the repository) with its default
 settings (one inference worker process, ``parallel_workers: 1``); only the ports are set,
 and ``OMP_NUM_THREADS=1``: what driftloop's predictor does for small batches (on a shared
 2-CPU machine a second OpenMP thread per tree only waits; measured here with the default,

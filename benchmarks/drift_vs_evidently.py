@@ -25,7 +25,7 @@ path: one shard profile at a time, then the merge), in memory (today's single-po
 and through Evidently, each in a fresh process; peak RSS and time per mode, and whether the
 shard-wise report equals the in-memory one on every column (``--quick``: 1M x 20 and
 100k x 100). Evidently runs in this interpreter when it has it, else in
-``--evidently-python`` (default ``/work/venvs/evidently/bin/python``, made by
+``--evidently-python`` (default ``.venvs/evidently/bin/python`` in the repository, made by
 ``make evidently-venv``), else it is reported as not run.
 
 Run: ``.venv/bin/python benchmarks/drift_vs_evidently.py [--quick] [--repeats 3]``
@@ -60,7 +60,7 @@ CATEGORIES = np.array([f"cat_{i}" for i in range(6)], dtype=object)
 REF_SHARES = np.array([0.35, 0.25, 0.15, 0.12, 0.08, 0.05])
 DRIFT_SHARES = REF_SHARES[::-1].copy()  # share change: rare categories become common
 TARGET_SPEEDUP = 20.0
-EVIDENTLY_VENV_PYTHON = Path("/work/venvs/evidently/bin/python")
+EVIDENTLY_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venvs/evidently/bin/python"
 #: Scale cases: (rows, columns, shards); quick sizes keep the same shape.
 SCALE_CASES = [(10_000_000, 20, 20), (1_000_000, 100, 10)]
 SCALE_QUICK = [(1_000_000, 20, 4), (100_000, 100, 2)]

@@ -34,7 +34,7 @@ between runs) and the rest (HTTP, uvicorn, FastAPI, kserve, the client), next to
 split for the no-op model.
 
     .venv/bin/python benchmarks/serving_latency.py [--requests 2000] [--rounds 20] [--quick]
-        [--mlserver /work/venvs/mlserver]
+        [--mlserver .venvs/mlserver]
 
 Prints the tables and the machine, writes benchmarks/results/serving_latency.{md,csv,png}.
 """
@@ -508,7 +508,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--quick", action="store_true",
                         help="400 requests per scenario in 4 rounds (make bench)")
-    parser.add_argument("--mlserver", type=Path, default=Path("/work/venvs/mlserver"),
+    parser.add_argument("--mlserver", type=Path,
+                        default=Path(__file__).resolve().parents[1] / ".venvs/mlserver",
                         help="venv with MLServer + mlserver-sklearn (make mlserver); rows "
                              "are left out when it is missing")
     parser.add_argument("--max-iter", type=int, default=TrainConfig().max_iter,
