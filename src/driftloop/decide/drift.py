@@ -417,8 +417,13 @@ def _effect(col: DriftColumn, ks_statistic: float, effect_size: str) -> float | 
     return _finite(value)
 
 
-def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Schema,
-                   model: Any | None) -> list[DriftColumn]:
+def model_probabilities(profile: ReferenceProfile, frame: pd.DataFrame, schema: Schema,
+                        model: Any | None) -> tuple[list[str], np.ndarray]:
+    """The profiled model's classes and its predicted probabilities for ``frame``'s rows.
+
+    Raises:
+        DriftloopError: No model, or its classes are not the profile's.
+    """
     if model is None:
         raise DriftloopError("drift detection: a text schema needs the model "
                              f"(version {profile.model_version}) for its predicted probabilities")
@@ -426,7 +431,15 @@ def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Sch
     if classes != profile.classes:
         raise DriftloopError(f"drift detection: model classes {classes} differ from the "
                              f"profile's {profile.classes} (model {profile.model_version})")
-    proba = np.asarray(model.predict_proba(current[schema.feature_names]), dtype=np.float64)
+    if not len(frame):
+        return classes, np.empty((0, len(classes)))
+    return classes, np.asarray(model.predict_proba(frame[schema.feature_names]),
+                               dtype=np.float64)
+
+
+def _proba_columns(profile: ReferenceProfile, current: pd.DataFrame, schema: Schema,
+                   model: Any | None) -> list[DriftColumn]:
+    classes, proba = model_probabilities(profile, current, schema, model)
     cols = []
     for col, edges, shares in zip(proba_columns(classes), profile.proba_edges,
                                   profile.proba_shares, strict=True):

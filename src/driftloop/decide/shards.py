@@ -55,6 +55,7 @@ from driftloop.decide.drift import (
     categorical_column,
     check_profile,
     finish_report,
+    model_probabilities,
     nan_high,
     new_report,
     numeric_column,
@@ -299,17 +300,7 @@ def profile_shard(profile: ReferenceProfile, frame: pd.DataFrame, schema: Schema
 
 def _profile_text(out: ShardProfile, profile: ReferenceProfile, frame: pd.DataFrame,
                   schema: Schema, model: Any | None) -> None:
-    if model is None:
-        raise DriftloopError("drift detection: a text schema needs the model "
-                             f"(version {profile.model_version}) for its predicted probabilities")
-    classes = [str(c) for c in model.classes_]
-    if classes != profile.classes:
-        raise DriftloopError(f"drift detection: model classes {classes} differ from the "
-                             f"profile's {profile.classes} (model {profile.model_version})")
-    if len(frame):
-        proba = np.asarray(model.predict_proba(frame[schema.feature_names]), dtype=np.float64)
-    else:
-        proba = np.empty((0, len(classes)))
+    classes, proba = model_probabilities(profile, frame, schema, model)
     for col, edges in zip(proba_columns(classes), profile.proba_edges, strict=True):
         ordered = np.sort(proba[:, col])
         out.proba_bins.append(_bins_of_sorted(ordered, edges, 0))

@@ -30,12 +30,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.preprocessing import OrdinalEncoder
 from sklearn.svm import LinearSVC
 
 from driftloop.config import TABULAR_CANDIDATES, TEXT_CANDIDATES, TrainConfig, TuningConfig
 from driftloop.data.schema import Schema
-from driftloop.models.train import build_pipeline
+from driftloop.models.train import build_pipeline, side_columns
 
 DEFAULT = "default"
 _MAX_CATEGORIES = 255
@@ -119,20 +119,6 @@ def _ordinal() -> OrdinalEncoder:
                           encoded_missing_value=np.nan, max_categories=_MAX_CATEGORIES)
 
 
-def _side_columns(schema: Schema) -> list[tuple[str, Any, Any]]:
-    """Imputed+scaled numeric and one-hot categorical columns (linear models, text extras)."""
-    numeric, categorical = schema.names_of("numeric"), schema.names_of("categorical")
-    steps: list[tuple[str, Any, Any]] = []
-    if numeric:
-        steps.append(("numeric", Pipeline([
-            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-            ("scale", StandardScaler()),
-        ]), numeric))
-    if categorical:
-        steps.append(("categorical", OneHotEncoder(handle_unknown="ignore"), categorical))
-    return steps
-
-
 def _text_columns(schema: Schema, vectoriser: Callable[[], Any]) -> list[tuple[str, Any, Any]]:
     # a scalar column name hands the vectoriser a 1-D column of documents
     return [(f"text_{name}", vectoriser(), name) for name in schema.names_of("text")]
@@ -174,7 +160,7 @@ def build_candidate(schema: Schema, config: TrainConfig, name: str,
         return Pipeline([("features", pre), ("classifier", clf)])
     c = float(p.pop("c", config.c))
     if name == "linear":
-        return Pipeline([("features", ColumnTransformer(_side_columns(schema))),
+        return Pipeline([("features", ColumnTransformer(side_columns(schema))),
                          ("classifier", LogisticRegression(C=c, max_iter=config.max_iter,
                                                            random_state=seed))])
     words = (1, 2) if p.get("bigrams", True) else (1, 1)
@@ -194,9 +180,9 @@ def build_candidate(schema: Schema, config: TrainConfig, name: str,
                                          max_features=config.max_features,
                                          sublinear_tf=True)),
             ])
-        features = ColumnTransformer(_text_columns(schema, union) + _side_columns(schema))
+        features = ColumnTransformer(_text_columns(schema, union) + side_columns(schema))
     else:
-        features = ColumnTransformer(_text_columns(schema, word_tfidf) + _side_columns(schema))
+        features = ColumnTransformer(_text_columns(schema, word_tfidf) + side_columns(schema))
     if name == "tfidf_svm":
         clf = CalibratedClassifierCV(LinearSVC(C=c, random_state=seed), method="sigmoid", cv=3)
     else:

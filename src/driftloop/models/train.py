@@ -82,6 +82,15 @@ def build_pipeline(schema: Schema, config: TrainConfig) -> Pipeline:
         ), name)  # a scalar column name hands the vectoriser a 1-D column of documents
         for name in schema.names_of("text")
     ]
+    steps += side_columns(schema)
+    clf = LogisticRegression(C=config.c, max_iter=config.max_iter, random_state=config.seed)
+    return Pipeline([("features", ColumnTransformer(steps)), ("classifier", clf)])
+
+
+def side_columns(schema: Schema) -> list[tuple[str, Any, Any]]:
+    """Imputed+scaled numeric and one-hot categorical columns (linear models, text extras)."""
+    numeric, categorical = schema.names_of("numeric"), schema.names_of("categorical")
+    steps: list[tuple[str, Any, Any]] = []
     if numeric:
         steps.append(("numeric", Pipeline([
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
@@ -89,8 +98,7 @@ def build_pipeline(schema: Schema, config: TrainConfig) -> Pipeline:
         ]), numeric))
     if categorical:
         steps.append(("categorical", OneHotEncoder(handle_unknown="ignore"), categorical))
-    clf = LogisticRegression(C=config.c, max_iter=config.max_iter, random_state=config.seed)
-    return Pipeline([("features", ColumnTransformer(steps)), ("classifier", clf)])
+    return steps
 
 
 def feature_frame(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
