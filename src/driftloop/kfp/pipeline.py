@@ -45,6 +45,7 @@ submission.
 
 # No ``from __future__ import annotations``: kfp reads the real annotation objects.
 
+from collections.abc import Sequence
 from typing import Any
 
 from kfp import dsl, kubernetes
@@ -87,6 +88,14 @@ def _mount_store_credentials(task: dsl.PipelineTask, secret: str) -> None:
     kubernetes.use_secret_as_volume(task, secret_name=secret, mount_path=GCS_SECRET_MOUNT)
     task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS",
                           f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}")
+
+
+def _store_tasks(tasks: Sequence[dsl.PipelineTask], gcs_secret: str) -> None:
+    """Never cache ``tasks`` (each reads new data or writes the store) and mount the secret."""
+    for task in tasks:
+        task.set_caching_options(False)
+        if gcs_secret:
+            _mount_store_credentials(task, gcs_secret)
 
 
 def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) -> Any:
@@ -357,10 +366,7 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
                 webhook=notify_webhook, min_labelled=canary_min_labelled,
                 max_holds=canary_max_holds, prometheus_url=prometheus_url,
                 records=ingested.outputs["records"])
-        for task in (finale, ingested, canary):
-            task.set_caching_options(False)
-            if gcs_secret:
-                _mount_store_credentials(task, gcs_secret)
+        _store_tasks((finale, ingested, canary), gcs_secret)
 
     return canary_analysis
 
@@ -429,9 +435,6 @@ def build_ab_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = Tru
                 rollout_backend=rollout_backend, rollout_state=rollout_state,
                 webhook=notify_webhook, auto_promote=auto_promote,
                 records=ingested.outputs["records"])
-        for task in (finale, ingested, analysed):
-            task.set_caching_options(False)
-            if gcs_secret:
-                _mount_store_credentials(task, gcs_secret)
+        _store_tasks((finale, ingested, analysed), gcs_secret)
 
     return ab_analysis
