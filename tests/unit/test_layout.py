@@ -149,16 +149,25 @@ def test_a_component_calls_one_step_and_the_loop_calls_the_same_steps():
             "run_promote"}.isdisjoint(loop)  # no second path around the steps
 
 
-def test_the_light_tasks_never_import_scikit_learn_or_scipy():
+def _libraries_loaded_by(*step_names: str) -> list[str]:
+    """The heavy libraries a fresh interpreter holds after resolving ``step_names``."""
     import subprocess
     import sys
 
+    heavy = {"sklearn", "scipy", "pandas", "pyarrow", "joblib", "yaml"}
     code = ("import sys\nfrom driftloop import steps\n"
-            "steps.notify_step, steps.promote_step, steps.exit_step\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))")
+            + "".join(f"steps.{name}\n" for name in step_names)
+            + f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(heavy)!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "[]"
+                         check=True, timeout=120).stdout.strip()
+    return __import__("ast").literal_eval(out)
+
+
+def test_the_light_tasks_never_import_scikit_learn_or_scipy():
+    # a task is a fresh interpreter: pandas alone costs it 0.5-1 s of import
+    assert _libraries_loaded_by("notify_step", "promote_step", "exit_step") == []
+    # the drift merge reads profiles and the champion's card, never its pickled model
+    assert "sklearn" not in _libraries_loaded_by("drift_merge_step")
     # and the lazy package still names every step a component body calls
     import driftloop.steps as steps
 

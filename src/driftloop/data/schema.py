@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from driftloop.data.storage import read_uri
 from driftloop.errors import SchemaError
 
@@ -319,14 +317,24 @@ def schema_from_dict(raw: Any, source: str = "<dict>") -> Schema:
     )
 
 
+def _parse_yaml(text: str) -> Any:
+    """Parse YAML; its errors become ValueError (PyYAML loads only for a YAML schema)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def load_schema(uri: str | Path) -> Schema:
     """Load and check a schema file (``.json``, ``.yaml`` or ``.yml``; local or ``gs://``)."""
     # utf-8-sig: an editor's byte-order mark is not part of the JSON
     text = read_uri(uri).decode("utf-8-sig", errors="replace")
     source = str(uri)
     try:
-        raw = yaml.safe_load(text) if source.endswith((".yaml", ".yml")) else json.loads(text)
-    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        raw = _parse_yaml(text) if source.endswith((".yaml", ".yml")) else json.loads(text)
+    except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and an integer beyond Python's 4,300 digits;
         # RecursionError a document nested too deeply to parse
         first = (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -44,9 +44,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from driftloop.config import CanaryConfig
 from driftloop.decide.sequential import (
@@ -57,6 +57,9 @@ from driftloop.decide.sequential import (
     stratified_difference,
 )
 from driftloop.serde import JsonResult
+
+if TYPE_CHECKING:  # records arrive as frames; the promote task's types need no pandas
+    import pandas as pd
 
 ADVANCE, HOLD, ROLLBACK = "advance", "hold", "rollback"
 #: ``CanaryAnalysis.method`` of the stratified, anytime-valid rule.
@@ -173,6 +176,8 @@ def _fmt(value: float | None) -> str:
 def canary_age_days(records: pd.DataFrame, canary_version: str,
                     now: dt.datetime | None) -> float:
     """Days from the canary's first logged response to ``now`` (0: none, or no time)."""
+    import pandas as pd
+
     if now is None or records.empty or "timestamp" not in records \
             or "model_version" not in records:
         return 0.0
@@ -191,6 +196,8 @@ def since_canary_started(records: pd.DataFrame, canary_version: str) -> pd.DataF
     late labels keep arriving for earlier days. Rows from before the canary started are
     left out so the champion is measured over the same period. No canary row: no rows.
     """
+    import pandas as pd
+
     if "timestamp" not in records:  # cannot tell when: judge every row given
         return records
     if records.empty or "model_version" not in records:
@@ -279,6 +286,8 @@ def strata_counts(records: pd.DataFrame, champion_version: str, canary_version: 
     Returns:
         ``(x1, n1, x2, n2)``: per-bucket correct and labelled counts of champion and canary.
     """
+    import pandas as pd
+
     empty = np.zeros(0)
     if any(c not in records for c in ("model_version", "prediction", "label")):
         return empty, empty, empty, empty

@@ -16,9 +16,9 @@ therefore at most ``alpha``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def error_change_point(errors: np.ndarray, *, alpha: float = 0.01,
         return None
     z = (p2 - p1) / np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     best = int(np.argmax(z))
-    threshold = float(norm.isf(alpha / splits.size))
+    threshold = -NormalDist().inv_cdf(alpha / splits.size)  # isf, exact for a small tail
     if not z[best] > threshold:
         return None
     k = int(splits[best])

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import pandas as pd
-from scipy.stats import norm
 
 from driftloop.config import TriggerConfig
 from driftloop.decide.changepoint import ChangePoint
@@ -185,7 +184,7 @@ def performance_test(baseline: float, baseline_n: int, live: float, live_n: int
     c = (live * live_n + 1) / (live_n + 2)
     se = math.sqrt(b * (1 - b) / (baseline_n + 2) + c * (1 - c) / (live_n + 2))
     z = (c - b) / se
-    return z, float(norm.cdf(z))
+    return z, 0.5 * math.erfc(-z / math.sqrt(2.0))  # Phi(z), exact in both tails; no scipy
 
 
 def _performance_rule(

@@ -41,8 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import joblib
-
 from driftloop.clock import utc_now_iso
 from driftloop.data.storage import Store
 from driftloop.errors import DriftloopError, IntegrityError, StoreError
@@ -375,6 +373,8 @@ class Registry:
             IntegrityError: The stored bytes do not match ``model_sha256``; nothing
                 was unpickled.
         """
+        import joblib  # with the first model: steps that only move aliases never load it
+
         return joblib.load(io.BytesIO(self._model_bytes(version)))
 
     def read_file(self, version: str, name: str) -> bytes:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,8 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from driftloop.config import TrainConfig
 from driftloop.data.schema import Schema
 from driftloop.errors import DriftloopError, SchemaError
+from driftloop.models.metadata import ModelMetadata
 from driftloop.models.metrics import compute_metrics
-from driftloop.serde import JsonResult
 from driftloop.threads import limited
 
 MIN_TRAIN_ROWS = 10
@@ -190,45 +190,6 @@ def assemble_training_set(
     df = df[df["label"].notna()].sort_values("timestamp", kind="stable", na_position="first")
     df = df.drop_duplicates(subset="id", keep="last")
     return df.tail(config.max_rows).reset_index(drop=True)
-
-
-@dataclass
-class ModelMetadata(JsonResult):
-    """What a trained model is, what it was trained on and how it scored (metadata.json)."""
-
-    model_name: str
-    version: str
-    created_at: str
-    model_kind: str
-    classes: list[str]
-    features: list[str]
-    schema: dict[str, Any]
-    training_window_start: str | None
-    training_window_end: str | None
-    training_cutoff: str | None
-    n_rows: int
-    data_hash: str
-    model_sha256: str
-    library_versions: dict[str, str]
-    params: dict[str, Any]
-    validation_metrics: dict[str, float]
-    primary_metric: str
-    seed: int
-    n_validation_rows: int = 0
-    #: Why it was trained: the rules that fired, the drift effect size of that run and the
-    #: training window chosen (``{"start": ISO or None, "reason": ...}``).
-    trigger: dict[str, Any] = field(default_factory=dict)
-    #: What the last doubling of its data bought (:func:`learning_curve`): the label-volume
-    #: rule grows the training set again only while this credibly paid. Empty: unknown.
-    learning_curve: dict[str, float] = field(default_factory=dict)
-    #: Permutation importance on rows it never trained on (:func:`feature_importance`):
-    #: ``{"rows", "source", "metric", "baseline", "repeats", "features": [{"name", "mean",
-    #: "std"}, ...]}``, most important first. Empty: not measured (older versions too).
-    feature_importance: dict[str, Any] = field(default_factory=dict)
-    #: The search that chose it (:func:`driftloop.models.tuning.selection_record`):
-    #: ``{"kind", "winner", "reason", "metric", "results": [every candidate's best score,
-    #: params, trials, seconds or why it was skipped]}``. Empty: the fixed model, no search.
-    candidates: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -23,8 +23,7 @@ and only writes what differs, so re-running a step with the same state sends no 
 records no alias move. A run records its step as ``runs/<run-id>/rollout.json`` (and
 ``.md``); a run that already recorded a step for the same canary returns that step again.
 
-Plain functions over a :class:`~driftloop.models.registry.Registry` and a
-:class:`~driftloop.rollout.base.RolloutBackend`: no kfp and no kubernetes imports.
+Plain functions over a ``Registry`` and a ``RolloutBackend``: no kfp, kubernetes or pandas.
 """
 
 from __future__ import annotations
@@ -32,9 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from driftloop.clock import utc_now_iso
 from driftloop.config import CanaryConfig
@@ -59,6 +56,9 @@ from driftloop.rollout.base import (
 )
 from driftloop.rollout.errors import RevisionFailed, RolloutNotReady
 from driftloop.serde import JsonResult, loads
+
+if TYPE_CHECKING:  # the records come in as a frame; moving aliases needs no pandas
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
-"""The serving champion as the steps need it: model, metadata and drift profile, verified."""
+"""The serving champion as the steps need it: model, metadata and drift profile, verified.
+
+The model itself is unpickled on first use: the drift merge needs only the profile and
+the metadata, and so never imports scikit-learn.
+"""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +17,33 @@ from driftloop.decide.drift import (
 from driftloop.decide.trigger import (
     ChampionInfo,
 )
+from driftloop.models.metadata import ModelMetadata
 from driftloop.models.registry import Registry
-from driftloop.models.train import (
-    ModelMetadata,
-)
 
 PROFILE_FILES = ("drift_profile.npz", "drift_profile.json")
 
 
-@dataclass
 class Champion:
-    """The serving champion: its model, metadata and stored drift profile."""
+    """The serving champion: its model, metadata and stored drift profile.
 
-    version: str
-    model: Any
-    metadata: ModelMetadata
-    profile: ReferenceProfile
+    Given a ``registry`` (as :func:`load_champion` does) and no ``model``, :attr:`model` is
+    unpickled, its sha256 checked, the first time it is read.
+    """
+
+    def __init__(self, version: str, model: Any, metadata: ModelMetadata,
+                 profile: ReferenceProfile, *, registry: Registry | None = None) -> None:
+        self.version = version
+        self.metadata = metadata
+        self.profile = profile
+        self._model = model
+        self._registry = registry
+
+    @property
+    def model(self) -> Any:
+        """The fitted estimator (unpickled on first access when loaded from the registry)."""
+        if self._model is None and self._registry is not None:
+            self._model = self._registry.load_model(self.version)
+        return self._model
 
     def info(self) -> ChampionInfo:
         """The facts the trigger rules need."""
@@ -63,4 +77,4 @@ def load_champion(registry: Registry) -> Champion | None:
     if version is None:
         return None
     meta = ModelMetadata.from_json(registry.read_file(version, "metadata.json").decode())
-    return Champion(version, registry.load_model(version), meta, load_profile(registry, version))
+    return Champion(version, None, meta, load_profile(registry, version), registry=registry)

@@ -21,10 +21,9 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
-import pandas as pd
 
 from driftloop.config import Config, NotifyConfig
 from driftloop.data.schema import Schema, load_schema
@@ -33,6 +32,9 @@ from driftloop.errors import DriftloopError
 from driftloop.logs import configure_from_env, log_context
 from driftloop.serde import loads
 from driftloop.threads import thread_limits
+
+if TYPE_CHECKING:  # pandas loads with the first frame: light steps never read one
+    import pandas as pd
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _LOCAL_ITERATION = re.compile(r"(/[A-Za-z0-9_-]+-iteration-\d+)+$")
@@ -130,6 +132,8 @@ def pipeline_config(
 
 def read_frame(path: str | Path) -> pd.DataFrame:
     """Read a Parquet artifact; a one-line error names a missing or unreadable file."""
+    import pandas as pd
+
     try:
         return pd.read_parquet(path)
     except FileNotFoundError:
