@@ -449,3 +449,18 @@ def test_a_window_with_one_accepted_record_is_no_error(store: LocalStore):
     store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1), _rec(2, segment="mars")]))
     result = ingest(store, sample_schema(), DAY, DAY)
     assert result.report.counts.accepted == 1 and not store.list("quarantine")
+
+
+def test_an_orphan_label_is_quarantined_as_its_own_line(store: LocalStore):
+    # Regression: valid labels lost their row's index in validation, so an orphan after a
+    # rejected feedback line was quarantined with the rejected line's file, line and text.
+    store.write_text(f"requests/dt={DAY}/a.jsonl", _jsonl([_rec(1)]))
+    store.write_text(f"feedback/dt={DAY}/a.jsonl", _jsonl([
+        {"id": "r1", "label": "maybe", "timestamp": "2026-03-01T12:00:00+00:00"},
+        {"id": "r1", "label": "yes", "timestamp": "2026-03-01T12:00:00+00:00"},
+        {"id": "r9", "label": "no", "timestamp": "2026-03-01T12:00:00+00:00"},
+    ]))
+    q = ingest(store, sample_schema(), DAY, DAY).quarantine.set_index("_line")
+    assert "not one of the schema labels" in q.loc[1, "_reason"] and '"maybe"' in q.loc[1, "_raw"]
+    assert "no record with this id" in q.loc[3, "_reason"] and '"r9"' in q.loc[3, "_raw"]
+    assert sorted(q.index) == [1, 3]

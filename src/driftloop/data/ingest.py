@@ -16,31 +16,32 @@ then the line where each element starts).
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
-import os
 import re
+import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import pandas as pd
 
+from driftloop.data.readers import (
+    FEEDBACK,
+    REQUESTS,
+    SKIPPED_REASON,
+    empty_records,
+    partition_keys,
+    quarantine_frame,
+    read_kind,
+)
 from driftloop.data.schema import Schema
-from driftloop.data.storage import LocalStore, Store
+from driftloop.data.storage import Store
 from driftloop.data.validate import LINE, RAW, REASON, SOURCE, validate_labels, validate_records
-from driftloop.errors import DriftloopError, SchemaError, StoreError
+from driftloop.errors import DriftloopError, StoreError
 from driftloop.serde import JsonResult
 
-REQUESTS, FEEDBACK = "requests", "feedback"
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-QUARANTINE_COLUMNS = ["_kind", SOURCE, LINE, REASON, RAW]
 _VALUE = re.compile(r"'[^']*'|(?<![\w.-])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
-SKIPPED_REASON = f"not read: ingest reads only {', '.join(SUFFIXES)} files (lower case, " \
-    "uncompressed)"
-_BOM = b"\xef\xbb\xbf"
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON text of a UTF-16 surrogate
-_SURROGATE = re.compile("[\udc80-\udcff]")  # an invalid byte after surrogateescape
 
 
 @dataclass
@@ -144,287 +145,262 @@ class IngestError(DriftloopError):
         self.result = result
 
 
-def _check_folder(store: Store, prefix: str) -> None:
-    """Raise when a local partition folder, or one below it, cannot be listed.
+#: Columns a part's rows carry for the merge: the file and the row's place in it, so the
+#: merge restores the order of one reading (partitions by date, files by name).
+_FILE, _AT = "_file", "_at"
 
-    ``Path.rglob`` (behind :meth:`LocalStore.list`) skips a folder it may not read, so
-    without this a folder with mode 000 lost its rows with exit 0.
+
+@dataclass
+class IngestPart:
+    """What one shard of the lookback read: typed valid rows, rejects, and its files.
+
+    A shard owns the partition files whose key hashes to it (:func:`shard_owns`), so the
+    shards split the files exactly once however many there are, whatever order a store
+    lists them in. Its memory is that of its own files' raw rows; the merge
+    (:func:`merge_parts`) holds the typed rows of every shard, which training needs anyway.
+
+    Attributes:
+        shard: This shard's index.
+        n_shards: Shards of the lookback.
+        start: First partition day (ISO date).
+        end: Last partition day (ISO date).
+        request_files: Store keys of the request files it read.
+        feedback_files: Store keys of the feedback files it read.
+        skipped: Files of the partitions that ingest does not read, with the reason.
+        rows_in: Request rows read (valid or not).
+        labels_in: Feedback rows read (valid or not).
+        records: Valid records, typed, with ``_source``, ``_file`` and ``_at``.
+        labels: Valid labels with ``_source``, ``_line``, ``_raw``, ``_file``, ``_at``.
+        quarantine: Rejected records and labels (``_kind``, ``_source``, ``_line``,
+            ``_reason``, ``_raw``).
+    """
+
+    shard: int
+    n_shards: int
+    start: str
+    end: str
+    request_files: list[str]
+    feedback_files: list[str]
+    skipped: dict[str, str]
+    rows_in: int
+    labels_in: int
+    records: pd.DataFrame
+    labels: pd.DataFrame
+    quarantine: pd.DataFrame
+
+    _FRAMES = ("records", "labels", "quarantine")
+
+    def save(self, folder: str | Path) -> None:
+        """Write the part as three Parquet files and ``part.json`` in ``folder``."""
+        root = Path(folder)
+        root.mkdir(parents=True, exist_ok=True)
+        for name in self._FRAMES:
+            frame = getattr(self, name)
+            (frame.astype("string") if name == "quarantine" else frame).to_parquet(
+                root / f"{name}.parquet", index=False)
+        meta = {k: v for k, v in vars(self).items() if k not in self._FRAMES}
+        (root / "part.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> IngestPart:
+        """Read a part written by :meth:`save`.
+
+        Raises:
+            IngestError: The folder is not a complete part.
+        """
+        root = Path(folder)
+        try:
+            meta = json.loads((root / "part.json").read_text())
+            frames = {n: pd.read_parquet(root / f"{n}.parquet") for n in cls._FRAMES}
+        except (OSError, ValueError) as exc:
+            raise IngestError(f"{root}: not an ingest shard's part ({exc})") from None
+        quarantine = frames["quarantine"].astype(object)
+        quarantine[LINE] = pd.to_numeric(quarantine[LINE])
+        return cls(**meta, records=frames["records"], labels=frames["labels"],
+                   quarantine=quarantine.where(quarantine.notna(), None))
+
+
+def shard_owns(key: str, shard: int, n_shards: int) -> bool:
+    """Whether file ``key`` belongs to shard ``shard`` of ``n_shards`` (by CRC-32 of the key).
 
     Raises:
-        StoreError: Naming the folder and the OS error.
+        DriftloopError: ``n_shards`` below 1 or ``shard`` outside ``0..n_shards - 1``.
     """
-    if not isinstance(store, LocalStore):
-        return  # an object store has no folders to be refused
-    base = store.path(prefix)
-    try:
-        os.stat(base)
-    except (FileNotFoundError, NotADirectoryError):
-        return  # no partition for that day
-    except OSError as exc:
-        raise StoreError(f"{base}: cannot read folder ({exc.strerror})") from exc
-
-    def fail(exc: OSError) -> None:
-        raise StoreError(f"{exc.filename or base}: cannot read folder ({exc.strerror})") from exc
-
-    for _ in os.walk(base, onerror=fail):
-        pass
+    if n_shards < 1 or not 0 <= shard < n_shards:
+        raise DriftloopError(f"ingest shard: shard {shard} of {n_shards}: need "
+                             "0 <= shard < n_shards and n_shards >= 1")
+    return n_shards == 1 or zlib.crc32(key.encode()) % n_shards == shard
 
 
-def _partition_keys(
-    store: Store, kind: str, days: list[dt.date], skipped: dict[str, str]
-) -> list[str]:
-    """Keys of the readable files of ``kind`` for ``days``; other files go to ``skipped``."""
-    keys: list[str] = []
-    for day in days:
-        prefix = f"{kind}/dt={day.isoformat()}"
-        _check_folder(store, prefix)
-        for key in store.list(prefix):
-            if key.endswith(SUFFIXES):
-                keys.append(key)
-            else:
-                skipped[store.url(key)] = SKIPPED_REASON
-    return keys
+def _placed(valid: pd.DataFrame, raw: pd.DataFrame, store: Store,
+            keep: tuple[str, ...]) -> pd.DataFrame:
+    """``valid`` (indexed like ``raw``) with its rows' file and place in that file."""
+    if not len(raw):
+        return valid.assign(**{c: pd.Series(dtype=object) for c in (*keep, _FILE)},
+                            **{_AT: pd.Series(dtype="int64")})
+    at = raw.groupby(SOURCE, sort=False).cumcount()
+    extra = raw.loc[valid.index, list(keep)].assign(**{_AT: at.loc[valid.index]})
+    return pd.concat([valid, extra], axis=1).assign(**{_FILE: extra[SOURCE]}).reset_index(
+        drop=True)
 
 
-def _bad(url: str, lineno: int, raw: str, reason: str) -> dict[str, Any]:
-    if _SURROGATE.search(raw):
-        # keep invalid bytes visible as \xNN: a lone surrogate cannot be written to Parquet
-        raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return {SOURCE: url, LINE: lineno, RAW: raw, REASON: reason}
-
-
-def _json_row(obj: Any, raw: str, url: str, lineno: int) -> tuple[dict[str, Any] | None, str]:
-    """``(row, "")`` for a parsed JSON object, else ``(None, reason)``."""
-    if not isinstance(obj, dict):
-        return None, "not a JSON object"
-    if _SURROGATE.search(raw):
-        return None, "not valid UTF-8"
-    if _SURROGATE_ESCAPE.search(raw):
-        try:
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            # "\ud800" alone is valid JSON but no Unicode text: Parquet cannot store it
-            return None, "not valid Unicode (a lone UTF-16 surrogate escape)"
-    obj[SOURCE], obj[LINE], obj[RAW] = url, lineno, raw
-    return obj, ""
-
-
-def _parse_jsonl(data: bytes, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    rows, bad = [], []
-    # JSON Lines are separated by "\n" only: str.splitlines() also splits on U+2028,
-    # U+2029 and U+0085, which may stand unescaped inside a JSON string (a tweet). Bytes
-    # are split before decoding (0x0A is never part of a UTF-8 sequence), so one invalid
-    # byte costs its line only, instead of becoming U+FFFD inside an accepted row.
-    for lineno, chunk in enumerate(data.removeprefix(_BOM).split(b"\n"), 1):
-        chunk = chunk.removesuffix(b"\r")
-        try:
-            line = chunk.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raw = chunk.decode("utf-8", errors="backslashreplace")
-            reason = f"not valid UTF-8 (byte 0x{chunk[exc.start]:02x} at offset {exc.start})"
-            bad.append(_bad(url, lineno, raw, reason))
-            continue
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            # ValueError: JSONDecodeError, or an integer beyond Python's 4,300 digits
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-            bad.append(_bad(url, lineno, line, f"not valid JSON ({msg})"))
-            continue
-        row, reason = _json_row(obj, line, url, lineno)
-        if row is None:
-            bad.append(_bad(url, lineno, line, reason))
-        else:
-            rows.append(row)
-    return rows, bad
-
-
-def _skip_ws(text: str, pos: int) -> int:
-    """The first position at or after ``pos`` that is not JSON whitespace."""
-    while pos < len(text) and text[pos] in " \t\n\r":
-        pos += 1
-    return pos
-
-
-def _parse_json_array(text: str, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Each element of a JSON array as a row; ``_line`` is the line where it starts.
-
-    Elements are decoded one by one, so a broken element costs the rest of the file (one
-    quarantined row holding it), not the elements before it.
-    """
-    rows: list[dict[str, Any]] = []
-    bad: list[dict[str, Any]] = []
-    decoder = json.JSONDecoder()
-    pos = _skip_ws(text, text.index("[") + 1)
-    lineno, counted = 1, 0
-
-    def line_at(at: int) -> int:
-        nonlocal lineno, counted
-        lineno += text.count("\n", counted, at)
-        counted = at
-        return lineno
-
-    if text.startswith("]", pos):
-        pos += 1
-    else:
-        while True:
-            start = line_at(pos)
-            try:
-                obj, end = decoder.raw_decode(text, pos)
-            except (ValueError, RecursionError) as exc:
-                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-                bad.append(_bad(url, start, text[pos:], f"not valid JSON ({msg})"))
-                return rows, bad
-            row, reason = _json_row(obj, text[pos:end], url, start)
-            if row is None:
-                bad.append(_bad(url, start, text[pos:end], reason))
-            else:
-                rows.append(row)
-            pos = _skip_ws(text, end)
-            if text.startswith(",", pos):
-                pos = _skip_ws(text, pos + 1)
-                continue
-            if text.startswith("]", pos):
-                pos += 1
-                break
-            reason = "not valid JSON (expected ',' or ']' in the array)"
-            bad.append(_bad(url, line_at(pos), text[pos:], reason))
-            return rows, bad
-    if text[pos:].strip():
-        bad.append(_bad(url, line_at(pos), text[pos:], "not valid JSON (text after the array)"))
-    return rows, bad
-
-
-def _parse_json(data: bytes, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A ``.json`` file: an array of objects, one (pretty-printed) object, or JSON Lines."""
-    body = data.removeprefix(_BOM)
-    # surrogateescape: an invalid byte costs the element holding it (see _json_row)
-    text = body.decode("utf-8", errors="surrogateescape")
-    head = text.lstrip(" \t\r\n")[:1]
-    if head == "[":
-        return _parse_json_array(text, url)
-    if head == "{" and "\n" in text.strip():
-        try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError):
-            return _parse_jsonl(body, url)  # more than one object: JSON Lines
-        row, reason = _json_row(obj, text.strip(), url, 1)
-        return ([row], []) if row is not None else ([], [_bad(url, 1, text.strip(), reason)])
-    return _parse_jsonl(body, url)
-
-
-def _split_bad_utf8(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Set aside CSV rows holding bytes that are not UTF-8 (read with surrogateescape)."""
-    payload = frame.drop(columns=[SOURCE, LINE, RAW])
-    hit = payload.apply(
-        lambda col: col.map(lambda v: isinstance(v, str) and _SURROGATE.search(v) is not None)
-    ).any(axis=1) if len(payload.columns) else pd.Series(False, index=frame.index)
-    if not hit.any():
-        return frame, []
-    bad = []
-    for i in frame.index[hit]:
-        cols = [str(c) for c in payload.columns
-                if isinstance(payload.at[i, c], str) and _SURROGATE.search(payload.at[i, c])]
-        bad.append(_bad(frame.at[i, SOURCE], int(frame.at[i, LINE]), frame.at[i, RAW],
-                        f"not valid UTF-8 (in column(s) {', '.join(cols)})"))
-    return frame.loc[~hit], bad
-
-
-def read_file(store: Store, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read one JSONL, JSON, CSV or Parquet object into object-typed raw rows.
-
-    Returns:
-        ``(rows, unparsable)``: rows carry ``_source``, ``_line`` and ``_raw``; lines that
-        are not valid UTF-8 (JSON, CSV) or not a JSON object come back with a ``_reason``.
+def read_part(store: Store, schema: Schema, start: dt.date, end: dt.date, *,
+              shard: int = 0, n_shards: int = 1) -> IngestPart:
+    """Read and validate the request and feedback files of ``start``..``end`` this shard owns.
 
     Raises:
-        StoreError: The file cannot be read or parsed at all (naming the file).
+        StoreError: The store is missing, or a file or partition folder is unreadable.
+        SchemaError: A file lacks a column the schema requires.
+        DriftloopError: A bad shard index.
     """
-    url = store.url(key)
-    data = store.read_bytes(key)
-    unparsable: list[dict[str, Any]] = []
-    if key.endswith((".jsonl", ".json")):
-        # never raises on content: every bad line is a quarantined row
-        parse = _parse_json if key.endswith(".json") else _parse_jsonl
-        rows, unparsable = parse(data, url)
-        frame = pd.DataFrame(rows, dtype=object)
-        return frame, pd.DataFrame(unparsable, columns=[SOURCE, LINE, RAW, REASON])
-    try:
-        if key.endswith(".csv"):
-            # surrogateescape: an invalid byte costs its row (below), not the whole file
-            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False,
-                                encoding_errors="surrogateescape")
-            frame = frame.astype(object)
-        else:
-            frame = pd.read_parquet(io.BytesIO(data)).astype(object)
-    except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise StoreError(f"{url}: unreadable ({first})") from exc
-    if any(_SURROGATE.search(str(c)) for c in frame.columns):
-        raise StoreError(f"{url}: unreadable (the header is not valid UTF-8)")
-    if len(frame):
-        frame[SOURCE] = url
-        first_line = 2 if key.endswith(".csv") else 1  # CSV line 1 is the header
-        frame[LINE] = range(first_line, first_line + len(frame))
-        payload = frame.drop(columns=[SOURCE, LINE])
-        frame[RAW] = [
-            json.dumps(r, default=str) for r in payload.to_dict(orient="records")
-        ]
-        if key.endswith(".csv"):
-            frame, unparsable = _split_bad_utf8(frame)
-    return frame, pd.DataFrame(unparsable, columns=[SOURCE, LINE, RAW, REASON])
-
-
-def _check_columns(frame: pd.DataFrame, schema: Schema, url: str, kind: str) -> None:
-    # A file missing a whole required column is a schema mismatch, not a few bad rows.
-    if frame.empty:
-        return
-    if kind == REQUESTS:
-        needed = [schema.id_column, schema.timestamp_column] + [
-            c.name for c in schema.columns if c.required
-        ]
+    days = _days(start, end)
+    skipped: dict[str, str] = {}
+    req_keys = [k for k in partition_keys(store, REQUESTS, days, skipped)
+                if shard_owns(k, shard, n_shards)]
+    fb_keys = [k for k in partition_keys(store, FEEDBACK, days, skipped)
+               if shard_owns(k, shard, n_shards)]
+    raw, unparsable = read_kind(store, schema, REQUESTS, req_keys)
+    if len(raw):
+        valid, rejected = validate_records(raw, schema, keep_index=True)
     else:
-        needed = [schema.id_column, schema.label_column, schema.timestamp_column]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise SchemaError(
-            f"{url}: missing required column(s) {missing} declared by {schema.source}"
-        )
+        valid, rejected = empty_records(schema), pd.DataFrame(columns=[SOURCE, LINE, RAW, REASON])
+    fb_raw, fb_unparsable = read_kind(store, schema, FEEDBACK, fb_keys)
+    if len(fb_raw):
+        labels, fb_rejected = validate_labels(fb_raw, schema, keep_index=True)
+    else:
+        labels = pd.DataFrame(columns=["id", "label", "label_timestamp"])
+        fb_rejected = pd.DataFrame(columns=[SOURCE, LINE, RAW, REASON])
+    quarantine = pd.concat([quarantine_frame("record", rejected, unparsable),
+                            quarantine_frame("label", fb_rejected, fb_unparsable)],
+                           ignore_index=True)
+    return IngestPart(
+        shard, n_shards, start.isoformat(), end.isoformat(), req_keys, fb_keys, skipped,
+        rows_in=len(raw) + len(unparsable), labels_in=len(fb_raw) + len(fb_unparsable),
+        records=_placed(valid, raw, store, (SOURCE,)),
+        labels=_placed(labels, fb_raw, store, (SOURCE, LINE, RAW)),
+        quarantine=quarantine)
 
 
-def _read_kind(
-    store: Store, schema: Schema, kind: str, keys: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    frames, bad = [], []
-    for key in keys:
-        frame, unparsable = read_file(store, key)
-        _check_columns(frame, schema, store.url(key), kind)
-        if len(frame):
-            frames.append(frame)
-        if len(unparsable):
-            bad.append(unparsable)
-    raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    unparsable = (
-        pd.concat(bad, ignore_index=True) if bad else pd.DataFrame(columns=[SOURCE, LINE, RAW])
-    )
-    return raw, unparsable
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of ``frames``; an empty shard does not decide a column's type."""
+    return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
 
 
-def _quarantine_frame(kind: str, *frames: pd.DataFrame) -> pd.DataFrame:
-    parts = [f.assign(_kind=kind)[QUARANTINE_COLUMNS] for f in frames if len(f)]
+def _check_parts(parts: Sequence[IngestPart]) -> None:
+    """Raise unless ``parts`` are every shard of one split of one lookback, once each."""
     if not parts:
-        return pd.DataFrame(columns=QUARANTINE_COLUMNS)
-    return pd.concat(parts, ignore_index=True)
+        raise IngestError("ingest merge: no shard parts given")
+    first = parts[0]
+    for part in parts:
+        if (part.start, part.end, part.n_shards) != (first.start, first.end, first.n_shards):
+            raise IngestError(
+                f"ingest merge: shard {part.shard} read {part.start}..{part.end} in "
+                f"{part.n_shards} shards, shard {first.shard} {first.start}..{first.end} in "
+                f"{first.n_shards}: run again (or set run_date)")
+    shards = sorted(p.shard for p in parts)
+    if shards != list(range(first.n_shards)):
+        raise IngestError(f"ingest merge: got shards {shards} of {first.n_shards}; each of "
+                          f"0..{first.n_shards - 1} must be given once")
 
 
-def _empty_records(schema: Schema) -> pd.DataFrame:
-    cols = ["id", "timestamp", *schema.feature_names, "label", "label_timestamp"]
-    frame = pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-    frame["timestamp"] = pd.Series(dtype="datetime64[ns, UTC]")
-    frame["label_timestamp"] = pd.Series(dtype="datetime64[ns, UTC]")
-    return frame
+def merge_parts(store: Store, schema: Schema, parts: Sequence[IngestPart], *,
+                until: dt.datetime | None = None) -> IngestResult:
+    """Join the shards' parts into the lookback's records: what one reading would give.
+
+    The rows are put back in the order of one reading (partitions by date, files by name,
+    rows by place) before anything depends on order, so duplicates keep the same row and
+    ties between labels break the same way however the files were split.
+
+    Args:
+        store: The store (an all-quarantined lookback writes its quarantine there).
+        schema: The declared schema.
+        parts: Every shard's part, one each (:func:`read_part`).
+        until: See :func:`ingest`.
+
+    Raises:
+        IngestError: The parts do not make one whole lookback, or every record (or
+            label) read was quarantined.
+    """
+    _check_parts(parts)
+    parts = sorted(parts, key=lambda p: p.shard)
+    req_keys = sorted(k for p in parts for k in p.request_files)
+    fb_keys = sorted(k for p in parts for k in p.feedback_files)
+    skipped = {k: v for p in parts for k, v in sorted(p.skipped.items())}
+    counts = IngestCounts(files=len(req_keys) + len(fb_keys), files_skipped=len(skipped),
+                          rows_in=sum(p.rows_in for p in parts),
+                          labels_in=sum(p.labels_in for p in parts))
+    order = [_FILE, _AT]
+    valid = _concat([p.records for p in parts]).sort_values(
+        order, kind="stable").reset_index(drop=True)
+    if until is not None and len(valid):
+        later = (pd.to_datetime(valid["timestamp"], utc=True) >= _utc(until)).to_numpy()
+        counts.after_cutoff = int(later.sum())
+        valid = valid.loc[~later]
+    dup = valid["id"].duplicated(keep="first")
+    counts.duplicates = int(dup.sum())
+    records = valid.loc[~dup].drop(columns=[SOURCE, *order]).reset_index(drop=True)
+    if "label" not in records:
+        records["label"] = pd.Series(None, index=records.index, dtype=object)
+        records["label_timestamp"] = pd.Series(pd.NaT, index=records.index,
+                                               dtype="datetime64[ns, UTC]")
+
+    labels = _concat([p.labels for p in parts])
+    if len(labels):
+        labels = labels.sort_values(order, kind="stable")
+    if until is not None and len(labels):
+        later = (pd.to_datetime(labels["label_timestamp"], utc=True) > _utc(until)).to_numpy()
+        counts.labels_after_cutoff = int(later.sum())
+        labels = labels.loc[~later]
+    labels = labels.sort_values("label_timestamp", kind="stable") if len(labels) else labels
+    latest = ~labels["id"].duplicated(keep="last")
+    counts.labels_superseded = int((~latest).sum())
+    labels = labels.loc[latest]
+    known = labels["id"].isin(set(records["id"]))
+    orphans = labels.loc[~known, [SOURCE, LINE, RAW]] if len(labels) else None
+    counts.labels_orphaned = int((~known).sum())
+    labels = labels.loc[known].set_index("id")
+    counts.labels_joined = len(labels)
+    if len(labels):
+        hit = records["id"].isin(labels.index)
+        ids = records.loc[hit, "id"]
+        records.loc[hit, "label"] = labels.loc[ids, "label"].to_numpy()
+        records.loc[hit, "label_timestamp"] = labels.loc[ids, "label_timestamp"].to_numpy()
+        if "label_source" in labels:
+            # the feedback's source (user or client id), for the training plan's test of
+            # each source's agreement with the consensus
+            if "label_source" not in records:
+                records["label_source"] = pd.Series(None, index=records.index, dtype=object)
+            records.loc[hit, "label_source"] = labels.loc[ids, "label_source"].to_numpy()
+
+    shards_q = _concat([p.quarantine for p in parts])
+    counts.accepted = len(records)
+    counts.quarantined = int((shards_q["_kind"] == "record").sum())
+    counts.labels_quarantined = int((shards_q["_kind"] == "label").sum())
+    counts.labelled = int(records["label"].notna().sum())
+    orphan_frame = (
+        orphans.assign(**{REASON: f"{schema.id_column}: no record with this id in the window"})
+        if orphans is not None and len(orphans)
+        else pd.DataFrame(columns=[SOURCE, LINE, RAW, REASON])
+    )
+    quarantine = pd.concat(
+        [shards_q.loc[shards_q["_kind"] == "record"], shards_q.loc[shards_q["_kind"] == "label"],
+         quarantine_frame("label", orphan_frame)],
+        ignore_index=True,
+    )
+    status = "ok" if counts.accepted else "no_data"
+    report = IngestReport(
+        status=status,
+        start=parts[0].start,
+        end=parts[0].end,
+        counts=counts,
+        quarantine_reasons=dict(_reason_counts(quarantine[REASON])),
+        files=[store.url(k) for k in req_keys + fb_keys],
+        skipped_files=skipped,
+    )
+    records = records.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
+    result = IngestResult(records=records, quarantine=quarantine, report=report)
+    _fail_if_all_quarantined(store, result)
+    return result
 
 
 def ingest(
@@ -435,7 +411,8 @@ def ingest(
 
     Labels join their record by ``id``; the latest feedback (by its timestamp) wins and
     overrides a label carried by the record itself. Exact duplicates by ``id`` keep the
-    first row read (partitions in date order, files in name order).
+    first row read (partitions in date order, files in name order). One shard of one:
+    :func:`read_part` then :func:`merge_parts`, as the sharded pipeline does.
 
     Args:
         store: The store holding ``requests/`` and ``feedback/``.
@@ -459,92 +436,7 @@ def ingest(
         IngestError: Records (or labels) were read and every one was quarantined; the
             quarantine is first written to ``quarantine/<start>_<end>.jsonl`` in the store.
     """
-    days = _days(start, end)
-    skipped: dict[str, str] = {}
-    req_keys = _partition_keys(store, REQUESTS, days, skipped)
-    fb_keys = _partition_keys(store, FEEDBACK, days, skipped)
-    counts = IngestCounts(files=len(req_keys) + len(fb_keys), files_skipped=len(skipped))
-
-    raw, unparsable = _read_kind(store, schema, REQUESTS, req_keys)
-    counts.rows_in = len(raw) + len(unparsable)
-    if len(raw):
-        valid, rejected = validate_records(raw, schema)
-    else:
-        valid, rejected = _empty_records(schema), pd.DataFrame(columns=[SOURCE, LINE, RAW, REASON])
-    if until is not None and len(valid):
-        later = (pd.to_datetime(valid["timestamp"], utc=True) >= _utc(until)).to_numpy()
-        counts.after_cutoff = int(later.sum())
-        valid = valid.loc[~later]
-    dup = valid["id"].duplicated(keep="first")
-    counts.duplicates = int(dup.sum())
-    records = valid.loc[~dup].reset_index(drop=True)
-    if "label" not in records:
-        records["label"] = pd.Series(None, index=records.index, dtype=object)
-        records["label_timestamp"] = pd.Series(pd.NaT, index=records.index,
-                                               dtype="datetime64[ns, UTC]")
-
-    fb_raw, fb_unparsable = _read_kind(store, schema, FEEDBACK, fb_keys)
-    counts.labels_in = len(fb_raw) + len(fb_unparsable)
-    if len(fb_raw):
-        labels, fb_rejected = validate_labels(fb_raw, schema)
-    else:
-        labels = pd.DataFrame(columns=["id", "label", "label_timestamp"])
-        fb_rejected = pd.DataFrame(columns=[SOURCE, LINE, RAW, REASON])
-    if until is not None and len(labels):
-        later = (pd.to_datetime(labels["label_timestamp"], utc=True) > _utc(until)).to_numpy()
-        counts.labels_after_cutoff = int(later.sum())
-        labels = labels.loc[~later]
-    labels = labels.sort_values("label_timestamp", kind="stable")
-    latest = ~labels["id"].duplicated(keep="last")
-    counts.labels_superseded = int((~latest).sum())
-    labels = labels.loc[latest]
-    known = labels["id"].isin(set(records["id"]))
-    orphans = fb_raw.loc[labels.index[~known], [SOURCE, LINE, RAW]] if len(fb_raw) else None
-    counts.labels_orphaned = int((~known).sum())
-    labels = labels.loc[known].set_index("id")
-    counts.labels_joined = len(labels)
-    if len(labels):
-        hit = records["id"].isin(labels.index)
-        ids = records.loc[hit, "id"]
-        records.loc[hit, "label"] = labels.loc[ids, "label"].to_numpy()
-        records.loc[hit, "label_timestamp"] = labels.loc[ids, "label_timestamp"].to_numpy()
-        if "label_source" in labels:
-            # the feedback's source (user or client id), for the training plan's test of
-            # each source's agreement with the consensus
-            if "label_source" not in records:
-                records["label_source"] = pd.Series(None, index=records.index, dtype=object)
-            records.loc[hit, "label_source"] = labels.loc[ids, "label_source"].to_numpy()
-
-    counts.accepted = len(records)
-    counts.quarantined = len(rejected) + len(unparsable)
-    counts.labels_quarantined = len(fb_rejected) + len(fb_unparsable)
-    counts.labelled = int(records["label"].notna().sum())
-    orphan_frame = (
-        orphans.assign(**{REASON: f"{schema.id_column}: no record with this id in the window"})
-        if orphans is not None and len(orphans)
-        else pd.DataFrame(columns=[SOURCE, LINE, RAW, REASON])
-    )
-    quarantine = pd.concat(
-        [
-            _quarantine_frame("record", rejected, unparsable),
-            _quarantine_frame("label", fb_rejected, fb_unparsable, orphan_frame),
-        ],
-        ignore_index=True,
-    )
-    status = "ok" if counts.accepted else "no_data"
-    report = IngestReport(
-        status=status,
-        start=start.isoformat(),
-        end=end.isoformat(),
-        counts=counts,
-        quarantine_reasons=dict(_reason_counts(quarantine[REASON])),
-        files=[store.url(k) for k in req_keys + fb_keys],
-        skipped_files=skipped,
-    )
-    records = records.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
-    result = IngestResult(records=records, quarantine=quarantine, report=report)
-    _fail_if_all_quarantined(store, result)
-    return result
+    return merge_parts(store, schema, [read_part(store, schema, start, end)], until=until)
 
 
 def _reason_counts(reasons: pd.Series) -> Counter[str]:

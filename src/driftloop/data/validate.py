@@ -232,10 +232,10 @@ def _one_timestamp(value: object) -> pd.Timestamp:
 
 
 def _split(
-    typed: pd.DataFrame, raw: pd.DataFrame, reasons: pd.Series
+    typed: pd.DataFrame, raw: pd.DataFrame, reasons: pd.Series, keep_index: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     bad = reasons != ""
-    good = typed.loc[~bad].reset_index(drop=True)
+    good = typed.loc[~bad] if keep_index else typed.loc[~bad].reset_index(drop=True)
     rejected = raw.loc[bad, [SOURCE, LINE, RAW]].copy()
     rejected[REASON] = reasons[bad]
     return good, rejected.reset_index(drop=True)
@@ -247,12 +247,14 @@ SERVED_COLUMNS = ("prediction", "score", "model_version", "ab_test", "ab_variant
                   "ab_key")
 
 
-def validate_records(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.DataFrame]:
+def validate_records(raw: pd.DataFrame, schema: Schema, *,
+                     keep_index: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate raw request records.
 
     Args:
         raw: Object-typed rows with the reader's ``_source``, ``_line`` and ``_raw`` columns.
         schema: The declared schema.
+        keep_index: Valid rows keep their row's index in ``raw`` (else 0..n-1).
 
     Returns:
         ``(valid, rejected)``: valid rows typed (``id``, ``timestamp`` in UTC, features,
@@ -276,11 +278,14 @@ def validate_records(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, p
     for extra in SERVED_COLUMNS:
         if extra in raw:
             typed[extra] = raw[extra]
-    return _split(typed, raw, reasons)
+    return _split(typed, raw, reasons, keep_index)
 
 
-def validate_labels(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.DataFrame]:
+def validate_labels(raw: pd.DataFrame, schema: Schema, *,
+                    keep_index: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate raw feedback rows (``id``, label, ``timestamp``, optional ``source``).
+
+    ``keep_index``: valid rows keep their row's index in ``raw`` (else 0..n-1).
 
     Returns:
         ``(valid, rejected)``: valid rows with ``id``, ``label`` and ``label_timestamp``;
@@ -302,4 +307,4 @@ def validate_labels(raw: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd
         src = raw["source"]
         typed["label_source"] = src.where(~_missing(src), None).map(
             lambda v: None if v is None else str(v))
-    return _split(typed, raw, reasons)
+    return _split(typed, raw, reasons, keep_index)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from driftloop.data.ingest import REQUESTS, SUFFIXES, read_file
+from driftloop.data.readers import REQUESTS, SUFFIXES, read_file
 from driftloop.data.schema import Schema
 from driftloop.data.storage import Store
 from driftloop.data.validate import validate_records

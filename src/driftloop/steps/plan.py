@@ -18,9 +18,7 @@ import pandas as pd
 
 from driftloop.config import Config
 from driftloop.data.curate import FeedbackQuality, curate_training
-from driftloop.data.ingest import (
-    read_file,
-)
+from driftloop.data.readers import read_file
 from driftloop.data.schema import Schema
 from driftloop.data.storage import Store
 from driftloop.data.validate import validate_records
