@@ -562,6 +562,24 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """How the lookback is read.
+
+    Attributes:
+        shards: Shards the lookback's files are split into (by the CRC-32 of each file's
+            key, :func:`driftloop.data.ingest.shard_owns`): one ``ingest_shard`` pod each
+            in the pipeline (its ``ingest_shards`` parameter), one call each in process.
+            The merged records are those of one reading (:func:`~driftloop.data.ingest.
+            merge_parts`).
+    """
+
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.shards >= 1, "ingest.shards", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """How the process uses the machine.
 
@@ -586,6 +604,7 @@ class RuntimeConfig:
 class Config:
     """Every step's configuration."""
 
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -600,6 +619,7 @@ class Config:
 
 
 _SECTIONS: dict[str, type] = {
+    "ingest": IngestConfig,
     "drift": DriftConfig,
     "trigger": TriggerConfig,
     "train": TrainConfig,

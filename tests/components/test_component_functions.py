@@ -46,11 +46,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ("shard_profile", dsl.Artifact), ("shard_metrics", dsl.Metrics),
         ("training", dsl.Dataset), ("candidates_report", dsl.Markdown),
         ("study", dsl.Artifact), ("candidate_metrics", dsl.Metrics),
+        ("part", dsl.Artifact), ("ingest_shard_metrics", dsl.Metrics),
     ]}
     out: dict = {"store": open_store(store_dir), "a": a}
+    out["ingest_shard"] = components.ingest_shard.python_func(
+        **common, run_id=RUN, run_date="2026-01-01", scheduled_time="", window_days=1,
+        lookback_days=2, shard=0, shards=[0], part=a["part"],
+        shard_metrics=a["ingest_shard_metrics"])
     out["ingest"] = components.ingest.python_func(
         **common, run_id=RUN, run_date="2026-01-01", scheduled_time="", window_days=1,
-            lookback_days=2,
+        lookback_days=2, shard_parts=[a["part"]],
         records=a["records"], current=a["current"], quarantine=a["quarantine"],
         ingest_metrics=a["ingest_metrics"])
     now = out["ingest"].now

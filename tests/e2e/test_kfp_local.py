@@ -41,8 +41,9 @@ from driftloop.steps.records import list_runs, read_run
 MODEL = "sample"
 #: Tuning off (the default): the ParallelFor runs one iteration, the fixed model.
 TRAIN_TASKS = ["plan-candidates", "tune-candidate", "select-challenger"]
-ALL_TASKS = ["ingest", "analyse-canary", "drift-shard", "detect-drift", "decide-retrain",
-             *TRAIN_TASKS, "evaluate-challenger", "notify", "promote-model", "notify-on-exit"]
+ALL_TASKS = ["ingest-shard", "ingest", "analyse-canary", "drift-shard", "detect-drift",
+             "decide-retrain", *TRAIN_TASKS, "evaluate-challenger", "notify", "promote-model",
+             "notify-on-exit"]
 
 
 def _main_tasks(tasks: list[str]) -> list[str]:
@@ -166,8 +167,9 @@ def test_quiet_day_trains_nothing(runs):
     assert cli["code"] == 0, cli["stderr"][-3000:]
     result = cli["json"]
     assert result["state"] == "SUCCEEDED" and result["retrain"] is False
-    assert _main_tasks(result["tasks"]) == ["ingest", "analyse-canary", "drift-shard",
-                                            "detect-drift", "decide-retrain", "notify-on-exit"]
+    assert _main_tasks(result["tasks"]) == ["ingest-shard", "ingest", "analyse-canary",
+                                            "drift-shard", "detect-drift", "decide-retrain",
+                                            "notify-on-exit"]
     # the summary names the champion that serves, also when this run promoted nothing
     assert result["verdict"] is None and result["champion"] == runs["versions"]["day0"][0]
     assert runs["versions"]["day1"] == runs["versions"]["day0"], "a version was registered"
@@ -204,7 +206,7 @@ def test_drifted_day_retrains_and_promotes_the_challenger(runs):
 def test_worse_challenger_is_rejected_and_the_champion_stays(runs):
     run = runs["reject"]
     assert run.ok, run.log[-3000:]
-    assert _main_tasks(run.tasks) == ["ingest", "analyse-canary", "drift-shard",
+    assert _main_tasks(run.tasks) == ["ingest-shard", "ingest", "analyse-canary", "drift-shard",
                                       "detect-drift", "decide-retrain", "plan-candidates",
                                       *["tune-candidate"] * 3, "select-challenger",
                                       "evaluate-challenger", "notify-on-exit"]
@@ -227,7 +229,7 @@ def test_worse_challenger_is_rejected_and_the_champion_stays(runs):
 
 def test_failed_run_is_recorded_and_notified_by_the_exit_handler(runs):
     run = runs["failed"]
-    assert not run.ok and "Inner task failed: 'ingest'" in (run.error or "")
+    assert not run.ok and "Inner task failed: 'ingest-shard'" in (run.error or "")
     assert "StoreError: " in run.error and "missing.json: file does not exist" in run.error
     assert run.tasks == ["notify-on-exit"]
     assert run.record.recorded == ["status"] and run.record.status.state == "FAILED"

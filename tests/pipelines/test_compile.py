@@ -18,9 +18,9 @@ from driftloop.kfp.image import IMAGE
 from driftloop.kfp.pipeline import GCS_SECRET, LOOKBACK_DAYS, WINDOW_DAYS
 
 REPO = Path(__file__).resolve().parents[2]
-STORE_TASKS = {"ingest", "analyse-canary", "curate-feedback", "drift-shard", "detect-drift",
-               "decide-retrain", "plan-candidates", "tune-candidate", "select-challenger",
-               "evaluate-challenger", "promote-model", "notify-on-exit"}
+STORE_TASKS = {"ingest-shard", "ingest", "analyse-canary", "curate-feedback", "drift-shard",
+               "detect-drift", "decide-retrain", "plan-candidates", "tune-candidate",
+               "select-challenger", "evaluate-challenger", "promote-model", "notify-on-exit"}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     tasks = _tasks(pipeline)
     steps = {name for name, t in tasks.items()
              if not name.startswith(("condition-", "exit-", "for-loop-"))}
-    assert steps == {"ingest", "analyse-canary", "curate-feedback", "drift-shard", "detect-drift",
+    assert steps == {"ingest-shard", "ingest", "analyse-canary", "curate-feedback", "drift-shard",
+                     "detect-drift",
                      "decide-retrain", "plan-candidates", "tune-candidate",
                      "select-challenger", "evaluate-challenger", "notify",
                      "promote-model", "notify-on-exit"}
@@ -81,10 +82,10 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     # then promote.
     branch = {name: comp["dag"]["tasks"] for name, comp in pipeline["components"].items()
               if name.startswith("comp-condition")}
-    assert {"plan-candidates", "for-loop-4", "select-challenger",
-            "evaluate-challenger"} <= set(branch["comp-condition-3"])
-    assert set(branch["comp-condition-5"]) == {"notify", "promote-model"}
-    assert branch["comp-condition-5"]["promote-model"]["dependentTasks"] == ["notify"]
+    assert {"plan-candidates", "for-loop-5", "select-challenger",
+            "evaluate-challenger"} <= set(branch["comp-condition-4"])
+    assert set(branch["comp-condition-6"]) == {"notify", "promote-model"}
+    assert branch["comp-condition-6"]["promote-model"]["dependentTasks"] == ["notify"]
     # The exit task runs after the whole body, whatever happened, and gets its status.
     exit_task = pipeline["root"]["dag"]["tasks"]["notify-on-exit"]
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -93,35 +94,35 @@ def test_pipeline_has_every_step_both_branches_and_the_exit_handler(spec):
     assert status["taskFinalStatus"]["producerTask"] == "exit-handler-1"
     body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert {"ingest", "analyse-canary", "detect-drift", "decide-retrain",
-            "condition-3", "for-loop-2"} <= set(body)
+            "condition-4", "for-loop-3"} <= set(body)
     # The canary is judged right after ingest; drift and the decision wait for it, and the
     # decision gets the version in flight (so it does not retrain while one is).
     assert body["analyse-canary"]["dependentTasks"] == ["ingest"]
-    assert "analyse-canary" in body["for-loop-2"]["dependentTasks"]
+    assert "analyse-canary" in body["for-loop-3"]["dependentTasks"]
     # curation (disagreements, review queue) judges the champion after the canary step
     assert set(body["curate-feedback"]["dependentTasks"]) == {"ingest", "analyse-canary"}
     canary = body["decide-retrain"]["inputs"]["parameters"]["canary_in_progress"]
     assert canary["taskOutputParameter"] == {"outputParameterKey": "Output",
                                              "producerTask": "analyse-canary"}
     # promote_model gets the rollout parameters
-    promote = branch["comp-condition-5"]["promote-model"]["inputs"]["parameters"]
+    promote = branch["comp-condition-6"]["promote-model"]["inputs"]["parameters"]
     assert {"rollout_backend", "rollout_state", "isvc_name", "namespace"} <= set(promote)
 
 
 def test_drift_is_a_parallel_for_over_shards_then_a_merge(spec):
     pipeline = spec[0]
     body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    loop = body["for-loop-2"]
+    loop = body["for-loop-3"]
     assert loop["parameterIterator"]["items"] == {"inputParameter":
                                                   "pipelinechannel--drift_shards"}
-    inner = pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    inner = pipeline["components"]["comp-for-loop-3"]["dag"]["tasks"]
     assert set(inner) == {"drift-shard"}  # one pod per shard, nothing else in the loop
     assert inner["drift-shard"]["inputs"]["parameters"]["shard"] == {
         "componentInputParameter": "pipelinechannel--drift_shards-loop-item"}
     # the merge collects every shard's profile, and the decision reads the merged report
     collected = body["detect-drift"]["inputs"]["artifacts"]["shard_profiles"]
-    assert collected["taskOutputArtifact"]["producerTask"] == "for-loop-2"
-    assert set(body["detect-drift"]["dependentTasks"]) == {"for-loop-2", "ingest"}  # its now
+    assert collected["taskOutputArtifact"]["producerTask"] == "for-loop-3"
+    assert set(body["detect-drift"]["dependentTasks"]) == {"for-loop-3", "ingest"}  # its now
     # kfp.local 2.17 hands a loop the item in place of any upstream task output: none enter
     assert not [k for k, v in loop["inputs"]["parameters"].items()
                 if "taskOutputParameter" in v], "an upstream output passed into the loop"
@@ -131,14 +132,35 @@ def test_drift_is_a_parallel_for_over_shards_then_a_merge(spec):
     assert default["defaultValue"] == [0] and default["parameterType"] == "LIST"
 
 
+def test_ingest_is_a_parallel_for_over_shards_then_a_merge(spec, fresh: Path):
+    pipeline = spec[0]
+    body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    loop = body["for-loop-2"]
+    assert loop["parameterIterator"]["items"] == {"inputParameter":
+                                                  "pipelinechannel--ingest_shards"}
+    inner = pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    assert set(inner) == {"ingest-shard"}
+    assert inner["ingest-shard"]["inputs"]["parameters"]["shard"] == {
+        "componentInputParameter": "pipelinechannel--ingest_shards-loop-item"}
+    collected = body["ingest"]["inputs"]["artifacts"]["shard_parts"]
+    assert collected["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    assert pipeline["components"]["comp-ingest"]["inputDefinitions"]["artifacts"][
+        "shard_parts"]["isArtifactList"] is True
+    for name in ("canary_analysis", "ab_analysis"):  # they ingest the same way
+        other = next(yaml.safe_load_all((fresh / f"pipelines/{name}.yaml").read_text()))
+        tasks = other["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+        assert tasks["ingest"]["inputs"]["artifacts"]["shard_parts"]["taskOutputArtifact"][
+            "producerTask"] == "for-loop-2"
+
+
 def test_the_search_is_a_parallel_for_over_candidates_then_a_collected_select(spec):
     pipeline = spec[0]
-    branch = pipeline["components"]["comp-condition-3"]["dag"]["tasks"]
-    loop = branch["for-loop-4"]
+    branch = pipeline["components"]["comp-condition-4"]["dag"]["tasks"]
+    loop = branch["for-loop-5"]
     assert loop["parameterIterator"]["items"] == {
         "inputParameter": "pipelinechannel--plan-candidates-Output"}
     assert loop["dependentTasks"] == ["plan-candidates"]
-    inner = pipeline["components"]["comp-for-loop-4"]["dag"]["tasks"]
+    inner = pipeline["components"]["comp-for-loop-5"]["dag"]["tasks"]
     assert set(inner) == {"tune-candidate"}  # one pod per candidate
     tune = inner["tune-candidate"]["inputs"]
     assert tune["parameters"]["candidate"] == {
@@ -146,10 +168,10 @@ def test_the_search_is_a_parallel_for_over_candidates_then_a_collected_select(sp
     assert tune["artifacts"]["training"]["componentInputArtifact"] == \
         "pipelinechannel--plan-candidates-training"
     select = branch["select-challenger"]
-    assert select["dependentTasks"] == ["for-loop-4"]
+    assert select["dependentTasks"] == ["for-loop-5"]
     assert select["inputs"]["parameters"]["results"]["taskOutputParameter"] == {
         "outputParameterKey": "pipelinechannel--tune-candidate-Output",
-        "producerTask": "for-loop-4"}
+        "producerTask": "for-loop-5"}
     # the pods' resources come from run parameters (string quantities), the CPU limit too:
     # a task's threads follow its pod's CPU limit
     executors = pipeline["deploymentSpec"]["executors"]
@@ -241,6 +263,7 @@ def test_parameters_are_typed_and_default_to_the_config_dataclasses(spec):
         "prometheus_url": ("STRING", ""),
         "pushgateway_url": ("STRING", ""),
         "drift_shards": ("LIST", [0]),  # compiled as [0.0]: protobuf numbers
+        "ingest_shards": ("LIST", [0]),
         "n_trials": ("NUMBER_INTEGER", 0),  # 0: no search (TuningConfig.enabled False)
         "tuning_seconds": ("NUMBER_DOUBLE", TuningConfig.tuning_seconds),
         "tuning_storage": ("STRING", TuningConfig.storage),

@@ -7,7 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from driftloop.data.ingest import IngestError, IngestPart, ingest, merge_parts, read_part, shard_owns
+from driftloop.data.ingest import (
+    IngestError,
+    IngestPart,
+    ingest,
+    merge_parts,
+    read_part,
+    shard_owns,
+)
 from driftloop.data.schema import load_schema
 from driftloop.data.storage import LocalStore
 from driftloop.demo.sample import write_sample_store

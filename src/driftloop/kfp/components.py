@@ -34,6 +34,7 @@ from kfp.dsl import (
 from driftloop.kfp.components_ab import analyse_ab
 from driftloop.kfp.components_curation import curate_feedback
 from driftloop.kfp.components_drift import detect_drift, drift_shard
+from driftloop.kfp.components_ingest import ingest_shard
 from driftloop.kfp.components_train import plan_candidates, select_challenger, tune_candidate
 from driftloop.kfp.image import component
 
@@ -47,12 +48,13 @@ def ingest(
     scheduled_time: str,
     window_days: int,
     lookback_days: int,
+    shard_parts: Input[list[Artifact]],
     records: Output[Dataset],
     current: Output[Dataset],
     quarantine: Output[Dataset],
     ingest_metrics: Output[Metrics],
 ) -> NamedTuple("IngestOutputs", [("now", str), ("rows", int)]):  # type: ignore[valid-type]
-    """Read, validate and join the lookback's records and feedback from the store.
+    """Merge the ingest shards' parts into the lookback's records, labels joined.
 
     Decides which rows are accepted, which are quarantined (with a reason each) and which
     are duplicates; rows in = accepted + quarantined + duplicates. Never cached: new data
@@ -70,6 +72,7 @@ def ingest(
         window_days: Complete days before the logical time whose records form the current
             window for drift.
         lookback_days: Days of records and feedback read for labels and training.
+        shard_parts: The ingest_shard tasks' parts (dsl.Collected), merged here.
         records: Every accepted record of the lookback, labels joined (Parquet).
         current: The current window's records (Parquet).
         quarantine: Rejected rows with the reason naming each field and rule (Parquet).
@@ -87,7 +90,7 @@ def ingest(
         store_uri, schema_uri, run_id=run_id, run_date=run_date,
         scheduled_time=scheduled_time, window_days=window_days,
         lookback_days=lookback_days, records_path=records.path, current_path=current.path,
-        quarantine_path=quarantine.path,
+        quarantine_path=quarantine.path, part_paths=[p.path for p in shard_parts],
     )
     records.metadata.update({"rows": out.n_records, "labelled": out.n_labelled,
                              "format": "parquet", "status": out.report.status})
@@ -406,6 +409,7 @@ def notify_on_exit(
 #: Every component, by name, in pipeline order (components of a later feature live in
 #: their own ``kfp/components_<topic>.py`` with the same decorator and are listed here).
 COMPONENTS = {
+    "ingest_shard": ingest_shard,
     "ingest": ingest,
     "analyse_canary": analyse_canary,
     "drift_shard": drift_shard,

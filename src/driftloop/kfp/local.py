@@ -40,6 +40,7 @@ PIPELINE_THRESHOLDS: tuple[tuple[str, str, str], ...] = (
     ("canary", "min_labelled", "canary_min_labelled"),
     ("canary", "max_holds", "canary_max_holds"),
     ("drift", "shards", "drift_shards"),  # n shards: the list [0, ..., n-1]
+    ("ingest", "shards", "ingest_shards"),  # the same
     ("tuning", "tuning_seconds", "tuning_seconds"),
     ("tuning", "storage", "tuning_storage"),
     ("tuning", "updates", "warm_updates"),
@@ -112,6 +113,7 @@ def pipeline_arguments(config: Config) -> dict[str, Any]:
         for section, name, param in PIPELINE_THRESHOLDS
     }
     args["drift_shards"] = list(range(config.drift.shards))  # the ParallelFor's items
+    args["ingest_shards"] = list(range(config.ingest.shards))
     args["n_trials"] = config.tuning.n_trials if config.tuning.enabled else 0
     args["notify_webhook"] = (config.notify.webhook_url or ""
                               if config.notify.backend == "webhook" else "")

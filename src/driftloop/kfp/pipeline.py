@@ -3,7 +3,8 @@
 ::
 
     exit handler (notify_on_exit: records runs/<run-id>/status.json, notifies on failure)
-    └── ingest → analyse_canary → curate_feedback (disagreements, review queue)
+    └── ParallelFor(ingest_shards): ingest_shard
+        → ingest → analyse_canary → curate_feedback (disagreements, review queue)
                                 → ParallelFor(drift_shards): drift_shard → detect_drift
                                                                          → decide_retrain
                                 └── if retrain: plan_candidates
@@ -34,6 +35,9 @@ each ``drift_shard`` task (one pod) reads every n-th request file of the window 
 store and writes a mergeable profile; ``detect_drift`` collects them (``dsl.Collected``)
 and decides, with the report the whole window gives in one process
 (:mod:`driftloop.decide.shards`). The default ``[0]`` is one shard: one extra task per run.
+Ingest does the same over ``ingest_shards``: each ``ingest_shard`` task reads and validates
+the lookback's files that hash to it; ``ingest`` merges their typed rows into the records
+one reading gives (:func:`driftloop.data.ingest.merge_parts`).
 
 On a cluster the tasks that touch the store get the storage credentials from a
 Kubernetes Secret (kfp-kubernetes): the secret is mounted at :data:`GCS_SECRET_MOUNT` and
@@ -61,6 +65,7 @@ from driftloop.kfp.components import (
     drift_shard,
     evaluate_challenger,
     ingest,
+    ingest_shard,
     notify,
     notify_on_exit,
     promote_model,
@@ -78,6 +83,8 @@ WINDOW_DAYS = 1
 LOOKBACK_DAYS = 30
 #: The default shards of the drift window: one (``[0, 1, 2, 3]`` runs four pods).
 DRIFT_SHARDS = [0]
+#: The default shards of the lookback's files for ingest: one.
+INGEST_SHARDS = [0]
 #: A search is off by default (``n_trials`` 0: the fixed model); these are the quantities a
 #: candidate's pod asks for when it runs.
 TUNE_CPU = "1"
@@ -88,6 +95,27 @@ def _mount_store_credentials(task: dsl.PipelineTask, secret: str) -> None:
     kubernetes.use_secret_as_volume(task, secret_name=secret, mount_path=GCS_SECRET_MOUNT)
     task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS",
                           f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}")
+
+
+def _ingest_tasks(store_uri: str, schema_uri: str, run_id: str, run_date: str,
+                  scheduled: str, window_days: Any, lookback_days: Any,
+                  ingest_shards: Any) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
+    """ParallelFor(ingest_shards): ingest_shard, then ingest merging their parts.
+
+    Returns:
+        ``(ingest, ingest_shard)``: the merge task (whose outputs later steps read) and
+        the loop's shard task.
+    """
+    with dsl.ParallelFor(items=ingest_shards, name="ingest-shards") as shard:
+        part = ingest_shard(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
+                            run_date=run_date, scheduled_time=scheduled,
+                            window_days=window_days, lookback_days=lookback_days,
+                            shard=shard, shards=ingest_shards)
+    merged = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
+                    run_date=run_date, scheduled_time=scheduled, window_days=window_days,
+                    lookback_days=lookback_days,
+                    shard_parts=dsl.Collected(part.outputs["part"]))
+    return merged, part
 
 
 def _store_tasks(tasks: Sequence[dsl.PipelineTask], gcs_secret: str) -> None:
@@ -146,6 +174,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
         prometheus_url: str = "",
         pushgateway_url: str = "",
         drift_shards: list = DRIFT_SHARDS,
+        ingest_shards: list = INGEST_SHARDS,
     ) -> None:
         """One continuous-training run: retrain on drift or new labels, promote if better.
 
@@ -191,6 +220,8 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 run's decisions there as gauges ("" = push nothing).
             drift_shards: Shards of the drift window, [0, 1, ..., n-1]: one drift_shard
                 task (pod) each, every n-th request file of the window.
+            ingest_shards: Shards of the lookback's files, [0, 1, ..., n-1]: one
+                ingest_shard task (pod) each, the files whose key hashes to it.
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
@@ -199,11 +230,9 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                                 pipeline_name=PIPELINE_NAME)
         store_tasks = [finale]
         with dsl.ExitHandler(finale, name="run"):
-            ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
-                              run_date=run_date,
-                              scheduled_time=scheduled,
-                              window_days=window_days,
-                              lookback_days=lookback_days)
+            ingested, ingest_part = _ingest_tasks(store_uri, schema_uri, run_id, run_date,
+                                                  scheduled, window_days, lookback_days,
+                                                  ingest_shards)
             canary = analyse_canary(
                 store_uri=store_uri, model_name=model_name, run_id=run_id,
                 now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
@@ -236,7 +265,7 @@ def build_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = True) 
                 warm_updates=warm_updates, canary_in_progress=canary.outputs["Output"],
                 records=ingested.outputs["records"], drift_json=drift.outputs["drift_json"],
             )
-            store_tasks += [ingested, canary, curated, part, drift, decision]
+            store_tasks += [ingest_part, ingested, canary, curated, part, drift, decision]
             with dsl.If(decision.outputs["Output"] == True, name="retrain"):  # noqa: E712
                 planned = plan_candidates(store_uri=store_uri, schema_uri=schema_uri,
                                           model_name=model_name, run_id=run_id,
@@ -325,6 +354,7 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
         rollout_state: str = "",
         prometheus_url: str = "",
         pushgateway_url: str = "",
+        ingest_shards: list = INGEST_SHARDS,
     ) -> None:
         """Judge the canary in progress and advance, hold or roll it back.
 
@@ -349,6 +379,7 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
                 records only).
             pushgateway_url: Prometheus Pushgateway base URL: the exit task pushes the
                 run's decisions there as gauges ("" = push nothing).
+            ingest_shards: Shards of the lookback's files (see the main pipeline).
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
@@ -356,9 +387,9 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
                                 webhook=notify_webhook, pushgateway_url=pushgateway_url,
                                 pipeline_name=CANARY_PIPELINE_NAME)
         with dsl.ExitHandler(finale, name="run"):
-            ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
-                              run_date=run_date, scheduled_time=scheduled,
-                              window_days=WINDOW_DAYS, lookback_days=lookback_days)
+            ingested, ingest_part = _ingest_tasks(store_uri, schema_uri, run_id, run_date,
+                                                  scheduled, WINDOW_DAYS, lookback_days,
+                                                  ingest_shards)
             canary = analyse_canary(
                 store_uri=store_uri, model_name=model_name, run_id=run_id,
                 now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
@@ -366,7 +397,7 @@ def build_canary_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool =
                 webhook=notify_webhook, min_labelled=canary_min_labelled,
                 max_holds=canary_max_holds, prometheus_url=prometheus_url,
                 records=ingested.outputs["records"])
-        _store_tasks((finale, ingested, canary), gcs_secret)
+        _store_tasks((finale, ingest_part, ingested, canary), gcs_secret)
 
     return canary_analysis
 
@@ -400,6 +431,7 @@ def build_ab_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = Tru
         rollout_backend: str = "local",
         rollout_state: str = "",
         pushgateway_url: str = "",
+        ingest_shards: list = INGEST_SHARDS,
     ) -> None:
         """Judge every running A/B test; stop the decided ones and act on their winners.
 
@@ -419,6 +451,7 @@ def build_ab_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = Tru
             rollout_backend: local, kubernetes or none (see the main pipeline).
             rollout_state: The local backend's state folder ("" = <store>/rollout).
             pushgateway_url: Prometheus Pushgateway base URL for the exit task ("" = none).
+            ingest_shards: Shards of the lookback's files (see the main pipeline).
         """
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         scheduled = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if schedule_time else ""
@@ -426,15 +459,15 @@ def build_ab_pipeline(gcs_secret: str = GCS_SECRET, *, schedule_time: bool = Tru
                                 webhook=notify_webhook, pushgateway_url=pushgateway_url,
                                 pipeline_name=AB_PIPELINE_NAME)
         with dsl.ExitHandler(finale, name="run"):
-            ingested = ingest(store_uri=store_uri, schema_uri=schema_uri, run_id=run_id,
-                              run_date=run_date, scheduled_time=scheduled,
-                              window_days=WINDOW_DAYS, lookback_days=lookback_days)
+            ingested, ingest_part = _ingest_tasks(store_uri, schema_uri, run_id, run_date,
+                                                  scheduled, WINDOW_DAYS, lookback_days,
+                                                  ingest_shards)
             analysed = analyse_ab(
                 store_uri=store_uri, model_name=model_name, run_id=run_id,
                 now=ingested.outputs["now"], isvc_name=isvc_name, namespace=namespace,
                 rollout_backend=rollout_backend, rollout_state=rollout_state,
                 webhook=notify_webhook, auto_promote=auto_promote,
                 records=ingested.outputs["records"])
-        _store_tasks((finale, ingested, analysed), gcs_secret)
+        _store_tasks((finale, ingest_part, ingested, analysed), gcs_secret)
 
     return ab_analysis

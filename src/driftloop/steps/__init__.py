@@ -9,6 +9,7 @@ every step is unit-tested as a plain function.
 =========================  ====================================  ======================
 step                       module                                component
 =========================  ====================================  ======================
+:func:`ingest_shard_step`  :mod:`driftloop.steps.ingest`         ``ingest_shard``
 :func:`ingest_step`        :mod:`driftloop.steps.ingest`         ``ingest``
 :func:`analyse_canary_step` :mod:`driftloop.steps.canary`        ``analyse_canary``
 :func:`ab_step`            :mod:`driftloop.steps.ab`             ``analyse_ab``
@@ -41,6 +42,7 @@ _STEPS = {
     "decide_step": "decide", "drift_step": "drift", "drift_shard_step": "drift",
     "drift_merge_step": "drift",
     "evaluate_step": "evaluate", "exit_step": "status", "ingest_step": "ingest",
+    "ingest_shard_step": "ingest",
     "notify_step": "promote", "promote_step": "promote", "train_step": "train",
     "plan_candidates_step": "tune", "tune_step": "tune", "select_step": "tune",
 }

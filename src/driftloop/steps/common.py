@@ -18,7 +18,7 @@ import functools
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -128,6 +128,22 @@ def pipeline_config(
                      max_age_days=max_age_days),
         gate=pick(base.gate, auto_threshold=auto_threshold),
     )
+
+
+def shard_count(shards: int | Sequence[int], parameter: str) -> int:
+    """The number of shards from a count or from the pipeline's list ``[0, 1, ..., n-1]``.
+
+    ``parameter`` names the pipeline parameter in the error.
+
+    Raises:
+        DriftloopError: An empty list, or one that is not ``0..n-1`` in order.
+    """
+    # a list from a pipeline parameter may hold floats (JSON numbers)
+    items = list(range(shards)) if isinstance(shards, int) else [int(s) for s in shards]
+    if not items or items != list(range(len(items))):
+        given = shards if isinstance(shards, int) else list(shards)
+        raise DriftloopError(f"{parameter}: {given} must be [0, 1, ..., n-1] with n >= 1")
+    return len(items)
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:

@@ -45,6 +45,7 @@ from driftloop.steps.common import (
     pipeline_config,
     read_frame,
     run_key,
+    shard_count,
 )
 from driftloop.steps.ingest import window_end
 
@@ -162,20 +163,6 @@ class ShardOutcome:
                 "rejected": float(self.rejected), "duplicates": float(self.duplicates)}
 
 
-def shard_count(shards: int | Sequence[int]) -> int:
-    """The number of shards from a count or from the pipeline's list ``[0, 1, ..., n-1]``.
-
-    Raises:
-        DriftloopError: An empty list, or one that is not ``0..n-1`` in order.
-    """
-    # a list from a pipeline parameter may hold floats (JSON numbers)
-    items = list(range(shards)) if isinstance(shards, int) else [int(s) for s in shards]
-    if not items or items != list(range(len(items))):
-        given = shards if isinstance(shards, int) else list(shards)
-        raise DriftloopError(f"drift_shards: {given} must be [0, 1, ..., n-1] with n >= 1")
-    return len(items)
-
-
 def shard_window(now: dt.datetime, window_days: int) -> tuple[dt.datetime, dt.datetime]:
     """The current window ``[start, end)`` of a run at ``now``, as ingest cuts it."""
     end = window_end(now)
@@ -213,7 +200,7 @@ def drift_shard_step(
     ``create_parameter_loop_iteration_task_spec``). The shard states its window and
     :func:`drift_merge_step` checks it against ingest's.
     """
-    n_shards = shard_count(shards)
+    n_shards = shard_count(shards, "drift_shards")
     store, schema = open_inputs(store, schema)
     champion = load_champion(Registry(store, model_name))
     when = now or run_logical_time(run_date, scheduled_time)

@@ -1,13 +1,17 @@
-"""The ingest step: read and validate the lookback, cut out the current window.
+"""The ingest steps: read and validate the lookback by shards, join, cut out the window.
 
-:func:`run_ingest` is the work over an open store; :func:`ingest_step` is the step that
-the ``ingest`` component and the in-process loop call: it writes the records, the
-current window and the quarantine as Parquet artifacts and records the ingest report.
+:func:`ingest_shard_step` reads the files one shard owns (one ``ingest_shard`` task each,
+a ``ParallelFor`` over ``ingest_shards``: a pod's memory is its shard's raw rows) and
+writes an :class:`~driftloop.data.ingest.IngestPart`. :func:`ingest_step` (the ``ingest``
+component) merges the parts into the records, the current window and the quarantine as
+Parquet artifacts and records the ingest report; given no parts it reads the lookback
+itself. :func:`run_ingest` is the work over an open store.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +21,12 @@ from driftloop.clock import run_logical_time
 from driftloop.data.ingest import (
     IngestCounts,
     IngestError,
+    IngestPart,
     IngestReport,
     IngestResult,
     ingest,
+    merge_parts,
+    read_part,
 )
 from driftloop.data.runs import record_failure, record_result
 from driftloop.data.schema import Schema
@@ -28,6 +35,7 @@ from driftloop.steps.common import (
     logged_step,
     open_inputs,
     run_key,
+    shard_count,
     write_frame,
 )
 
@@ -55,9 +63,17 @@ def window_end(now: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(utc.date(), dt.time(), tzinfo=dt.UTC)
 
 
+def lookback_range(now: dt.datetime, window_days: int = 1,
+                   lookback_days: int = 30) -> tuple[dt.date, dt.date]:
+    """The first and last partition days a run at ``now`` reads (see :func:`run_ingest`)."""
+    end = window_end(now)
+    first = (end - dt.timedelta(days=max(lookback_days, window_days))).date()
+    return first, max((now - dt.timedelta(microseconds=1)).date(), first)
+
+
 def run_ingest(
     store: Store, schema: Schema, *, now: dt.datetime, window_days: int = 1,
-    lookback_days: int = 30,
+    lookback_days: int = 30, parts: Sequence[IngestPart] | None = None,
 ) -> Window:
     """Ingest the lookback (for labels) and cut out the current window (for drift).
 
@@ -73,11 +89,23 @@ def run_ingest(
         now: The run's logical time (a recurring run's scheduled time).
         window_days: Complete days whose records count as "current" for drift.
         lookback_days: Days of records and feedback read for labels and training.
+        parts: The shards' parts (:func:`ingest_shard_step`) to merge instead of reading.
+
+    Raises:
+        IngestError: The parts read other days than a run at ``now`` reads (a one-off
+            run whose tasks straddle midnight: run it again, or give ``run_date``).
     """
     end = window_end(now)
-    first = (end - dt.timedelta(days=max(lookback_days, window_days))).date()
-    last = max((now - dt.timedelta(microseconds=1)).date(), first)
-    result = ingest(store, schema, first, last, until=now)
+    first, last = lookback_range(now, window_days, lookback_days)
+    if parts is None:
+        result = ingest(store, schema, first, last, until=now)
+    else:
+        read = {(p.start, p.end) for p in parts}
+        if read - {(first.isoformat(), last.isoformat())}:
+            raise IngestError(f"ingest: the shards read the days {sorted(read)} but a run at "
+                              f"{now.isoformat()} reads {first}..{last}; run again (or set "
+                              "run_date)")
+        result = merge_parts(store, schema, parts, until=now)
     first_current = pd.Timestamp(end - dt.timedelta(days=window_days))
     records = result.records
     ts = records["timestamp"]
@@ -126,7 +154,7 @@ def ingest_step(
     store: Store | str, schema: Schema | str, *, run_id: str, records_path: str | Path,
     current_path: str | Path, quarantine_path: str | Path, run_date: str = "",
     scheduled_time: str = "", window_days: int = 1, lookback_days: int = 30,
-    now: dt.datetime | None = None,
+    now: dt.datetime | None = None, part_paths: Sequence[str | Path] | None = None,
 ) -> IngestOutcome:
     """Ingest the lookback, write records / current window / quarantine as Parquet.
 
@@ -144,14 +172,17 @@ def ingest_step(
         window_days: Days whose records count as current for drift.
         lookback_days: Days of records and feedback read for labels and training.
         now: The logical time itself (an in-process run); wins over both strings.
+        part_paths: The ``ingest_shard`` tasks' parts to merge (``None``: read the
+            lookback here).
     """
     run_id = run_key(run_id)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     store, schema = open_inputs(store, schema)
     now = now or run_logical_time(run_date, scheduled_time)
     try:
+        parts = None if part_paths is None else [IngestPart.load(p) for p in part_paths]
         window = run_ingest(store, schema, now=now, window_days=window_days,
-                            lookback_days=lookback_days)
+                            lookback_days=lookback_days, parts=parts)
     except IngestError as exc:
         if exc.result is not None:  # keep what was read before failing the task
             exc.result.report.started_at = started
@@ -169,3 +200,66 @@ def ingest_step(
     labelled = int(records["label"].notna().sum()) if "label" in records else 0
     return IngestOutcome(window.result.report, now.isoformat(), len(records),
                          len(window.current), labelled, window)
+
+
+@dataclass
+class IngestShardOutcome:
+    """What one ingest shard read (its rows are in the part it wrote).
+
+    Attributes:
+        shard: This shard's index.
+        n_shards: Shards of the lookback.
+        files: Files it read (requests and feedback).
+        rows_in: Request rows read.
+        labels_in: Feedback rows read.
+        quarantined: Rows and labels it rejected.
+    """
+
+    shard: int
+    n_shards: int
+    files: int
+    rows_in: int
+    labels_in: int
+    quarantined: int
+
+    def metrics(self) -> dict[str, float]:
+        """Row accounting for the KFP Metrics artifact."""
+        return {"files": float(self.files), "rows_in": float(self.rows_in),
+                "labels_in": float(self.labels_in), "quarantined": float(self.quarantined)}
+
+
+@logged_step("ingest_shard")
+def ingest_shard_step(
+    store: Store | str, schema: Schema | str, part_path: str | Path, *, run_id: str,
+    shard: int, shards: int | Sequence[int], run_date: str = "", scheduled_time: str = "",
+    window_days: int = 1, lookback_days: int = 30, now: dt.datetime | None = None,
+) -> IngestShardOutcome:
+    """Read and validate the lookback's files that shard ``shard`` owns; write its part.
+
+    A file belongs to one shard by the CRC-32 of its key
+    (:func:`~driftloop.data.ingest.shard_owns`); :func:`ingest_step` merges the parts.
+
+    Args:
+        store: The store, or its root URI.
+        schema: The schema, or its file's URI.
+        part_path: The folder to write the part to.
+        run_id: The run's id (for the logs).
+        shard: This shard's index.
+        shards: The number of shards, or the pipeline's list ``[0, ..., n-1]``.
+        run_date: See :func:`ingest_step`.
+        scheduled_time: See :func:`ingest_step`.
+        window_days: See :func:`ingest_step`.
+        lookback_days: See :func:`ingest_step`.
+        now: The logical time itself (an in-process run); wins over both strings.
+
+    The pipeline gives the logical time's inputs, as to ``drift_shard`` (kfp 2.17's local
+    runner would pass the loop item for an upstream output); the merge checks the days.
+    """
+    n_shards = shard_count(shards, "ingest_shards")
+    store, schema = open_inputs(store, schema)
+    when = now or run_logical_time(run_date, scheduled_time)
+    first, last = lookback_range(when, window_days, lookback_days)
+    part = read_part(store, schema, first, last, shard=shard, n_shards=n_shards)
+    part.save(part_path)
+    return IngestShardOutcome(shard, n_shards, len(part.request_files) + len(part.feedback_files),
+                              part.rows_in, part.labels_in, len(part.quarantine))

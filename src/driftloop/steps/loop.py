@@ -60,6 +60,7 @@ from driftloop.steps.evaluate import (
 )
 from driftloop.steps.ingest import (
     IngestOutcome,
+    ingest_shard_step,
     ingest_step,
 )
 from driftloop.steps.promote import (
@@ -128,9 +129,27 @@ class _Artifacts:
         self.review_queue = folder / "review_queue.jsonl"
         self.disagreements = folder / "disagreements.parquet"
 
+    def ingest_shard(self, shard: int) -> Path:
+        """Where ingest shard ``shard`` writes its part (a folder)."""
+        return self.folder / f"ingest-shard-{shard}"
+
     def drift_shard(self, shard: int) -> Path:
         """Where drift shard ``shard`` writes its profile."""
         return self.folder / f"drift-shard-{shard}.npz"
+
+
+def _ingest(store: Store, schema: Schema, paths: _Artifacts, *, run_id: str, now: dt.datetime,
+            window_days: int, lookback_days: int, config: Config) -> IngestOutcome:
+    """The pipeline's ParallelFor over ingest shards, one after the other, then the merge."""
+    parts = [paths.ingest_shard(i) for i in range(config.ingest.shards)]
+    for i, part in enumerate(parts):
+        ingest_shard_step(store, schema, part, run_id=run_id, now=now, shard=i,
+                          shards=config.ingest.shards, window_days=window_days,
+                          lookback_days=lookback_days)
+    return ingest_step(store, schema, run_id=run_id, now=now, window_days=window_days,
+                       lookback_days=lookback_days, records_path=paths.records,
+                       current_path=paths.current, quarantine_path=paths.quarantine,
+                       part_paths=parts)
 
 
 def run_canary_analysis(
@@ -151,9 +170,8 @@ def run_canary_analysis(
                        CANARY_PIPELINE), \
             tempfile.TemporaryDirectory(prefix="driftloop-canary-") as tmp:
         paths = _Artifacts(Path(tmp))
-        ingested = ingest_step(store, schema, run_id=run_id, now=now,
-                               lookback_days=lookback_days, records_path=paths.records,
-                               current_path=paths.current, quarantine_path=paths.quarantine)
+        ingested = _ingest(store, schema, paths, run_id=run_id, now=now, window_days=1,
+                           lookback_days=lookback_days, config=config or Config())
         return analyse_canary_step(store, model_name, paths.records, run_id=run_id,
                                    now=ingested.now, backend=backend, notifier=notifier,
                                    config=config).step
@@ -173,9 +191,8 @@ def run_ab_analysis(
     with _exit_handler(store, model_name, run_id, notifier, pushgateway_url, AB_PIPELINE), \
             tempfile.TemporaryDirectory(prefix="driftloop-ab-") as tmp:
         paths = _Artifacts(Path(tmp))
-        ingested = ingest_step(store, schema, run_id=run_id, now=now,
-                               lookback_days=lookback_days, records_path=paths.records,
-                               current_path=paths.current, quarantine_path=paths.quarantine)
+        ingested = _ingest(store, schema, paths, run_id=run_id, now=now, window_days=1,
+                           lookback_days=lookback_days, config=config or Config())
         return ab_step(store, model_name, paths.records, run_id=run_id, now=ingested.now,
                        backend=backend, notifier=notifier, config=config)
 
@@ -247,9 +264,8 @@ def _run_loop(
     config: Config, force: bool, window_days: int, lookback_days: int, notifier: Notifier,
     backend: RolloutBackend | None, paths: _Artifacts,
 ) -> LoopResult:
-    ingested = ingest_step(store, schema, run_id=run_id, now=now, window_days=window_days,
-                           lookback_days=lookback_days, records_path=paths.records,
-                           current_path=paths.current, quarantine_path=paths.quarantine)
+    ingested = _ingest(store, schema, paths, run_id=run_id, now=now, window_days=window_days,
+                       lookback_days=lookback_days, config=config)
     # without a backend this is the pipeline's canary task with rollout_backend "none"
     canary = analyse_canary_step(store, model_name, paths.records, run_id=run_id,
                                  now=ingested.now, backend=backend, notifier=notifier,
