@@ -39,8 +39,8 @@ from driftloop.steps.loop import run_loop
 
 MODEL = "sample"
 RESULTS = Path(__file__).parent / "results"
-STEPS = ["ingest", "drift-shard", "detect-drift", "decide-retrain", "plan-candidates",
-         "tune-candidate", "select-challenger", "evaluate-challenger", "notify",
+STEPS = ["ingest-shard", "ingest", "drift-shard", "detect-drift", "decide-retrain",
+         "plan-candidates", "tune-candidate", "select-challenger", "evaluate-challenger", "notify",
          "promote-model", "notify-on-exit"]
 
 
@@ -56,7 +56,8 @@ def _artifacts(root: Path) -> dict[str, dsl.Artifact]:
              ("canary_metrics", dsl.Metrics), ("shard_profile", dsl.Artifact),
              ("shard_metrics", dsl.Metrics), ("training", dsl.Dataset),
              ("candidates_report", dsl.Markdown), ("study", dsl.Artifact),
-             ("candidate_metrics", dsl.Metrics)]
+             ("candidate_metrics", dsl.Metrics), ("part", dsl.Artifact),
+             ("ingest_shard_metrics", dsl.Metrics)]
     return {n: cls(name=n, uri=str(root / n), metadata={}) for n, cls in kinds}
 
 
@@ -77,9 +78,12 @@ def direct(store_dir: Path, run_date: str, work: Path, n_trials: int,
         times[name] = time.perf_counter() - start
         return out
 
+    timed("ingest-shard", components.ingest_shard.python_func, **common, run_id=run,
+          run_date=run_date, scheduled_time="", window_days=1, lookback_days=30, shard=0,
+          shards=[0], part=a["part"], shard_metrics=a["ingest_shard_metrics"])
     ing = timed("ingest", components.ingest.python_func, **common, run_id=run,
                 run_date=run_date, scheduled_time="", window_days=1, lookback_days=30,
-                records=a["records"],
+                shard_parts=[a["part"]], records=a["records"],
                 current=a["current"], quarantine=a["quarantine"],
                 ingest_metrics=a["ingest_metrics"])
     canary = timed("analyse-canary", components.analyse_canary.python_func,

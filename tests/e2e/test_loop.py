@@ -60,9 +60,17 @@ def test_drift_day_flags_the_shifted_feature_and_retrains(days):
 
 
 def test_every_run_is_recorded_and_accounted_for(days):
+    from driftloop.steps.records import read_run
+
     store, results = days
     for r in results:
         assert r.ingest.report.counts.balanced()
+        # the curation step's record reads back with the rest of the chain
+        record = read_run(store, r.run_id)
+        assert "curation" in record.recorded and record.curation is not None
+        curate = next(line for line in record.lines() if line.startswith("curate"))
+        assert f"{record.curation.disagreements.disagreements} of " \
+            f"{record.curation.disagreements.labelled} recent labels" in curate
         decision = json.loads(store.read_text(f"runs/{r.run_id}/decision.json"))
         assert decision["retrain"] == r.decision.retrain
         if r.verdict is not None:

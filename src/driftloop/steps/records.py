@@ -26,6 +26,7 @@ from driftloop.models.registry import AliasState
 from driftloop.rollout.progressive import RolloutStep
 from driftloop.serde import loads
 from driftloop.steps.ab import ABOutcome
+from driftloop.steps.review import CurationOutcome
 from driftloop.steps.train import (
     TrainSummary,
 )
@@ -45,6 +46,7 @@ class RunRecord:
     rollout: RolloutStep | None = None
     status: RunStatus | None = None
     ab: ABOutcome | None = None
+    curation: CurationOutcome | None = None
     recorded: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -60,6 +62,12 @@ class RunRecord:
         if self.decision is not None:
             out.append(f"decide   {'retrain' if self.decision.retrain else 'no retrain'}: "
                        + "; ".join(self.decision.reasons))
+        if self.curation is not None:
+            d, q = self.curation.disagreements, self.curation.review
+            rate = f" ({d.rate:.1%})" if d.labelled else ""
+            out.append(f"curate   {d.disagreements} of {d.labelled} recent labels disagree "
+                       f"with the champion{rate}; {q.queued} of {q.candidates} unlabelled "
+                       "queued for review")
         if self.train is not None:
             t = self.train
             score = "n/a" if t.validation_score is None else f"{t.validation_score:.3f}"
@@ -90,6 +98,7 @@ _RECORD_TYPES: dict[str, type[Any]] = {
     "ingest": IngestReport, "drift": DriftReport, "decision": RetrainDecision,
     "train": TrainSummary, "verdict": Verdict, "aliases": AliasState,
     "rollout": RolloutStep, "status": RunStatus, "ab": ABOutcome,
+    "curation": CurationOutcome,
 }
 
 
