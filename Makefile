@@ -82,6 +82,7 @@ bench: $(VENV)/.installed-bench $(MLSERVER_VENV)/.installed data ## Run every be
 	$(BIN)/python benchmarks/retraining_policy.py --quick
 	$(BIN)/python benchmarks/serving_latency.py --quick --mlserver $(MLSERVER_VENV)
 	$(BIN)/python benchmarks/sink_throughput.py --quick
+	$(BIN)/python benchmarks/ingest_shards.py --quick
 	$(BIN)/python benchmarks/ab_test.py --quick
 	$(BIN)/python benchmarks/active_learning.py --quick
 	$(BIN)/python benchmarks/challengers.py --quick
