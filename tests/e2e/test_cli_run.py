@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-STEP_LINES = ("ingest ", "drift ", "decide ", "train ", "evaluate ", "registry ", "canary ",
-              "promotion ", "status ")
+STEP_LINES = ("ingest ", "curate ", "drift ", "decide ", "train ", "evaluate ", "registry ",
+              "canary ", "promotion ", "status ")
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
