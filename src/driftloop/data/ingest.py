@@ -169,8 +169,8 @@ class IngestPart:
         skipped: Files of the partitions that ingest does not read, with the reason.
         rows_in: Request rows read (valid or not).
         labels_in: Feedback rows read (valid or not).
-        records: Valid records, typed, with ``_source``, ``_file`` and ``_at``.
-        labels: Valid labels with ``_source``, ``_line``, ``_raw``, ``_file``, ``_at``.
+        records: Valid records, typed, with ``_file`` (the file's URL) and ``_at``.
+        labels: Valid labels with ``_line``, ``_raw``, ``_file`` and ``_at``.
         quarantine: Rejected records and labels (``_kind``, ``_source``, ``_line``,
             ``_reason``, ``_raw``).
     """
@@ -232,15 +232,14 @@ def shard_owns(key: str, shard: int, n_shards: int) -> bool:
     return n_shards == 1 or zlib.crc32(key.encode()) % n_shards == shard
 
 
-def _placed(valid: pd.DataFrame, raw: pd.DataFrame, store: Store,
-            keep: tuple[str, ...]) -> pd.DataFrame:
-    """``valid`` (indexed like ``raw``) with its rows' file and place in that file."""
+def _placed(valid: pd.DataFrame, raw: pd.DataFrame, keep: tuple[str, ...]) -> pd.DataFrame:
+    """``valid`` (indexed like ``raw``) with its rows' file, place in it and ``keep`` columns."""
     if not len(raw):
         return valid.assign(**{c: pd.Series(dtype=object) for c in (*keep, _FILE)},
                             **{_AT: pd.Series(dtype="int64")})
     at = raw.groupby(SOURCE, sort=False).cumcount()
-    extra = raw.loc[valid.index, list(keep)].assign(**{_AT: at.loc[valid.index]})
-    return pd.concat([valid, extra], axis=1).assign(**{_FILE: extra[SOURCE]}).reset_index(
+    extra = raw.loc[valid.index, [SOURCE, *keep]].rename(columns={SOURCE: _FILE})
+    return pd.concat([valid, extra.assign(**{_AT: at.loc[valid.index]})], axis=1).reset_index(
         drop=True)
 
 
@@ -276,8 +275,8 @@ def read_part(store: Store, schema: Schema, start: dt.date, end: dt.date, *,
     return IngestPart(
         shard, n_shards, start.isoformat(), end.isoformat(), req_keys, fb_keys, skipped,
         rows_in=len(raw) + len(unparsable), labels_in=len(fb_raw) + len(fb_unparsable),
-        records=_placed(valid, raw, store, (SOURCE,)),
-        labels=_placed(labels, fb_raw, store, (SOURCE, LINE, RAW)),
+        records=_placed(valid, raw, ()),
+        labels=_placed(labels, fb_raw, (LINE, RAW)),
         quarantine=quarantine)
 
 
@@ -338,7 +337,7 @@ def merge_parts(store: Store, schema: Schema, parts: Sequence[IngestPart], *,
         valid = valid.loc[~later]
     dup = valid["id"].duplicated(keep="first")
     counts.duplicates = int(dup.sum())
-    records = valid.loc[~dup].drop(columns=[SOURCE, *order]).reset_index(drop=True)
+    records = valid.loc[~dup].drop(columns=order).reset_index(drop=True)
     if "label" not in records:
         records["label"] = pd.Series(None, index=records.index, dtype=object)
         records["label_timestamp"] = pd.Series(pd.NaT, index=records.index,
@@ -356,7 +355,8 @@ def merge_parts(store: Store, schema: Schema, parts: Sequence[IngestPart], *,
     counts.labels_superseded = int((~latest).sum())
     labels = labels.loc[latest]
     known = labels["id"].isin(set(records["id"]))
-    orphans = labels.loc[~known, [SOURCE, LINE, RAW]] if len(labels) else None
+    orphans = (labels.loc[~known, [_FILE, LINE, RAW]].rename(columns={_FILE: SOURCE})
+               if len(labels) else None)
     counts.labels_orphaned = int((~known).sum())
     labels = labels.loc[known].set_index("id")
     counts.labels_joined = len(labels)
