@@ -223,6 +223,49 @@ def test_the_component_is_a_fresh_render() -> None:
         "run `make ab-manifests`"
 
 
+def test_the_run_account_may_stop_the_test_it_judges_and_nothing_more(
+        api: K8sApiStandIn) -> None:
+    # Regression: the shipped Role let a run get, list, watch and patch InferenceServices
+    # only, so the ab-analysis pipeline's stop_ab was refused (403) deleting the graph and
+    # the pinned variant of the test it had decided.
+    from test_manifests import PIPELINE_SA, allowed, render, run_namespace
+
+    docs = render(ROOT / "manifests/ab/dev")
+    namespace = "driftloop-dev"
+    run_ns, problems = run_namespace(docs, namespace)
+    assert problems == [] and run_ns is not None
+    account = (run_ns, PIPELINE_SA)
+    backend = KubeRolloutBackend("driftloop-model", "ml", api_client=load_api_client(
+        host=api.url), template=BASE_ISVC, ready_timeout=0.0, request_timeout=5.0)
+    try:
+        backend.ensure("gs://driftloop-bucket/driftloop/models/sample/v-new")
+        backend.start_ab(_test())  # a person's action (driftloop ab start), not the run's
+        before = len(api.requests)
+        backend.stop_ab(_test())  # what the run does
+    finally:
+        backend.api_client.close()
+    verbs = {"GET": "get", "DELETE": "delete", "PATCH": "patch", "POST": "create"}
+    sent = set()
+    for r in api.requests[before:]:
+        parts = r.path.split("?")[0].strip("/").split("/")
+        plural, name = parts[parts.index("namespaces") + 2], parts[parts.index("namespaces") + 3]
+        sent.add((verbs[r.method], plural, name))
+    assert ("delete", "inferencegraphs", "driftloop-model-ab") in sent
+    assert ("delete", "inferenceservices", "driftloop-model-ab-static") in sent
+    for verb, plural, name in sorted(sent):
+        assert allowed(docs, account, verb, "serving.kserve.io", plural, namespace, name), \
+            (verb, plural, name)
+    for verb, plural, name in (("delete", "inferenceservices", "driftloop-model"),
+                               ("delete", "inferencegraphs", "another-graph"),
+                               ("create", "inferencegraphs", ""),
+                               ("delete", "inferenceservices", "driftloop-model-ab-other")):
+        assert not allowed(docs, account, verb, "serving.kserve.io", plural, namespace, name)
+    # without the component the run may delete nothing
+    dev = render(ROOT / "manifests/overlays/dev")
+    assert not allowed(dev, account, "delete", "serving.kserve.io", "inferencegraphs",
+                       namespace, "driftloop-model-ab")
+
+
 def test_the_dev_overlay_with_the_component_renders_objects_kserve_accepts() -> None:
     from test_manifests import render
 

@@ -309,12 +309,18 @@ def _round_trip_problems(obj: Any, doc: Any, back: Any, path: str) -> list[str]:
 
 
 def _kustomize_configurations() -> set[Path]:
-    """Files that kustomizations name under ``configurations:`` (kustomize's, not the API's)."""
+    """Files in kustomize's own formats, not the API's: those kustomizations name under
+    ``configurations:``, and JSON 6902 patches (a list of operations; the object they
+    patch is checked in the render)."""
     found = set()
     for base in SHIPPED_DIRS:
         for kustomization in base.rglob("kustomization.yaml"):
             spec = yaml.safe_load(kustomization.read_text()) or {}
             found |= {(kustomization.parent / p).resolve() for p in spec.get("configurations", [])}
+            for patch in spec.get("patches") or []:
+                path = kustomization.parent / patch.get("path", "") if "path" in patch else None
+                if path is not None and isinstance(yaml.safe_load(path.read_text()), list):
+                    found.add(path.resolve())
     return found
 
 

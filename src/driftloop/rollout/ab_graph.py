@@ -301,6 +301,9 @@ def build_ab_objects(test: ABTest, service: Mapping[str, Any],
     return {"graph": graph, "services": pinned, "service_patch": patch}
 
 
+#: The Role of manifests/base/rbac.yaml that the pipeline's run account is bound to.
+ROLLOUT_ROLE = "driftloop-inferenceservice-patcher"
+
 #: The example test the kustomize component ships (manifests/components/ab-test).
 EXAMPLE_TEST = ABTest("static-vs-retrained", "sample", (
     Variant("static", "STATIC-VERSION", 0.5), Variant("retrained", SERVICE_ALIAS, 0.5)))
@@ -354,6 +357,19 @@ def render_component(base_service: Mapping[str, Any], test: ABTest = EXAMPLE_TES
             "The loop's own service logs as its variant.") + dump(small)
         patches.append({"path": "service-patch.yaml", "target": {
             "group": "serving.kserve.io", "kind": "InferenceService", "name": service_name}})
+    # The ab-analysis pipeline stops a decided test (KubeRolloutBackend.stop_ab): it
+    # deletes this test's graph and pinned variants, and nothing else. The rules join the
+    # rollout Role, so the install mode's binding already gives them to the run's account.
+    names = {"inferencegraphs": [objects["graph"]["metadata"]["name"]],
+             "inferenceservices": [s["metadata"]["name"] for s in objects["services"]]}
+    rules = [{"op": "add", "path": "/rules/-", "value": {
+        "apiGroups": ["serving.kserve.io"], "resources": [plural], "verbs": ["delete"],
+        "resourceNames": sorted(found)}} for plural, found in names.items() if found]
+    files["rbac-patch.yaml"] = _header(
+        "What the ab-analysis pipeline's run may do to this test: delete its graph and "
+        "pinned variants when it is decided (a JSON patch of the rollout Role).") + dump(rules)
+    patches.append({"path": "rbac-patch.yaml", "target": {
+        "group": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLLOUT_ROLE}})
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
                      "resources": resources, "patches": patches}
     files["kustomization.yaml"] = _header(
