@@ -23,6 +23,9 @@ import datetime as dt
 import os
 import platform
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,10 +76,6 @@ print((time.perf_counter() - start) / 3)
 
 def fresh_seconds(code: str, *args: str, repeats: int = 3, task: bool = True) -> float:
     """Median seconds a fresh interpreter reports for ``code`` (``task``: as a task's)."""
-    import statistics
-    import subprocess
-    import sys
-
     env = {**os.environ, "_KFP_RUNTIME": "true"} if task else dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:  # a file: kfp reads a component's source
         script = Path(tmp) / "probe.py"

@@ -318,8 +318,8 @@ def _kustomize_configurations() -> set[Path]:
             spec = yaml.safe_load(kustomization.read_text()) or {}
             found |= {(kustomization.parent / p).resolve() for p in spec.get("configurations", [])}
             for patch in spec.get("patches") or []:
-                path = kustomization.parent / patch.get("path", "") if "path" in patch else None
-                if path is not None and isinstance(yaml.safe_load(path.read_text()), list):
+                path = kustomization.parent / patch["path"] if "path" in patch else None
+                if path and isinstance(yaml.safe_load(path.read_text()), list):
                     found.add(path.resolve())
     return found
 

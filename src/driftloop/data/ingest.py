@@ -343,14 +343,13 @@ def merge_parts(store: Store, schema: Schema, parts: Sequence[IngestPart], *,
         records["label_timestamp"] = pd.Series(pd.NaT, index=records.index,
                                                dtype="datetime64[ns, UTC]")
 
-    labels = _concat([p.labels for p in parts])
-    if len(labels):
-        labels = labels.sort_values(order, kind="stable")
+    # latest label first by time, ties in the order of one reading
+    labels = _concat([p.labels for p in parts]).sort_values(["label_timestamp", *order],
+                                                            kind="stable")
     if until is not None and len(labels):
         later = (pd.to_datetime(labels["label_timestamp"], utc=True) > _utc(until)).to_numpy()
         counts.labels_after_cutoff = int(later.sum())
         labels = labels.loc[~later]
-    labels = labels.sort_values("label_timestamp", kind="stable") if len(labels) else labels
     latest = ~labels["id"].duplicated(keep="last")
     counts.labels_superseded = int((~latest).sum())
     labels = labels.loc[latest]
