@@ -176,6 +176,8 @@ Where the code lives
     This module is the HTTP app (:func:`create_app`: routes, body size limit, the sweeper)
     and the entry point (:func:`main`). The rest is split by what each part knows:
 
+    * :mod:`driftloop.serving.sink_asgi` -- the POST routes as bare ASGI (body in,
+      pre-encoded JSON out), dispatched before Starlette's router.
     * :mod:`driftloop.serving.sink_bodies` -- the checks on a body before the 2xx (JSON
       limits, V1/V2 request and response shapes, feedback).
     * :mod:`driftloop.serving.sink_events` -- the CloudEvent envelope, the event keys and
@@ -206,7 +208,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import Counter, Histogram, generate_latest
@@ -214,13 +216,22 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from driftloop.config import SinkConfig
 from driftloop.data.storage import LocalStore, open_store
 from driftloop.errors import DriftloopError, StoreError
 from driftloop.serving.metrics import LATENCY_BUCKETS, get_or_create
+from driftloop.serving.sink_asgi import (
+    Disconnected,
+    Receive,
+    Send,
+    SinkApp,
+    lower_headers,
+    read_body,
+    send_json,
+)
 from driftloop.serving.sink_bodies import SinkError
 from driftloop.serving.sink_commit import Receipt
 
@@ -244,25 +255,6 @@ ROUTE_CODES: dict[str, tuple[str, ...]] = {
 }
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing (413) more than ``limit`` bytes without buffering them."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise SinkError(400, "header Content-Length: not an integer") from None
-        if size > limit:
-            raise SinkError(413, f"body: {size} bytes, the limit is {limit}")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise SinkError(413, f"body: more than {limit} bytes, the limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
                sweep_interval: float = 1.0) -> SinkApp:
     """Return the sink's ASGI app. The app owns ``sink``: it is closed on shutdown.
@@ -282,37 +274,42 @@ def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
                for route, codes in ROUTE_CODES.items() for code in codes}
     timed = {route: latency.labels(route) for route in ROUTE_CODES}
 
-    async def call(request: Request, route: str, handle: Callable[..., dict[str, Any]],
-                   submit: Callable[..., Receipt], *args: Any) -> Response:
+    async def call(route: str, receive: Receive, send: Send, headers: Mapping[str, str],
+                   handle: Callable[..., dict[str, Any]], submit: Callable[..., Receipt],
+                   *args: Any) -> None:
         began = time.perf_counter()
-        code = 500  # an unexpected exception: Starlette answers 500
+        code = 500  # an unexpected exception: SinkApp answers 500
         try:
             if sink.group_commit:  # no disk write in submit: the loop waits for nothing
                 with sink.busy():
-                    body = await read_body(request, max_body_bytes)
+                    body = await read_body(receive, headers, max_body_bytes)
                     receipt = submit(*args, body)
                 result = await sink.finish_async(receipt)  # once its batch is durable
             else:
-                body = await read_body(request, max_body_bytes)
+                body = await read_body(receive, headers, max_body_bytes)
                 result = await run_in_threadpool(handle, *args, body)
             code = 200
-            return JSONResponse(result)
+        except Disconnected:
+            code = 499  # nginx's "client closed request": counted, never sent
+            return
         except SinkError as exc:
             if exc.status == 413:
                 (sink.reject_feedback if route == "feedback" else sink._reject)(exc)
             code = exc.status
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            result = {"error": str(exc)}
         finally:
             (counted.get((route, str(code))) or answered.labels(route, str(code))).inc()
             timed[route].observe(time.perf_counter() - began)
+        await send_json(send, code, result)
 
-    async def events(request: Request) -> Response:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in request.scope["headers"]}  # as Starlette's Headers decode
-        return await call(request, "events", sink.handle_event, sink.submit_event, headers)
+    async def events(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        headers = lower_headers(scope)
+        await call("events", receive, send, headers, sink.handle_event, sink.submit_event,
+                   headers)
 
-    async def feedback(request: Request) -> Response:
-        return await call(request, "feedback", sink.handle_feedback, sink.submit_feedback)
+    async def feedback(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await call("feedback", receive, send, lower_headers(scope), sink.handle_feedback,
+                   sink.submit_feedback)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "mode": sink.mode, "store": sink.store.uri,
@@ -340,48 +337,21 @@ def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
                 await task
             sink.close()
 
+    async def served_by_sink_app(request: Request) -> Response:  # POSTs never get here
+        raise AssertionError("SinkApp serves the POST routes")
+
     app = Starlette(
         routes=[
-            Route("/", events, methods=["POST"]),
-            Route("/events", events, methods=["POST"]),
-            Route("/feedback", feedback, methods=["POST"]),
+            # listed so that another method on them is a 405 (Allow: POST)
+            Route("/", served_by_sink_app, methods=["POST"]),
+            Route("/events", served_by_sink_app, methods=["POST"]),
+            Route("/feedback", served_by_sink_app, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
     return SinkApp(app, {"/": events, "/events": events, "/feedback": feedback})
-
-
-class SinkApp:
-    """The sink's Starlette app, with its POST routes dispatched before the router.
-
-    Every event passes here: Starlette's router and middleware stack cost ~30 us per
-    request on this VM, a sixth of the sink's CPU per event at 5,000 events/s. Anything
-    else (GET, other paths and methods, the lifespan) goes to :attr:`app` unchanged.
-
-    Attributes:
-        app: The Starlette app (all routes, the lifespan, 404/405 answers).
-    """
-
-    def __init__(self, app: Starlette,
-                 posts: dict[str, Callable[[Request], Awaitable[Response]]]) -> None:
-        self.app = app
-        self._posts = posts
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """Serve one ASGI connection scope."""
-        if scope["type"] == "http" and scope["method"] == "POST":
-            route = self._posts.get(scope["path"])
-            if route is not None:
-                try:
-                    response = await route(Request(scope, receive))
-                except Exception:  # as Starlette's ServerErrorMiddleware: a 500, logged
-                    log.exception("sink: unexpected error on POST %s", scope["path"])
-                    response = PlainTextResponse("Internal Server Error", status_code=500)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _probe_writable(store: LocalStore) -> None:
@@ -498,4 +468,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["DEFAULT_MAX_BODY", "SinkApp", "create_app", "main", "read_body"]
+__all__ = ["DEFAULT_MAX_BODY", "SinkApp", "create_app", "main"]

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from driftloop.data.storage import LocalStore, Store
 from driftloop.errors import DriftloopError
+from driftloop.serving.metrics import Children
 from driftloop.serving.sink_bodies import (
     SinkError,
     parse_feedback,
@@ -182,8 +183,8 @@ class PayloadSink:
         self._last_prune = 0.0
         self._journal_day = ""
         self.registry = CollectorRegistry()
-        self._m_events = Counter("driftloop_sink_events", "CloudEvents by side and outcome.",
-                                 ("side", "outcome"), registry=self.registry)
+        self._count = Children(Counter("driftloop_sink_events", "CloudEvents by side and "
+                                       "outcome.", ("side", "outcome"), registry=self.registry))
         self._m_records = Counter("driftloop_sink_records", "Records written, by how logged.",
                                   ("logged",), registry=self.registry)
         self._m_feedback = Counter("driftloop_sink_feedback", "Feedback rows written.",
@@ -467,7 +468,7 @@ class PayloadSink:
     def _accept(self, event: Event) -> dict[str, Any]:
         if event.key in self._seen or event.key in self._pending:
             self.stats.duplicates += 1
-            self._m_events.labels(event.side, "duplicate").inc()
+            self._count(event.side, "duplicate").inc()
             return {"status": "duplicate", "records": 0}
         if event.problem is not None:
             return self._quarantine(event)
@@ -486,7 +487,7 @@ class PayloadSink:
                                         event.to_line(), event_name(event.key, event.side))
         self._add_pending(event)
         self.stats.pending += 1
-        self._m_events.labels(event.side, "pending").inc()
+        self._count(event.side, "pending").inc()
         while len(self._pending) > self.max_pending:
             self._write_alone(next(iter(self._pending.values())))
         self._m_pending.set(len(self._pending))
@@ -498,14 +499,14 @@ class PayloadSink:
                     event.quarantine_line(), event_name(event.key, "quarantine"))
         self._mark(event)
         self.stats.quarantined += 1
-        self._m_events.labels(event.side, "quarantined").inc()
+        self._count(event.side, "quarantined").inc()
         log.warning("sink: event %r (%s) quarantined: %s", event.ce_id, event.side,
                     event.problem)
         return {"status": "quarantined", "records": 0, "reason": event.problem}
 
     def _stored(self, event: Event, n: int) -> dict[str, Any]:
         self.stats.stored += 1
-        self._m_events.labels(event.side, "stored").inc()
+        self._count(event.side, "stored").inc()
         return {"status": "stored", "records": n}
 
     def _write_alone(self, event: Event) -> None:
