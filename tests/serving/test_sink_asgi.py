@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from driftloop.data.storage import LocalStore
 from driftloop.serving.sink import create_app
 from driftloop.serving.sink_bodies import MAX_JSON_DEPTH, SinkError, parse_json
-from driftloop.serving.sink_events import REQUEST_TYPE
+from driftloop.serving.sink_events import REQUEST_TYPE, RESPONSE_TYPE
 from driftloop.serving.sink_pairing import PayloadSink
 
 BODY = json.dumps({"instances": [{"x0": 0.5, "x1": -1.0, "segment": "north"}]}).encode()
@@ -121,3 +121,33 @@ def test_wide_shallow_bodies_parse_and_deep_ones_are_refused():
         parse_json(deep, "body")
     at_limit = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
     assert parse_json(at_limit, "body") is not None
+
+
+def _events_counted(sink: PayloadSink) -> dict[tuple[str, str], float]:
+    out = {}
+    for line in generate_latest(sink.registry).decode().splitlines():
+        if line.startswith("driftloop_sink_events_total{"):
+            labels, value = line[len("driftloop_sink_events_total{"):].split("} ")
+            pairs = dict(p.split("=") for p in labels.split(","))
+            out[pairs["side"].strip('"'), pairs["outcome"].strip('"')] = float(value)
+    return out
+
+
+def test_each_outcome_is_counted_by_side_and_only_outcomes_seen_are_exported(sink):
+    app = create_app(sink)
+    response = json.dumps({"predictions": [
+        {"class": "yes", "probabilities": {"no": 0.3, "yes": 0.7}}]}).encode()
+
+    def post(ce_type: str, body: bytes) -> int:
+        headers = [(k, v if k != b"ce-type" else ce_type.encode())
+                   for k, v in _headers(len(body))]
+        sent = asyncio.run(_call(app, _scope("POST", "/events", headers),
+                                 [{"type": "http.request", "body": body}]))
+        return int(sent[0]["status"])
+
+    assert post(REQUEST_TYPE, BODY) == 200
+    assert post(REQUEST_TYPE, BODY) == 200  # the same event again
+    assert post(RESPONSE_TYPE, response) == 200
+    assert _events_counted(sink) == {("request", "pending"): 1.0,
+                                     ("request", "duplicate"): 1.0,
+                                     ("response", "stored"): 1.0}
