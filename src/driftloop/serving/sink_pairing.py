@@ -60,6 +60,7 @@ from driftloop.serving.sink_quality import (
     response_model_name,
 )
 
+_LEGACY = {"pair": (REQUEST, RESPONSE), "request_only": (REQUEST,), "response_only": (RESPONSE,)}
 log = logging.getLogger(__name__)
 PENDING_PREFIX = "sink/pending"
 #: Raw events whose V2 binary body could not be decoded, one JSON line each, by arrival day.
@@ -222,8 +223,6 @@ class PayloadSink:
         self.stats.unreadable_lines += 1
 
     def _recover(self) -> None:
-        legacy = {"pair": (REQUEST, RESPONSE), "request_only": (REQUEST,),
-                  "response_only": (RESPONSE,)}
         for day in self._window():
             ordinal = _ORDINALS.setdefault(day.toordinal(), day.toordinal())
             for key in self.store.list(f"requests/dt={day.isoformat()}"):
@@ -232,7 +231,7 @@ class PayloadSink:
                     # Records written before events had keys: the keys that version's
                     # journal lines are given (Event.from_doc), so those resolve too.
                     for event_key_ in keys or [legacy_key(ce_id, side)
-                                               for side in legacy.get(logged, ())]:
+                                               for side in _LEGACY.get(logged, ())]:
                         self._remember(event_key_, ordinal)
             for key in self.store.list(f"{QUARANTINE_PREFIX}/dt={day.isoformat()}"):
                 for doc in read_docs(self.store, key, self._torn_line):
@@ -240,8 +239,9 @@ class PayloadSink:
                         self._remember(doc["event_key"], ordinal)
         # Every journal is read, whatever its day: a pending event is never left behind.
         restored: list[Event] = []
+        skip = self._seen if self.mode == "append" else ()  # stored: no parse, no drop
         for key in self.store.list(PENDING_PREFIX):
-            for doc in read_docs(self.store, key, self._torn_line):
+            for doc in read_docs(self.store, key, self._torn_line, skip):
                 with contextlib.suppress(KeyError, TypeError, ValueError):
                     restored.append(Event.from_doc(doc, key))
         for event in sorted(restored, key=lambda e: e.received):
