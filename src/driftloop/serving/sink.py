@@ -150,7 +150,9 @@ than ``MAX_JSON_DEPTH`` (64) levels; 413 a body above ``max_body_bytes``; 415 an
 unsupported structured event; 422 JSON of the wrong shape or a string that is not valid
 Unicode (a lone surrogate such as ``"\ud800"``, which no UTF-8 file can hold); the message
 names the field; 503 the store write failed (nothing was recorded as seen; the sender may
-retry).
+retry). A client that closes its connection before the body is complete gets no answer
+and nothing is recorded; its request is counted with code 499 (nginx's "client closed
+request").
 
 Everything an event's later writing needs (its shape, depth and text) is checked before
 the 2xx, so an acknowledged event can always be written; a refused one is neither
