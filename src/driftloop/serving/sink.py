@@ -224,7 +224,7 @@ from starlette.routing import Route
 from driftloop.config import SinkConfig
 from driftloop.data.storage import LocalStore, open_store
 from driftloop.errors import DriftloopError, StoreError
-from driftloop.serving.metrics import LATENCY_BUCKETS, get_or_create
+from driftloop.serving.metrics import LATENCY_BUCKETS, Children, get_or_create
 from driftloop.serving.sink_asgi import (
     Disconnected,
     Receive,
@@ -271,9 +271,10 @@ def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
     latency = get_or_create(Histogram, "driftloop_sink_request_duration_seconds",
                             "Time to answer a request to the sink, by route, seconds.",
                             ("route",), registry=sink.registry, buckets=LATENCY_BUCKETS)
-    # 0 from the start (a 5xx ratio is defined); the children kept: labels() costs per call
-    counted = {(route, code): answered.labels(route, code)
-               for route, codes in ROUTE_CODES.items() for code in codes}
+    counted = Children(answered)
+    for route, codes in ROUTE_CODES.items():  # 0 from the start: a 5xx ratio is defined
+        for code in codes:
+            counted(route, code)
     timed = {route: latency.labels(route) for route in ROUTE_CODES}
 
     async def call(route: str, receive: Receive, send: Send, headers: Mapping[str, str],
@@ -300,7 +301,7 @@ def create_app(sink: PayloadSink, *, max_body_bytes: int = DEFAULT_MAX_BODY,
             code = exc.status
             result = {"error": str(exc)}
         finally:
-            (counted.get((route, str(code))) or answered.labels(route, str(code))).inc()
+            counted(route, str(code)).inc()
             timed[route].observe(time.perf_counter() - began)
         await send_json(send, code, result)
 
