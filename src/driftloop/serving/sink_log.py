@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from driftloop.data.storage import LocalStore, Store
-from driftloop.serving.sink_events import KEY_HEX
+from driftloop.errors import StoreError
+from driftloop.serving.sink_events import KEY_HEX, Event
 
 log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -238,8 +239,22 @@ _JOURNAL_KEY = b'"key":"'
 _AFTER_KEY = b'","source":"'
 
 
+def _read_from(store: Store, key: str, offset: int) -> bytes:
+    """The bytes of ``key`` from ``offset`` on (a local file is read from there only)."""
+    if not offset:
+        return store.read_bytes(key)
+    if not isinstance(store, LocalStore):
+        return store.read_bytes(key)[offset:]
+    try:
+        with open(store.path(key), "rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+    except OSError as exc:
+        raise StoreError(f"{store.path(key)}: cannot read ({exc.strerror})") from exc
+
+
 def read_docs(store: Store, key: str, on_torn: Callable[[], None],
-              skip: Container[str] = ()) -> list[dict[str, Any]]:
+              skip: Container[str] = (), *, offset: int = 0) -> list[dict[str, Any]]:
     """Return the JSON objects of the lines of ``key``; call ``on_torn`` per unreadable line.
 
     Args:
@@ -249,9 +264,10 @@ def read_docs(store: Store, key: str, on_torn: Callable[[], None],
         skip: Event keys whose journal lines are passed over unparsed (recovery: the
             events already stored, most of a day's journal; parsing them was half of a
             restart's time).
+        offset: Read from this byte on (a line's start: what a snapshot covers is skipped).
     """
     out = []
-    for line in store.read_bytes(key).splitlines():
+    for line in _read_from(store, key, offset).splitlines():
         if not line.strip():
             continue
         if skip:
@@ -270,16 +286,32 @@ def read_docs(store: Store, key: str, on_torn: Callable[[], None],
     return out
 
 
-def read_event_ids(store: Store, key: str,
-                   on_torn: Callable[[], None]) -> Iterator[tuple[str, str, list[str]]]:
+def read_journal(store: Store, prefix: str, on_torn: Callable[[], None],
+                 skip: Container[str] = ()) -> list[Event]:
+    """The events journaled under ``prefix`` (all days), oldest arrival first.
+
+    Lines that do not parse or are not events are passed over (``on_torn`` counts the
+    first kind); ``skip`` as in :func:`read_docs`.
+    """
+    restored = []
+    for key in store.list(prefix):
+        for doc in read_docs(store, key, on_torn, skip):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                restored.append(Event.from_doc(doc, key))
+    return sorted(restored, key=lambda e: e.received)
+
+
+def read_event_ids(store: Store, key: str, on_torn: Callable[[], None], *,
+                   offset: int = 0) -> Iterator[tuple[str, str, list[str]]]:
     """Yield ``(event_id, logged, event keys)`` of each record line of ``key``.
 
     The sink writes ``"event_id":...,"logged":...,"event_keys":...`` next to each other;
     a regex reads them ~4x faster than parsing whole lines. Records written before events
     had keys have none (an empty list). Other lines (batch drops, hand-written files)
-    fall back to JSON; ``on_torn`` is called for each of them that does not parse.
+    fall back to JSON; ``on_torn`` is called for each of them that does not parse. Reading
+    starts at byte ``offset`` (a line's start).
     """
-    for line in store.read_bytes(key).splitlines():
+    for line in _read_from(store, key, offset).splitlines():
         found = _EVENT_KEYS.search(line)
         if found is not None:
             raw = found.group(1).decode("utf-8", errors="replace")
@@ -308,4 +340,5 @@ __all__ = [
     "event_name",
     "read_docs",
     "read_event_ids",
+    "read_journal",
 ]

@@ -29,10 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from driftloop.data.storage import LocalStore, Store
 from driftloop.errors import DriftloopError
 from driftloop.serving.metrics import Children
-from driftloop.serving.sink_bodies import (
-    SinkError,
-    parse_feedback,
-)
+from driftloop.serving.sink_bodies import SinkError, parse_feedback
 from driftloop.serving.sink_commit import GroupCommit, Receipt
 from driftloop.serving.sink_events import (
     REQUEST,
@@ -40,7 +37,6 @@ from driftloop.serving.sink_events import (
     Event,
     build_records,
     choose_partner,
-    legacy_key,
     parse_cloudevent,
 )
 from driftloop.serving.sink_log import (
@@ -49,8 +45,7 @@ from driftloop.serving.sink_log import (
     Writer,
     encode_lines,
     event_name,
-    read_docs,
-    read_event_ids,
+    read_journal,
 )
 from driftloop.serving.sink_quality import (
     DEFAULT_MAX_PREDICTIONS,
@@ -59,36 +54,26 @@ from driftloop.serving.sink_quality import (
     LiveQuality,
     response_model_name,
 )
+from driftloop.serving.sink_seen import (
+    QUARANTINE_PREFIX,
+    SeenEvents,
+    SnapshotSchedule,
+    day_ordinal,
+    file_sizes,
+    partition_day,
+    recover_seen,
+    utc_now,
+    write_snapshot,
+)
 
-_LEGACY = {"pair": (REQUEST, RESPONSE), "request_only": (REQUEST,), "response_only": (RESPONSE,)}
 log = logging.getLogger(__name__)
 PENDING_PREFIX = "sink/pending"
-#: Raw events whose V2 binary body could not be decoded, one JSON line each, by arrival day.
-QUARANTINE_PREFIX = "sink/quarantine"
 #: Hex digits of an event key that tag the row ids of a reused ``Ce-Id``.
 TAG_HEX = 12
 #: Group commit (:mod:`driftloop.serving.sink_commit`): most lines per fsync round, and
 #: the longest wait for more; the defaults of :class:`driftloop.config.SinkConfig`.
 DEFAULT_COMMIT_MAX_BATCH = 512
 DEFAULT_COMMIT_MAX_WAIT = 0.002
-
-
-def _utc_now(clock: Callable[[], float]) -> dt.datetime:
-    return dt.datetime.fromtimestamp(clock(), dt.UTC)
-
-
-def _day(epoch: float) -> str:
-    """The partition day (UTC) of a receive time."""
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).date().isoformat()
-
-
-_ORDINALS: dict[int, int] = {}
-
-
-def _ordinal(epoch: float) -> int:
-    """The UTC day ordinal of ``epoch``, one int object per day (the dedup maps hold many)."""
-    day = dt.datetime.fromtimestamp(epoch, dt.UTC).date().toordinal()
-    return _ORDINALS.setdefault(day, day)
 
 
 @dataclass
@@ -108,6 +93,9 @@ class SinkStats:
     recovered_pending: int = 0
     recovered_ids: int = 0
     unreadable_lines: int = 0
+    #: Bytes of record and quarantine files read on the last start (after the snapshot).
+    recovery_bytes_read: int = 0
+    snapshots: int = 0
 
 
 class PayloadSink:
@@ -139,6 +127,9 @@ class PayloadSink:
             commit (append mode only; object mode writes one object per event anyway).
         commit_max_wait: Seconds the committer may wait for more lines while other
             events are being handled.
+        snapshot_interval: Append mode: seconds between snapshots of the seen events
+            (:mod:`driftloop.serving.sink_seen`), taken when something was written since
+            the last; one is also taken at :meth:`close`. 0: at close only.
     """
 
     def __init__(self, store: Store, *, mode: str = "auto", pending_ttl: float = 60.0,
@@ -149,7 +140,8 @@ class PayloadSink:
                  feedback_ttl: float = DEFAULT_TTL,
                  max_versions: int = DEFAULT_MAX_VERSIONS,
                  commit_max_batch: int = DEFAULT_COMMIT_MAX_BATCH,
-                 commit_max_wait: float = DEFAULT_COMMIT_MAX_WAIT) -> None:
+                 commit_max_wait: float = DEFAULT_COMMIT_MAX_WAIT,
+                 snapshot_interval: float = 300.0) -> None:
         if mode == "auto":
             mode = "append" if isinstance(store, LocalStore) else "object"
         if mode == "append" and not isinstance(store, LocalStore):
@@ -177,10 +169,10 @@ class PayloadSink:
         # them, (Ce-Id, Ce-Source, side), in arrival order.
         self._pending: dict[str, Event] = {}
         self._waiting: dict[tuple[str, str, str], list[Event]] = {}
-        # Event keys written (or quarantined) -> day ordinal, oldest first: the dedup set.
-        self._seen: dict[str, int] = {}
-        # Ce-Ids already given to records -> day ordinal: a reused id tags its row ids.
-        self._ids: dict[str, int] = {}
+        # Event keys written (or quarantined), and Ce-Ids given to records (a reused id
+        # tags its row ids), each -> day ordinal: the dedup set.
+        self._seen = SeenEvents(max_seen)
+        self._snapshots = SnapshotSchedule(snapshot_interval)
         self._last_prune = 0.0
         self._journal_day = ""
         self.registry = CollectorRegistry()
@@ -216,35 +208,19 @@ class PayloadSink:
     # -- start-up -----------------------------------------------------------------------
 
     def _window(self) -> list[dt.date]:
-        today = _utc_now(self.clock).date()
+        today = utc_now(self.clock).date()
         return [today + dt.timedelta(days=d) for d in range(-self.dedup_days, 2)]
 
     def _torn_line(self) -> None:
         self.stats.unreadable_lines += 1
 
     def _recover(self) -> None:
-        for day in self._window():
-            ordinal = _ORDINALS.setdefault(day.toordinal(), day.toordinal())
-            for key in self.store.list(f"requests/dt={day.isoformat()}"):
-                for ce_id, logged, keys in read_event_ids(self.store, key, self._torn_line):
-                    self._remember_id(ce_id, ordinal)
-                    # Records written before events had keys: the keys that version's
-                    # journal lines are given (Event.from_doc), so those resolve too.
-                    for event_key_ in keys or [legacy_key(ce_id, side)
-                                               for side in _LEGACY.get(logged, ())]:
-                        self._remember(event_key_, ordinal)
-            for key in self.store.list(f"{QUARANTINE_PREFIX}/dt={day.isoformat()}"):
-                for doc in read_docs(self.store, key, self._torn_line):
-                    if isinstance(doc.get("event_key"), str):
-                        self._remember(doc["event_key"], ordinal)
-        # Every journal is read, whatever its day: a pending event is never left behind.
-        restored: list[Event] = []
+        found = recover_seen(self.store, self._seen, self._window(), self._torn_line,
+                             use_snapshot=self.mode == "append")
+        self.stats.recovery_bytes_read = found.bytes_read
+        self._snapshots.recovered(self.clock(), self._writes(), read=found.bytes_read)
         skip = self._seen if self.mode == "append" else ()  # stored: no parse, no drop
-        for key in self.store.list(PENDING_PREFIX):
-            for doc in read_docs(self.store, key, self._torn_line, skip):
-                with contextlib.suppress(KeyError, TypeError, ValueError):
-                    restored.append(Event.from_doc(doc, key))
-        for event in sorted(restored, key=lambda e: e.received):
+        for event in read_journal(self.store, PENDING_PREFIX, self._torn_line, skip):
             if event.key in self._seen:
                 with contextlib.suppress(OSError, DriftloopError):
                     self.writer.drop(event.journal_key)  # object mode: resolved, tidy up
@@ -264,7 +240,7 @@ class PayloadSink:
         """
         if self.mode != "append":
             return
-        self._journal_day = _utc_now(self.clock).date().isoformat()
+        self._journal_day = utc_now(self.clock).date().isoformat()
         folder = f"{PENDING_PREFIX}/dt={self._journal_day}"
         current = f"{folder}/{self.writer.file_name}"  # type: ignore[attr-defined]
         moved = [e for e in self._pending.values() if e.journal_key != current]
@@ -306,15 +282,15 @@ class PayloadSink:
         ce_id = base.ce_id
         # A Ce-Id already given to records (a client reusing it, or the late partner of a
         # side written alone) tags the new rows' fallback ids, so they stay unique.
-        tag = base.key[:TAG_HEX] if ce_id in self._ids else None
+        tag = base.key[:TAG_HEX] if self._seen.has_id(ce_id) else None
         records = build_records(ce_id, request, response, tag)
         received = min(e.received for e in (request, response) if e is not None)
         logged = records[0]["logged"] if records else "pair"
         if records:
             keys = " ".join(e.key for e in (request, response) if e is not None)
-            self._write(f"requests/dt={_day(received)}", encode_lines(records),
+            self._write(f"requests/dt={partition_day(received)}", encode_lines(records),
                         event_name(keys, logged))
-        self._remember_id(ce_id, _ordinal(received))
+        self._seen.remember_id(ce_id, day_ordinal(received))
         # after the write is durable: only a durable prediction can be joined to a label
         model = response_model_name(response.data if response is not None else None,
                                     base.ext)
@@ -329,19 +305,8 @@ class PayloadSink:
             self.stats.lone_responses += 1
         return len(records)
 
-    def _remember(self, key: str, ordinal: int) -> None:
-        """Remember an event key as written (the dedup set), forgetting the oldest."""
-        self._seen[key] = ordinal
-        while len(self._seen) > self.max_seen:
-            del self._seen[next(iter(self._seen))]
-
-    def _remember_id(self, ce_id: str, ordinal: int) -> None:
-        self._ids[ce_id] = ordinal
-        while len(self._ids) > self.max_seen:
-            del self._ids[next(iter(self._ids))]
-
     def _mark(self, event: Event) -> None:
-        self._remember(event.key, _ordinal(event.received))
+        self._seen.remember(event.key, day_ordinal(event.received))
 
     def _add_pending(self, event: Event) -> None:
         self._pending[event.key] = event
@@ -418,7 +383,6 @@ class PayloadSink:
         self._pending.clear()
         self._waiting.clear()
         self._seen.clear()
-        self._ids.clear()
         try:
             self._recover()
         except (OSError, DriftloopError) as exc:
@@ -483,7 +447,7 @@ class PayloadSink:
                 self.writer.drop(partner.journal_key)
             self._m_pending.set(len(self._pending))
             return self._stored(event, n)
-        event.journal_key = self._write(f"{PENDING_PREFIX}/dt={_day(event.received)}",
+        event.journal_key = self._write(f"{PENDING_PREFIX}/dt={partition_day(event.received)}",
                                         event.to_line(), event_name(event.key, event.side))
         self._add_pending(event)
         self.stats.pending += 1
@@ -495,7 +459,7 @@ class PayloadSink:
 
     def _quarantine(self, event: Event) -> dict[str, Any]:
         """Store an event the sink cannot read, raw (base64) with its headers and why."""
-        self._write(f"{QUARANTINE_PREFIX}/dt={_day(event.received)}",
+        self._write(f"{QUARANTINE_PREFIX}/dt={partition_day(event.received)}",
                     event.quarantine_line(), event_name(event.key, "quarantine"))
         self._mark(event)
         self.stats.quarantined += 1
@@ -532,18 +496,19 @@ class PayloadSink:
                 written += 1
             self._m_pending.set(len(self._pending))
             if self.mode == "append" and (
-                _utc_now(self.clock).date().isoformat() != self._journal_day
+                utc_now(self.clock).date().isoformat() != self._journal_day
             ):
                 if self._commit is not None:  # old journals go: their events' records first
                     self._commit.flush_all()
                 self._compact()
             if now - self._last_prune > 3600:
                 self._last_prune = now
-                oldest = self._window()[0].toordinal()
-                self._seen = {k: v for k, v in self._seen.items() if v >= oldest}
-                self._ids = {k: v for k, v in self._ids.items() if v >= oldest}
+                self._seen.prune(self._window()[0].toordinal())
+            snapshot = self._take_snapshot(flush=True) if self._snapshots.due(now) else None
             receipt = self._receipt({"written": written})
         self.finish(receipt)
+        if snapshot is not None:
+            self._write_snapshot(*snapshot)
         return written
 
     @property
@@ -566,11 +531,11 @@ class PayloadSink:
     def submit_feedback(self, body: bytes) -> Receipt:
         """:meth:`handle_feedback` up to the durable wait (see :meth:`submit_event`)."""
         try:
-            rows = parse_feedback(body, labels=self.labels, now=_utc_now(self.clock))
+            rows = parse_feedback(body, labels=self.labels, now=utc_now(self.clock))
         except SinkError as exc:
             self.reject_feedback(exc)
             raise
-        day = _day(self.clock())
+        day = partition_day(self.clock())
         with self._locked():
             self._write(f"feedback/dt={day}", encode_lines(rows), f"fb-{uuid.uuid4().hex}")
             self._after.append(lambda: self._fed(rows))  # only rows that are durable
@@ -581,12 +546,47 @@ class PayloadSink:
         self.quality.feedback(rows, self.clock())
         self._m_feedback.inc(len(rows))
 
+    # -- snapshot of the seen events (sink_seen) -----------------------------------------
+
+    def _writes(self) -> tuple[int, int]:
+        return self.stats.records, self.stats.quarantined
+
+    def _take_snapshot(self, *, flush: bool) -> tuple[SeenEvents, dict[str, int]] | None:
+        """Copy the seen events and the file sizes they cover (lock held), or None.
+
+        None when nothing was written since the last snapshot, outside append mode, or
+        when the queued lines could not be made durable (then memory is ahead of disk).
+        """
+        if self.mode != "append" or not self._snapshots.changed(self._writes()):
+            return None
+        if flush and self._commit is not None:
+            try:
+                self._commit.flush_all()
+            except SinkError:
+                return None
+        if self._commit is not None and self._commit.broken is not None:
+            return None
+        self._snapshots.taken(self.clock(), self._writes())
+        return self._seen.copy(), file_sizes(self.store, self._window())  # type: ignore[arg-type]
+
+    def _write_snapshot(self, seen: SeenEvents, files: dict[str, int]) -> None:
+        if write_snapshot(self.store, seen, files, utc_now(self.clock)):
+            self.stats.snapshots += 1
+        else:  # the next start reads more, no harm; retried at the next interval
+            self._snapshots.failed()
+
     def close(self) -> None:
-        """Commit what is queued, close open files. Pending events stay journaled."""
+        """Commit what is queued, snapshot the seen events, close open files.
+
+        Pending events stay journaled.
+        """
         if self._commit is not None:
             self._commit.close()
         with self._lock:
+            snapshot = self._take_snapshot(flush=False)
             self.writer.close()
+        if snapshot is not None:
+            self._write_snapshot(*snapshot)
 
 
 __all__ = [
