@@ -18,7 +18,12 @@ import pytest
 from driftloop.data.storage import LocalStore
 from driftloop.serving.sink_events import REQUEST_TYPE, RESPONSE_TYPE
 from driftloop.serving.sink_pairing import PayloadSink
-from driftloop.serving.sink_seen import SNAPSHOT_KEY, SnapshotSchedule, decode_snapshot
+from driftloop.serving.sink_seen import (
+    SNAPSHOT_KEY,
+    SeenEvents,
+    SnapshotSchedule,
+    decode_snapshot,
+)
 
 REQUEST = json.dumps({"instances": [{"x0": 0.5, "x1": -1.0, "segment": "north"}]}).encode()
 RESPONSE = json.dumps({"predictions": [
@@ -224,3 +229,24 @@ def test_the_schedule_takes_one_when_due_and_changed():
     assert not SnapshotSchedule(0).due(1e12)  # 0: at close only
     with pytest.raises(ValueError, match="snapshot_interval"):
         SnapshotSchedule(-1)
+
+
+def _remember_seconds(bound: int, count: int) -> float:
+    seen = SeenEvents(bound)
+    keys = [f"{i:032x}" for i in range(count)]
+    started = time.perf_counter()
+    for key in keys:
+        seen.remember(key, 1)
+    took = time.perf_counter() - started
+    assert list(seen.keys)[:1] == keys[-min(bound, count):][:1]  # the newest kept
+    return took
+
+
+def test_forgetting_the_oldest_costs_the_same_past_the_bound():
+    # A regression: the eviction was ``del d[next(iter(d))]``, which walks every entry
+    # deleted since the dict's last resize, so each event past max_seen cost more than
+    # the last (300,000 keys into a bound of 150,000: ~35x the time of no eviction).
+    # A ratio of two runs in the same process, so a slow machine does not matter.
+    unbounded = min(_remember_seconds(10**9, 300_000) for _ in range(2))
+    bounded = min(_remember_seconds(150_000, 300_000) for _ in range(2))
+    assert bounded < 6 * unbounded, (bounded, unbounded)
