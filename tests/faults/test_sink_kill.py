@@ -32,6 +32,9 @@ from driftloop.demo.sample import sample_schema
 from driftloop.serving.sink_events import REQUEST_TYPE, RESPONSE_TYPE
 
 TIME = "2026-01-01T10:00:00Z"
+ANSWER = {"predictions": [{"class": "yes", "model_version": "v1",
+                           "probabilities": {"no": 0.3, "yes": 0.7}}],
+          "model_name": "sample", "model_version": "v1"}
 
 
 def _headers(ce_id: str, ce_type: str) -> dict[str, str]:
@@ -82,9 +85,7 @@ class Load:
                     return
                 rid = f"p{self.round}-{thread}-{k}"
                 body = {"instances": [{"id": rid, "x0": 0.1, "x1": 0.2, "segment": "north"}]}
-                answer = {"predictions": [{"class": "yes", "model_version": "v1",
-                                           "probabilities": {"no": 0.3, "yes": 0.7}}],
-                          "model_name": "sample", "model_version": "v1"}
+                answer = ANSWER
                 try:
                     if client.post("/", content=json.dumps(body),
                                    headers=_headers(rid, REQUEST_TYPE)).is_success:
@@ -148,7 +149,7 @@ def test_three_kill_9s_under_load_keep_every_acknowledged_record_exactly_once(tm
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     records, feedback = _ids_under(root, "requests"), _ids_under(root, "feedback")
-    pending = _text_under(root, "sink")
+    pending = _text_under(root, "sink/pending")
     pairs = set().union(*(x.pairs for x in loads))
     labels = set().union(*(x.feedback for x in loads))
     requests = set().union(*(x.requests for x in loads))
@@ -165,3 +166,15 @@ def test_three_kill_9s_under_load_keep_every_acknowledged_record_exactly_once(tm
     ingested = Counter(accepted.records["id"])
     assert {r for r in pairs if ingested[r] != 1} == set()  # ...and in what ingest accepts
     assert accepted.report.counts.duplicates == 0
+    # the SIGTERM wrote a snapshot of the seen events; a start from it still knows the
+    # pairs acknowledged before the kills
+    assert (root / "sink" / "seen" / "snapshot.json").is_file()
+    proc = _start(root, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            again = client.post("/", content=json.dumps(ANSWER),
+                                headers=_headers(min(loads[0].pairs), RESPONSE_TYPE))
+        assert again.json()["status"] == "duplicate"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

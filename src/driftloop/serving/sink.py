@@ -135,8 +135,9 @@ Idempotence
     days (the dedup window) and the pending events from the whole journal, so a restart
     still deduplicates and still pairs. Records and journal lines written before events
     had keys are matched by ``(Ce-Id, side)``, the rule then. At most ``max_seen`` keys
-    are kept (default 1,000,000; with the ids, ~180 bytes per event, measured); a retry
-    older than the window is stored again and ingest counts its rows as duplicates by
+    are kept (default 1,000,000; with the ids, ~180 bytes per event, measured, plus 8 per
+    key and per id for the order the oldest go in); a retry older than the window, or
+    forgotten by the bound, is stored again and ingest counts its rows as duplicates by
     ``id`` (accounted, not silent). In append mode a snapshot of the seen keys
     (``sink/seen/snapshot.json``, :mod:`driftloop.serving.sink_seen`) is written at
     shutdown and every ``--snapshot-interval`` seconds (300) when something was written;
