@@ -88,3 +88,35 @@ def test_journal_lines_of_stored_events_are_not_parsed(tmp_path: Path):
         assert third.stats.recovered_pending == 0
     finally:
         third.close()
+
+
+def test_record_files_are_read_in_chunks_with_the_same_lines(tmp_path: Path, monkeypatch):
+    # a start reads local files chunk by chunk (its memory no longer grows with the
+    # largest file); lines across chunk boundaries, a torn last line and an offset into
+    # the file must come out as a whole read gives them
+    from driftloop.serving import sink_log
+
+    root = tmp_path / "store"
+    sink = PayloadSink(LocalStore(root, create=True), mode="append")
+    for i in range(40):
+        _log(sink, f"id-{i}-" + "x" * (i % 7), response=True)
+    sink.close()
+    (path,) = sorted((root / "requests").rglob("*.jsonl"))
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"event_id":"torn","log')  # a crash mid-line
+    store = LocalStore(root)
+    key = str(path.relative_to(root))
+    offset = whole.index(b"\n", len(whole) // 2) + 1
+
+    def read(chunk: int, at: int) -> tuple[list[Any], int]:
+        monkeypatch.setattr(sink_log, "READ_CHUNK", chunk)
+        torn: list[int] = []
+        found = list(sink_log.read_event_ids(store, key, lambda: torn.append(1), offset=at))
+        return found, len(torn)
+
+    expected = read(1 << 30, 0)
+    assert len(expected[0]) == 40 and expected[1] == 1
+    for chunk in (1, 7, 64, 333):
+        assert read(chunk, 0) == expected
+        assert read(chunk, offset) == read(1 << 30, offset)
+    assert read(64, offset)[0] == expected[0][-len(read(64, offset)[0]):]

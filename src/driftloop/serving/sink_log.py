@@ -239,18 +239,32 @@ _JOURNAL_KEY = b'"key":"'
 _AFTER_KEY = b'","source":"'
 
 
-def _read_from(store: Store, key: str, offset: int) -> bytes:
-    """The bytes of ``key`` from ``offset`` on (a local file is read from there only)."""
-    if not offset:
-        return store.read_bytes(key)
+#: Bytes read at a time from a local file on start (the lines are parsed chunk by chunk,
+#: so a start's memory does not grow with the largest file: 166 MB per 500,000 records).
+READ_CHUNK = 8 << 20
+
+
+def _lines(store: Store, key: str, offset: int) -> Iterator[bytes]:
+    """The lines of ``key`` from byte ``offset`` on; a local file is read in chunks."""
     if not isinstance(store, LocalStore):
-        return store.read_bytes(key)[offset:]
+        yield from store.read_bytes(key)[offset:].splitlines()
+        return
+    path = store.path(key)
     try:
-        with open(store.path(key), "rb") as fh:
+        with open(path, "rb") as fh:
             fh.seek(offset)
-            return fh.read()
+            rest = b""
+            while chunk := fh.read(READ_CHUNK):
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                yield from data[:cut].splitlines()
+            if rest:
+                yield from rest.splitlines()
+    except FileNotFoundError:
+        raise StoreError(f"{path}: object does not exist") from None
     except OSError as exc:
-        raise StoreError(f"{store.path(key)}: cannot read ({exc.strerror})") from exc
+        raise StoreError(f"{path}: cannot read ({exc.strerror})") from exc
 
 
 def read_docs(store: Store, key: str, on_torn: Callable[[], None],
@@ -267,7 +281,7 @@ def read_docs(store: Store, key: str, on_torn: Callable[[], None],
         offset: Read from this byte on (a line's start: what a snapshot covers is skipped).
     """
     out = []
-    for line in _read_from(store, key, offset).splitlines():
+    for line in _lines(store, key, offset):
         if not line.strip():
             continue
         if skip:
@@ -311,7 +325,7 @@ def read_event_ids(store: Store, key: str, on_torn: Callable[[], None], *,
     fall back to JSON; ``on_torn`` is called for each of them that does not parse. Reading
     starts at byte ``offset`` (a line's start).
     """
-    for line in _read_from(store, key, offset).splitlines():
+    for line in _lines(store, key, offset):
         found = _EVENT_KEYS.search(line)
         if found is not None:
             raw = found.group(1).decode("utf-8", errors="replace")
