@@ -104,19 +104,11 @@ class SeenEvents:
 
     def remember(self, key: str, ordinal: int) -> None:
         """Remember an event key as written, forgetting the oldest beyond the bound."""
-        if key not in self.keys:
-            self._key_order.append(key)
-            if len(self._key_order) > self.max_seen:
-                del self.keys[self._key_order.popleft()]
-        self.keys[key] = ordinal
+        _put(self.keys, self._key_order, key, ordinal, self.max_seen)
 
     def remember_id(self, ce_id: str, ordinal: int) -> None:
         """Remember a ``Ce-Id`` as given to records, forgetting the oldest beyond the bound."""
-        if ce_id not in self.ids:
-            self._id_order.append(ce_id)
-            if len(self._id_order) > self.max_seen:
-                del self.ids[self._id_order.popleft()]
-        self.ids[ce_id] = ordinal
+        _put(self.ids, self._id_order, ce_id, ordinal, self.max_seen)
 
     def has_id(self, ce_id: str) -> bool:
         """Whether records already carry this ``Ce-Id``."""
@@ -175,6 +167,16 @@ class SeenEvents:
         """Rebuild the order deques from the dicts (their order is insertion order)."""
         self._key_order = deque(self.keys)
         self._id_order = deque(self.ids)
+
+
+def _put(kept: dict[str, int], order: deque[str], key: str, ordinal: int,
+         bound: int) -> None:
+    """``kept[key] = ordinal``; a new key goes last in ``order``, the first beyond ``bound``."""
+    if key not in kept:
+        order.append(key)
+        if len(order) > bound:
+            del kept[order.popleft()]
+    kept[key] = ordinal
 
 
 def _runs(kept: dict[str, int]) -> Iterator[tuple[int, list[str]]]:
