@@ -250,3 +250,33 @@ def test_forgetting_the_oldest_costs_the_same_past_the_bound():
     unbounded = min(_remember_seconds(10**9, 300_000) for _ in range(2))
     bounded = min(_remember_seconds(150_000, 300_000) for _ in range(2))
     assert bounded < 6 * unbounded, (bounded, unbounded)
+
+
+def test_object_mode_on_gcs_reads_only_the_objects_after_the_snapshot(gcs_store, caplog):
+    # one object per event on gs:// (the cluster's store): without a snapshot a start
+    # GETs every object of the window, one request each
+    clock = Clock()
+    sink = PayloadSink(gcs_store, mode="object", clock=clock)
+    _pairs(sink, range(4))
+    sink.close()
+    assert sink.stats.snapshots == 1 and gcs_store.exists(SNAPSHOT_KEY)
+
+    again = PayloadSink(gcs_store, mode="object", clock=clock)
+    assert again.stats.recovery_files_read == 0 and again.stats.recovered_ids == 8
+    assert _send(again, "e1", RESPONSE_TYPE) == "duplicate"
+    _pairs(again, range(4, 6))  # then the process dies: no close, no new snapshot
+
+    third = PayloadSink(gcs_store, mode="object", clock=clock)
+    assert third.stats.recovery_files_read == 2  # the two pairs written after it
+    for ce_id in ("e0", "e5"):
+        assert _send(third, ce_id, RESPONSE_TYPE) == "duplicate"
+    third.close()
+
+    (gone,) = [k for k in gcs_store.list("requests") if k in decode_snapshot(
+        gcs_store.read_bytes(SNAPSHOT_KEY)).files][:1]
+    gcs_store.delete(gone)
+    with caplog.at_level(logging.WARNING, logger="driftloop.serving.sink"):
+        fourth = PayloadSink(gcs_store, mode="object", clock=clock)
+    assert any("is gone" in r.getMessage() for r in caplog.records)
+    assert fourth.stats.recovery_files_read == 5  # every object left, read again
+    fourth.close()

@@ -138,13 +138,14 @@ Idempotence
     are kept (default 1,000,000; with the ids, ~180 bytes per event, measured, plus 8 per
     key and per id for the order the oldest go in); a retry older than the window, or
     forgotten by the bound, is stored again and ingest counts its rows as duplicates by
-    ``id`` (accounted, not silent). In append mode a snapshot of the seen keys
+    ``id`` (accounted, not silent). A snapshot of the seen keys
     (``sink/seen/snapshot.json``, :mod:`driftloop.serving.sink_seen`) is written at
     shutdown and every ``--snapshot-interval`` seconds (300) when something was written;
-    a restart loads it and reads only the bytes the record files gained after it, so a
-    restart's time is bounded by ``max_seen``, not by the window's volume (without one:
-    ~0.6 s per 100,000 record lines). A snapshot whose covered files are gone or shorter
-    is not used (logged), and the window is read in full.
+    a restart loads it and reads only what the record files gained after it (in object
+    mode: only the objects written after it), so a restart's time is bounded by
+    ``max_seen``, not by the window's volume (without one: ~0.5 s per 100,000 local
+    record lines; one GET per object on gs://). A snapshot whose covered files are gone
+    or shorter is not used (logged), and the window is read in full.
     Feedback is not deduplicated: a repeated label is superseded at ingest (the latest
     timestamp wins).
 

@@ -28,7 +28,7 @@ import socket
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -300,6 +300,28 @@ def read_docs(store: Store, key: str, on_torn: Callable[[], None],
     return out
 
 
+def compact_journal(writer: AppendWriter, store: Store, folder: str, pending: Iterable[Event],
+                    write: Callable[[str, bytes, str], str]) -> None:
+    """Rewrite the pending events into the writer's file in ``folder``; delete older files.
+
+    Journal lines are never removed from an append file, so without this the journal
+    would grow with every request ever logged. New journal first (``write`` fsyncs it),
+    deletions after: a crash in between leaves duplicate journal lines, which recovery
+    merges. ``folder`` is a day's folder of the journal; every other file under the
+    journal's root goes.
+    """
+    current = f"{folder}/{writer.file_name}"
+    moved = [e for e in pending if e.journal_key != current]
+    if moved:
+        write(folder, b"".join(e.to_line() for e in moved), "compact")
+        for event in moved:
+            event.journal_key = current
+    writer.close()  # no descriptor may point at a file deleted below
+    for key in store.list(folder.rsplit("/dt=", 1)[0]):
+        if key != current:
+            store.delete(key)
+
+
 def read_journal(store: Store, prefix: str, on_torn: Callable[[], None],
                  skip: Container[str] = ()) -> list[Event]:
     """The events journaled under ``prefix`` (all days), oldest arrival first.
@@ -350,6 +372,7 @@ __all__ = [
     "AppendWriter",
     "ObjectWriter",
     "Writer",
+    "compact_journal",
     "encode_lines",
     "event_name",
     "read_docs",

@@ -43,6 +43,7 @@ from driftloop.serving.sink_log import (
     AppendWriter,
     ObjectWriter,
     Writer,
+    compact_journal,
     encode_lines,
     event_name,
     read_journal,
@@ -58,8 +59,9 @@ from driftloop.serving.sink_seen import (
     QUARANTINE_PREFIX,
     SeenEvents,
     SnapshotSchedule,
+    covered_files,
     day_ordinal,
-    file_sizes,
+    list_objects,
     partition_day,
     recover_seen,
     utc_now,
@@ -93,7 +95,8 @@ class SinkStats:
     recovered_pending: int = 0
     recovered_ids: int = 0
     unreadable_lines: int = 0
-    #: Bytes of record and quarantine files read on the last start (after the snapshot).
+    #: Record/quarantine files (objects) and local bytes read on start, past the snapshot.
+    recovery_files_read: int = 0
     recovery_bytes_read: int = 0
     snapshots: int = 0
 
@@ -127,7 +130,7 @@ class PayloadSink:
             commit (append mode only; object mode writes one object per event anyway).
         commit_max_wait: Seconds the committer may wait for more lines while other
             events are being handled.
-        snapshot_interval: Append mode: seconds between snapshots of the seen events
+        snapshot_interval: Seconds between snapshots of the seen events
             (:mod:`driftloop.serving.sink_seen`), taken when something was written since
             the last; one is also taken at :meth:`close`. 0: at close only.
     """
@@ -215,10 +218,10 @@ class PayloadSink:
         self.stats.unreadable_lines += 1
 
     def _recover(self) -> None:
-        found = recover_seen(self.store, self._seen, self._window(), self._torn_line,
-                             use_snapshot=self.mode == "append")
+        found = recover_seen(self.store, self._seen, self._window(), self._torn_line)
+        self.stats.recovery_files_read = found.files_read
         self.stats.recovery_bytes_read = found.bytes_read
-        self._snapshots.recovered(self.clock(), self._writes(), read=found.bytes_read)
+        self._snapshots.recovered(self.clock(), self._writes(), read=found.files_read)
         skip = self._seen if self.mode == "append" else ()  # stored: no parse, no drop
         for event in read_journal(self.store, PENDING_PREFIX, self._torn_line, skip):
             if event.key in self._seen:
@@ -232,26 +235,11 @@ class PayloadSink:
         self._compact()
 
     def _compact(self) -> None:
-        """Append mode: rewrite the pending events into today's journal, drop older files.
-
-        Journal lines are never removed from an append file, so without this the journal
-        would grow with every request ever logged. New journal first (fsync'd), deletions
-        after: a crash in between leaves duplicate journal lines, which recovery merges.
-        """
-        if self.mode != "append":
-            return
-        self._journal_day = utc_now(self.clock).date().isoformat()
-        folder = f"{PENDING_PREFIX}/dt={self._journal_day}"
-        current = f"{folder}/{self.writer.file_name}"  # type: ignore[attr-defined]
-        moved = [e for e in self._pending.values() if e.journal_key != current]
-        if moved:
-            self._write_now(folder, b"".join(e.to_line() for e in moved), "compact")
-            for event in moved:
-                event.journal_key = current
-        self.writer.close()  # no descriptor may point at a file deleted below
-        for key in self.store.list(PENDING_PREFIX):
-            if key != current:
-                self.store.delete(key)
+        """Append mode: the pending events into today's journal, older journals deleted."""
+        if self.mode == "append":
+            self._journal_day = day = utc_now(self.clock).date().isoformat()
+            compact_journal(self.writer, self.store, f"{PENDING_PREFIX}/dt={day}",  # type: ignore[arg-type]
+                            self._pending.values(), self._write_now)
 
     # -- events -------------------------------------------------------------------------
 
@@ -488,6 +476,8 @@ class PayloadSink:
         """
         now = self.clock()
         written = 0
+        due = self._snapshots.due(now)
+        listed = self._listed() if due else None
         with self._locked():
             for event in list(self._pending.values()):
                 if now - event.received < self.pending_ttl:
@@ -504,7 +494,7 @@ class PayloadSink:
             if now - self._last_prune > 3600:
                 self._last_prune = now
                 self._seen.prune(self._window()[0].toordinal())
-            snapshot = self._take_snapshot(flush=True) if self._snapshots.due(now) else None
+            snapshot = self._take_snapshot(flush=True, listed=listed) if due else None
             receipt = self._receipt({"written": written})
         self.finish(receipt)
         if snapshot is not None:
@@ -551,13 +541,21 @@ class PayloadSink:
     def _writes(self) -> tuple[int, int]:
         return self.stats.records, self.stats.quarantined
 
-    def _take_snapshot(self, *, flush: bool) -> tuple[SeenEvents, dict[str, int]] | None:
-        """Copy the seen events and the file sizes they cover (lock held), or None.
+    def _listed(self) -> dict[str, int] | None:
+        """Object mode: :func:`list_objects`, before the lock (None: append, or unchanged)."""
+        if self.mode == "append" or not self._snapshots.changed(self._writes()):
+            return None
+        return list_objects(self.store, self._window())
 
-        None when nothing was written since the last snapshot, outside append mode, or
-        when the queued lines could not be made durable (then memory is ahead of disk).
+    def _take_snapshot(self, *, flush: bool, listed: dict[str, int] | None
+                       ) -> tuple[SeenEvents, dict[str, int]] | None:
+        """Copy the seen events and the files they cover (lock held), or None.
+
+        None when nothing changed, when the queued lines could not be made durable (then
+        memory is ahead of disk), or in object mode without a listing.
         """
-        if self.mode != "append" or not self._snapshots.changed(self._writes()):
+        if not self._snapshots.changed(self._writes()) or (
+                self.mode != "append" and listed is None):
             return None
         if flush and self._commit is not None:
             try:
@@ -567,7 +565,8 @@ class PayloadSink:
         if self._commit is not None and self._commit.broken is not None:
             return None
         self._snapshots.taken(self.clock(), self._writes())
-        return self._seen.copy(), file_sizes(self.store, self._window())  # type: ignore[arg-type]
+        return self._seen.copy(), (covered_files(self.store, self._window())
+                                   if listed is None else listed)
 
     def _write_snapshot(self, seen: SeenEvents, files: dict[str, int]) -> None:
         if write_snapshot(self.store, seen, files, utc_now(self.clock)):
@@ -582,8 +581,9 @@ class PayloadSink:
         """
         if self._commit is not None:
             self._commit.close()
+        listed = self._listed()
         with self._lock:
-            snapshot = self._take_snapshot(flush=False)
+            snapshot = self._take_snapshot(flush=False, listed=listed)
             self.writer.close()
         if snapshot is not None:
             self._write_snapshot(*snapshot)

@@ -7,11 +7,11 @@ with the day ordinal of its partition, oldest first and bounded by ``max_seen``.
 On start the sink rebuilds them from the records of the dedup window
 (:func:`recover_seen`). Read in full, that costs ~0.6 s per 100,000 record lines on these
 VMs and grows with the day's volume, and while the sink is down KServe's logger drops
-events (it never retries, ``pkg/logger/worker.go``). So in append mode the sink writes a
-snapshot, ``sink/seen/snapshot.json``: the remembered keys and ids with their ordinals,
-and for every record and quarantine file of the window the bytes it covers. A restart
-loads the snapshot and reads only what the files gained after it (new files whole), so
-its time is bounded by ``max_seen``, not by the window's volume
+events (it never retries, ``pkg/logger/worker.go``). So the sink writes a snapshot,
+``sink/seen/snapshot.json``: the remembered keys and ids with their ordinals, and every
+record and quarantine file of the window it covers (a local file up to its size). A
+restart loads the snapshot and reads only what the files gained after it (new files
+whole), so its time is bounded by ``max_seen``, not by the window's volume
 (``benchmarks/sink_restart.py`` measures both).
 
 Why this is exact: a snapshot is taken with the lock held and every queued line fsync'd,
@@ -22,8 +22,11 @@ shorter (removed or rewritten by hand), or the snapshot cannot be read -- the si
 so in its log and reads the window in full, as without a snapshot. Keys older than the
 window are dropped on load, as a full read would never see them.
 
-Object stores (``gs://``, one object per event) keep the full read: listing the objects
-is most of the cost there and a snapshot would not avoid it.
+Object stores (``gs://``, the cluster's store) hold one object per event, written once
+under a name from the event's key (a retried write replaces it with the same records):
+there a covered object is not read at all, where a full read GETs every object of the
+window, one request each. The window is still listed on start (to find the new ones)
+and before each snapshot, outside the lock.
 """
 
 from __future__ import annotations
@@ -243,26 +246,45 @@ def window_files(store: Store, days: Iterable[dt.date]) -> list[tuple[int, str, 
     return out
 
 
-def file_sizes(store: LocalStore, days: Iterable[dt.date]) -> dict[str, int]:
-    """The current size of every record and quarantine file of the window."""
-    sizes = {}
+def covered_files(store: Store, days: Iterable[dt.date]) -> dict[str, int]:
+    """What a snapshot taken now covers: every record and quarantine file of the window.
+
+    With its size for a local file (appended to, so a start reads on from there); 0 for
+    an object (one per event, written once under a name from the event's key: a retried
+    write replaces it with the same records), which a start then does not read at all.
+    """
+    out = {}
     for _, key, _ in window_files(store, days):
-        size = _size(store, key)
-        if size is not None:
-            sizes[key] = size
-    return sizes
+        if not isinstance(store, LocalStore):
+            out[key] = 0
+        elif (size := _size(store, key)) is not None:
+            out[key] = size
+    return out
 
 
-def _usable(store: LocalStore, doc: Snapshot, days: set[str]) -> str | None:
+def list_objects(store: Store, days: Iterable[dt.date]) -> dict[str, int] | None:
+    """:func:`covered_files` of an object store, or None (logged) when listing fails.
+
+    Taken before the sink's lock: a listing under it would hold every event up. An object
+    written after the listing is only read again at the next start.
+    """
+    try:
+        return covered_files(store, days)
+    except (OSError, DriftloopError) as exc:
+        log.warning("sink: listing the window for a snapshot failed: %s", exc)
+        return None
+
+
+def _usable(store: Store, doc: Snapshot, days: set[str], listed: set[str]) -> str | None:
     """Why the snapshot cannot be used (a covered file of the window changed), or None."""
     for key, covered in doc.files.items():
         if _day_of(key) not in days:
             continue  # out of the window: its keys are dropped on load anyway
-        size = _size(store, key)
-        if size is None:
+        if key not in listed:
             return f"{key} is gone"
-        if size < covered:
-            return f"{key} is shorter ({size} bytes) than the snapshot covers ({covered})"
+        if isinstance(store, LocalStore) and (_size(store, key) or 0) < covered:
+            return (f"{key} is shorter ({_size(store, key)} bytes) than the snapshot "
+                    f"covers ({covered})")
     return None
 
 
@@ -325,58 +347,72 @@ class SeenRecovery:
     Attributes:
         snapshot: Whether a snapshot was loaded.
         ignored: Why a snapshot present was not used (None when used or absent).
-        bytes_read: Bytes of record and quarantine files read after the snapshot (all of
-            them without one).
+        files_read: Record and quarantine files (or objects) read, at least partly: those
+            a snapshot did not cover whole.
+        bytes_read: Bytes of local files read after the snapshot (all without one).
     """
 
     snapshot: bool
     ignored: str | None
+    files_read: int
     bytes_read: int
 
 
+def _load(store: Store, seen: SeenEvents, days: list[dt.date],
+          listed: set[str]) -> tuple[dict[str, int] | None, str | None]:
+    """Load a usable snapshot into ``seen``: (the files it covers, why it was not used)."""
+    try:
+        if not store.exists(SNAPSHOT_KEY):
+            return None, None
+        doc = decode_snapshot(store.read_bytes(SNAPSHOT_KEY))
+        ignored = _usable(store, doc, {d.isoformat() for d in days}, listed)
+    except (ValueError, DriftloopError, OSError) as exc:
+        ignored = f"unreadable: {exc}"
+    if ignored is not None:
+        log.warning("sink: snapshot %s not used (%s); reading the whole dedup window",
+                    SNAPSHOT_KEY, ignored)
+        return None, ignored
+    seen.load(doc, days[0].toordinal())
+    return doc.files, None
+
+
 def recover_seen(store: Store, seen: SeenEvents, days: list[dt.date],
-                 on_torn: Callable[[], None], *, use_snapshot: bool) -> SeenRecovery:
-    """Rebuild ``seen`` from the window's records and quarantine (and a snapshot).
+                 on_torn: Callable[[], None]) -> SeenRecovery:
+    """Rebuild ``seen`` from the window's records and quarantine, after a snapshot.
 
     Args:
-        store: The sink's store.
+        store: The sink's store (a local folder or objects).
         seen: Filled in place (expected empty).
         days: The dedup window, oldest first.
         on_torn: Called once per line that does not parse.
-        use_snapshot: Load :data:`SNAPSHOT_KEY` when there is a usable one (append mode,
-            a local folder store).
     """
-    covered: dict[str, int] = {}
-    loaded, ignored = False, None
-    if use_snapshot and isinstance(store, LocalStore) and store.exists(SNAPSHOT_KEY):
-        try:
-            doc = decode_snapshot(store.read_bytes(SNAPSHOT_KEY))
-            ignored = _usable(store, doc, {d.isoformat() for d in days})
-        except (ValueError, DriftloopError, OSError) as exc:
-            ignored = f"unreadable: {exc}"
-        if ignored is None:
-            seen.load(doc, days[0].toordinal())
-            covered, loaded = doc.files, True
-        else:
-            log.warning("sink: snapshot %s not used (%s); reading the whole dedup window",
-                        SNAPSHOT_KEY, ignored)
-    read = 0
-    for ordinal, key, kind in window_files(store, days):
-        offset = covered.get(key, 0)
+    files = window_files(store, days)
+    covered, ignored = _load(store, seen, days, {key for _, key, _ in files})
+    local = isinstance(store, LocalStore)
+    read = read_bytes = 0
+    for ordinal, key, kind in files:
+        offset = (covered or {}).get(key)
+        if offset is not None and not local:
+            continue  # an object covered: never changed since
+        offset = offset or 0
+        if local:
+            size = _size(store, key) or 0  # type: ignore[arg-type]
+            if size <= offset:
+                continue
+            read_bytes += size - offset
+        read += 1
         if kind == "quarantine":
-            for doc_ in read_docs(store, key, on_torn, offset=offset):
-                if isinstance(doc_.get("event_key"), str):
-                    seen.remember(doc_["event_key"], ordinal)
-        else:
-            for ce_id, logged, keys in read_event_ids(store, key, on_torn, offset=offset):
-                seen.remember_id(ce_id, ordinal)
-                # Records written before events had keys: the keys that version's journal
-                # lines are given (Event.from_doc), so those resolve too.
-                for key_ in keys or [legacy_key(ce_id, side) for side in _LEGACY.get(logged, ())]:
-                    seen.remember(key_, ordinal)
-        if isinstance(store, LocalStore):
-            read += max(0, (_size(store, key) or 0) - offset)
-    return SeenRecovery(loaded, ignored, read)
+            for doc in read_docs(store, key, on_torn, offset=offset):
+                if isinstance(doc.get("event_key"), str):
+                    seen.remember(doc["event_key"], ordinal)
+            continue
+        for ce_id, logged, keys in read_event_ids(store, key, on_torn, offset=offset):
+            seen.remember_id(ce_id, ordinal)
+            # Records written before events had keys: the keys that version's journal
+            # lines are given (Event.from_doc), so those resolve too.
+            for key_ in keys or [legacy_key(ce_id, side) for side in _LEGACY.get(logged, ())]:
+                seen.remember(key_, ordinal)
+    return SeenRecovery(covered is not None, ignored, read, read_bytes)
 
 
 __all__ = [
@@ -386,9 +422,10 @@ __all__ = [
     "SeenRecovery",
     "Snapshot",
     "SnapshotSchedule",
+    "covered_files",
     "day_ordinal",
     "decode_snapshot",
-    "file_sizes",
+    "list_objects",
     "partition_day",
     "recover_seen",
     "utc_now",
