@@ -17,6 +17,11 @@ sink processes leave them) and three starts are timed, each in a fresh interpret
 * ``snapshot + 10 % tail`` -- as after a ``kill -9``: a tenth more lines written after
   the snapshot, in a new file.
 
+The same on ``gs://`` (the cluster's store, object mode: one object per logged pair) against
+``gcp-storage-emulator`` on 127.0.0.1 (the test suite's emulator; in memory, so a real
+bucket's per-request latency, tens of milliseconds, would make the full read far
+slower): ``--objects`` pairs.
+
 ``--max-seen`` is the sink's default (1,000,000 keys; two keys per pair), so above
 500,000 pairs the full read also forgets the oldest as it goes: the memory is the same,
 the time is not.
@@ -83,16 +88,18 @@ def write_lines(folder: Path, name: str, first: int, count: int, line: str) -> N
                 for n in range(chunk, min(chunk + 50_000, first + count))))
 
 
-def measure(root: Path) -> dict[str, Any]:
-    """Time one sink start on ``root`` in a fresh interpreter."""
+def measure(root: Path | str) -> dict[str, Any]:
+    """Time one sink start on ``root`` (a folder or a gs:// URI) in a fresh interpreter."""
     code = (
         "import json, resource, time, sys\n"
-        "from driftloop.data.storage import LocalStore\n"
+        "from driftloop.data.storage import open_store\n"
         "from driftloop.serving.sink_pairing import PayloadSink\n"
+        f"store = open_store({str(root)!r})\n"
         "t = time.perf_counter()\n"
-        f"s = PayloadSink(LocalStore({str(root)!r}), mode='append', max_seen={MAX_SEEN})\n"
+        f"s = PayloadSink(store, max_seen={MAX_SEEN})\n"
         "took = time.perf_counter() - t\n"
         "out = {'seconds': took, 'bytes_read': s.stats.recovery_bytes_read,\n"
+        "       'files_read': s.stats.recovery_files_read,\n"
         "       'keys': len(s._seen.keys), 'ids': len(s._seen.ids),\n"
         "       'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}\n"
         "s.close()\n"
@@ -102,6 +109,64 @@ def measure(root: Path) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                           text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_gcs(pairs: int, line: str) -> list[dict[str, Any]]:
+    """The same three starts on gs:// (object mode) against the GCS emulator."""
+    import os
+    import socket
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from driftloop.data.storage import open_store
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    emulator = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port",
+                                 str(port), "--in-memory"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = storage.Client(project="bench", credentials=AnonymousCredentials())
+                client.create_bucket("driftloop-bench")
+                break
+            except Exception:  # not up yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        uri = "gs://driftloop-bench/store"
+        store = open_store(uri)
+        day = dt.datetime.now(dt.UTC).date().isoformat()
+
+        def write(first: int, count: int) -> None:
+            for n in range(first, first + count):
+                data = line.format(n=f"pair-{n:09d}", keys=" ".join(
+                    hashlib.sha256(f"{n}{side}".encode()).hexdigest()[:32] for side in "qr"))
+                store.write_bytes(f"requests/dt={day}/ev-{n:024x}-pair.jsonl", data.encode())
+
+        write(0, pairs)
+        size = pairs * len(line)
+        full = measure(uri)  # its close() writes the snapshot
+        snapshot = store.read_bytes("sink/seen/snapshot.json")
+        store.delete("sink/seen/snapshot.json")
+        full = measure(uri)
+        store.write_bytes("sink/seen/snapshot.json", snapshot)
+        snap = measure(uri)
+        write(pairs, pairs // 10)
+        tail = measure(uri)
+        return [{"lines": pairs, "mb": size / 1e6, "mode": f"gs:// {mode}", **r}
+                for mode, r in (("full read", full), ("snapshot", snap),
+                                ("snapshot + 10 % tail", tail))]
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
+        del os.environ["STORAGE_EMULATOR_HOST"]
 
 
 def run(lines: int, line: str) -> list[dict[str, Any]]:
@@ -130,7 +195,8 @@ def run(lines: int, line: str) -> list[dict[str, Any]]:
 
 
 COLUMNS = [("record lines", "lines", "{:,}"), ("files MB", "mb", "{:.0f}"), ("start", "mode", "{}"),
-           ("restart s", "seconds", "{:.2f}"), ("bytes read MB", "bytes_read", "{:.1f}"),
+           ("restart s", "seconds", "{:.2f}"), ("files/objects read", "files_read", "{:,}"),
+           ("bytes read MB", "bytes_read", "{:.1f}"),
            ("keys kept", "keys", "{:,}"), ("ids kept", "ids", "{:,}"),
            ("peak RSS MB", "rss_mb", "{:.0f}")]
 
@@ -167,13 +233,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000,3000000",
                         help="record lines per case, comma-separated")
-    parser.add_argument("--quick", action="store_true", help="100,000 and 300,000 lines")
+    parser.add_argument("--objects", default="2000,10000",
+                        help="pairs (objects) per gs:// case, comma-separated")
+    parser.add_argument("--quick", action="store_true",
+                        help="100,000 and 300,000 lines; 1,000 objects")
     args = parser.parse_args()
     sizes = [100_000, 300_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    objects = [1000] if args.quick else [int(s) for s in args.objects.split(",") if s]
     out = f"{NAME}_quick" if args.quick else NAME
     line = template()
     started = time.perf_counter()
     rows = [row for n in sizes for row in run(n, line)]
+    rows += [row for n in objects for row in run_gcs(n, line)]
     info = machine_info(f"{time.perf_counter() - started:.0f} s in all")
     text = (f"Payload sink start (recovery) on a local folder store, max_seen {MAX_SEEN:,}, "
             f"each start in a fresh interpreter, files in the page cache ({info}).\n\n"
