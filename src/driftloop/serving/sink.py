@@ -413,8 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=SinkConfig.commit_max_wait_ms,
                         help="longest wait for more events before a group commit's fsync")
     parser.add_argument("--snapshot-interval", type=float, default=300.0,
-                        help="seconds between snapshots of the seen events (append mode; "
-                             "0: at shutdown only)")
+                        help="seconds between snapshots of the seen events (0: at "
+                             "shutdown only)")
     parser.add_argument("--schema", help="schema file: feedback labels must be its labels")
     parser.add_argument("--feedback-max-predictions", type=int,
                         default=DEFAULT_MAX_PREDICTIONS,

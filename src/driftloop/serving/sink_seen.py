@@ -143,7 +143,6 @@ class SeenEvents:
         forgets by) and ordinals survive; event keys are hex, so a run is one string.
         """
         doc = {"version": SNAPSHOT_VERSION, "written": written.isoformat(), "files": files,
-               "max_seen": self.max_seen,
                "keys": [[o, " ".join(run)] for o, run in _runs(self.keys)],
                "ids": [[o, run] for o, run in _runs(self.ids)]}
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
@@ -282,9 +281,9 @@ def _usable(store: Store, doc: Snapshot, days: set[str], listed: set[str]) -> st
             continue  # out of the window: its keys are dropped on load anyway
         if key not in listed:
             return f"{key} is gone"
-        if isinstance(store, LocalStore) and (_size(store, key) or 0) < covered:
-            return (f"{key} is shorter ({_size(store, key)} bytes) than the snapshot "
-                    f"covers ({covered})")
+        size = _size(store, key) if isinstance(store, LocalStore) else covered
+        if size is None or size < covered:
+            return f"{key} is shorter ({size} bytes) than the snapshot covers ({covered})"
     return None
 
 
